@@ -1,0 +1,57 @@
+"""fastvit-detect: torch-free CPU inference for Vision-Transformer deepfake detectors.
+
+    >>> from fastvit_detect import Detector
+    >>> detector = Detector.load("deepfake_vit_onnx")        # a package made by export/export.py
+    >>> detector.predict("face.jpg").label
+    'Real'
+"""
+
+from .detector import Detector, Prediction
+from .errors import (
+    ChecksumMismatchError,
+    EmptyImageError,
+    FastVitDetectError,
+    ImageDecodeError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    IncompatibleModelError,
+    InputError,
+    InvalidPackageError,
+    MissingFileError,
+    ModelPackageError,
+    PackageNotFoundError,
+    ProviderError,
+    UnsupportedInputError,
+    UnsupportedPreprocessorError,
+    VariantNotFoundError,
+)
+from .package import ModelPackage
+from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ChecksumMismatchError",
+    "Detector",
+    "EmptyImageError",
+    "FastVitDetectError",
+    "ImageDecodeError",
+    "ImageNotFoundError",
+    "ImageTooLargeError",
+    "IncompatibleModelError",
+    "InputError",
+    "InvalidPackageError",
+    "MissingFileError",
+    "ModelPackage",
+    "ModelPackageError",
+    "PackageNotFoundError",
+    "Prediction",
+    "Preprocessor",
+    "ProviderError",
+    "UnsupportedInputError",
+    "UnsupportedPreprocessorError",
+    "VariantNotFoundError",
+    "__version__",
+    "load_image",
+]

@@ -1,0 +1,175 @@
+"""``fastvit-detect``: a thin command line over the API. Parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from . import __version__
+from .detector import DEFAULT_BATCH_SIZE, Detector, Prediction
+from .errors import FastVitDetectError, InputError
+from .package import ModelPackage
+from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
+
+EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except FastVitDetectError as exc:
+        print(f"fastvit-detect: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastvit-detect", description="Torch-free deepfake detection with ONNX Vision Transformers."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser("predict", help="classify images", description="Classify images as real or fake.")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
+    add_model_arguments(predict)
+    predict.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per session call")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    predict.set_defaults(handler=run_predict)
+
+    info = commands.add_parser("info", help="describe a model package", description="Describe a model package.")
+    info.add_argument("model", metavar="DIR", help="model package directory")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(handler=run_info)
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model package directory (from export/export.py)")
+    parser.add_argument("--variant", default="auto", help="auto (default: int8 when present), fp32, int8, ...")
+    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: physical cores)")
+    parser.add_argument(
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})",
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+# --- predict ------------------------------------------------------------------------------------------------
+
+
+def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels)
+    started = time.perf_counter()
+    results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
+    elapsed = time.perf_counter() - started
+    if args.json:
+        for image, result in zip(args.images, results):
+            print(json.dumps(result_record(image, result)), file=out)
+    else:
+        print_table(args.images, results, out)
+    out.flush()  # the summary goes to stderr: keep it after the results when both reach one terminal
+    failed = sum(isinstance(result, InputError) for result in results)
+    print(
+        f"{len(results)} image(s), {failed} failed; variant {detector.variant.name}; "
+        f"{1000 * elapsed / max(1, len(results)):.1f} ms/image",
+        file=sys.stderr,
+    )
+    return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def result_record(image: str, result: Prediction | InputError) -> dict[str, Any]:
+    if isinstance(result, InputError):
+        return {"image": image, "error": {"type": type(result).__name__, "message": str(result)}}
+    record = result.to_dict()
+    return {"image": image, "label": record["label"], "score": record["score"],
+            "probabilities": record["probabilities"], "fake_probability": record["fake_probability"],
+            "logits": record["logits"]}
+
+
+def print_table(images: Sequence[str], results: Sequence[Prediction | InputError], out: TextIO) -> None:
+    width = min(60, max([len("image"), *(len(image) for image in images)]))
+    print(f"{'image':<{width}}  {'label':<10} {'score':>6}  {'p(fake)':>7}", file=out)
+    for image, result in zip(images, results):
+        shown = image if len(image) <= width else "…" + image[-(width - 1):]
+        if isinstance(result, InputError):
+            print(f"{shown:<{width}}  {'ERROR':<10} {type(result).__name__}: {result}", file=out)
+        else:
+            fake = "-" if result.fake_probability is None else f"{result.fake_probability:.4f}"
+            print(f"{shown:<{width}}  {result.label:<10} {result.score:>6.4f}  {fake:>7}", file=out)
+
+
+# --- info ---------------------------------------------------------------------------------------------------
+
+
+def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    package = ModelPackage.open(args.model)
+    if args.json:
+        print(json.dumps(package.manifest or {}, indent=2), file=out)
+        return EXIT_OK
+    manifest = package.manifest or {}
+    lines = [f"package      {package.root}"]
+    if not manifest:
+        lines.append("manifest     none (a plain Optimum export: files can't be verified)")
+    else:
+        source = manifest.get("source", {})
+        lines.append(f"format       {manifest.get('format')} v{manifest.get('format_version')}")
+        lines.append(f"source       {source.get('model')} (revision {source.get('revision') or 'unknown'})")
+        lines.append(f"created      {manifest.get('created')}")
+    lines.append(f"labels       {', '.join(f'{i}={label}' for i, label in enumerate(package.labels))}")
+    lines.append(f"preprocess   {describe_preprocessing(PreprocessConfig.from_hf(package.preprocessor_config))}")
+    lines.append(f"default      {package.default_variant}")
+    lines.append("variants")
+    for name, variant in package.variants.items():
+        size = variant.path.stat().st_size if variant.path.is_file() else None
+        size_text = "missing" if size is None else f"{size / 1e6:.1f} MB"
+        digest = f"sha256 {variant.sha256[:12]}…" if variant.sha256 else "unverified"
+        lines.append(f"  {name:<8} {variant.path.name:<24} {size_text:>9}  {digest}")
+        details = variant.details
+        if "quantization" in details:
+            lines.append(f"           quantization {json.dumps(details['quantization'])}")
+        if "validation" in details:
+            lines.append(f"           validation   {format_validation(details['validation'])}")
+    print("\n".join(lines), file=out)
+    return EXIT_OK
+
+
+def describe_preprocessing(config: PreprocessConfig) -> str:
+    parts = [config.processor]
+    if config.resize:
+        parts.append(f"resize {config.resize[0]}x{config.resize[1]} (resample {config.resample})")
+    if config.crop:
+        parts.append(f"center-crop {config.crop[0]}x{config.crop[1]}")
+    if config.rescale_factor is not None:
+        parts.append(f"rescale {config.rescale_factor:.6g}")
+    if config.mean is not None:
+        parts.append(f"normalize mean {list(config.mean)} std {list(config.std or ())}")
+    return ", ".join(parts)
+
+
+def format_validation(figures: dict[str, Any]) -> str:
+    keys = ("images", "max_abs_logit_diff", "max_abs_probability_diff", "top1_agreement")
+    return ", ".join(f"{key}={figures[key]:.3g}" if isinstance(figures.get(key), float) else f"{key}={figures.get(key)}"
+                     for key in keys if key in figures)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""Detector = model package + preprocessing + ONNX session + softmax over the labels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from .errors import IncompatibleModelError, InputError
+from .package import ModelPackage, Variant
+from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, Preprocessor
+from .session import OnnxSession
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The verdict on one image."""
+
+    label: str
+    score: float  # probability of ``label``
+    probabilities: Mapping[str, float]
+    logits: np.ndarray
+    fake_probability: float | None  # None when the labels name neither "fake" nor "real"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "score": self.score,
+            "probabilities": dict(self.probabilities),
+            "fake_probability": self.fake_probability,
+            "logits": [float(value) for value in self.logits],
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def fake_label_index(labels: Sequence[str]) -> tuple[int | None, int | None]:
+    """Indices of the labels named fake and real, case-insensitively; None where absent."""
+    lowered = [label.strip().lower() for label in labels]
+    fake = lowered.index("fake") if "fake" in lowered else None
+    real = lowered.index("real") if "real" in lowered else None
+    return fake, real
+
+
+class Detector:
+    """A loaded deepfake detector. Thread-safe: share one instance between request handlers."""
+
+    def __init__(self, package: ModelPackage, variant: Variant, session: OnnxSession, preprocessor: Preprocessor):
+        self.package = package
+        self.variant = variant
+        self.session = session
+        self.preprocessor = preprocessor
+        self.labels = package.labels
+        self._fake_index, self._real_index = fake_label_index(self.labels)
+        session.check_compatible(preprocessor.output_size, len(self.labels))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        variant: str = "auto",
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        verify: bool = True,
+    ) -> Detector:
+        """Open a model package and start an onnxruntime session on one of its variants.
+
+        ``variant``: "auto" (the package's recommendation, else int8 when present), "fp32", "int8", ...
+        ``threads``: intra-op threads, default the physical cores. ``providers``: onnxruntime execution
+        providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None: Pillow's own limit only).
+        ``verify``: check the variant's sha256 against the manifest before loading it.
+        """
+        package = ModelPackage.open(path)
+        chosen = package.variant(variant)
+        if verify:
+            package.verify(chosen)
+        preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels)
+        session = OnnxSession(chosen.path, threads=threads, providers=providers)
+        return cls(package, chosen, session, preprocessor)
+
+    def predict(self, image: ImageInput) -> Prediction:
+        """Classify one image (path, bytes, binary file, PIL image or uint8 numpy array)."""
+        return self.predict_batch([image])[0]
+
+    @overload
+    def predict_batch(
+        self, images: Iterable[ImageInput], batch_size: int = ..., errors: Literal["raise"] = ...
+    ) -> list[Prediction]: ...
+
+    @overload
+    def predict_batch(
+        self, images: Iterable[ImageInput], batch_size: int = ..., *, errors: Literal["return"]
+    ) -> list[Prediction | InputError]: ...
+
+    def predict_batch(
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        errors: Literal["raise", "return"] = "raise",
+    ) -> list[Prediction] | list[Prediction | InputError]:
+        """Classify images in order, one session call per ``batch_size`` images.
+
+        ``errors="raise"`` raises the first bad image's :class:`InputError`; ``errors="return"`` puts the
+        error in that image's place and classifies the rest.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        items = list(images)
+        results: list[Prediction | InputError] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            pixels, failures = self.preprocessor.batch_pixels(chunk)
+            if errors == "raise":
+                for failure in failures:
+                    if failure is not None:
+                        raise failure
+            good = [index for index, failure in enumerate(failures) if failure is None]
+            predictions: dict[int, Prediction] = {}
+            if good:
+                batch = pixels if len(good) == len(chunk) else pixels[good]
+                logits = self.run_logits(self.preprocessor.normalize(batch))
+                predictions = dict(zip(good, self._postprocess(logits)))
+            for index, failure in enumerate(failures):
+                results.append(predictions[index] if failure is None else failure)
+        return results  # type: ignore[return-value]
+
+    def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Raw logits for an already preprocessed float32 NCHW batch."""
+        logits = self.session.run(pixel_values)
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            raise IncompatibleModelError(
+                f"{self.variant.path}: model returned logits of shape {logits.shape}, expected (N, {len(self.labels)})"
+            )
+        return logits
+
+    def _postprocess(self, logits: np.ndarray) -> list[Prediction]:
+        probabilities = softmax(logits)
+        predictions = []
+        for row_logits, row in zip(logits, probabilities):
+            best = int(row.argmax())
+            predictions.append(
+                Prediction(
+                    label=self.labels[best],
+                    score=float(row[best]),
+                    probabilities={label: float(p) for label, p in zip(self.labels, row)},
+                    logits=row_logits.copy(),
+                    fake_probability=self._fake_probability(row),
+                )
+            )
+        return predictions
+
+    def _fake_probability(self, probabilities: np.ndarray) -> float | None:
+        if self._fake_index is not None:
+            return float(probabilities[self._fake_index])
+        if self._real_index is not None and len(self.labels) == 2:
+            return float(1.0 - probabilities[self._real_index])
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({str(self.package.root)!r}, variant={self.variant.name!r}, labels={self.labels}, "
+            f"threads={self.session.threads}, providers={self.session.providers})"
+        )

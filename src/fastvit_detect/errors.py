@@ -1,0 +1,82 @@
+"""The one exception hierarchy of fastvit-detect.
+
+Every error a user can cause derives from :class:`FastVitDetectError`, so a server can catch one class and map
+it to a client error. Input errors are also ``ValueError``, so generic handlers written for bad arguments keep
+working.
+"""
+
+from __future__ import annotations
+
+
+class FastVitDetectError(Exception):
+    """Base class of every error raised on purpose by fastvit-detect."""
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+
+class InputError(FastVitDetectError, ValueError):
+    """An image given to the detector can't be used. ``source`` describes which one."""
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class ImageNotFoundError(InputError):
+    """A path that doesn't exist, is a directory, or can't be read."""
+
+
+class EmptyImageError(InputError):
+    """Zero bytes where an image was expected."""
+
+
+class ImageDecodeError(InputError):
+    """Bytes that aren't an image Pillow can decode: unknown format, truncated or corrupt data."""
+
+
+class ImageTooLargeError(InputError):
+    """An image whose pixel count exceeds the configured cap (decompression-bomb guard)."""
+
+
+class UnsupportedInputError(InputError):
+    """An input of a type, shape or dtype the detector doesn't accept."""
+
+
+# --- model packages -----------------------------------------------------------------------------------------
+
+
+class ModelPackageError(FastVitDetectError):
+    """A model package that can't be opened or doesn't match what the runtime expects."""
+
+
+class PackageNotFoundError(ModelPackageError):
+    """The package directory doesn't exist or isn't a directory."""
+
+
+class MissingFileError(ModelPackageError):
+    """A file the package needs is absent."""
+
+
+class InvalidPackageError(ModelPackageError):
+    """A package file is present but malformed (bad JSON, missing keys, unsupported format version)."""
+
+
+class ChecksumMismatchError(ModelPackageError):
+    """A model file's sha256 differs from the one recorded in the manifest."""
+
+
+class VariantNotFoundError(ModelPackageError):
+    """The requested variant (fp32, int8, ...) isn't in the package."""
+
+
+class IncompatibleModelError(ModelPackageError):
+    """The ONNX graph doesn't fit the package: input shape, output width or preprocessing mismatch."""
+
+
+class UnsupportedPreprocessorError(ModelPackageError):
+    """The preprocessor config names an image processor or option this runtime doesn't reproduce."""
+
+
+class ProviderError(FastVitDetectError):
+    """An onnxruntime execution provider that isn't available in this installation."""

@@ -1,0 +1,393 @@
+"""Image decoding and the HF image-processor transforms, in numpy + Pillow.
+
+The reference is what a ``transformers`` image-classification pipeline does with the slow processors
+(``use_fast=False``) of ViT and DeiT checkpoints:
+
+1. ``transformers.image_utils.load_image``: EXIF orientation applied, then ``convert("RGB")`` for every mode;
+2. resize with PIL straight to (height, width) with the config's ``resample``;
+3. center-crop (DeiT), zero-padding when the crop is larger than the image;
+4. rescale (float64 multiply, cast to float32) and normalise ``(x - mean) / std`` in float32.
+
+Steps 2-3 run per image on uint8 data (PIL does the heavy lifting in C). Step 4 runs once per batch through a
+per-channel lookup table of 256 values computed with exactly HF's arithmetic, so the float32 output is
+bit-identical to HF's while costing one gather instead of several float passes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import (
+    EmptyImageError,
+    ImageDecodeError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    InputError,
+    UnsupportedInputError,
+    UnsupportedPreprocessorError,
+)
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+"""Everything :func:`load_image` accepts."""
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Default decompression-bomb cap: 100 megapixels, above any phone camera in common use."""
+
+# Image processors whose preprocessing this module reproduces. Fast variants share the config format; the
+# slow processor's arithmetic is what we reproduce for them too, since that's what the checkpoints were
+# validated with.
+SUPPORTED_PROCESSORS = frozenset(
+    {
+        "ViTImageProcessor",
+        "ViTImageProcessorFast",
+        "ViTFeatureExtractor",
+        "DeiTImageProcessor",
+        "DeiTImageProcessorFast",
+        "DeiTFeatureExtractor",
+    }
+)
+
+_VIT_DEFAULTS: dict[str, Any] = {
+    "do_resize": True,
+    "size": {"height": 224, "width": 224},
+    "resample": 2,
+    "do_center_crop": False,
+    "crop_size": None,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+_DEIT_DEFAULTS: dict[str, Any] = {
+    **_VIT_DEFAULTS,
+    "size": {"height": 256, "width": 256},
+    "resample": 3,
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
+
+# PIL resampling filters by the integer codes HF configs store (PILImageResampling).
+_RESAMPLE_FILTERS = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
+                     3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
+
+
+# --- config -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What the HF preprocessor config asks for, resolved against the processor class's defaults."""
+
+    resize: tuple[int, int] | None  # (height, width)
+    resample: int
+    crop: tuple[int, int] | None  # (height, width)
+    rescale_factor: float | None
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+    processor: str
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of the model input, or None when the config doesn't fix it."""
+        return self.crop or self.resize
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any]) -> PreprocessConfig:
+        """Resolve a ``preprocessor_config.json`` dict, including legacy ``*FeatureExtractor`` configs."""
+        processor = config.get("image_processor_type") or config.get("feature_extractor_type")
+        if processor is None:
+            raise UnsupportedPreprocessorError(
+                "preprocessor config names no image_processor_type or feature_extractor_type; "
+                f"supported: {', '.join(sorted(SUPPORTED_PROCESSORS))}"
+            )
+        if processor not in SUPPORTED_PROCESSORS:
+            raise UnsupportedPreprocessorError(
+                f"image processor {processor!r} isn't reproduced by this runtime; "
+                f"supported: {', '.join(sorted(SUPPORTED_PROCESSORS))}"
+            )
+        defaults = _DEIT_DEFAULTS if processor.startswith("DeiT") else _VIT_DEFAULTS
+        # HF falls back to the class default for any option stored as null, as for a missing one.
+        merged = {**defaults, **{k: v for k, v in config.items() if v is not None}}
+
+        resize = _square_or_hw(merged["size"], "size") if merged["do_resize"] else None
+        crop = None
+        # ViTImageProcessor has no crop step: it ignores crop keys a config may carry.
+        if processor.startswith("DeiT") and merged["do_center_crop"]:
+            if merged["crop_size"] is None:
+                raise UnsupportedPreprocessorError("do_center_crop is set but crop_size is missing")
+            crop = _square_or_hw(merged["crop_size"], "crop_size")
+        resample = int(merged["resample"])
+        if resample not in _RESAMPLE_FILTERS:
+            raise UnsupportedPreprocessorError(f"unknown resample code {resample}; expected one of 0-5")
+        return cls(
+            resize=resize,
+            resample=resample,
+            crop=crop,
+            rescale_factor=float(merged["rescale_factor"]) if merged["do_rescale"] else None,
+            mean=_per_channel(merged["image_mean"], "image_mean") if merged["do_normalize"] else None,
+            std=_per_channel(merged["image_std"], "image_std") if merged["do_normalize"] else None,
+            processor=processor,
+        )
+
+
+def _square_or_hw(size: Any, key: str) -> tuple[int, int]:
+    # ViT/DeiT processors call get_size_dict(default_to_square=True): a bare int means a square.
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, Mapping) and "height" in size and "width" in size:
+        return (int(size["height"]), int(size["width"]))
+    raise UnsupportedPreprocessorError(
+        f"{key}={size!r} isn't supported: ViT/DeiT processors take an int or {{'height', 'width'}}"
+    )
+
+
+def _per_channel(values: Any, key: str) -> tuple[float, float, float]:
+    if isinstance(values, (int, float)):
+        return (float(values),) * 3
+    if len(values) != 3:
+        raise UnsupportedPreprocessorError(f"{key} must have 3 values (RGB), got {values!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+
+
+def describe_source(image: object) -> str:
+    """A short human name for an input, used in error messages and reports."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"<{len(image)} bytes>"
+    if isinstance(image, Image.Image):
+        return f"<PIL.Image {image.mode} {image.width}x{image.height}>"
+    if isinstance(image, np.ndarray):
+        return f"<ndarray {image.dtype} {image.shape}>"
+    name = getattr(image, "name", None)
+    if isinstance(name, str):
+        return name
+    return f"<{type(image).__name__}>"
+
+
+def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode any accepted input into an upright RGB PIL image, as ``transformers.image_utils.load_image`` does.
+
+    Raises a subclass of :class:`~fastvit_detect.errors.InputError` naming the input and the cause.
+    """
+    source = describe_source(image)
+    if isinstance(image, np.ndarray):
+        return _from_array(image, source)
+    if isinstance(image, Image.Image):
+        _check_pixels(image, max_pixels, source)
+        return _to_upright_rgb(image, source)
+    if isinstance(image, (str, os.PathLike)):
+        opened = _open_path(os.fspath(image), source)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        opened = _open_bytes(bytes(image), source)
+    elif hasattr(image, "read"):
+        try:
+            data = image.read()
+        except OSError as exc:
+            raise ImageNotFoundError(f"{source}: can't read from file object: {exc}", source) from exc
+        if not isinstance(data, bytes):
+            raise UnsupportedInputError(f"{source}: file object must be opened in binary mode", source)
+        opened = _open_bytes(data, source)
+    else:
+        raise UnsupportedInputError(
+            f"{source}: unsupported input type {type(image).__name__}; expected a path, bytes, a binary file, "
+            "a PIL.Image or a numpy array",
+            source,
+        )
+    with opened:
+        _check_pixels(opened, max_pixels, source)
+        try:
+            opened.load()
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageDecodeError(f"{source}: image data is truncated or corrupt: {exc}", source) from exc
+        return _to_upright_rgb(opened, source)
+
+
+def _open_path(path: str, source: str) -> Image.Image:
+    if not os.path.exists(path):
+        raise ImageNotFoundError(f"{source}: no such file", source)
+    if os.path.isdir(path):
+        raise ImageNotFoundError(f"{source}: is a directory, not an image file", source)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ImageNotFoundError(f"{source}: can't read file: {exc.strerror or exc}", source) from exc
+    return _open_bytes(data, source)
+
+
+def _open_bytes(data: bytes, source: str) -> Image.Image:
+    if not data:
+        raise EmptyImageError(f"{source}: empty input (0 bytes)", source)
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{source}: image dimensions exceed Pillow's safety limit: {exc}", source) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"{source}: not a recognised image format ({len(data)} bytes)", source) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"{source}: can't decode image header: {exc}", source) from exc
+
+
+def _check_pixels(image: Image.Image, max_pixels: int | None, source: str) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"{source}: image has no pixels ({width}x{height})", source)
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{source}: {width}x{height} = {width * height:,} pixels exceeds the cap of {max_pixels:,} "
+            "(raise max_pixels to accept it)",
+            source,
+        )
+
+
+def _to_upright_rgb(image: Image.Image, source: str) -> Image.Image:
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - corrupt EXIF: orientation is unknowable, the pixels are still good
+        upright = image
+    if upright is None:  # Pillow < 9.4 returns None for in_place=True only; be defensive all the same
+        upright = image
+    if upright.mode == "RGB":
+        return upright
+    try:
+        return upright.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{source}: can't convert mode {upright.mode} to RGB: {exc}", source) from exc
+
+
+def _from_array(array: np.ndarray, source: str) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise UnsupportedInputError(
+            f"{source}: numpy images must be uint8 (0-255); convert with (x * 255).round().astype(np.uint8)",
+            source,
+        )
+    if array.ndim == 2:
+        mode = "L"
+    elif array.ndim == 3 and array.shape[2] == 3:
+        mode = "RGB"
+    else:
+        raise UnsupportedInputError(
+            f"{source}: numpy images must be HxWx3 RGB or HxW grayscale, got shape {array.shape}", source
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise EmptyImageError(f"{source}: image has no pixels", source)
+    return Image.fromarray(np.ascontiguousarray(array), mode=mode).convert("RGB")
+
+
+# --- transforms ---------------------------------------------------------------------------------------------
+# Small composable steps, each image -> image, built from the config; the batch-level normalisation comes last.
+
+
+@dataclass(frozen=True)
+class Resize:
+    height: int
+    width: int
+    resample: int
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if image.size == (self.width, self.height):
+            return image  # PIL returns a copy for a same-size resize; HF's output equals the input here
+        return image.resize((self.width, self.height), resample=_RESAMPLE_FILTERS[self.resample], reducing_gap=None)
+
+
+@dataclass(frozen=True)
+class CenterCrop:
+    height: int
+    width: int
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        # Floor division for the offset, and PIL filling out-of-bounds with zeros, match HF's center_crop,
+        # including its zero padding when the crop is larger than the image.
+        top = (image.height - self.height) // 2
+        left = (image.width - self.width) // 2
+        if (top, left) == (0, 0) and image.size == (self.width, self.height):
+            return image
+        return image.crop((left, top, left + self.width, top + self.height))
+
+
+def normalization_table(config: PreprocessConfig) -> np.ndarray:
+    """Per-channel lookup table (3, 256) float32: uint8 value -> model input value, with HF's exact arithmetic."""
+    values = np.arange(256, dtype=np.uint8)[None, :].repeat(3, axis=0)
+    if config.rescale_factor is not None:
+        table = (values.astype(np.float64) * config.rescale_factor).astype(np.float32)
+    else:
+        table = values.astype(np.float32)
+    if config.mean is not None and config.std is not None:
+        mean = np.asarray(config.mean, dtype=np.float32)[:, None]
+        std = np.asarray(config.std, dtype=np.float32)[:, None]
+        table = (table - mean) / std
+    return np.ascontiguousarray(table, dtype=np.float32)
+
+
+class Preprocessor:
+    """Turns images into the model's float32 NCHW input, reproducing the HF slow image processor."""
+
+    def __init__(self, config: PreprocessConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.config = config
+        self.max_pixels = max_pixels
+        self.transforms: list[Callable[[Image.Image], Image.Image]] = []
+        if config.resize is not None:
+            self.transforms.append(Resize(*config.resize, resample=config.resample))
+        if config.crop is not None:
+            self.transforms.append(CenterCrop(*config.crop))
+        self._table = normalization_table(config)
+        # Flattened table + channel offsets let one np.take gather all three channels.
+        self._flat_table = self._table.reshape(-1)
+        self._channel_offset = (np.arange(3, dtype=np.intp) * 256)[None, :, None, None]
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Preprocessor:
+        return cls(PreprocessConfig.from_hf(config), max_pixels=max_pixels)
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        return self.config.output_size
+
+    def to_pixels(self, image: ImageInput) -> np.ndarray:
+        """Decode, resize and crop one image: HxWx3 uint8, before normalisation."""
+        picture = load_image(image, self.max_pixels)
+        for transform in self.transforms:
+            picture = transform(picture)
+        return np.asarray(picture, dtype=np.uint8)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC batch -> float32 NCHW model input."""
+        nchw = pixels.transpose(0, 3, 1, 2).astype(np.intp)
+        nchw += self._channel_offset
+        return np.take(self._flat_table, nchw)
+
+    def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Preprocess a batch into one float32 NCHW array. Raises the first image's InputError."""
+        pixels, errors = self.batch_pixels(images)
+        for error in errors:
+            if error is not None:
+                raise error
+        return self.normalize(pixels)
+
+    def batch_pixels(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[InputError | None]]:
+        """Decode a batch into one uint8 NHWC array; a failed image leaves zeros and its error in the list."""
+        size = self.output_size
+        if size is None:
+            raise UnsupportedPreprocessorError("the preprocessor config sets neither a resize nor a crop size")
+        batch = np.zeros((len(images), size[0], size[1], 3), dtype=np.uint8)
+        errors: list[InputError | None] = [None] * len(images)
+        for index, image in enumerate(images):
+            try:
+                batch[index] = self.to_pixels(image)
+            except InputError as exc:
+                errors[index] = exc
+        return batch, errors

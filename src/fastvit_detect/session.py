@@ -1,0 +1,118 @@
+"""onnxruntime sessions set up for low-latency CPU inference."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import IncompatibleModelError, InvalidPackageError, ProviderError
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def physical_core_count() -> int:
+    """Physical cores this process may run on; SMT siblings share one core's matrix units, so count them once."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    try:
+        cores = set()
+        processor = physical = core = None
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in [*handle, "\n"]:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "processor":
+                    processor = int(value)
+                elif key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not key:
+                    if processor in allowed and core is not None:
+                        cores.add((physical, core))
+                    processor = physical = core = None
+        return max(1, len(cores)) if cores else len(allowed)
+    except (OSError, ValueError):
+        return max(1, len(allowed))
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    # One request runs one graph: parallelism belongs inside the operators, on the physical cores.
+    options.intra_op_num_threads = threads or physical_core_count()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers confuse users
+    return options
+
+
+class OnnxSession:
+    """An image-classification ONNX graph: pixel_values (N, 3, H, W) float32 -> logits (N, classes)."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        self.path = Path(model_path)
+        chosen = tuple(providers) if providers else DEFAULT_PROVIDERS
+        available = ort.get_available_providers()
+        missing = [name for name in chosen if name not in available]
+        if missing:
+            raise ProviderError(
+                f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+                f"(available: {', '.join(available)})"
+            )
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads or physical_core_count()
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), sess_options=session_options(self.threads), providers=list(chosen)
+            )
+        except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
+            raise InvalidPackageError(f"{self.path}: onnxruntime can't load the model: {exc}") from exc
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        if len(inputs) != 1:
+            raise IncompatibleModelError(
+                f"{self.path}: expected one input (pixel_values), found {[i.name for i in inputs]}"
+            )
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self.output_name = outputs[0].name
+        self.output_shape = list(outputs[0].shape)
+        self.providers = self._session.get_providers()
+
+    def check_compatible(self, image_size: tuple[int, int] | None, num_labels: int) -> None:
+        """Refuse a graph whose input or output shape disagrees with the package's configs."""
+        shape = self.input_shape
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+            raise IncompatibleModelError(f"{self.path}: input {self.input_name} has shape {shape}, expected (N, 3, H, W)")
+        if image_size is not None:
+            for axis, expected in zip(("height", "width"), image_size):
+                actual = shape[2 if axis == "height" else 3]
+                if isinstance(actual, int) and actual != expected:
+                    raise IncompatibleModelError(
+                        f"{self.path}: input {axis} is {actual}, but the preprocessor config produces {expected} "
+                        f"(input shape {shape}); is this another model's ONNX file?"
+                    )
+        width = self.output_shape[-1] if self.output_shape else None
+        if len(self.output_shape) != 2 or (isinstance(width, int) and width != num_labels):
+            raise IncompatibleModelError(
+                f"{self.path}: output {self.output_name} has shape {self.output_shape}, expected (N, {num_labels}) "
+                "for the labels in config.json"
+            )
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Logits for a float32 NCHW batch, in one session call."""
+        (logits,) = self._session.run([self.output_name], {self.input_name: pixel_values})
+        return logits
