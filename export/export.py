@@ -1,0 +1,437 @@
+"""Turn a fine-tuned Hugging Face ViT/DeiT image classifier into a fastvit-detect model package.
+
+    python export/export.py sakshamkr1/deepfake_vit --output deepfake_vit_onnx
+    python export/export.py ./my_checkpoint --output pkg --quantize none
+
+Build-time code: it needs the ``export`` extra (torch, transformers, optimum-onnx, onnx). It writes the package
+into a staging directory, validates every variant against the PyTorch model, and only then moves it to
+``--output``, so a package that exists has passed validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from fastvit_detect import Detector, __version__
+from fastvit_detect.detector import softmax
+from fastvit_detect.package import (
+    CONFIG_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    OPTIMUM_FILES,
+    PREPROCESSOR_FILE,
+    file_sha256,
+)
+from fastvit_detect.preprocess import PreprocessConfig
+
+FP32_MAX_ABS_LOGIT_DIFF = 1e-4
+DEFAULT_OPSET = 18  # Optimum's recommended minimum for ViT; onnxruntime >= 1.14 runs it
+SUPPORTED_MODEL_TYPES = ("vit", "deit")
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+VALIDATION_BATCH = 8
+
+Log = Callable[[str], None]
+
+
+class ExportError(Exception):
+    """A problem with the export's input or outcome, reported to the user without a traceback."""
+
+
+# --- the source checkpoint ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    directory: Path
+    model: str  # what the user named: a Hub id or a local path
+    revision: str | None  # Hub commit, when known
+
+
+def resolve_checkpoint(model: str, revision: str | None, trust_pickle: bool, log: Log) -> Checkpoint:
+    """A local directory as is, or a Hub id downloaded (configs and weights only) to the HF cache."""
+    local = Path(model).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ExportError(f"{model}: not a directory; expected a Hugging Face checkpoint directory or Hub id")
+        return Checkpoint(local.resolve(), model, revision)
+    if model.count("/") != 1 or model.startswith(("/", ".", "~")):
+        raise ExportError(f"{model}: no such directory, and not a Hub id of the form owner/name")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - the export extra installs it
+        raise ExportError("downloading from the Hub needs huggingface_hub (pip install 'fastvit-detect[export]')") from exc
+    patterns = ["*.json", "*.safetensors"] + (["*.bin"] if trust_pickle else [])
+    log(f"downloading {model} (revision {revision or 'main'}) from the Hugging Face Hub")
+    try:
+        directory = Path(snapshot_download(model, revision=revision, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - hub errors are many and untyped across versions
+        raise ExportError(
+            f"{model}: can't download from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+            "Offline? Pass a local checkpoint directory instead."
+        ) from exc
+    # snapshot_download returns .../snapshots/<commit>: the commit pins what we exported.
+    return Checkpoint(directory, model, directory.name if len(directory.name) == 40 else revision)
+
+
+def check_weights(checkpoint: Checkpoint, trust_pickle: bool) -> bool:
+    """Whether to load safetensors; refuse pickle weights unless the user trusts them."""
+    directory = checkpoint.directory
+    if any((directory / name).is_file() for name in SAFETENSORS_FILES):
+        return True
+    if any((directory / name).is_file() for name in PICKLE_FILES):
+        if trust_pickle:
+            return False
+        raise ExportError(
+            f"{checkpoint.model}: only pickle weights (pytorch_model.bin) found. Unpickling can run arbitrary "
+            "code, so they're refused by default. Convert the checkpoint to safetensors, or pass --trust-pickle "
+            "if you trust its author."
+        )
+    raise ExportError(f"{checkpoint.model}: no model weights found (expected {SAFETENSORS_FILES[0]})")
+
+
+# --- validation images --------------------------------------------------------------------------------------
+
+
+# Real photos shipped inside PyPI packages: (package, folder inside it, file). From 451x300 to 1411x1411,
+# RGB, grayscale (camera) and RGBA (logo).
+SAMPLE_PHOTO_FILES = [("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg")] + [
+    ("skimage", "data", name) for name in ("astronaut.png", "coffee.png", "chelsea.png", "camera.png", "logo.png",
+                                           "rocket.jpg", "retina.jpg", "hubble_deep_field.jpg")
+]
+
+
+def sample_photos() -> list[Path]:
+    """The sample photos whose packages (matplotlib, scikit-image) are installed here."""
+    import importlib.util
+
+    found = []
+    for package, folder, name in SAMPLE_PHOTO_FILES:
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            path = Path(spec.origin).parent / folder / name
+            if path.is_file():
+                found.append(path)
+    return found
+
+
+def synthetic_images(seed: int = 0) -> list[tuple[str, Image.Image]]:
+    """Deterministic images of varied sizes, aspect ratios and modes, for when no real photos are at hand."""
+    rng = np.random.default_rng(seed)
+
+    def textured(height: int, width: int) -> np.ndarray:
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200
+        return np.clip(base + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+
+    face = Image.fromarray(textured(320, 256))
+    draw = ImageDraw.Draw(face)
+    draw.ellipse((48, 40, 208, 260), fill=(224, 180, 150))
+    draw.ellipse((90, 110, 115, 125), fill=(40, 30, 30))
+    draw.ellipse((141, 110, 166, 125), fill=(40, 30, 30))
+    draw.arc((95, 170, 160, 215), 20, 160, fill=(150, 60, 60), width=4)
+    return [
+        ("synthetic-face-256x320.png", face.filter(ImageFilter.GaussianBlur(1))),
+        ("synthetic-rgb-640x480.png", Image.fromarray(textured(480, 640))),
+        ("synthetic-gray-300x500.png", Image.fromarray(textured(500, 300)[..., 0])),
+        ("synthetic-rgba-1000x200.png", Image.fromarray(np.dstack([textured(200, 1000),
+                                                                  rng.integers(0, 256, (200, 1000), np.uint8)]))),
+        ("synthetic-tiny-37x23.png", Image.fromarray(textured(23, 37))),
+    ]
+
+
+def validation_set(extra_dirs: Sequence[Path], limit_per_dir: int) -> list[tuple[str, Any]]:
+    """(name, path-or-PIL image) pairs: sample photos, synthetic images, then images from ``extra_dirs``."""
+    images: list[tuple[str, Any]] = [(path.name, path) for path in sample_photos()]
+    images += synthetic_images()
+    for directory in extra_dirs:
+        if not directory.is_dir():
+            raise ExportError(f"--validation-images {directory}: not a directory")
+        files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+        if not files:
+            raise ExportError(f"--validation-images {directory}: no .jpg/.png/.webp/.bmp images found")
+        step = max(1, len(files) // limit_per_dir)  # spread the sample over classes and sub-folders
+        images += [(str(path.relative_to(directory)), path) for path in files[::step][:limit_per_dir]]
+    return images
+
+
+def reference_logits(model: Any, checkpoint_dir: Path, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch fp32 logits the way a transformers pipeline computes them: load_image + the slow processor."""
+    import torch
+    from transformers import AutoImageProcessor
+    from transformers.image_utils import load_image
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint_dir, use_fast=False)
+    logits, pixels = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), VALIDATION_BATCH):
+            batch = [load_image(str(image) if isinstance(image, Path) else image)
+                     for image in images[start : start + VALIDATION_BATCH]]
+            pixel_values = processor(batch, return_tensors="pt")["pixel_values"]
+            logits.append(model(pixel_values=pixel_values).logits.numpy())
+            pixels.append(pixel_values.numpy())
+    return np.concatenate(logits), np.concatenate(pixels)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float | int]:
+    reference_probabilities, candidate_probabilities = softmax(reference), softmax(candidate)
+    return {
+        "images": int(len(reference)),
+        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
+        "max_abs_probability_diff": float(np.abs(reference_probabilities - candidate_probabilities).max()),
+        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
+    }
+
+
+# --- export steps -------------------------------------------------------------------------------------------
+
+
+def export_fp32(model: Any, destination: Path, opset: int, image_size: tuple[int, int]) -> None:
+    """ONNX export with Optimum (dynamic batch axis); channel and spatial axes are pinned to the package's size."""
+    import onnx
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_export_from_model(model, scratch, opset=opset, task="image-classification", do_validation=False)
+        graph = onnx.load(os.path.join(scratch, "model.onnx"))
+    # Optimum leaves channels/height/width symbolic; fixing them lets the runtime refuse another model's graph
+    # and lets onnxruntime plan static shapes. The batch axis stays dynamic.
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims[1:], (3, *image_size)):
+        dim.Clear()
+        dim.dim_value = value
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(destination))
+
+
+def quantize_int8(source: Path, destination: Path, per_channel: bool, reduce_range: bool) -> dict[str, Any]:
+    """Dynamic int8: weights quantized offline, activations per batch at run time; no calibration data needed.
+
+    Weights are signed int8 (U8S8), the format onnxruntime's x86 kernels are fastest with. On AVX2/AVX-512 CPUs
+    without VNNI those kernels multiply with VPMADDUBSW, whose int16 pairwise sums can saturate with full 8-bit
+    weights; ``reduce_range`` quantizes weights to 7 bits so the sums can't overflow, at a small precision cost
+    on VNNI machines. Per-channel scales recover most of that precision for the wide ViT projections.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = {"method": "dynamic", "weight_type": "QInt8", "activation_type": "QUInt8",
+                "per_channel": per_channel, "reduce_range": reduce_range, "op_types": ["MatMul"]}
+    quantize_dynamic(source, destination, weight_type=QuantType.QInt8, per_channel=per_channel,
+                     reduce_range=reduce_range, op_types_to_quantize=["MatMul"])
+    return settings
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"fastvit_detect": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "optimum", "onnx", "onnxruntime"):
+        try:
+            versions[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            pass
+    return versions
+
+
+def export_package(
+    model: str,
+    output: Path,
+    *,
+    quantize: str = "dynamic",
+    opset: int = DEFAULT_OPSET,
+    revision: str | None = None,
+    trust_pickle: bool = False,
+    overwrite: bool = False,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    validation_dirs: Sequence[Path] = (),
+    validation_limit: int = 64,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Export, quantize, validate; returns the manifest written into ``output``."""
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"--output {output}: exists and isn't empty (pass --overwrite to replace it)")
+    started = time.perf_counter()
+
+    def step(number: int, text: str) -> None:
+        log(f"[{number}/5 {time.perf_counter() - started:6.1f}s] {text}")
+
+    step(1, f"loading checkpoint {model}")
+    checkpoint = resolve_checkpoint(model, revision, trust_pickle, log)
+    use_safetensors = check_weights(checkpoint, trust_pickle)
+    for name in (CONFIG_FILE, PREPROCESSOR_FILE):
+        if not (checkpoint.directory / name).is_file():
+            raise ExportError(f"{model}: {name} is missing; the package needs it to preprocess images the same way")
+    preprocess = PreprocessConfig.from_hf(json.loads((checkpoint.directory / PREPROCESSOR_FILE).read_text()))
+    image_size = preprocess.output_size
+    if image_size is None:
+        raise ExportError(f"{model}: {PREPROCESSOR_FILE} fixes no image size (no resize or crop)")
+
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    # Tracing and deprecation chatter from torch/transformers/optimum buries the progress lines users need.
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(optimum|transformers|torch)\.")
+
+    config = AutoConfig.from_pretrained(checkpoint.directory)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ExportError(f"{model}: model_type {config.model_type!r} isn't supported (supported: vit, deit)")
+    if getattr(config, "image_size", image_size[0]) != image_size[0]:
+        raise ExportError(f"{model}: the model expects {config.image_size}px images, the preprocessor makes {image_size}")
+    torch_model = AutoModelForImageClassification.from_pretrained(
+        checkpoint.directory, use_safetensors=use_safetensors
+    ).eval()
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        manifest = _build_package(staging, checkpoint, config, torch_model, image_size, quantize, opset,
+                                  per_channel, reduce_range, validation_dirs, validation_limit, step, log, started)
+    except BaseException as exc:
+        if not (isinstance(exc, ExportError) and str(staging) in str(exc)):  # keep what the message points to
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        shutil.rmtree(output)
+    staging.rename(output)
+    log(f"done in {time.perf_counter() - started:.1f}s: {output}")
+    return manifest
+
+
+def _build_package(staging: Path, checkpoint: Checkpoint, config: Any, torch_model: Any, image_size: tuple[int, int],
+                   quantize: str, opset: int, per_channel: bool, reduce_range: bool, validation_dirs: Sequence[Path],
+                   validation_limit: int, step: Callable[[int, str], None], log: Log, started: float) -> dict[str, Any]:
+    for name in (CONFIG_FILE, PREPROCESSOR_FILE):  # byte for byte: the HF files are the contract with Optimum
+        shutil.copyfile(checkpoint.directory / name, staging / name)
+
+    step(2, f"exporting fp32 ONNX (opset {opset})")
+    fp32_path = staging / OPTIMUM_FILES["fp32"]
+    export_fp32(torch_model, fp32_path, opset, image_size)
+    variants: dict[str, dict[str, Any]] = {"fp32": {"file": fp32_path.name, "precision": "fp32"}}
+
+    if quantize == "dynamic":
+        step(3, "quantizing to dynamic int8")
+        int8_path = staging / OPTIMUM_FILES["int8"]
+        settings = quantize_int8(fp32_path, int8_path, per_channel, reduce_range)
+        variants["int8"] = {"file": int8_path.name, "precision": "int8", "quantization": settings}
+    else:
+        step(3, "quantization skipped (--quantize none)")
+
+    images = validation_set(validation_dirs, validation_limit)
+    step(4, f"validating {len(variants)} variant(s) against PyTorch on {len(images)} images")
+    sources = [image for _, image in images]
+    expected, expected_pixels = reference_logits(torch_model, checkpoint.directory, sources)
+    for name, entry in variants.items():
+        detector = Detector.load(staging, variant=name, verify=False)
+        if name == "fp32":
+            # Our preprocessing, compared on its own, so a logit mismatch can be told apart from a pixel one.
+            pixels = detector.preprocessor(sources)
+            entry["preprocess_max_abs_diff"] = float(np.abs(pixels - expected_pixels).max())
+        logits = np.stack([p.logits for p in detector.predict_batch(sources, batch_size=VALIDATION_BATCH)])
+        entry["validation"] = compare(expected, logits)
+        log(f"           {name}: {json.dumps(entry['validation'])}")
+
+    fp32_error = variants["fp32"]["validation"]["max_abs_logit_diff"]
+    if fp32_error > FP32_MAX_ABS_LOGIT_DIFF:
+        raise ExportError(
+            f"fp32 ONNX logits differ from PyTorch by up to {fp32_error:.3g} (bound {FP32_MAX_ABS_LOGIT_DIFF:g}); "
+            f"the package is NOT usable. Preprocessing differed by {variants['fp32']['preprocess_max_abs_diff']:.3g}. "
+            f"Staging directory kept for inspection: {staging}"
+        )
+
+    step(5, "writing the manifest")
+    for entry in variants.values():
+        path = staging / entry["file"]
+        entry["size_bytes"] = path.stat().st_size
+        entry["sha256"] = file_sha256(path)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"model": checkpoint.model, "revision": checkpoint.revision,
+                   "architecture": (config.architectures or [None])[0], "model_type": config.model_type},
+        "labels": [config.id2label[i] for i in range(len(config.id2label))],
+        "input": {"name": "pixel_values", "shape": ["batch_size", 3, *image_size], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch_size", len(config.id2label)], "dtype": "float32"},
+        "opset": opset,
+        "default_variant": "int8" if "int8" in variants else "fp32",
+        "variants": variants,
+        "validation": {
+            "reference": "PyTorch fp32 (transformers load_image + slow image processor)",
+            "fp32_max_abs_logit_diff_bound": FP32_MAX_ABS_LOGIT_DIFF,
+            "images": [name for name, _ in images],
+        },
+        "exporter": library_versions(),
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export a Hugging Face ViT/DeiT image classifier to a fastvit-detect ONNX model package."
+    )
+    parser.add_argument("model", help="Hub id (owner/name) or local checkpoint directory")
+    parser.add_argument("--output", "-o", required=True, type=Path, help="package directory to create")
+    parser.add_argument("--quantize", choices=("dynamic", "none"), default="dynamic",
+                        help="int8 variant to add (default: dynamic)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to export")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow pytorch_model.bin weights (unpickling runs code from the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--no-per-channel", dest="per_channel", action="store_false",
+                        help="one int8 scale per weight matrix instead of per output channel")
+    parser.add_argument("--no-reduce-range", dest="reduce_range", action="store_false",
+                        help="full 8-bit weights (more precise on VNNI CPUs; may saturate on AVX2-only CPUs)")
+    parser.add_argument("--validation-images", type=Path, action="append", default=[], metavar="DIR",
+                        help="also validate on images from DIR (repeatable), e.g. a held-out test split")
+    parser.add_argument("--validation-limit", type=int, default=64, metavar="N",
+                        help="at most N images from each --validation-images DIR (default 64)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        export_package(
+            args.model, args.output, quantize=args.quantize, opset=args.opset, revision=args.revision,
+            trust_pickle=args.trust_pickle, overwrite=args.overwrite, per_channel=args.per_channel,
+            reduce_range=args.reduce_range, validation_dirs=args.validation_images,
+            validation_limit=args.validation_limit, log=log,
+        )
+    except ExportError as exc:
+        log(f"export failed: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
