@@ -1,0 +1,70 @@
+"""The command line: readable table, JSON lines, per-image errors, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import sample_photos
+from fastvit_detect.cli import main
+
+
+def test_predict_table(vit_package, capsys):
+    photos = [str(path) for path in sample_photos()[:3]]
+    assert main(["predict", "--model", str(vit_package), *photos]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split() == ["image", "label", "score", "p(fake)"]
+    assert len(lines) == 4 and all(line.split()[1] in ("Fake", "Real") for line in lines[1:])
+    assert "3 image(s), 0 failed; variant int8" in err
+
+
+def test_predict_json_lines_with_a_bad_image(vit_package, bad_inputs, capsys):
+    photo = str(sample_photos()[0])
+    code = main(["predict", "--model", str(vit_package), "--variant", "fp32", "--json", photo,
+                 str(bad_inputs["truncated.jpg"]), photo])
+    assert code == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["image"] for record in records] == [photo, str(bad_inputs["truncated.jpg"]), photo]
+    good = records[0]
+    assert set(good) == {"image", "label", "score", "probabilities", "fake_probability", "logits"}
+    assert good["score"] == max(good["probabilities"].values()) and len(good["logits"]) == 2
+    assert records[1]["error"]["type"] == "ImageDecodeError" and "truncated" in records[1]["error"]["message"]
+    assert records[2]["logits"] == good["logits"]
+
+
+def test_model_errors_exit_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fastvit_detect", "predict", "--model", str(tmp_path / "none"),
+                             "x.jpg"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "error: model package" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_images_never_print_tracebacks(vit_package, bad_inputs):
+    result = subprocess.run([sys.executable, "-m", "fastvit_detect", "predict", "--model", str(vit_package),
+                             *map(str, bad_inputs.values())], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stdout.count("ERROR") == len(bad_inputs)
+
+
+def test_usage_errors(vit_package, capsys):
+    for argv in (["predict", "--model", str(vit_package)], ["predict", "--model", str(vit_package),
+                                                            "--batch-size", "0", "x.jpg"], []):
+        try:
+            main(argv)
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"{argv} should be a usage error")
+
+
+def test_info(vit_package, capsys):
+    assert main(["info", str(vit_package)]) == 0
+    out = capsys.readouterr().out
+    for expected in ("fastvit-detect-model-package v1", "0=Fake, 1=Real", "ViTImageProcessor, resize 224x224",
+                     "fp32     model.onnx", "int8     model_quantized.onnx", "max_abs_logit_diff", "default      int8"):
+        assert expected in out
+    assert main(["info", "--json", str(vit_package)]) == 0
+    assert json.loads(capsys.readouterr().out)["variants"]["int8"]["quantization"]["method"] == "dynamic"

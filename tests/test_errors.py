@@ -1,0 +1,172 @@
+"""Every bad input and every broken package has a typed error that names the input and the cause."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastvit_detect as fd
+from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header
+from fastvit_detect.package import MANIFEST_FILE
+
+
+@pytest.mark.parametrize(
+    "name, error, cause",
+    [
+        ("empty.jpg", fd.EmptyImageError, "empty input"),
+        ("truncated.jpg", fd.ImageDecodeError, "truncated or corrupt"),
+        ("truncated.png", fd.ImageDecodeError, "truncated or corrupt"),
+        ("text.jpg", fd.ImageDecodeError, "not a recognised image format"),
+        ("bomb.png", fd.ImageTooLargeError, "100000x100000|safety limit"),
+        ("a-directory.png", fd.ImageNotFoundError, "is a directory"),
+    ],
+)
+def test_bad_files(vit_package, bad_inputs, name, error, cause):
+    detector = fd.Detector.load(vit_package)
+    with pytest.raises(error, match=cause) as info:
+        detector.predict(bad_inputs[name])
+    assert str(bad_inputs[name]) in str(info.value) and info.value.source == str(bad_inputs[name])
+    assert isinstance(info.value, fd.InputError) and isinstance(info.value, ValueError)
+
+
+def test_missing_file(vit_package, tmp_path):
+    with pytest.raises(fd.ImageNotFoundError, match="no such file"):
+        fd.Detector.load(vit_package).predict(tmp_path / "nope.jpg")
+
+
+def test_bad_bytes_and_file_objects(vit_package, bad_inputs):
+    detector = fd.Detector.load(vit_package)
+    with pytest.raises(fd.EmptyImageError, match="<0 bytes>"):
+        detector.predict(b"")
+    with pytest.raises(fd.ImageDecodeError, match="truncated"):
+        detector.predict(io.BytesIO(bad_inputs["truncated.jpg"].read_bytes()))
+
+
+def test_pixel_cap_is_configurable(vit_package, tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (400, 300)).save(path)
+    with pytest.raises(fd.ImageTooLargeError, match="120,000 pixels exceeds the cap of 100,000"):
+        fd.Detector.load(vit_package, max_pixels=100_000).predict(path)
+    with pytest.raises(fd.ImageTooLargeError):  # arrays and PIL images are held to the cap too
+        fd.Detector.load(vit_package, max_pixels=100_000).predict(Image.new("RGB", (400, 300)))
+    assert fd.Detector.load(vit_package, max_pixels=None).predict(path).label in ("Fake", "Real")
+
+
+def test_header_bomb_is_refused_before_decoding(vit_package):
+    # 50000 x 3000 = 150 MP: over our 100 MP default, under Pillow's own limit, so our check is what fires.
+    with pytest.raises(fd.ImageTooLargeError, match="150,000,000 pixels"):
+        fd.Detector.load(vit_package).predict(png_with_header(50_000, 3_000))
+
+
+def test_corrupt_exif_still_classifies(vit_package, tmp_path):
+    path = tmp_path / "bad-exif.jpg"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(path, exif=b"Exif\x00\x00MM\x00*\xff\xff\xff\xff")
+    assert fd.Detector.load(vit_package).predict(path).label in ("Fake", "Real")
+
+
+# --- packages -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def package_copy(vit_package, tmp_path):
+    copy = tmp_path / "package"
+    shutil.copytree(vit_package, copy)
+    return copy
+
+
+def test_missing_package_directory(tmp_path):
+    with pytest.raises(fd.PackageNotFoundError, match="no such directory"):
+        fd.Detector.load(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
+def test_missing_config_file(package_copy, name):
+    (package_copy / name).unlink()
+    with pytest.raises(fd.MissingFileError, match=name):
+        fd.Detector.load(package_copy)
+
+
+def test_missing_model_file(package_copy):
+    (package_copy / "model_quantized.onnx").unlink()
+    with pytest.raises(fd.MissingFileError, match="model_quantized.onnx is missing"):
+        fd.Detector.load(package_copy)
+
+
+def test_checksum_mismatch_is_refused(package_copy):
+    model = package_copy / "model_quantized.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(fd.ChecksumMismatchError, match="sha256"):
+        fd.Detector.load(package_copy)
+    assert fd.Detector.load(package_copy, verify=False).variant.name == "int8"  # the user may opt out
+
+
+def test_truncated_model_is_refused_by_size(package_copy):
+    model = package_copy / "model.onnx"
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(fd.ChecksumMismatchError, match="truncated"):
+        fd.Detector.load(package_copy, variant="fp32")
+
+
+def test_unknown_variant(package_copy):
+    with pytest.raises(fd.VariantNotFoundError, match="available: fp32, int8"):
+        fd.Detector.load(package_copy, variant="fp16")
+
+
+def test_bad_json_and_future_format(package_copy):
+    manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
+    (package_copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(fd.InvalidPackageError, match="format_version 99"):
+        fd.Detector.load(package_copy)
+    (package_copy / "config.json").write_text("{not json")
+    with pytest.raises(fd.InvalidPackageError, match="config.json isn't valid JSON"):
+        fd.ModelPackage.open(package_copy)
+
+
+def test_broken_id2label(package_copy):
+    config = json.loads((package_copy / "config.json").read_text())
+    config["id2label"] = {"0": "Fake", "2": "Real"}
+    (package_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(fd.InvalidPackageError, match="id2label"):
+        fd.Detector.load(package_copy)
+
+
+def test_label_count_mismatch(package_copy):
+    config = json.loads((package_copy / "config.json").read_text())
+    config["id2label"] = {"0": "Fake", "1": "Real", "2": "Other"}
+    (package_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(fd.IncompatibleModelError, match=r"expected \(N, 3\)"):
+        fd.Detector.load(package_copy)
+
+
+def test_another_models_onnx_with_another_input_size(package_copy, exporter, tmp_path):
+    small = make_checkpoint(tmp_path / "small", {**VIT_PROCESSOR, "size": {"height": 32, "width": 32}}, image_size=32)
+    exporter.export_package(str(small), tmp_path / "small-package", quantize="none", log=lambda _t: None)
+    shutil.copyfile(tmp_path / "small-package" / "model.onnx", package_copy / "model.onnx")
+    with pytest.raises(fd.IncompatibleModelError, match="input height is 32"):
+        fd.Detector.load(package_copy, variant="fp32", verify=False)
+
+
+def test_not_an_onnx_file(package_copy):
+    (package_copy / "model.onnx").write_bytes(b"definitely not protobuf")
+    with pytest.raises(fd.InvalidPackageError, match="onnxruntime can't load"):
+        fd.Detector.load(package_copy, variant="fp32", verify=False)
+
+
+def test_unavailable_provider(vit_package):
+    with pytest.raises(fd.ProviderError, match="NoSuchExecutionProvider"):
+        fd.Detector.load(vit_package, providers=["NoSuchExecutionProvider"])
+
+
+def test_one_base_class_catches_everything(vit_package, bad_inputs, tmp_path):
+    for action in (lambda: fd.Detector.load(tmp_path / "absent"),
+                   lambda: fd.Detector.load(vit_package).predict(bad_inputs["text.jpg"]),
+                   lambda: fd.Detector.load(vit_package, variant="nope")):
+        with pytest.raises(fd.FastVitDetectError):
+            action()
