@@ -44,6 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     predict.set_defaults(handler=run_predict)
 
+    evaluate = commands.add_parser(
+        "eval", help="accuracy on a labelled folder",
+        description="Accuracy, macro-F1, AUROC, confusion matrix and speed per variant on DIR/<label>/*.jpg, "
+                    "and how far the variants agree.",
+    )
+    add_model_arguments(evaluate, variant_help="all (default), or one variant: fp32, int8, ...", variant_default="all")
+    evaluate.add_argument("--data", required=True, metavar="DIR", help="folder with one sub-folder per label")
+    evaluate.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per session call")
+    evaluate.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate N images spread over DIR")
+    evaluate.add_argument("--reference", metavar="CHECKPOINT",
+                          help="also evaluate the PyTorch checkpoint (needs the export extra: torch, transformers)")
+    evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    evaluate.set_defaults(handler=run_eval)
+
     info = commands.add_parser("info", help="describe a model package", description="Describe a model package.")
     info.add_argument("model", metavar="DIR", help="model package directory")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -51,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "auto (default: int8 when present), "
+                        "fp32, int8, ...", variant_default: str = "auto") -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model package directory (from export/export.py)")
-    parser.add_argument("--variant", default="auto", help="auto (default: int8 when present), fp32, int8, ...")
+    parser.add_argument("--variant", default=variant_default, help=variant_help)
     parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: physical cores)")
     parser.add_argument(
         "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
@@ -114,6 +129,55 @@ def print_table(images: Sequence[str], results: Sequence[Prediction | InputError
         else:
             fake = "-" if result.fake_probability is None else f"{result.fake_probability:.4f}"
             print(f"{shown:<{width}}  {result.label:<10} {result.score:>6.4f}  {fake:>7}", file=out)
+
+
+# --- eval ---------------------------------------------------------------------------------------------------
+
+
+def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from . import evaluate
+
+    out = out or sys.stdout
+    package = ModelPackage.open(args.model)
+    names = list(package.variants) if args.variant == "all" else [package.variant(args.variant).name]
+    images = evaluate.find_labelled_images(args.data, package.labels, limit=args.limit)
+    print(f"evaluating {', '.join(names)} on {len(images.paths)} images from {args.data}", file=sys.stderr)
+    runs = []
+    for name in names:
+        detector = Detector.load(args.model, variant=name, threads=args.threads, max_pixels=args.max_pixels)
+        runs.append(evaluate.run_detector(detector, images, args.batch_size, evaluate.stderr_progress(name)))
+    if args.reference:
+        runs.append(evaluate.reference_probabilities(args.reference, images, args.batch_size,
+                                                     evaluate.stderr_progress("pytorch-fp32")))
+    report = evaluate.evaluate(runs, images)
+    if args.json:
+        print(json.dumps(report), file=out)
+    else:
+        print_eval_report(report, out)
+    return EXIT_OK
+
+
+def print_eval_report(report: dict[str, Any], out: TextIO) -> None:
+    labels = report["labels"]
+    print(f"{'variant':<14} {'images':>6} {'accuracy':>8} {'macro-F1':>8} {'AUROC':>7} {'images/s':>8}", file=out)
+    for row in report["variants"]:
+        area = "-" if row["auroc"] is None else f"{row['auroc']:.4f}"
+        print(f"{row['variant']:<14} {row['images']:>6} {row['accuracy']:>8.4f} {row['macro_f1']:>8.4f} "
+              f"{area:>7} {row['images_per_second']:>8.1f}", file=out)
+    for row in report["variants"]:
+        print(f"\nconfusion matrix, {row['variant']} (rows: true, columns: predicted)", file=out)
+        print("  " + " " * 10 + "".join(f"{label:>10}" for label in labels), file=out)
+        for label, counts in zip(labels, row["confusion_matrix"]):
+            print(f"  {label:<10}" + "".join(f"{count:>10}" for count in counts), file=out)
+    if report["agreement"]:
+        print("\nagreement", file=out)
+        for pair in report["agreement"]:
+            print(f"  {pair['pair'][0]} vs {pair['pair'][1]}: same label on {100 * pair['label_agreement']:.2f} % "
+                  f"of {pair['images']} images, max |delta p| {pair['max_abs_probability_diff']:.4f}", file=out)
+    if report["skipped"]:
+        print(f"\nskipped {len(report['skipped'])} image(s):", file=out)
+        for image, reason in report["skipped"].items():
+            print(f"  {image}: {reason}", file=out)
 
 
 # --- info ---------------------------------------------------------------------------------------------------

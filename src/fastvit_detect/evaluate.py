@@ -1,0 +1,229 @@
+"""Accuracy on a labelled image folder, per variant, and how far the variants agree with each other.
+
+The folder holds one sub-folder per label, named like the model's labels (case-insensitive), as the seed
+project's data set does: ``Test/Real/*.jpg``, ``Test/Fake/*.jpg``. Torch-free; only the optional PyTorch
+reference (``reference_probabilities``) imports torch, and only when it's called.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .detector import Detector, fake_label_index, softmax
+from .errors import FastVitDetectError, InputError, UnsupportedInputError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    paths: list[Path]
+    targets: np.ndarray  # label index per path
+    labels: list[str]
+
+
+def find_labelled_images(data_dir: str | Path, labels: Sequence[str], limit: int | None = None) -> LabelledImages:
+    """Images under ``data_dir/<label>/`` for each of ``labels``, sorted; ``limit`` spreads a sample over them."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UnsupportedInputError(f"{root}: not a directory of labelled images", str(root))
+    folders = {child.name.lower(): child for child in root.iterdir() if child.is_dir()}
+    paths: list[Path] = []
+    targets: list[int] = []
+    for index, label in enumerate(labels):
+        folder = folders.get(label.lower())
+        if folder is None:
+            continue
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        paths += found
+        targets += [index] * len(found)
+    if not paths:
+        raise UnsupportedInputError(
+            f"{root}: no images in sub-folders named after the labels ({', '.join(labels)})", str(root)
+        )
+    if limit is not None and limit < len(paths):
+        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths = [paths[i] for i in keep]
+        targets = [targets[i] for i in keep]
+    return LabelledImages(paths, np.asarray(targets, dtype=np.int64), list(labels))
+
+
+@dataclass
+class VariantRun:
+    """One system's outputs on the images: probabilities (NaN rows for images it couldn't read)."""
+
+    name: str
+    probabilities: np.ndarray
+    seconds: float
+    errors: dict[int, InputError] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return ~np.isnan(self.probabilities).any(axis=1)
+
+
+def run_detector(detector: Detector, images: LabelledImages, batch_size: int = 16,
+                 progress: Progress | None = None) -> VariantRun:
+    total = len(images.paths)
+    probabilities = np.full((total, len(images.labels)), np.nan)
+    errors: dict[int, InputError] = {}
+    started = time.perf_counter()
+    for start in range(0, total, batch_size):
+        chunk = images.paths[start : start + batch_size]
+        for offset, result in enumerate(detector.predict_batch(chunk, batch_size=batch_size, errors="return")):
+            if isinstance(result, InputError):
+                errors[start + offset] = result
+            else:
+                probabilities[start + offset] = [result.probabilities[label] for label in images.labels]
+        if progress:
+            progress(min(start + batch_size, total), total)
+    return VariantRun(detector.variant.name, probabilities, time.perf_counter() - started, errors)
+
+
+def reference_probabilities(checkpoint: str | Path, images: LabelledImages, batch_size: int = 16,
+                            progress: Progress | None = None) -> VariantRun:
+    """PyTorch fp32 as the seed serves it (load_image + slow processor). Needs the ``export`` extra."""
+    try:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers.image_utils import load_image
+    except ImportError as exc:
+        raise FastVitDetectError(
+            f"the PyTorch reference {checkpoint} needs torch and transformers: pip install 'fastvit-detect[export]'"
+        ) from exc
+    processor = AutoImageProcessor.from_pretrained(checkpoint, use_fast=False)
+    model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
+    model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if [label.lower() for label in model_labels] != [label.lower() for label in images.labels]:
+        raise FastVitDetectError(f"reference {checkpoint}: labels {model_labels} differ from the package's {images.labels}")
+    total = len(images.paths)
+    probabilities = np.full((total, len(images.labels)), np.nan)
+    errors: dict[int, InputError] = {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, total, batch_size):
+            loaded, indices = [], []
+            for index in range(start, min(start + batch_size, total)):
+                try:
+                    loaded.append(load_image(str(images.paths[index])))
+                    indices.append(index)
+                except Exception as exc:  # noqa: BLE001 - the reference reports, never stops the run
+                    errors[index] = InputError(f"{images.paths[index]}: {exc}", str(images.paths[index]))
+            if loaded:
+                logits = model(**processor(loaded, return_tensors="pt")).logits.numpy()
+                probabilities[indices] = softmax(logits)
+            if progress:
+                progress(min(start + batch_size, total), total)
+    return VariantRun("pytorch-fp32", probabilities, time.perf_counter() - started, errors)
+
+
+# --- metrics ------------------------------------------------------------------------------------------------
+
+
+def confusion_matrix(targets: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Rows: true label; columns: predicted label."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (targets, predicted), 1)
+    return matrix
+
+
+def macro_f1(matrix: np.ndarray) -> float:
+    true_positive = np.diag(matrix).astype(np.float64)
+    precision_denominator, recall_denominator = matrix.sum(0), matrix.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * true_positive / (precision_denominator + recall_denominator)
+    present = recall_denominator > 0  # classes absent from the data don't count, as in scikit-learn's labels=
+    return float(np.nan_to_num(f1[present]).mean()) if present.any() else float("nan")
+
+
+def auroc(positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve via the Mann-Whitney U statistic (ties count half); None with one class only."""
+    positives, negatives = int(positive.sum()), int((~positive).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts - 1) / 2 + 1
+    ranks[order] = np.repeat(average, counts)
+    u = ranks[positive].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
+def variant_metrics(run: VariantRun, images: LabelledImages) -> dict[str, Any]:
+    valid = run.valid
+    targets, probabilities = images.targets[valid], run.probabilities[valid]
+    predicted = probabilities.argmax(1)
+    matrix = confusion_matrix(targets, predicted, len(images.labels))
+    fake, real = fake_label_index(images.labels)
+    positive_index = fake if fake is not None else (1 - real if real is not None and len(images.labels) == 2 else None)
+    area = auroc(targets == positive_index, probabilities[:, positive_index]) if positive_index is not None else None
+    return {
+        "variant": run.name,
+        "images": int(valid.sum()),
+        "skipped": len(run.errors),
+        "accuracy": float((predicted == targets).mean()) if len(targets) else float("nan"),
+        "macro_f1": macro_f1(matrix),
+        "auroc": area,
+        "auroc_positive_label": images.labels[positive_index] if positive_index is not None else None,
+        "confusion_matrix": matrix.tolist(),
+        "images_per_second": float(len(images.paths) / run.seconds) if run.seconds > 0 else None,
+    }
+
+
+def agreement(first: VariantRun, second: VariantRun) -> dict[str, Any]:
+    both = first.valid & second.valid
+    a, b = first.probabilities[both], second.probabilities[both]
+    return {
+        "pair": [first.name, second.name],
+        "images": int(both.sum()),
+        "label_agreement": float((a.argmax(1) == b.argmax(1)).mean()) if both.any() else float("nan"),
+        "max_abs_probability_diff": float(np.abs(a - b).max()) if both.any() else float("nan"),
+    }
+
+
+def evaluate(runs: Sequence[VariantRun], images: LabelledImages) -> dict[str, Any]:
+    """The whole report: metrics per run, pairwise agreement, and the images that were skipped."""
+    skipped = {}
+    for run in runs:
+        for index, error in run.errors.items():
+            skipped[str(images.paths[index])] = f"{type(error).__name__}: {error}"
+    return {
+        "labels": images.labels,
+        "images": len(images.paths),
+        "variants": [variant_metrics(run, images) for run in runs],
+        "agreement": [agreement(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]],
+        "skipped": skipped,
+    }
+
+
+def stderr_progress(name: str) -> Progress:
+    """A one-line progress bar on a terminal; occasional plain lines otherwise (CI logs, pipes)."""
+    interactive = sys.stderr.isatty()
+    last = [-1]
+
+    def show(done: int, total: int) -> None:
+        if interactive:
+            filled = int(30 * done / total)
+            sys.stderr.write(f"\r{name:<14} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        else:
+            decile = 10 * done // total
+            if decile != last[0]:
+                last[0] = decile
+                print(f"{name}: {done}/{total} images", file=sys.stderr, flush=True)
+
+    return show
