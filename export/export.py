@@ -82,7 +82,7 @@ def resolve_checkpoint(model: str, revision: str | None, trust_pickle: bool, log
     log(f"downloading {model} (revision {revision or 'main'}) from the Hugging Face Hub")
     try:
         directory = Path(snapshot_download(model, revision=revision, allow_patterns=patterns))
-    except Exception as exc:  # noqa: BLE001 - hub errors are many and untyped across versions
+    except Exception as exc:  # hub errors are many and untyped across versions
         raise ExportError(
             f"{model}: can't download from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
             "Offline? Pass a local checkpoint directory instead."
@@ -193,7 +193,7 @@ def reference_logits(model: Any, checkpoint_dir: Path, images: Sequence[Any]) ->
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float | int]:
     reference_probabilities, candidate_probabilities = softmax(reference), softmax(candidate)
     return {
-        "images": int(len(reference)),
+        "images": len(reference),
         "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
         "max_abs_probability_diff": float(np.abs(reference_probabilities - candidate_probabilities).max()),
         "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),

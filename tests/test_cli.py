@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import sample_photos
+
 from fastvit_detect.cli import main
 
 

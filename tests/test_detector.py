@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import sample_photos, torch_logits
+
 from fastvit_detect import Detector, ImageDecodeError, InputError, Prediction
 from fastvit_detect.package import MANIFEST_FILE
 

@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header
 from PIL import Image
 
 import fastvit_detect as fd
-from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header
 from fastvit_detect.package import MANIFEST_FILE
 
 

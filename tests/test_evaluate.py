@@ -7,11 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import sample_photos
+
 from fastvit_detect.cli import main
-from fastvit_detect.evaluate import auroc, confusion_matrix, find_labelled_images, macro_f1
 from fastvit_detect.errors import UnsupportedInputError
+from fastvit_detect.evaluate import auroc, confusion_matrix, find_labelled_images, macro_f1
 
 
 def test_metrics_on_known_values():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import VIT_PROCESSOR, make_checkpoint
+
 from fastvit_detect.package import MANIFEST_FILE, file_sha256
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import (
     DEIT_PROCESSOR,
     LEGACY_DEIT_PROCESSOR,
@@ -17,6 +15,8 @@ from conftest import (
     VIT_PROCESSOR,
     sample_photos,
 )
+from PIL import Image
+
 from fastvit_detect import Preprocessor, UnsupportedInputError, UnsupportedPreprocessorError, load_image
 from fastvit_detect.preprocess import PreprocessConfig
 

@@ -116,7 +116,7 @@ def reference_probabilities(checkpoint: str | Path, images: LabelledImages, batc
                 try:
                     loaded.append(load_image(str(images.paths[index])))
                     indices.append(index)
-                except Exception as exc:  # noqa: BLE001 - the reference reports, never stops the run
+                except Exception as exc:  # the reference reports, never stops the run
                     errors[index] = InputError(f"{images.paths[index]}: {exc}", str(images.paths[index]))
             if loaded:
                 logits = model(**processor(loaded, return_tensors="pt")).logits.numpy()

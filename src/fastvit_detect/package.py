@@ -63,6 +63,7 @@ class ModelPackage:
     preprocessor_config: Mapping[str, Any]
     manifest: Mapping[str, Any] | None
     variants: Mapping[str, Variant]
+    labels: list[str]  # class names by output index, from config.json's id2label
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ModelPackage:
@@ -75,25 +76,7 @@ class ModelPackage:
         preprocessor_config = _read_json(root / PREPROCESSOR_FILE, root)
         manifest = _read_json(root / MANIFEST_FILE, root) if (root / MANIFEST_FILE).exists() else None
         variants = _variants_from_manifest(root, manifest) if manifest else _variants_from_optimum_layout(root)
-        package = cls(root, config, preprocessor_config, manifest, variants)
-        package.labels  # fail now, not at the first prediction, on a broken id2label
-        return package
-
-    @property
-    def labels(self) -> list[str]:
-        """Class names by output index, from ``config.json``'s id2label."""
-        id2label = self.config.get("id2label")
-        if not isinstance(id2label, Mapping) or not id2label:
-            raise InvalidPackageError(f"model package {self.root}: {CONFIG_FILE} has no id2label mapping")
-        try:
-            by_index = {int(index): str(label) for index, label in id2label.items()}
-        except (TypeError, ValueError) as exc:
-            raise InvalidPackageError(f"model package {self.root}: id2label keys must be integers: {exc}") from exc
-        if sorted(by_index) != list(range(len(by_index))):
-            raise InvalidPackageError(
-                f"model package {self.root}: id2label indices must be 0..{len(by_index) - 1}, got {sorted(by_index)}"
-            )
-        return [by_index[index] for index in range(len(by_index))]
+        return cls(root, config, preprocessor_config, manifest, variants, _labels(config, root))
 
     @property
     def default_variant(self) -> str:
@@ -140,6 +123,21 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _labels(config: Mapping[str, Any], root: Path) -> list[str]:
+    id2label = config.get("id2label")
+    if not isinstance(id2label, Mapping) or not id2label:
+        raise InvalidPackageError(f"model package {root}: {CONFIG_FILE} has no id2label mapping")
+    try:
+        by_index = {int(index): str(label) for index, label in id2label.items()}
+    except (TypeError, ValueError) as exc:
+        raise InvalidPackageError(f"model package {root}: id2label keys must be integers: {exc}") from exc
+    if sorted(by_index) != list(range(len(by_index))):
+        raise InvalidPackageError(
+            f"model package {root}: id2label indices must be 0..{len(by_index) - 1}, got {sorted(by_index)}"
+        )
+    return [by_index[index] for index in range(len(by_index))]
 
 
 def _read_json(path: Path, root: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,7 +34,7 @@ from .errors import (
     UnsupportedPreprocessorError,
 )
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 """Everything :func:`load_image` accepts."""
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -257,7 +257,7 @@ def _check_pixels(image: Image.Image, max_pixels: int | None, source: str) -> No
 def _to_upright_rgb(image: Image.Image, source: str) -> Image.Image:
     try:
         upright = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - corrupt EXIF: orientation is unknowable, the pixels are still good
+    except Exception:  # corrupt EXIF: orientation is unknowable, the pixels are still good
         upright = image
     if upright is None:  # Pillow < 9.4 returns None for in_place=True only; be defensive all the same
         upright = image
