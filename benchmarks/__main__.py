@@ -1,0 +1,420 @@
+"""``python -m benchmarks``: measure every system on the same weights and write results.json, report.md, plots.
+
+    python -m benchmarks --quick                      # ~5 min: the seeded ViT-B/16-224, batch 1 and 8, all cores
+    python -m benchmarks                              # full: batch 1/8/32, 1 thread and all cores, more rounds
+    python -m benchmarks --model ./my_checkpoint --data ./dataset/Test --output bench-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts as artifacts_module
+from . import coldstart, compute, fidelity, footprint, images, machine, measure, plots, report
+from .progress import elapsed, log
+from .systems import System, Unavailable, all_systems
+
+DEFAULT_OUTPUT = Path("benchmarks/results")
+FOREIGN_LOAD_WARNING = 0.25  # cores kept busy by other processes above which a phase's figures are flagged
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure. --quick trims rounds, batch sizes, thread counts and image sizes."""
+
+    mode: str
+    latency_rounds: int  # passes over the latency images (each pass: every system on every image)
+    model_rounds: int  # model-only calls per system
+    throughput_rounds: int  # timed batches per (batch size, threads) cell and system
+    batch_sizes: tuple[int, ...]
+    thread_counts: tuple[str, ...]  # "1" and/or "all"
+    coldstart_repeats: int
+    large_megapixels: tuple[float, ...]
+    compile: bool  # torch.compile takes minutes to compile ViT-B on 2 cores: full mode only
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Plan:
+        if quick:
+            return cls("quick", 1, 6, 2, (1, 8), ("all",), 1, (2.0, 12.0), False)
+        return cls("full", 3, 15, 2, (1, 8, 32), ("1", "all"), 3, (2.0, 5.0, 8.0, 12.0), True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0].strip("`"))
+    parser.add_argument("--quick", action="store_true", help="a ~5 minute run: fewer rounds, batch 1 and 8, all cores")
+    parser.add_argument("--model", help="HF checkpoint directory or Hub id (default: a seeded random-weight ViT-B/16-224)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"results directory (default {DEFAULT_OUTPUT})")
+    parser.add_argument("--cache-dir", type=Path, help="where built models and generated images are kept (default OUTPUT/cache)")
+    parser.add_argument("--data", type=Path, help="labelled folder with Real/ and Fake/ sub-folders, for accuracy")
+    parser.add_argument("--data-limit", type=int, default=200, help="at most N images per class from --data (default 200)")
+    # Hidden knobs for tests and short experiments; they change what is measured, so results.json records them.
+    hidden = argparse.SUPPRESS
+    parser.add_argument("--preset", default="vit-base", help=hidden)
+    parser.add_argument("--rounds", type=int, help=hidden)
+    parser.add_argument("--batch-sizes", type=lambda text: tuple(int(v) for v in text.split(",")), help=hidden)
+    parser.add_argument("--threads", type=lambda text: tuple(text.split(",")), help=hidden)
+    parser.add_argument("--large-mp", type=lambda text: tuple(float(v) for v in text.split(",") if v), help=hidden)
+    parser.add_argument("--coldstart-repeats", type=int, help=hidden)
+    parser.add_argument("--no-compile", action="store_true", help=hidden)
+    return parser
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    plan = Plan.for_mode(args.quick)
+    if args.rounds is not None:
+        plan = replace(plan, latency_rounds=args.rounds, model_rounds=max(2, args.rounds),
+                       throughput_rounds=args.rounds)
+    if args.batch_sizes:
+        plan = replace(plan, batch_sizes=args.batch_sizes)
+    if args.threads:
+        plan = replace(plan, thread_counts=args.threads)
+    if args.large_mp is not None:
+        plan = replace(plan, large_megapixels=args.large_mp)
+    if args.coldstart_repeats is not None:
+        plan = replace(plan, coldstart_repeats=args.coldstart_repeats)
+    if args.no_compile:
+        plan = replace(plan, compile=False)
+    return plan
+
+
+class Run:
+    """The systems under test, what has failed so far, and the rows measured."""
+
+    def __init__(self, systems: Sequence[System]) -> None:
+        self.systems = list(systems)
+        self.skipped: dict[str, str] = {}  # system key -> why it isn't measured (any more)
+        self.rows: list[dict[str, Any]] = []
+
+    @property
+    def active(self) -> list[System]:
+        return [system for system in self.systems if system.key not in self.skipped]
+
+    @property
+    def baseline(self) -> System | None:
+        return next((system for system in self.active if system.baseline), None)
+
+    def by_key(self, key: str) -> System:
+        return next(system for system in self.systems if system.key == key)
+
+    def row(self, figure: str, system: System, **fields: Any) -> dict[str, Any]:
+        row = {"figure": figure, "system": system.name, "variant": system.variant, "precision": system.precision,
+               "status": "ok", **fields}
+        self.rows.append(row)
+        return row
+
+    def skip_row(self, figure: str, system: System, reason: str, **fields: Any) -> None:
+        self.row(figure, system, **fields, status="skipped", reason=reason)
+
+    def fail(self, key: str, phase: str, reason: str) -> None:
+        log(f"  {key} failed during {phase}: {reason}; it is skipped from here on")
+        self.skipped[key] = f"failed during {phase}: {reason}"
+
+
+def resolve_threads(names: Sequence[str], cores: int) -> list[int]:
+    counts = [cores if name == "all" else int(name) for name in names]
+    return list(dict.fromkeys(counts))  # "1" and "all" coincide on a 1-core machine
+
+
+# --- phases -------------------------------------------------------------------------------------------------
+
+
+def load_systems(run: Run, plan: Plan, threads: int) -> None:
+    for system in run.systems:
+        if system.name == "torch.compile" and not plan.compile:
+            run.skipped[system.key] = ("not run in --quick mode: compiling ViT-B takes minutes on this machine "
+                                       "(run the full mode)" if plan.mode == "quick" else "disabled by --no-compile")
+            log(f"skip {system.key}: {run.skipped[system.key]}")
+            continue
+        log(f"loading {system.key}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                system.load(threads)
+        except Unavailable as exc:
+            run.skipped[system.key] = str(exc)
+            log(f"skip {system.key}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a system that can't load is reported, not fatal
+            run.skipped[system.key] = f"failed to load: {type(exc).__name__}: {exc}"
+            log(f"skip {system.key}: {run.skipped[system.key]}")
+
+
+def set_threads(run: Run, threads: int) -> None:
+    for system in run.active:
+        try:
+            system.set_threads(threads)
+        except Exception as exc:  # noqa: BLE001
+            run.fail(system.key, f"set_threads({threads})", f"{type(exc).__name__}: {exc}")
+
+
+def skip_inactive(run: Run, figure: str, **fields: Any) -> None:
+    for system in run.systems:
+        if system.key in run.skipped:
+            run.skip_row(figure, system, run.skipped[system.key], **fields)
+
+
+def ratio_fields(samples: dict[str, list[float]], key: str, baseline: System | None) -> dict[str, Any]:
+    if baseline is None or baseline.key not in samples:
+        return {"speedup_vs_baseline": None}
+    return {"speedup_vs_baseline": measure.paired_ratio(samples[baseline.key], samples[key])}
+
+
+def phase_latency(run: Run, plan: Plan, paths: list[Path], threads: int) -> dict[str, dict[Path, np.ndarray]]:
+    """End-to-end latency, batch 1: file on disk -> probabilities, every system on every image, interleaved."""
+    log(f"end-to-end latency: {len(paths)} images x {plan.latency_rounds} round(s), batch 1, {threads} threads")
+    outputs: dict[str, dict[Path, np.ndarray]] = {system.key: {} for system in run.active}
+
+    def call(key: str, path: Path) -> None:
+        outputs[key][path] = run.by_key(key).predict_files([path])[0]
+
+    result = measure.interleave([s.key for s in run.active], paths, call, rounds=plan.latency_rounds,
+                                warmup=paths[:1], progress=log, label="  latency")
+    for key, reason in result.failures.items():
+        run.fail(key, "end-to-end latency", reason)
+    for system in run.active:
+        run.row("latency_e2e", system, batch_size=1, threads=threads, images=len(paths),
+                **measure.percentiles_ms(result.samples[system.key]),
+                samples_ms=[round(1000 * value, 3) for value in result.samples[system.key]],
+                **ratio_fields(result.samples, system.key, run.baseline))
+    skip_inactive(run, "latency_e2e", batch_size=1, threads=threads)
+    return outputs
+
+
+def phase_fidelity(run: Run, outputs: dict[str, dict[Path, np.ndarray]], paths: list[Path]) -> None:
+    baseline = run.baseline
+    for system in run.systems:
+        if system.key in run.skipped:
+            run.skip_row("fidelity", system, run.skipped[system.key])
+        elif baseline is None:
+            run.skip_row("fidelity", system, "no PyTorch fp32 baseline to compare with")
+        else:
+            reference = np.stack([outputs[baseline.key][path] for path in paths])
+            candidate = np.stack([outputs[system.key][path] for path in paths])
+            run.row("fidelity", system, reference=baseline.key, **fidelity.agreement(reference, candidate))
+
+
+def phase_model_only(run: Run, plan: Plan, path: Path, threads: int) -> None:
+    """The model call alone on an already preprocessed batch of 1, in each system's own input type."""
+    log(f"model-only latency: {plan.model_rounds} calls per system on {path.name}, {threads} threads")
+    measured = [s for s in run.active if s.model_only_reason is None]
+    pixels = {}
+    for system in measured:
+        try:
+            pixels[system.key] = system.prepare_pixels([path])
+        except Exception as exc:  # noqa: BLE001
+            run.fail(system.key, "model-only preprocessing", f"{type(exc).__name__}: {exc}")
+    keys = [s.key for s in measured if s.key in pixels]
+    result = measure.interleave(keys, list(range(plan.model_rounds)),
+                                lambda key, _: run.by_key(key).predict_pixels(pixels[key]),
+                                warmup=[0, 0], progress=log, label="  model-only")
+    for key, reason in result.failures.items():
+        run.fail(key, "model-only latency", reason)
+    for system in run.systems:
+        if system.key in run.skipped:
+            run.skip_row("latency_model", system, run.skipped[system.key], batch_size=1, threads=threads)
+        elif system.model_only_reason:
+            run.skip_row("latency_model", system, system.model_only_reason, batch_size=1, threads=threads)
+        else:
+            run.row("latency_model", system, batch_size=1, threads=threads,
+                    **measure.percentiles_ms(result.samples[system.key]),
+                    samples_ms=[round(1000 * value, 3) for value in result.samples[system.key]],
+                    **ratio_fields(result.samples, system.key, run.baseline))
+
+
+def phase_throughput(run: Run, plan: Plan, pool: list[Path], thread_counts: list[int]) -> None:
+    """Images/s end to end (files -> labels) at each batch size and thread count."""
+    for threads in thread_counts:
+        set_threads(run, threads)
+        for batch_size in plan.batch_sizes:
+            log(f"throughput: batch {batch_size}, {threads} thread(s), {plan.throughput_rounds} timed batches each")
+            trials = images.batches(pool, batch_size, plan.throughput_rounds + 1)
+            result = measure.interleave([s.key for s in run.active], trials[1:],
+                                        lambda key, batch: run.by_key(key).predict_files(batch),
+                                        warmup=trials[:1], progress=log, label=f"  batch {batch_size}")
+            for key, reason in result.failures.items():
+                run.fail(key, f"throughput batch {batch_size}", reason)
+            for system in run.active:
+                seconds = result.samples[system.key]
+                run.row("throughput", system, batch_size=batch_size, threads=threads,
+                        images_per_s=batch_size / float(np.median(seconds)),
+                        batch_latency=measure.percentiles_ms(seconds),
+                        **ratio_fields(result.samples, system.key, run.baseline))
+            skip_inactive(run, "throughput", batch_size=batch_size, threads=threads)
+
+
+def phase_coldstart(run: Run, plan: Plan, image: Path) -> None:
+    """A fresh process per system and repeat, round-robin so no system always runs on a warmer machine."""
+    log(f"cold start: {plan.coldstart_repeats} fresh process(es) per system on {image.name}")
+    candidates = list(run.active)
+    runs: dict[str, list[coldstart.ColdStart]] = {s.key: [] for s in candidates}
+    errors: dict[str, str] = {}
+    for repeat in range(plan.coldstart_repeats):
+        shift = repeat % max(1, len(candidates))
+        for system in candidates[shift:] + candidates[:shift]:
+            if system.key in errors:
+                continue
+            try:
+                result = coldstart.run_cold(system.coldstart_code(), [*system.coldstart_args(), str(image)])
+            except Exception as exc:  # noqa: BLE001
+                errors[system.key] = f"{type(exc).__name__}: {exc}"
+                log(f"  {system.key}: cold start failed: {errors[system.key]}")
+                continue
+            runs[system.key].append(result)
+            log(f"  {system.key}: first label after {result.first_label_s:.2f}s, peak RSS {result.peak_rss_mib:.0f} MiB")
+    for system in run.systems:
+        if system.key in run.skipped:
+            run.skip_row("coldstart", system, run.skipped[system.key])
+        elif system.key in errors:
+            run.skip_row("coldstart", system, f"cold-start script failed: {errors[system.key]}")
+        else:
+            samples = runs[system.key]
+            run.row("coldstart", system, repeats=len(samples),
+                    first_label_s=float(np.median([s.first_label_s for s in samples])),
+                    first_label_s_max=float(np.max([s.first_label_s for s in samples])),
+                    total_s=float(np.median([s.total_s for s in samples])),
+                    peak_rss_mib=float(np.median([s.peak_rss_mib for s in samples])),
+                    label=samples[0].label, script=system.coldstart_code().strip())
+
+
+def phase_footprint(run: Run) -> None:
+    log("install footprint from the installed distributions' RECORD files")
+    cache: dict[tuple[str, ...], dict[str, Any]] = {}
+    for system in run.systems:
+        roots = tuple(system.footprint_roots)
+        if roots not in cache:
+            cache[roots] = footprint.footprint(roots)
+        figures = cache[roots]
+        if figures["not_installed"] and system.key in run.skipped:
+            run.skip_row("footprint", system, f"not installed: {', '.join(figures['not_installed'])}")
+        else:
+            run.row("footprint", system, total_mb=figures["total_bytes"] / 1e6, **figures)
+
+
+def phase_compute(run: Run, macs: dict[str, Any], peak: dict[str, Any], threads: int) -> None:
+    """Achieved GFLOP/s from model-only batch-1 latency and from the best end-to-end throughput."""
+    model_rows = {(r["system"], r["variant"]): r for r in run.rows if r["figure"] == "latency_model" and r["status"] == "ok"}
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in run.rows:
+        if r["figure"] == "throughput" and r["status"] == "ok" and r["threads"] == threads:
+            key = (r["system"], r["variant"])
+            if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
+                best[key] = r
+    flops = 2 * macs["macs"]
+    for system in run.systems:
+        key = (system.name, system.variant)
+        if key not in model_rows and key not in best:
+            run.skip_row("compute", system, run.skipped.get(system.key, "no model-only or throughput figure"))
+            continue
+        peak_value = peak["int8_gops"] if system.precision == "int8" else peak["fp32_gflops"]
+        fields: dict[str, Any] = {"threads": threads, "peak_g_per_s": peak_value,
+                                  "peak_kind": "int8 GOP/s" if system.precision == "int8" else "fp32 GFLOP/s"}
+        if key in model_rows:
+            achieved = flops / (model_rows[key]["p50_ms"] / 1000) / 1e9
+            fields.update(model_g_per_s=achieved, model_efficiency=achieved / peak_value if peak_value else None)
+        if key in best:
+            achieved = flops * best[key]["images_per_s"] / 1e9
+            fields.update(e2e_best_batch=best[key]["batch_size"], e2e_g_per_s=achieved,
+                          e2e_efficiency=achieved / peak_value if peak_value else None)
+        run.row("compute", system, **fields)
+
+
+def phase_accuracy(run: Run, data: Path, limit: int, labels: list[str]) -> None:
+    items = images.labelled_folder(data, limit)
+    log(f"accuracy on {data}: {len(items)} images")
+    paths, truth = [path for path, _ in items], [name for _, name in items]
+    for system in run.systems:
+        if system.key in run.skipped:
+            run.skip_row("accuracy", system, run.skipped[system.key])
+            continue
+        try:
+            probabilities = np.concatenate([system.predict_files(paths[i : i + 16]) for i in range(0, len(paths), 16)])
+            run.row("accuracy", system, data=str(data), **fidelity.accuracy(probabilities, truth, labels))
+        except Exception as exc:  # noqa: BLE001
+            run.skip_row("accuracy", system, f"{type(exc).__name__}: {exc}")
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    plan = make_plan(args)
+    output = args.output.resolve()
+    cache = (args.cache_dir or output / "cache").resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    log(f"benchmarks ({plan.mode} mode) -> {output}")
+    machine_info = machine.describe()
+    log(f"machine: {machine_info['cpu_model']}, {machine_info['physical_cores']} cores, {', '.join(machine_info['flags'])}")
+    cores = machine_info["physical_cores"]
+    thread_counts = resolve_threads(plan.thread_counts, cores)
+
+    built = artifacts_module.prepare(args.model, args.preset, cache)
+    config = built.config
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    image_set = images.image_set(plan.large_megapixels, cache)
+    macs = compute.vit_macs(config)
+    peak = compute.cpu_peak()
+
+    run = Run(all_systems(built))
+    load_systems(run, plan, cores)
+    if run.baseline is None:
+        log("warning: the PyTorch fp32 baseline isn't available; ratios and fidelity will be missing")
+
+    conditions: dict[str, float | None] = {}
+
+    def phase(name: str, function: Any, *phase_args: Any) -> Any:
+        """Run a phase and record how many cores other processes kept busy meanwhile."""
+        monitor = machine.ForeignLoad()
+        value = function(*phase_args)
+        conditions[name] = monitor.cores()
+        if conditions[name] is not None and conditions[name] > FOREIGN_LOAD_WARNING:
+            log(f"  warning: other processes kept {conditions[name]:.2f} cores busy during {name}")
+        return value
+
+    outputs = phase("end-to-end latency", phase_latency, run, plan, image_set.latency, cores)
+    phase_fidelity(run, outputs, image_set.latency)
+    phase("model-only latency", phase_model_only, run, plan, image_set.throughput[0], cores)
+    phase("throughput", phase_throughput, run, plan, image_set.throughput, thread_counts)
+    set_threads(run, cores)
+    phase("cold start", phase_coldstart, run, plan, coldstart.image_for_coldstart(image_set.throughput))
+    phase_footprint(run)
+    phase_compute(run, macs, peak, cores)
+    if args.data:
+        phase_accuracy(run, args.data, args.data_limit, labels)
+
+    results = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "plan": asdict(plan) | {"threads_resolved": thread_counts},
+        "model": {"source": built.source, "checkpoint": str(built.checkpoint), "package": str(built.package),
+                  "optimum_dir": str(built.optimum_dir), "labels": labels, "model_type": config.get("model_type"),
+                  "macs": macs, "optimum_quantization": built.optimum_quantization},
+        "machine": machine_info,
+        "foreign_load_cores": conditions,
+        "foreign_load_warning_cores": FOREIGN_LOAD_WARNING,
+        "peak": peak,
+        "images": image_set.describe(),
+        "systems": [{"system": s.name, "variant": s.variant, "precision": s.precision, "baseline": s.baseline,
+                     "status": "skipped" if s.key in run.skipped else "ok", "reason": run.skipped.get(s.key),
+                     "notes": s.notes} for s in run.systems],
+        "rows": run.rows,
+        "wall_s": round(elapsed(), 1),
+    }
+    (output / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    figures = plots.draw(results, output)
+    (output / "report.md").write_text(report.render(results, figures))
+    log(f"done in {elapsed():.0f}s: {output / 'report.md'}, results.json, {len(figures)} plot(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

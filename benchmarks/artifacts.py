@@ -1,0 +1,157 @@
+"""The model files every system loads, all made from one checkpoint so every system runs the same weights.
+
+* the checkpoint: ``--model`` (a local directory or a Hub id), else a seeded random-weight ViT-B/16-224 made
+  offline by ``export/make_checkpoint.py`` (same shape and compute as the seed detectors);
+* the fastvit-detect package, made by ``export/export.py`` (fp32 + int8);
+* the Optimum export (``ORTModelForImageClassification(export=True)``) and its ``ORTQuantizer`` int8 twin.
+
+Everything is cached under the cache directory, keyed by the checkpoint, so a re-run skips straight to measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .progress import log
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """Import a top-level script (export/export.py, ...) as a module; they aren't part of an installed package."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"can't import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def export_module() -> ModuleType:
+    return load_script("fastvit_export", ROOT / "export" / "export.py")
+
+
+def checkpoint_maker() -> ModuleType:
+    return load_script("fastvit_make_checkpoint", ROOT / "export" / "make_checkpoint.py")
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    source: str  # what the user asked for: a path, a Hub id, or the seeded preset
+    checkpoint: Path  # HF checkpoint directory (config.json, preprocessor_config.json, weights)
+    package: Path  # fastvit-detect model package
+    optimum_dir: Path  # Optimum export: model.onnx (fp32) and model_quantized.onnx (ORTQuantizer int8)
+    optimum_quantization: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.checkpoint / CONFIG_FILE).read_text())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "model"
+
+
+def _checkpoint_key(directory: Path) -> str:
+    """Changes when the checkpoint's configs or weights do, so a stale export is never reused."""
+    digest = hashlib.sha256(str(directory.resolve()).encode())
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
+def resolve_checkpoint(model: str | None, preset: str, cache: Path) -> tuple[str, Path]:
+    """(source description, checkpoint directory); builds the seeded checkpoint when no model is given."""
+    if model is None:
+        directory = cache / f"checkpoint-{preset}-seed0"
+        if not (directory / CONFIG_FILE).is_file():
+            log(f"building the seeded {preset} checkpoint (random weights, offline) in {directory}")
+            partial = directory.with_suffix(".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            checkpoint_maker().build_checkpoint(partial, "vit", preset=preset, seed=0)
+            partial.rename(directory)
+        return f"seeded {preset} (export/make_checkpoint.py, seed 0, random weights)", directory
+    exporter = export_module()
+    try:
+        checkpoint = exporter.resolve_checkpoint(model, None, False, log)
+    except exporter.ExportError as exc:
+        raise SystemExit(f"benchmarks: {exc}") from None
+    return model, checkpoint.directory
+
+
+def optimum_quantization_config() -> tuple[Any, dict[str, Any]]:
+    """The ``AutoQuantizationConfig`` an Optimum user picks for this CPU: the most specific ISA it supports.
+
+    ``per_channel=False`` is the setting of Optimum's quantization quick-start, i.e. what a user copies first.
+    """
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    from .machine import cpu_flags
+
+    flags = cpu_flags()
+    if "avx512_vnni" in flags:
+        name, config = "avx512_vnni", AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    elif "avx512f" in flags:
+        name, config = "avx512", AutoQuantizationConfig.avx512(is_static=False, per_channel=False)
+    else:
+        name, config = "avx2", AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+    return config, {"preset": f"AutoQuantizationConfig.{name}(is_static=False, per_channel=False)",
+                    "per_channel": False, "reduce_range": bool(getattr(config, "reduce_range", False)),
+                    "weights_dtype": str(getattr(config, "weights_dtype", "")),
+                    "activations_dtype": str(getattr(config, "activations_dtype", ""))}
+
+
+def build_optimum(checkpoint: Path, directory: Path) -> dict[str, Any]:
+    """Optimum's own export and dynamic quantization, the way its documentation shows them."""
+    import warnings
+
+    from optimum.onnxruntime import ORTModelForImageClassification, ORTQuantizer
+
+    settings_file = directory / "benchmark_quantization.json"
+    if (directory / "model.onnx").is_file() and (directory / "model_quantized.onnx").is_file() and settings_file.is_file():
+        return json.loads(settings_file.read_text())
+    log(f"exporting with Optimum (ORTModelForImageClassification, export=True) into {directory}")
+    partial = directory.with_suffix(".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ORTModelForImageClassification.from_pretrained(checkpoint, export=True)
+        model.save_pretrained(partial)
+        shutil.copyfile(checkpoint / PREPROCESSOR_FILE, partial / PREPROCESSOR_FILE)
+        config, settings = optimum_quantization_config()
+        log(f"quantizing with Optimum's ORTQuantizer: {settings['preset']}")
+        ORTQuantizer.from_pretrained(partial, file_name="model.onnx").quantize(config, save_dir=partial)
+    (partial / settings_file.name).write_text(json.dumps(settings, indent=2) + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    return settings
+
+
+def prepare(model: str | None, preset: str, cache: Path) -> Artifacts:
+    cache.mkdir(parents=True, exist_ok=True)
+    source, checkpoint = resolve_checkpoint(model, preset, cache)
+    key = f"{_slug(checkpoint.name if model is None else model)}-{_checkpoint_key(checkpoint)}"
+    package = cache / f"package-{key}"
+    if not (package / "fastvit_manifest.json").is_file():
+        log(f"exporting the fastvit-detect package (export/export.py) into {package}")
+        shutil.rmtree(package, ignore_errors=True)
+        export_module().export_package(str(checkpoint), package, log=lambda text: log(f"  export: {text}"))
+    optimum_dir = cache / f"optimum-{key}"
+    settings = build_optimum(checkpoint, optimum_dir)
+    return Artifacts(source, checkpoint, package, optimum_dir, settings)

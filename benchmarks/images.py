@@ -1,0 +1,95 @@
+"""The images the benchmark feeds every system: encoded files on disk, as a server receives them.
+
+* real photos shipped by matplotlib and scikit-image (451x300 to 1411x1411; RGB, grayscale, RGBA);
+* larger camera-sized JPEGs (2 to 12 MP) generated deterministically from one of those photos plus seeded
+  sensor-like noise, so they decode like real photos (a flat synthetic image would compress to nothing and
+  decode unrealistically fast);
+* optionally a labelled folder (``Real/`` and ``Fake/``) for accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .artifacts import export_module
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+ASPECT = (4, 3)  # a phone camera's
+
+
+def sample_photos() -> list[Path]:
+    photos = export_module().sample_photos()
+    if not photos:
+        raise SystemExit("benchmarks: no sample photos found; install matplotlib and scikit-image (the dev extra)")
+    return photos
+
+
+def large_jpeg(megapixels: float, directory: Path, seed: int = 0) -> Path:
+    """A deterministic ``megapixels`` MP 4:3 JPEG (quality 90), generated once and cached."""
+    width = int(round((megapixels * 1e6 * ASPECT[0] / ASPECT[1]) ** 0.5))
+    height = int(round(width * ASPECT[1] / ASPECT[0]))
+    path = directory / f"generated-{width}x{height}-q90.jpg"
+    if path.is_file():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    source = Image.open(sample_photos()[0]).convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    rng = np.random.default_rng(seed + width)
+    noise = rng.normal(0, 6, (height, width, 1)).astype(np.float32)  # luminance grain, like a real sensor
+    pixels = np.clip(np.asarray(source, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    partial = path.with_suffix(".partial")
+    Image.fromarray(pixels).save(partial, format="JPEG", quality=90)
+    partial.rename(path)
+    return path
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    latency: list[Path]  # end-to-end latency: photos + large JPEGs
+    throughput: list[Path]  # the photos only, cycled to fill batches (12 MP decodes would swamp the model)
+
+    def describe(self) -> list[dict[str, object]]:
+        rows = []
+        for path in self.latency:
+            with Image.open(path) as image:
+                rows.append({"file": path.name, "width": image.width, "height": image.height, "mode": image.mode,
+                             "bytes": path.stat().st_size})
+        return rows
+
+
+def image_set(large_megapixels: Sequence[float], cache: Path) -> ImageSet:
+    photos = sample_photos()
+    generated = [large_jpeg(mp, cache / "images") for mp in large_megapixels]
+    return ImageSet(latency=photos + generated, throughput=photos)
+
+
+def batches(pool: Sequence[Path], batch_size: int, count: int) -> list[list[Path]]:
+    """``count`` batches of ``batch_size`` files cycling through ``pool``, each starting where the last ended."""
+    batches_out, position = [], 0
+    for _ in range(count):
+        batches_out.append([pool[(position + i) % len(pool)] for i in range(batch_size)])
+        position += batch_size
+    return batches_out
+
+
+def labelled_folder(directory: Path, limit: int | None = None) -> list[tuple[Path, str]]:
+    """(file, class folder name) pairs from ``directory/<Class>/**``, e.g. Real/ and Fake/ of a test split."""
+    if not directory.is_dir():
+        raise SystemExit(f"benchmarks: --data {directory}: not a directory")
+    classes = sorted(path for path in directory.iterdir() if path.is_dir())
+    if not classes:
+        raise SystemExit(f"benchmarks: --data {directory}: expected class sub-folders such as Real/ and Fake/")
+    items: list[tuple[Path, str]] = []
+    for folder in classes:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if limit:
+            step = max(1, len(files) // limit)
+            files = files[::step][:limit]
+        items += [(path, folder.name) for path in files]
+    if not items:
+        raise SystemExit(f"benchmarks: --data {directory}: no images found")
+    return items

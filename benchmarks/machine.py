@@ -1,0 +1,146 @@
+"""What the numbers were measured on: CPU, instruction set, cores, clock, memory and library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import time
+from functools import lru_cache
+from typing import Any
+
+# The flags that decide which kernels the libraries run; the rest of /proc/cpuinfo's list is noise here.
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                  "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+LIBRARIES = ("numpy", "pillow", "onnxruntime", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
+             "fastvit-detect", "openvino", "matplotlib")
+
+
+def _cpuinfo() -> list[dict[str, str]]:
+    """/proc/cpuinfo as one dict per logical processor."""
+    try:
+        text = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
+    except OSError:
+        return []
+    blocks = []
+    for block in text.strip().split("\n\n"):
+        entry = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(":")
+            entry[key.strip()] = value.strip()
+        blocks.append(entry)
+    return blocks
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    info = _cpuinfo()
+    return frozenset(info[0].get("flags", "").split()) if info else frozenset()
+
+
+def physical_cores() -> int:
+    from fastvit_detect.session import physical_core_count
+
+    return physical_core_count()
+
+
+def _lscpu() -> dict[str, str]:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
+
+
+def clock_mhz() -> tuple[float | None, str]:
+    """The clock used for the peak: lscpu's max MHz when the hypervisor exposes it, else /proc/cpuinfo's MHz."""
+    lscpu = _lscpu()
+    for key in ("CPU max MHz", "CPU MHz"):
+        try:
+            return float(lscpu[key]), f"lscpu '{key}'"
+        except (KeyError, ValueError):
+            pass
+    info = _cpuinfo()
+    try:
+        return float(info[0]["cpu MHz"]), "/proc/cpuinfo 'cpu MHz' (nominal; turbo unknown)"
+    except (IndexError, KeyError, ValueError):
+        pass
+    match = re.search(r"@\s*([\d.]+)GHz", info[0].get("model name", "") if info else "")
+    return (float(match.group(1)) * 1000, "model name") if match else (None, "unknown")
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def describe() -> dict[str, Any]:
+    info = _cpuinfo()
+    first = info[0] if info else {}
+    lscpu = _lscpu()
+    mhz, mhz_source = clock_mhz()
+    flags = cpu_flags()
+    try:
+        memory_kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+    except (OSError, StopIteration, ValueError):
+        memory_kb = 0
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (0.0, 0.0, 0.0)
+    return {
+        "cpu_model": first.get("model name") or platform.processor(),
+        "vendor": first.get("vendor_id"),
+        "family_model_stepping": f"{first.get('cpu family')}/{first.get('model')}/{first.get('stepping')}",
+        "hypervisor": lscpu.get("Hypervisor vendor"),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "clock_mhz": mhz,
+        "clock_source": mhz_source,
+        "flags": [flag for flag in RELEVANT_FLAGS if flag in flags],
+        "caches": {key: lscpu[key] for key in ("L1d cache", "L2 cache", "L3 cache") if key in lscpu},
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "load_average_at_start": [round(value, 2) for value in load],
+        "os": platform.platform(),
+        "libraries": library_versions(),
+    }
+
+
+class ForeignLoad:
+    """CPU time other processes took while a phase ran, in cores (0 = we had the machine to ourselves).
+
+    A shared machine's drift cancels in interleaved ratios, but contention doesn't only add noise: an OpenMP
+    runtime (PyTorch) whose threads outnumber the free cores can slow down several-fold at barriers, while
+    another runtime barely notices. So the report flags phases measured under foreign load.
+    """
+
+    def __init__(self) -> None:
+        self.started = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        try:
+            fields = open("/proc/stat").readline().split()[1:]
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+            busy = (user + nice + system + irq + softirq + steal) / ticks
+        except (OSError, ValueError):
+            busy = float("nan")
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system + own.children_user + own.children_system
+
+    def cores(self) -> float | None:
+        """Average cores busy with other processes since this monitor started."""
+        wall0, busy0, own0 = self.started
+        wall1, busy1, own1 = self._sample()
+        if wall1 - wall0 <= 0 or busy1 != busy1:
+            return None
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))

@@ -1,0 +1,212 @@
+"""report.md: the tables and ratios from results.json, with the machine and method stated next to them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _name(row: Row) -> str:
+    return f"{row['system']}/{row['variant']}"
+
+
+def _rows(results: dict[str, Any], figure: str) -> list[Row]:
+    return [row for row in results["rows"] if row["figure"] == figure]
+
+
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    if not lines:
+        return "_no data_\n"
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out) + "\n"
+
+
+def _num(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _ratio(row: Row) -> str:
+    ratio = row.get("speedup_vs_baseline")
+    if not ratio:
+        return "–"
+    return f"**{ratio['median']:.2f}x** ({ratio['p10']:.2f}–{ratio['p90']:.2f}, n={ratio['pairs']})"
+
+
+def _skipped(row: Row) -> str:
+    return f"skipped: {row.get('reason', '')}"
+
+
+def _per_system(rows: list[Row], ok: Callable[[Row], list[str]], width: int) -> list[list[str]]:
+    lines = []
+    for row in rows:
+        if row["status"] == "ok":
+            lines.append([_name(row), *ok(row)])
+        else:
+            lines.append([_name(row), _skipped(row), *([""] * (width - 1))])
+    return lines
+
+
+def headline(results: dict[str, Any]) -> str:
+    def lookup(figure: str, **match: Any) -> dict[str, Row]:
+        return {_name(r): r for r in _rows(results, figure) if r["status"] == "ok"
+                and all(r.get(k) == v for k, v in match.items())}
+
+    cores = results["machine"]["physical_cores"]
+    e2e, model = lookup("latency_e2e"), lookup("latency_model")
+    cold, size, fid = lookup("coldstart"), lookup("footprint"), lookup("fidelity")
+    through = {}
+    for r in _rows(results, "throughput"):
+        if r["status"] == "ok" and r["threads"] == cores:
+            if _name(r) not in through or r["images_per_s"] > through[_name(r)]["images_per_s"]:
+                through[_name(r)] = r
+    lines = []
+    for system in results["systems"]:
+        name = f"{system['system']}/{system['variant']}"
+        if system["status"] != "ok":
+            lines.append([name, f"skipped: {system['reason']}"] + [""] * 7)
+            continue
+        lines.append([
+            name,
+            f"{_num(e2e[name]['p50_ms'])} ms" if name in e2e else "–",
+            _ratio(e2e[name]) if name in e2e else "–",
+            f"{_num(model[name]['p50_ms'])} ms" if name in model else "–",
+            (f"{_num(through[name]['images_per_s'], 2)} (b={through[name]['batch_size']})" if name in through else "–"),
+            f"{_num(cold[name]['first_label_s'], 2)} s" if name in cold else "–",
+            f"{_num(cold[name]['peak_rss_mib'], 0)} MiB" if name in cold else "–",
+            f"{_num(size[name]['total_mb'], 0)} MB" if name in size else "–",
+            (f"{fid[name]['top1_agreement']:.3f} / {fid[name]['max_abs_probability_diff']:.2g}" if name in fid else "–"),
+        ])
+    return _table(["system", "e2e p50", "e2e speed-up vs PyTorch", "model p50", f"best img/s ({cores} thr)",
+                   "cold start", "peak RSS", "install", "top-1 agree / max |Δp|"], lines)
+
+
+def conditions(results: dict[str, Any]) -> str:
+    """How busy other processes kept the CPU in each phase, with a warning where it distorts the figures."""
+    loads = results.get("foreign_load_cores") or {}
+    if not loads:
+        return ""
+    threshold = results.get("foreign_load_warning_cores", 0.25)
+    text = "**Foreign CPU load** (cores kept busy by other processes): " + ", ".join(
+        f"{phase} {_num(value, 2)}" for phase, value in loads.items()) + ".\n"
+    busy = [phase for phase, value in loads.items() if value is not None and value > threshold]
+    if busy:
+        text += (f"\n> **Warning**: other processes competed for the CPU during {', '.join(busy)}. On "
+                 f"{results['machine']['physical_cores']} cores this is not just noise: PyTorch's OpenMP threads "
+                 "slow down several-fold when they outnumber the free cores, onnxruntime much less, so speed-ups "
+                 "against PyTorch are inflated. Re-run on an idle machine for publishable ratios.\n")
+    return text
+
+
+def render(results: dict[str, Any], figures: Sequence[str]) -> str:
+    machine, model, plan, peak = results["machine"], results["model"], results["plan"], results["peak"]
+    libraries = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items() if v)
+    sections = [
+        "# fastvit-detect benchmark\n",
+        f"Mode **{plan['mode']}**, {results['created']}, {results['wall_s']} s wall. Command: `{results['command']}`\n",
+        f"**Model**: {model['source']} — {model['model_type']}, labels {model['labels']}, "
+        f"{model['macs']['gmacs']:.2f} GMAC/image ({model['macs']['tokens']} tokens). All systems load these weights.\n",
+        f"**Machine**: {machine['cpu_model']} ({machine['vendor']}, family/model/stepping "
+        f"{machine['family_model_stepping']}{', ' + machine['hypervisor'] + ' guest' if machine['hypervisor'] else ''}), "
+        f"{machine['physical_cores']} physical cores / {machine['logical_cpus']} logical, {machine['clock_mhz']} MHz "
+        f"({machine['clock_source']}), {machine['memory_gib']} GiB RAM; flags: {', '.join(machine['flags'])}; "
+        f"load average at start {machine['load_average_at_start']}. {machine['os']}.\n",
+        f"**Libraries**: {libraries}.\n",
+        conditions(results),
+        "## Headline\n",
+        "Speed-ups are medians of per-trial ratios measured interleaved with the PyTorch fp32 baseline "
+        "(p10–p90 in brackets); > 1 means faster than PyTorch.\n",
+        headline(results),
+    ]
+
+    sections += ["\n## End-to-end latency, batch 1 (encoded file on disk -> label)\n",
+                 f"{len(results['images'])} images, {plan['latency_rounds']} round(s): "
+                 + ", ".join(f"{i['file']} {i['width']}x{i['height']} {i['mode']}" for i in results["images"]) + ".\n",
+                 _table(["system", "p50 ms", "p90 ms", "p99 ms", "mean ms", "n", "threads", "speed-up vs PyTorch"],
+                        _per_system(_rows(results, "latency_e2e"), lambda r: [
+                            _num(r["p50_ms"]), _num(r["p90_ms"]), _num(r["p99_ms"]), _num(r["mean_ms"]),
+                            str(r["n"]), str(r["threads"]), _ratio(r)], 7))]
+
+    sections += ["\n## Model-only latency, batch 1 (preprocessed tensor -> logits)\n",
+                 _table(["system", "p50 ms", "p90 ms", "p99 ms", "n", "threads", "speed-up vs PyTorch"],
+                        _per_system(_rows(results, "latency_model"), lambda r: [
+                            _num(r["p50_ms"]), _num(r["p90_ms"]), _num(r["p99_ms"]), str(r["n"]),
+                            str(r["threads"]), _ratio(r)], 6))]
+
+    throughput_rows = _rows(results, "throughput")
+    cells = sorted({(r["threads"], r["batch_size"]) for r in throughput_rows})
+    lines = []
+    for name in dict.fromkeys(_name(r) for r in throughput_rows):
+        line = [name]
+        for threads, batch in cells:
+            row = next((r for r in throughput_rows if _name(r) == name and r["threads"] == threads
+                        and r["batch_size"] == batch), None)
+            if row is None or row["status"] != "ok":
+                line.append("skipped")
+            else:
+                ratio = row.get("speedup_vs_baseline")
+                line.append(f"{row['images_per_s']:.2f}" + (f" ({ratio['median']:.2f}x)" if ratio else ""))
+        lines.append(line)
+    sections += ["\n## Throughput, end to end (images/s; speed-up vs PyTorch in brackets)\n",
+                 f"Batches of the sample photos (cycled), {plan['throughput_rounds']} timed batch(es) per cell after "
+                 f"one warm-up batch. Thread counts: {plan['threads_resolved']}"
+                 + (" (quick mode: all cores only, batch 1 and 8)" if plan["mode"] == "quick" else "") + ".\n",
+                 _table(["system"] + [f"b={b}, {t} thr" for t, b in cells], lines)]
+
+    sections += ["\n## Cold start (fresh process -> first printed label) and its peak memory\n",
+                 "Each system's own minimal script (in results.json), on grace_hopper.jpg, page cache warm; "
+                 "peak RSS is the process's VmHWM (its own high-water mark; see coldstart.py for why not ru_maxrss).\n",
+                 _table(["system", "first label s (median)", "max s", "exit s", "peak RSS MiB", "runs"],
+                        _per_system(_rows(results, "coldstart"), lambda r: [
+                            _num(r["first_label_s"], 2), _num(r["first_label_s_max"], 2), _num(r["total_s"], 2),
+                            _num(r["peak_rss_mib"], 0), str(r["repeats"])], 5))]
+
+    size_lines = []
+    for r in _rows(results, "footprint"):
+        if r["status"] != "ok":
+            size_lines.append([_name(r), _skipped(r), "", ""])
+            continue
+        top = ", ".join(f"{k} {v / 1e6:.0f}" for k, v in list(r["by_distribution"].items())[:5])
+        size_lines.append([_name(r), _num(r["total_mb"], 0), str(r["distributions"]), top])
+    sections += ["\n## Install footprint (runtime dependency closure, from RECORD files)\n",
+                 _table(["system", "MB on disk", "distributions", "largest (MB)"], size_lines)]
+
+    sections += ["\n## Fidelity against PyTorch fp32 (same images as the latency table)\n",
+                 _table(["system", "top-1 agreement", "max |Δ probability|", "mean |Δ probability|", "images"],
+                        _per_system(_rows(results, "fidelity"), lambda r: [
+                            f"{r['top1_agreement']:.3f}", f"{r['max_abs_probability_diff']:.3g}",
+                            f"{r['mean_abs_probability_diff']:.3g}", str(r["images"])], 4))]
+
+    if _rows(results, "accuracy"):
+        sections += ["\n## Accuracy on the labelled folder\n",
+                     _table(["system", "accuracy", "images"], _per_system(_rows(results, "accuracy"), lambda r: [
+                         f"{r['accuracy']:.4f}", str(r["images"])], 2))]
+
+    sections += ["\n## Compute efficiency\n",
+                 f"{model['macs']['gmacs']:.2f} GMAC = {2 * model['macs']['gmacs']:.1f} GFLOP per image "
+                 f"({100 * model['macs']['linear_share']:.0f}% in the linear layers int8 quantizes). Peak: "
+                 f"{_num(peak['fp32_gflops'], 0)} fp32 GFLOP/s, {_num(peak['int8_gops'], 0)} int8 GOP/s. "
+                 f"Assumptions: {'; '.join(peak['assumptions'])}.\n",
+                 _table(["system", "peak", "model-only G/s", "% of peak", "best e2e G/s", "% of peak"],
+                        _per_system(_rows(results, "compute"), lambda r: [
+                            f"{_num(r['peak_g_per_s'], 0)} {r['peak_kind']}", _num(r.get("model_g_per_s")),
+                            _num(100 * r["model_efficiency"], 1, "%") if r.get("model_efficiency") else "–",
+                            _num(r.get("e2e_g_per_s")),
+                            _num(100 * r["e2e_efficiency"], 1, "%") if r.get("e2e_efficiency") else "–"], 5))]
+
+    notes = [f"- `{s['system']}/{s['variant']}`: " + "; ".join(f"{k}: {v}" for k, v in s["notes"].items())
+             for s in results["systems"] if s["notes"]]
+    sections += ["\n## Systems\n", "\n".join(notes) + "\n" if notes else "",
+                 "\n## Method\n",
+                 "- Every figure is measured interleaved: each trial (image or batch) runs every system back to "
+                 "back in a rotating order, so drift on this shared machine hits all systems alike; a speed-up is "
+                 "the median of per-trial time ratios.\n"
+                 "- One untimed warm-up call per system precedes each measurement; p99 over few samples is close to "
+                 "the maximum.\n"
+                 "- onnxruntime and PyTorch keep their default spin-waiting thread pools, as users get them.\n"]
+    sections += [f"\n![{name}]({name})\n" for name in figures]
+    return "\n".join(section for section in sections if section)

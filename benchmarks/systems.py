@@ -1,0 +1,448 @@
+"""One small adapter per system under test, all serving the same checkpoint.
+
+Each adapter does what that system's own documentation tells a user to do, nothing cleverer, and exposes:
+
+* ``load(threads)`` / ``set_threads(threads)``;
+* ``predict_files(paths)``: encoded files on disk -> class probabilities (N, labels), the end-to-end path;
+* ``prepare_pixels(paths)`` + ``predict_pixels(pixels)``: the model call alone, on the system's own input type;
+* ``coldstart_code``: a standalone script that a fresh interpreter runs from import to its first printed label;
+* ``footprint_roots``: the distributions a deployment of the system has to install.
+
+Libraries are imported inside ``load`` so that a missing one makes that system skipped, not the suite broken.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastvit_detect.detector import softmax
+
+from .artifacts import Artifacts
+
+# Systems whose absence is normal: they're reported as skipped with the reason, like any other.
+TORCH_ROOTS = ("torch", "transformers", "pillow")
+OPTIMUM_ROOTS = ("optimum-onnx[onnxruntime]", "optimum", "onnxruntime", "transformers", "torch", "pillow")
+
+
+class Unavailable(Exception):
+    """The system can't run here (library not installed, mode excludes it); the message says why."""
+
+
+class System:
+    name: str = ""
+    variant: str = "fp32"
+    precision: str = "fp32"
+    baseline: bool = False
+    footprint_roots: Sequence[str] = ()
+
+    def __init__(self, artifacts: Artifacts) -> None:
+        self.artifacts = artifacts
+        self.notes: dict[str, Any] = {}
+        self.threads = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.variant}"
+
+    def load(self, threads: int) -> None:
+        raise NotImplementedError
+
+    def set_threads(self, threads: int) -> None:
+        raise NotImplementedError
+
+    def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
+        raise NotImplementedError
+
+    def prepare_pixels(self, paths: Sequence[Path]) -> Any:
+        raise NotImplementedError
+
+    def predict_pixels(self, pixels: Any) -> Any:
+        raise NotImplementedError
+
+    @property
+    def model_only_reason(self) -> str | None:
+        """Why the model-only figure isn't measured for this system, or None."""
+        return None
+
+    def coldstart_code(self) -> str:
+        """A script run as ``python -c CODE CHECKPOINT_OR_PACKAGE IMAGE``; prints the label."""
+        raise NotImplementedError
+
+    def coldstart_args(self) -> list[str]:
+        return [str(self.artifacts.checkpoint)]
+
+
+# --- PyTorch + transformers ---------------------------------------------------------------------------------
+
+
+class TorchSystem(System):
+    """The seed's way: slow AutoImageProcessor + AutoModelForImageClassification, fp32, torch.no_grad()."""
+
+    name = "pytorch"
+    baseline = True
+    footprint_roots = TORCH_ROOTS
+
+    def load(self, threads: int) -> None:
+        try:
+            import torch
+            import transformers
+            from transformers import AutoImageProcessor, AutoModelForImageClassification
+        except ImportError as exc:
+            raise Unavailable(f"not installed: {exc.name}") from exc
+        transformers.logging.set_verbosity_error()
+        self.torch = torch
+        self.processor = AutoImageProcessor.from_pretrained(self.artifacts.checkpoint, use_fast=False)
+        self.model = self.make_model(AutoModelForImageClassification.from_pretrained(self.artifacts.checkpoint).eval())
+        self.notes["processor"] = type(self.processor).__name__
+        self.set_threads(threads)
+
+    def make_model(self, model: Any) -> Any:
+        return model
+
+    def set_threads(self, threads: int) -> None:
+        # torch's intra-op pool is process-wide: every torch system shares it, so each sets it before its phase.
+        self.torch.set_num_threads(threads)
+        self.threads = threads
+
+    def _images(self, paths: Sequence[Path]) -> list[Any]:
+        from transformers.image_utils import load_image
+
+        return [load_image(str(path)) for path in paths]  # what the pipeline does: EXIF transpose + RGB
+
+    def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
+        inputs = self.processor(self._images(paths), return_tensors="pt")
+        with self.torch.no_grad():
+            logits = self.model(**inputs).logits
+        return softmax(logits.numpy())
+
+    def prepare_pixels(self, paths: Sequence[Path]) -> Any:
+        return self.processor(self._images(paths), return_tensors="pt")["pixel_values"]
+
+    def predict_pixels(self, pixels: Any) -> Any:
+        with self.torch.no_grad():
+            return self.model(pixel_values=pixels).logits
+
+    def coldstart_code(self) -> str:
+        return SEED_SCRIPT.format(setup="")
+
+
+SEED_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(sys.argv[1], use_fast=False)
+    model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
+    {setup}
+    with torch.no_grad():
+        logits = model(**processor(Image.open(sys.argv[2]).convert("RGB"), return_tensors="pt")).logits
+    print(model.config.id2label[int(logits.argmax(-1))], flush=True)
+    """
+)
+
+
+class TorchInt8System(TorchSystem):
+    """torch.ao dynamic int8 on every nn.Linear: the first thing a PyTorch user tries for CPU speed."""
+
+    variant = "int8"
+    precision = "int8"
+    baseline = False
+
+    def make_model(self, model: Any) -> Any:
+        from torch.ao.quantization import quantize_dynamic
+
+        self.notes["quantization"] = "torch.ao.quantization.quantize_dynamic({nn.Linear}, dtype=torch.qint8)"
+        self.notes["quantized_engine"] = self.torch.backends.quantized.engine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            return quantize_dynamic(model, {self.torch.nn.Linear}, dtype=self.torch.qint8)
+
+    def coldstart_code(self) -> str:
+        return SEED_SCRIPT.format(
+            setup="model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"
+        )
+
+
+class TorchCompileSystem(TorchSystem):
+    """torch.compile (inductor) on the fp32 model: compiles on first call for each batch size."""
+
+    name = "torch.compile"
+    baseline = False
+
+    def make_model(self, model: Any) -> Any:
+        self.notes["backend"] = "inductor (default mode)"
+        return self.torch.compile(model)
+
+    def coldstart_code(self) -> str:
+        return SEED_SCRIPT.format(setup="model = torch.compile(model)")
+
+
+class PipelineSystem(TorchSystem):
+    """transformers.pipeline("image-classification") with its defaults, fed file paths."""
+
+    name = "pytorch-pipeline"
+    baseline = False
+
+    def load(self, threads: int) -> None:
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:
+            raise Unavailable(f"not installed: {exc.name}") from exc
+        transformers.logging.set_verbosity_error()
+        self.torch = torch
+        self.pipe = transformers.pipeline("image-classification", model=str(self.artifacts.checkpoint), device="cpu")
+        self.label2id = {label: int(index) for index, label in self.pipe.model.config.id2label.items()}
+        self.notes["processor"] = type(self.pipe.image_processor).__name__
+        self.set_threads(threads)
+
+    def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
+        outputs = self.pipe([str(path) for path in paths], batch_size=len(paths), top_k=None)
+        probabilities = np.zeros((len(paths), len(self.label2id)))
+        for row, scores in enumerate(outputs):
+            for entry in scores:
+                probabilities[row, self.label2id[entry["label"]]] = entry["score"]
+        return probabilities
+
+    @property
+    def model_only_reason(self) -> str | None:
+        return "same model call as pytorch/fp32; the pipeline adds only pre- and post-processing"
+
+    def coldstart_code(self) -> str:
+        return textwrap.dedent(
+            """
+            import sys
+            from transformers import pipeline
+
+            classify = pipeline("image-classification", model=sys.argv[1], device="cpu")
+            print(classify(sys.argv[2])[0]["label"], flush=True)
+            """
+        )
+
+
+# --- Hugging Face Optimum -----------------------------------------------------------------------------------
+
+
+class OptimumSystem(System):
+    """ORTModelForImageClassification on Optimum's own export, with the checkpoint's (slow) HF processor."""
+
+    name = "optimum"
+    file_name = "model.onnx"
+    footprint_roots = OPTIMUM_ROOTS
+
+    def load(self, threads: int) -> None:
+        try:
+            import onnxruntime
+            import torch
+            from optimum.onnxruntime import ORTModelForImageClassification
+            from transformers import AutoImageProcessor
+        except ImportError as exc:
+            raise Unavailable(f"not installed: {exc.name}") from exc
+        self.torch = torch
+        self.ort = onnxruntime
+        self.model_class = ORTModelForImageClassification
+        self.processor = AutoImageProcessor.from_pretrained(self.artifacts.optimum_dir, use_fast=False)
+        self.notes["processor"] = type(self.processor).__name__
+        self.notes["file"] = self.file_name
+        self.model = None
+        self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        if self.model is not None and threads == self.threads:
+            return
+        # ORT fixes its thread pool when the session is created, so another thread count needs another session.
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.model = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = self.model_class.from_pretrained(
+                self.artifacts.optimum_dir, file_name=self.file_name, session_options=options
+            )
+        self.threads = threads
+
+    def _images(self, paths: Sequence[Path]) -> list[Any]:
+        from transformers.image_utils import load_image
+
+        return [load_image(str(path)) for path in paths]
+
+    def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
+        inputs = self.processor(self._images(paths), return_tensors="pt")
+        logits = self.model(**inputs).logits
+        return softmax(np.asarray(logits))
+
+    def prepare_pixels(self, paths: Sequence[Path]) -> Any:
+        return self.processor(self._images(paths), return_tensors="pt")["pixel_values"]
+
+    def predict_pixels(self, pixels: Any) -> Any:
+        return self.model(pixel_values=pixels).logits
+
+    def coldstart_args(self) -> list[str]:
+        return [str(self.artifacts.optimum_dir)]
+
+    def coldstart_code(self) -> str:
+        return textwrap.dedent(
+            f"""
+            import sys
+            from PIL import Image
+            from optimum.onnxruntime import ORTModelForImageClassification
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(sys.argv[1], use_fast=False)
+            model = ORTModelForImageClassification.from_pretrained(sys.argv[1], file_name={self.file_name!r})
+            logits = model(**processor(Image.open(sys.argv[2]).convert("RGB"), return_tensors="pt")).logits
+            print(model.config.id2label[int(logits.argmax(-1))], flush=True)
+            """
+        )
+
+
+class OptimumInt8System(OptimumSystem):
+    """Optimum's ORTQuantizer dynamic int8 (the AutoQuantizationConfig preset for this CPU's ISA)."""
+
+    variant = "int8"
+    precision = "int8"
+    file_name = "model_quantized.onnx"
+
+    def load(self, threads: int) -> None:
+        super().load(threads)
+        self.notes["quantization"] = self.artifacts.optimum_quantization.get("preset")
+
+
+# --- fastvit-detect -----------------------------------------------------------------------------------------
+
+
+class FastVitSystem(System):
+    """fastvit-detect's Detector on one variant of the exported package."""
+
+    name = "fastvit-detect"
+    footprint_roots = ("fastvit-detect",)
+
+    def __init__(self, artifacts: Artifacts, variant: str) -> None:
+        super().__init__(artifacts)
+        self.variant = variant
+        self.precision = "int8" if "int8" in variant else "fp32"
+        self.detectors: dict[int, Any] = {}
+
+    def load(self, threads: int) -> None:
+        from fastvit_detect import Detector
+
+        self.detector_class = Detector
+        self.set_threads(threads)
+        details = dict(self.detector.variant.details)
+        self.notes["file"] = self.detector.variant.path.name
+        if "quantization" in details:
+            self.notes["quantization"] = details["quantization"]
+
+    def set_threads(self, threads: int) -> None:
+        # One Detector per thread count, kept: switching back and forth costs nothing after the first time.
+        if threads not in self.detectors:
+            self.detectors[threads] = self.detector_class.load(self.artifacts.package, variant=self.variant,
+                                                               threads=threads)
+        self.detector = self.detectors[threads]
+        self.threads = threads
+
+    def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
+        predictions = self.detector.predict_batch(paths, batch_size=max(1, len(paths)))
+        labels = self.detector.labels
+        return np.array([[prediction.probabilities[label] for label in labels] for prediction in predictions])
+
+    def prepare_pixels(self, paths: Sequence[Path]) -> Any:
+        return self.detector.preprocessor(paths)
+
+    def predict_pixels(self, pixels: Any) -> Any:
+        return self.detector.run_logits(pixels)
+
+    def coldstart_args(self) -> list[str]:
+        return [str(self.artifacts.package)]
+
+    def coldstart_code(self) -> str:
+        return textwrap.dedent(
+            f"""
+            import sys
+            from fastvit_detect import Detector
+
+            print(Detector.load(sys.argv[1], variant={self.variant!r}).predict(sys.argv[2]).label, flush=True)
+            """
+        )
+
+
+# --- OpenVINO (optional) ------------------------------------------------------------------------------------
+
+
+class OpenVinoSystem(System):
+    """OpenVINO runtime on the fastvit-detect fp32 ONNX graph, with fastvit-detect's preprocessing."""
+
+    name = "openvino"
+    footprint_roots = ("openvino", "numpy", "pillow")
+
+    def load(self, threads: int) -> None:
+        try:
+            import openvino
+        except ImportError as exc:
+            raise Unavailable("not installed: openvino (pip install openvino)") from exc
+        from fastvit_detect import Detector
+
+        self.ov = openvino
+        self.core = openvino.Core()
+        self.graph = self.core.read_model(str(self.artifacts.package / "model.onnx"))
+        self.preprocessor = Detector.load(self.artifacts.package, variant="fp32", threads=1).preprocessor
+        self.compiled: dict[int, Any] = {}
+        self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        if threads not in self.compiled:
+            self.compiled[threads] = self.core.compile_model(self.graph, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        self.model = self.compiled[threads]
+        self.threads = threads
+
+    def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
+        return softmax(self.predict_pixels(self.preprocessor(paths)))
+
+    def prepare_pixels(self, paths: Sequence[Path]) -> Any:
+        return self.preprocessor(paths)
+
+    def predict_pixels(self, pixels: Any) -> Any:
+        return next(iter(self.model(pixels).values()))
+
+    def coldstart_args(self) -> list[str]:
+        return [str(self.artifacts.package)]
+
+    def coldstart_code(self) -> str:
+        return textwrap.dedent(
+            """
+            import json, sys
+            import numpy as np, openvino
+            from fastvit_detect import Detector
+
+            pre = Detector.load(sys.argv[1], variant="fp32", threads=1).preprocessor
+            model = openvino.Core().compile_model(sys.argv[1] + "/model.onnx", "CPU")
+            logits = next(iter(model(pre([sys.argv[2]])).values()))
+            labels = json.load(open(sys.argv[1] + "/config.json"))["id2label"]
+            print(labels[str(int(np.argmax(logits)))], flush=True)
+            """
+        )
+
+
+def all_systems(artifacts: Artifacts) -> list[System]:
+    """Every system, baseline first; fastvit-detect gets one entry per variant its package holds."""
+    from fastvit_detect import ModelPackage
+
+    package = ModelPackage.open(artifacts.package)
+    return [
+        TorchSystem(artifacts),
+        PipelineSystem(artifacts),
+        TorchInt8System(artifacts),
+        TorchCompileSystem(artifacts),
+        OptimumSystem(artifacts),
+        OptimumInt8System(artifacts),
+        *(FastVitSystem(artifacts, variant) for variant in package.variants),
+        OpenVinoSystem(artifacts),
+    ]

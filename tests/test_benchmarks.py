@@ -1,0 +1,182 @@
+"""The benchmark harness (benchmarks/, issue 4): an end-to-end run on a tiny model, and its building blocks.
+
+Numbers are never asserted, only the shape of what the harness writes: every system has every figure, measured
+or skipped with a reason, and the report and plots exist.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `benchmarks` is a top-level folder of the repo, not an installed package
+
+EXPECTED_SYSTEMS = {
+    "pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "torch.compile/fp32", "optimum/fp32", "optimum/int8",
+    "fastvit-detect/fp32", "fastvit-detect/int8", "openvino/fp32",
+}
+# Installed in the dev environment, so they must be measured, not skipped.
+MUST_RUN = {"pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "optimum/fp32", "optimum/int8",
+            "fastvit-detect/fp32", "fastvit-detect/int8"}
+FIGURES = {
+    "latency_e2e": ("p50_ms", "p90_ms", "p99_ms", "samples_ms", "speedup_vs_baseline"),
+    "latency_model": ("p50_ms", "p90_ms", "p99_ms"),
+    "throughput": ("images_per_s", "batch_latency", "speedup_vs_baseline"),
+    "coldstart": ("first_label_s", "peak_rss_mib", "total_s", "label"),
+    "footprint": ("total_bytes", "by_distribution"),
+    "fidelity": ("top1_agreement", "max_abs_probability_diff"),
+    "compute": ("peak_g_per_s",),
+    "accuracy": ("accuracy", "images"),
+}
+BATCH_SIZES, THREADS = (1, 2), ("1", "all")
+
+
+def key(row: dict) -> str:
+    return f"{row['system']}/{row['variant']}"
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> Path:
+    """One end-to-end run of ``python -m benchmarks`` on the tiny preset, with a labelled folder for accuracy."""
+    pytest.importorskip("torch")
+    pytest.importorskip("optimum.onnxruntime")
+    base = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    for label in ("Real", "Fake"):
+        (base / "data" / label).mkdir(parents=True)
+        for index in range(2):
+            Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(base / "data" / label / f"{index}.png")
+    command = [sys.executable, "-m", "benchmarks", "--preset", "tiny", "--output", str(base / "out"),
+               "--cache-dir", str(base / "cache"), "--data", str(base / "data"), "--rounds", "1", "--large-mp", "0.3",
+               "--batch-sizes", ",".join(map(str, BATCH_SIZES)), "--threads", ",".join(THREADS),
+               "--coldstart-repeats", "1", "--no-compile"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "end-to-end latency" in result.stderr  # progress goes to stderr while it runs
+    return base / "out"
+
+
+@pytest.fixture(scope="module")
+def results(bench_run) -> dict:
+    return json.loads((bench_run / "results.json").read_text())
+
+
+def test_every_system_is_listed_with_a_status(results):
+    systems = {f"{s['system']}/{s['variant']}": s for s in results["systems"]}
+    assert set(systems) == EXPECTED_SYSTEMS
+    for name, system in systems.items():
+        assert system["status"] in ("ok", "skipped"), name
+        if system["status"] == "skipped":
+            assert system["reason"], f"{name} skipped without a reason"
+    assert {name for name, s in systems.items() if s["status"] == "ok"} >= MUST_RUN
+    assert "--no-compile" in systems["torch.compile/fp32"]["reason"]
+
+
+def test_every_system_has_every_figure_measured_or_skipped_with_reason(results):
+    for figure, fields in FIGURES.items():
+        rows = [row for row in results["rows"] if row["figure"] == figure]
+        assert {key(row) for row in rows} == EXPECTED_SYSTEMS, figure
+        for row in rows:
+            if row["status"] == "skipped":
+                assert row.get("reason"), f"{figure} {key(row)}: skipped without a reason"
+                continue
+            assert row["status"] == "ok"
+            for field in fields:
+                if field == "speedup_vs_baseline" or (figure == "latency_model" and key(row) not in MUST_RUN):
+                    continue
+                assert field in row, f"{figure} {key(row)} lacks {field}"
+    measured = {(row["figure"], key(row)) for row in results["rows"] if row["status"] == "ok"}
+    for name in MUST_RUN:
+        for figure in ("latency_e2e", "throughput", "coldstart", "footprint", "fidelity", "accuracy"):
+            assert (figure, name) in measured, f"{name} has no measured {figure}"
+
+
+def test_throughput_covers_every_batch_size_and_thread_count(results):
+    threads = results["plan"]["threads_resolved"]
+    rows = [row for row in results["rows"] if row["figure"] == "throughput"]
+    for name in EXPECTED_SYSTEMS:
+        cells = {(row["batch_size"], row["threads"]) for row in rows if key(row) == name}
+        assert cells == {(b, t) for b in BATCH_SIZES for t in threads}, name
+
+
+def test_ratios_are_against_the_pytorch_baseline(results):
+    for row in results["rows"]:
+        if row["figure"] == "latency_e2e" and row["status"] == "ok":
+            ratio = row["speedup_vs_baseline"]
+            assert set(ratio) == {"median", "p10", "p90", "pairs"} and ratio["pairs"] >= 1
+            if key(row) == "pytorch/fp32":
+                assert ratio["median"] == pytest.approx(1.0)
+        if row["figure"] == "fidelity" and key(row) == "pytorch/fp32":
+            assert row["top1_agreement"] == 1.0 and row["max_abs_probability_diff"] == 0.0
+
+
+def test_machine_model_and_peak_are_recorded(results):
+    machine = results["machine"]
+    for field in ("cpu_model", "physical_cores", "flags", "libraries", "clock_mhz"):
+        assert field in machine
+    assert machine["libraries"]["onnxruntime"] and machine["libraries"]["torch"]
+    assert results["model"]["macs"]["macs"] > 0
+    assert "assumptions" in results["peak"]
+    assert any(image["width"] * image["height"] >= 250_000 for image in results["images"])  # the generated JPEG
+
+
+def test_fastvit_footprint_is_torch_free(results):
+    row = next(r for r in results["rows"] if r["figure"] == "footprint" and key(r) == "fastvit-detect/int8")
+    assert {"numpy", "pillow", "onnxruntime"} <= set(row["by_distribution"])
+    assert "torch" not in row["by_distribution"] and "transformers" not in row["by_distribution"]
+    torch_row = next(r for r in results["rows"] if r["figure"] == "footprint" and key(r) == "pytorch/fp32")
+    assert {"torch", "transformers"} <= set(torch_row["by_distribution"])
+
+
+def test_report_and_plots_are_written(bench_run, results):
+    report = (bench_run / "report.md").read_text()
+    for heading in ("## Headline", "## End-to-end latency", "## Model-only latency", "## Throughput",
+                    "## Cold start", "## Install footprint", "## Fidelity", "## Accuracy", "## Compute efficiency"):
+        assert heading in report, heading
+    for name in EXPECTED_SYSTEMS:
+        assert name in report, name
+    assert "not installed" in report or all(s["status"] == "ok" for s in results["systems"] if s["system"] == "openvino")
+    for plot in ("latency.png", "throughput.png", "coldstart_memory.png"):
+        data = (bench_run / plot).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, plot
+        assert f"({plot})" in report
+
+
+# --- building blocks ----------------------------------------------------------------------------------------
+
+
+def test_interleave_rotates_order_and_isolates_failures():
+    from benchmarks.measure import interleave, paired_ratio
+
+    calls: list[str] = []
+
+    def call(name: str, trial: int) -> None:
+        calls.append(name)
+        if name == "broken" and trial == 1:
+            raise RuntimeError("boom")
+
+    result = interleave(["a", "b", "broken"], [0, 1, 2], call, rounds=2)
+    assert result.failures == {"broken": "RuntimeError: boom"}
+    assert set(result.samples) == {"a", "b"} and all(len(v) == 6 for v in result.samples.values())
+    assert calls[:3] == ["a", "b", "broken"] and calls[3] == "b"  # the second trial starts one system later
+    ratio = paired_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 3.0])
+    assert ratio["median"] == pytest.approx(2.0) and ratio["pairs"] == 3
+
+
+def test_vit_base_mac_count_matches_the_published_figure():
+    from benchmarks.compute import cpu_peak, vit_macs
+
+    config = {"model_type": "vit", "image_size": 224, "patch_size": 16, "hidden_size": 768,
+              "intermediate_size": 3072, "num_hidden_layers": 12, "id2label": {"0": "Fake", "1": "Real"}}
+    assert vit_macs(config)["gmacs"] == pytest.approx(17.56, abs=0.05)
+    peak = cpu_peak()
+    assert peak["assumptions"]
+    if peak["fp32_gflops"] is not None:
+        assert peak["int8_gops"] > peak["fp32_gflops"] > 0
