@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import shutil
@@ -207,6 +208,9 @@ def export_fp32(model: Any, destination: Path, opset: int, image_size: tuple[int
     """ONNX export with Optimum (dynamic batch axis); channel and spatial axes are pinned to the package's size."""
     import onnx
     from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.utils import logging as optimum_logging
+
+    optimum_logging.set_verbosity_error()  # "deduplication check needs accelerate": ViT ties no weights anyway
 
     with tempfile.TemporaryDirectory() as scratch:
         onnx_export_from_model(model, scratch, opset=opset, task="image-classification", do_validation=False)
@@ -233,8 +237,16 @@ def quantize_int8(source: Path, destination: Path, per_channel: bool, reduce_ran
 
     settings = {"method": "dynamic", "weight_type": "QInt8", "activation_type": "QUInt8",
                 "per_channel": per_channel, "reduce_range": reduce_range, "op_types": ["MatMul"]}
-    quantize_dynamic(source, destination, weight_type=QuantType.QInt8, per_channel=per_channel,
-                     reduce_range=reduce_range, op_types_to_quantize=["MatMul"])
+    # The quantizer logs a suggestion to run its pre-processing on the root logger; it doesn't apply to a graph
+    # that Optimum already shape-inferred, and it reads like an error in the progress output.
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(source, destination, weight_type=QuantType.QInt8, per_channel=per_channel,
+                         reduce_range=reduce_range, op_types_to_quantize=["MatMul"])
+    finally:
+        root_logger.setLevel(level)
     return settings
 
 
@@ -291,6 +303,7 @@ def export_package(
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(optimum|transformers|torch)\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
     config = AutoConfig.from_pretrained(checkpoint.directory)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
