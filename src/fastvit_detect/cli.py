@@ -62,6 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", metavar="DIR", help="model package directory")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(handler=run_info)
+
+    serve = commands.add_parser(
+        "serve", help="HTTP server with an upload page and a JSON API (needs the serve extra)",
+        description="Serve a model over HTTP: an upload page at /, POST /api/v1/predict, the seed project's "
+                    "POST /predict/, /healthz, /api/v1/model and /openapi.json. Concurrent requests are micro-batched.",
+    )
+    add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, metavar="N",
+                       help="largest request body in MB (default 20)")
+    serve.add_argument("--max-batch", type=positive_int, default=8,
+                       help="images per session call; 1 turns micro-batching off (default 8)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="how long a batch waits for more images after its first (default 5)")
+    serve.add_argument("--queue-size", type=positive_int, default=64,
+                       help="images that may wait for the model; more are refused with 503 (default 64)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=run_serve)
     return parser
 
 
@@ -178,6 +198,28 @@ def print_eval_report(report: dict[str, Any], out: TextIO) -> None:
         print(f"\nskipped {len(report['skipped'])} image(s):", file=out)
         for image, reason in report["skipped"].items():
             print(f"  {image}: {reason}", file=out)
+
+
+# --- serve --------------------------------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:  # imported here: the other commands must work without FastAPI and uvicorn installed
+        from . import server
+    except ImportError as exc:
+        print(f"fastvit-detect: error: serve needs the serve extra ({exc.name or exc} is missing); "
+              "install it with: pip install 'fastvit-detect[serve]'", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = server.ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                        queue_size=args.queue_size)
+        server.serve(args.model, host=args.host, port=args.port, variant=args.variant, threads=args.threads,
+                     max_pixels=args.max_pixels, settings=settings, log_level=args.log_level)
+    except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
+        print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 # --- info ---------------------------------------------------------------------------------------------------

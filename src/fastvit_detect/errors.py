@@ -80,3 +80,18 @@ class UnsupportedPreprocessorError(ModelPackageError):
 
 class ProviderError(FastVitDetectError):
     """An onnxruntime execution provider that isn't available in this installation."""
+
+
+# --- serving ------------------------------------------------------------------------------------------------
+
+
+class UploadTooLargeError(InputError):
+    """A request body over a server's upload limit."""
+
+
+class BadRequestError(InputError):
+    """A request without a usable image: missing field, malformed JSON, multipart or base64."""
+
+
+class ServerBusyError(FastVitDetectError):
+    """The inference queue is full (or the server is stopping): retry later."""

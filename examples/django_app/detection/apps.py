@@ -1,0 +1,21 @@
+"""Loads the detector once, when Django starts, and shares it between all requests (a Detector is thread-safe)."""
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from fastvit_detect import Detector
+
+
+class DetectionConfig(AppConfig):
+    name = "detection"
+    detector: Detector
+
+    def ready(self) -> None:
+        # At start-up, not at the first request: a broken package stops the site at once, and no request pays
+        # for loading the model.
+        if not settings.FASTVIT_MODEL_DIR:
+            raise ImproperlyConfigured("set FASTVIT_MODEL_DIR to a fastvit-detect model package directory")
+        self.detector = Detector.load(
+            settings.FASTVIT_MODEL_DIR, variant=settings.FASTVIT_VARIANT, threads=settings.FASTVIT_THREADS
+        )

@@ -1,0 +1,85 @@
+"""The framework-free part of serving over HTTP: errors to status codes and JSON bodies, and the seed client's
+base64 images. Shared by the FastAPI server (``server``) and framework embeddings such as the Django example.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+from .errors import (
+    BadRequestError,
+    EmptyImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    InputError,
+    ServerBusyError,
+    UnsupportedInputError,
+    UploadTooLargeError,
+)
+
+# The one place errors become HTTP status codes. Looked up along the class's MRO, so subclasses inherit.
+HTTP_STATUS: dict[type[Exception], int] = {
+    UploadTooLargeError: 413,
+    ImageTooLargeError: 413,  # too many pixels: a smaller image will do, as for a too-large body
+    ImageDecodeError: 415,  # not an image we can decode, whatever its declared type
+    UnsupportedInputError: 415,
+    EmptyImageError: 422,
+    BadRequestError: 422,
+    InputError: 422,
+    ServerBusyError: 503,
+}
+
+INTERNAL_ERROR = {"error": {"type": "InternalServerError", "message": "the server failed to answer; see its log"}}
+
+
+def http_status(error: Exception) -> int:
+    """The HTTP status for an error: its class's entry in HTTP_STATUS, else 500 (a fault of the server)."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def error_body(error: Exception) -> dict[str, Any]:
+    """The JSON body of a failure, in the CLI's shape: ``{"error": {"type", "message"}}``."""
+    return {"error": {"type": type(error).__name__, "message": str(error)}}
+
+
+def named_image(data: bytes, name: str) -> io.BytesIO:
+    """Image bytes that error messages call by ``name`` (the upload's file name) rather than ``<N bytes>``."""
+    image = io.BytesIO(data)
+    image.name = name
+    return image
+
+
+def decode_base64_image(value: Any, limit: int) -> io.BytesIO:
+    """The seed client's ``image`` value: base64, optionally a ``data:image/...;base64,`` URL."""
+    if not isinstance(value, str):
+        raise BadRequestError(f"JSON field 'image' must be a base64 string, got {type(value).__name__}")
+    if value.startswith("data:"):
+        header, comma, value = value.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise BadRequestError("JSON field 'image' is a data URL without ';base64,': only base64 data URLs work")
+    compact = "".join(value.split())  # line-wrapped base64 (base64.encodebytes) is common
+    try:
+        data = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError(f"JSON field 'image' isn't valid base64: {exc}") from exc
+    if len(data) > limit:
+        raise UploadTooLargeError(f"image of {len(data):,} bytes exceeds the upload limit of {limit:,} bytes")
+    return named_image(data, "image (base64)")
+
+
+def seed_request_image(body: bytes, limit: int) -> io.BytesIO:
+    """The image of a seed-client request body, JSON ``{"image": "<base64>"}``."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(f"request body isn't valid JSON: {exc}") from exc
+    if not isinstance(payload, dict) or "image" not in payload:
+        raise BadRequestError('JSON field \'image\' is missing: send {"image": "<base64>"}')
+    return decode_base64_image(payload["image"], limit)

@@ -1,0 +1,183 @@
+"""The upload page in a real browser: headless Chromium, driven over the DevTools protocol, against uvicorn.
+
+Chromium is Debian's ``chromium`` package (CI installs it); the test skips where it isn't installed. It talks
+to Chromium with ``websocket-client``. Screenshots land in the test's tmp dir and in ``artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from conftest import ROOT, sample_photos
+
+from fastvit_detect import Detector
+from fastvit_detect.server import create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium isn't installed (apt-get install chromium)")
+websocket = pytest.importorskip("websocket", reason="websocket-client drives Chromium: pip install websocket-client")
+
+ARTIFACTS = ROOT / "artifacts" / "browser"
+
+
+@pytest.fixture(scope="module")
+def detector(vit_package) -> Detector:
+    return Detector.load(vit_package, threads=1)
+
+
+@pytest.fixture(scope="module")
+def server_url(detector) -> Iterator[str]:
+    """uvicorn on 127.0.0.1, on a port the OS picks: the socket is bound before the server starts, so no race."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(detector), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn didn't start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(30)
+    listener.close()
+
+
+class Browser:
+    """Headless Chromium and one page, over the DevTools protocol."""
+
+    def __init__(self, profile: Path) -> None:
+        self.log = open(profile.parent / "chromium.log", "wb")
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1000,900", "about:blank"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        port = self._devtools_port(profile / "DevToolsActivePort")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+            page = next(target for target in json.load(response) if target["type"] == "page")
+        # suppress_origin: Chromium refuses DevTools websockets that carry an Origin it wasn't told to allow.
+        self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    def _devtools_port(self, port_file: Path) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "Chromium exited at start-up"
+            if port_file.exists() and port_file.read_text().strip():
+                return int(port_file.read_text().split()[0])
+            time.sleep(0.05)
+        raise AssertionError("Chromium didn't open its DevTools port")
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        message_id = next(self.ids)
+        self.socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == message_id:
+                assert "error" not in message, f"{method}: {message['error']}"
+                return message["result"]
+            self.events.append(message)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if value := self.evaluate(expression):
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    def upload(self, selector: str, path: Path) -> None:
+        root = self.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.send("DOM.setFileInputFiles", nodeId=node, files=[str(path)])  # fires the input's change event
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+
+    def requested_urls(self) -> list[str]:
+        return [event["params"]["request"]["url"] for event in self.events
+                if event.get("method") == "Network.requestWillBeSent"]
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture()
+def browser(tmp_path) -> Iterator[Browser]:
+    opened = Browser(tmp_path / "profile")
+    yield opened
+    opened.close()
+
+
+def save_screenshot(browser: Browser, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    browser.screenshot(shot)
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / name)
+    return shot
+
+
+def test_upload_shows_the_verdict_and_errors(browser, server_url, detector, tmp_path):
+    browser.send("Network.enable")
+    browser.send("Page.navigate", url=server_url + "/")
+    browser.wait_for("document.readyState === 'complete' && document.getElementById('model').textContent"
+                     ".startsWith('Model ')")
+
+    photo = sample_photos()[0]
+    browser.upload("#file", photo)
+    assert browser.wait_for("['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state") \
+        == "done", browser.evaluate("document.getElementById('error').textContent")
+    shown = browser.evaluate("""({
+        label: document.getElementById('label').textContent,
+        bar: parseFloat(document.getElementById('fake-bar').style.width),
+        probabilities: document.getElementById('probabilities').children.length,
+        preview: document.getElementById('preview').naturalWidth,
+        errorHidden: document.getElementById('error').hidden,
+    })""")
+    expected = detector.predict(photo)
+    assert shown["label"] == expected.label
+    assert shown["bar"] == pytest.approx(100 * expected.fake_probability, abs=0.06)
+    assert shown["probabilities"] == 2 and shown["preview"] > 0 and shown["errorHidden"]
+    save_screenshot(browser, tmp_path, "upload-result.png")
+
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("this is not an image\n")
+    browser.upload("#file", not_an_image)
+    browser.wait_for("document.body.dataset.state === 'error'")
+    message = browser.evaluate("document.getElementById('error').textContent")
+    assert "HTTP 415" in message and "ImageDecodeError" in message and "notes.jpg" in message
+    assert browser.evaluate("document.getElementById('result').hidden")
+    save_screenshot(browser, tmp_path, "upload-error.png")
+
+    requested = browser.requested_urls()
+    assert any(url.endswith("/api/v1/predict") for url in requested)
+    outside = [url for url in requested if not url.startswith((server_url + "/", "blob:", "data:"))]
+    assert not outside, f"the page fetched from elsewhere: {outside}"
