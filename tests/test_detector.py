@@ -136,3 +136,20 @@ def test_optimum_opens_our_package(vit_package):
     logits = model(**processor(load_image(str(photo)), return_tensors="pt")).logits.numpy()[0]
     ours = Detector.load(vit_package, variant="fp32").predict(photo).logits
     np.testing.assert_allclose(ours, logits, atol=1e-5)
+
+
+def test_jpeg_draft_decodes_large_jpegs_at_reduced_scale(vit_package, odd_images):
+    from fastvit_detect import load_image
+
+    large = odd_images["large.jpg"]  # 2000x1500
+    assert load_image(large).size == (2000, 1500)
+    assert load_image(large, draft_size=(224, 224)).size == (500, 375)  # 1/4: the smallest still >= 224x224
+    # Stored 90x120 and turned by EXIF: the draft must cover the requested size after the turn, not before.
+    width, height = load_image(odd_images["exif-rotated.jpg"], draft_size=(20, 60)).size
+    assert width >= 20 and height >= 60
+    exact = Detector.load(vit_package, variant="fp32").predict(large)
+    fast = Detector.load(vit_package, variant="fp32", jpeg_draft=True).predict(large)
+    assert fast.label == exact.label and abs(fast.score - exact.score) < 0.05
+    png = odd_images["wide.png"]  # not a JPEG: drafting doesn't apply, results are identical
+    np.testing.assert_array_equal(Detector.load(vit_package, variant="fp32", jpeg_draft=True).predict(png).logits,
+                                  Detector.load(vit_package, variant="fp32").predict(png).logits)

@@ -14,6 +14,8 @@ from .detector import DEFAULT_BATCH_SIZE, Detector, Prediction
 from .errors import FastVitDetectError, InputError
 from .package import ModelPackage
 from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
+from .progress import stderr_progress
+from .scan import result_record
 
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")
     evaluate.set_defaults(handler=run_eval)
 
+    scan = commands.add_parser(
+        "scan", help="classify a folder into a resumable results file",
+        description="Classify every image under DIR (recursively) into a JSON-lines or CSV file. Decoding overlaps "
+                    "inference; a bad image gets an error record; an interrupted scan resumes where it stopped.",
+    )
+    scan.add_argument("folder", metavar="DIR", help="folder to scan")
+    add_model_arguments(scan)
+    scan.add_argument("--output", "-o", default="scan_results.jsonl", metavar="FILE",
+                      help="results file; .csv for CSV, else JSON lines (default scan_results.jsonl)")
+    scan.add_argument("--format", choices=("jsonl", "csv"), help="override the format the file name implies")
+    scan.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per session call")
+    scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
+    scan.set_defaults(handler=run_scan)
+
     info = commands.add_parser("info", help="describe a model package", description="Describe a model package.")
     info.add_argument("model", metavar="DIR", help="model package directory")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -94,6 +110,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "au
         "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
         help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})",
     )
+    parser.add_argument("--jpeg-draft", action="store_true",
+                        help="decode large JPEGs at reduced scale: faster, no longer bit-identical to HF")
 
 
 def positive_int(text: str) -> int:
@@ -111,7 +129,8 @@ def positive_int(text: str) -> int:
 
 def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels)
+    detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels,
+                             jpeg_draft=args.jpeg_draft)
     started = time.perf_counter()
     results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
     elapsed = time.perf_counter() - started
@@ -130,15 +149,6 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return EXIT_IMAGE_FAILED if failed else EXIT_OK
 
 
-def result_record(image: str, result: Prediction | InputError) -> dict[str, Any]:
-    if isinstance(result, InputError):
-        return {"image": image, "error": {"type": type(result).__name__, "message": str(result)}}
-    record = result.to_dict()
-    return {"image": image, "label": record["label"], "score": record["score"],
-            "probabilities": record["probabilities"], "fake_probability": record["fake_probability"],
-            "logits": record["logits"]}
-
-
 def print_table(images: Sequence[str], results: Sequence[Prediction | InputError], out: TextIO) -> None:
     width = min(60, max([len("image"), *(len(image) for image in images)]))
     print(f"{'image':<{width}}  {'label':<10} {'score':>6}  {'p(fake)':>7}", file=out)
@@ -149,6 +159,21 @@ def print_table(images: Sequence[str], results: Sequence[Prediction | InputError
         else:
             fake = "-" if result.fake_probability is None else f"{result.fake_probability:.4f}"
             print(f"{shown:<{width}}  {result.label:<10} {result.score:>6.4f}  {fake:>7}", file=out)
+
+
+# --- scan ---------------------------------------------------------------------------------------------------
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    from .scan import scan
+
+    detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels,
+                             jpeg_draft=args.jpeg_draft)
+    print(f"scanning {args.folder} with {detector.variant.name} into {args.output}", file=sys.stderr)
+    summary = scan(detector, args.folder, args.output, batch_size=args.batch_size, fmt=args.format,
+                   overwrite=args.overwrite, progress=stderr_progress(detector.variant.name))
+    print(summary.describe(), file=sys.stderr)
+    return EXIT_IMAGE_FAILED if summary.failed else EXIT_OK
 
 
 # --- eval ---------------------------------------------------------------------------------------------------
@@ -164,11 +189,12 @@ def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(f"evaluating {', '.join(names)} on {len(images.paths)} images from {args.data}", file=sys.stderr)
     runs = []
     for name in names:
-        detector = Detector.load(args.model, variant=name, threads=args.threads, max_pixels=args.max_pixels)
-        runs.append(evaluate.run_detector(detector, images, args.batch_size, evaluate.stderr_progress(name)))
+        detector = Detector.load(args.model, variant=name, threads=args.threads, max_pixels=args.max_pixels,
+                             jpeg_draft=args.jpeg_draft)
+        runs.append(evaluate.run_detector(detector, images, args.batch_size, stderr_progress(name)))
     if args.reference:
         runs.append(evaluate.reference_probabilities(args.reference, images, args.batch_size,
-                                                     evaluate.stderr_progress("pytorch-fp32")))
+                                                     stderr_progress("pytorch-fp32")))
     report = evaluate.evaluate(runs, images)
     if args.json:
         print(json.dumps(report), file=out)
@@ -214,8 +240,9 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = server.ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                                         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                         queue_size=args.queue_size)
-        server.serve(args.model, host=args.host, port=args.port, variant=args.variant, threads=args.threads,
-                     max_pixels=args.max_pixels, settings=settings, log_level=args.log_level)
+        detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels,
+                                 jpeg_draft=args.jpeg_draft)
+        server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

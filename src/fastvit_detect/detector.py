@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -35,6 +38,17 @@ class Prediction:
             "fake_probability": self.fake_probability,
             "logits": [float(value) for value in self.logits],
         }
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _chunks(items: Iterable[ImageInput], size: int) -> Iterator[list[ImageInput]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -72,6 +86,7 @@ class Detector:
         providers: Sequence[str] | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         verify: bool = True,
+        jpeg_draft: bool = False,
     ) -> Detector:
         """Open a model package and start an onnxruntime session on one of its variants.
 
@@ -79,12 +94,14 @@ class Detector:
         ``threads``: intra-op threads, default the physical cores. ``providers``: onnxruntime execution
         providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None: Pillow's own limit only).
         ``verify``: check the variant's sha256 against the manifest before loading it.
+        ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
+        differ slightly from the HF reference, see the README's performance notes).
         """
         package = ModelPackage.open(path)
         chosen = package.variant(variant)
         if verify:
             package.verify(chosen)
-        preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels)
+        preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft)
         session = OnnxSession(chosen.path, threads=threads, providers=providers)
         return cls(package, chosen, session, preprocessor)
 
@@ -113,28 +130,53 @@ class Detector:
         ``errors="raise"`` raises the first bad image's :class:`InputError`; ``errors="return"`` puts the
         error in that image's place and classifies the rest.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_batch_size(batch_size)
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
-        items = list(images)
         results: list[Prediction | InputError] = []
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
+        for chunk in _chunks(images, batch_size):
             pixels, failures = self.preprocessor.batch_pixels(chunk)
             if errors == "raise":
                 for failure in failures:
                     if failure is not None:
                         raise failure
-            good = [index for index, failure in enumerate(failures) if failure is None]
-            predictions: dict[int, Prediction] = {}
-            if good:
-                batch = pixels if len(good) == len(chunk) else pixels[good]
-                logits = self.run_logits(self.preprocessor.normalize(batch))
-                predictions = dict(zip(good, self._postprocess(logits)))
-            for index, failure in enumerate(failures):
-                results.append(predictions[index] if failure is None else failure)
+            results.extend(self._classify(pixels, failures))
         return results  # type: ignore[return-value]
+
+    def predict_iter(
+        self, images: Iterable[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE, prefetch: int = 1
+    ) -> Iterator[Prediction | InputError]:
+        """Stream results in input order, for collections too large to hold; a bad image yields its error.
+
+        While the model runs on one batch, a background thread decodes the next ``prefetch`` batches: Pillow
+        releases the GIL while it decodes and resizes, so file reading overlaps inference. ``prefetch=0``
+        decodes in the calling thread.
+        """
+        _check_batch_size(batch_size)
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        if prefetch == 0:
+            for chunk in _chunks(images, batch_size):
+                yield from self._classify(*self.preprocessor.batch_pixels(chunk))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastvit-decode") as decoder:
+            pending: deque[Future[tuple[np.ndarray, list[InputError | None]]]] = deque()
+            for chunk in _chunks(images, batch_size):
+                pending.append(decoder.submit(self.preprocessor.batch_pixels, chunk))
+                if len(pending) > prefetch:
+                    yield from self._classify(*pending.popleft().result())
+            while pending:
+                yield from self._classify(*pending.popleft().result())
+
+    def _classify(self, pixels: np.ndarray, failures: list[InputError | None]) -> list[Prediction | InputError]:
+        """Run the decodable images of a batch through the model; failed ones keep their error in place."""
+        good = [index for index, failure in enumerate(failures) if failure is None]
+        predictions: dict[int, Prediction] = {}
+        if good:
+            batch = pixels if len(good) == len(failures) else pixels[good]
+            logits = self.run_logits(self.preprocessor.normalize(batch))
+            predictions = dict(zip(good, self._postprocess(logits)))
+        return [predictions[index] if failure is None else failure for index, failure in enumerate(failures)]
 
     def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:
         """Raw logits for an already preprocessed float32 NCHW batch."""

@@ -7,9 +7,8 @@ reference (``reference_probabilities``) imports torch, and only when it's called
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,8 @@ import numpy as np
 
 from .detector import Detector, fake_label_index, softmax
 from .errors import FastVitDetectError, InputError, UnsupportedInputError
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
-Progress = Callable[[int, int], None]
+from .preprocess import find_images
+from .progress import Progress
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ def find_labelled_images(data_dir: str | Path, labels: Sequence[str], limit: int
         folder = folders.get(label.lower())
         if folder is None:
             continue
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = find_images(folder)
         paths += found
         targets += [index] * len(found)
     if not paths:
@@ -206,24 +203,3 @@ def evaluate(runs: Sequence[VariantRun], images: LabelledImages) -> dict[str, An
         "agreement": [agreement(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]],
         "skipped": skipped,
     }
-
-
-def stderr_progress(name: str) -> Progress:
-    """A one-line progress bar on a terminal; occasional plain lines otherwise (CI logs, pipes)."""
-    interactive = sys.stderr.isatty()
-    last = [-1]
-
-    def show(done: int, total: int) -> None:
-        if interactive:
-            filled = int(30 * done / total)
-            sys.stderr.write(f"\r{name:<14} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        else:
-            decile = 10 * done // total
-            if decile != last[0]:
-                last[0] = decile
-                print(f"{name}: {done}/{total} images", file=sys.stderr, flush=True)
-
-    return show

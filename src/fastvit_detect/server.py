@@ -44,9 +44,16 @@ except ModuleNotFoundError as exc:
 
 from . import __version__
 from .detector import Detector, Prediction
-from .errors import BadRequestError, FastVitDetectError, ImageDecodeError, InputError, ServerBusyError, UploadTooLargeError
+from .errors import (
+    BadRequestError,
+    FastVitDetectError,
+    ImageDecodeError,
+    InputError,
+    ServerBusyError,
+    UploadTooLargeError,
+)
 from .httpapi import INTERNAL_ERROR, error_body, http_status, named_image, seed_request_image
-from .preprocess import DEFAULT_MAX_PIXELS, ImageInput
+from .preprocess import ImageInput
 
 log = logging.getLogger("fastvit_detect.server")
 
@@ -384,22 +391,18 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
 
 
 def serve(
-    model_dir: str,
+    detector: Detector,
     host: str = "127.0.0.1",
     port: int = 8000,
-    variant: str = "auto",
-    threads: int | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     settings: ServeSettings | None = None,
     log_level: str = "info",
 ) -> None:
-    """Load the model, then serve it with uvicorn until interrupted."""
+    """Serve a loaded detector with uvicorn until interrupted."""
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0-65535, got {port}")
-    detector = Detector.load(model_dir, variant=variant, threads=threads, max_pixels=max_pixels)
     app = create_app(detector, settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("serving %s (variant %s, labels %s) with %s", model_dir, detector.variant.name,
+    log.info("serving %s (variant %s, labels %s) with %s", detector.package.root, detector.variant.name,
              ", ".join(detector.labels), app.state.settings)
     # access_log off: log_request writes one line per request, with its latency.
     uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level)
