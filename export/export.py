@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fastvit_detect import Detector, __version__
+from fastvit_detect import Detector, FastVitDetectError, __version__
+from fastvit_detect.cli import positive_int
 from fastvit_detect.detector import softmax
 from fastvit_detect.package import (
     CONFIG_FILE,
@@ -40,7 +41,7 @@ from fastvit_detect.package import (
     PREPROCESSOR_FILE,
     file_sha256,
 )
-from fastvit_detect.preprocess import PreprocessConfig
+from fastvit_detect.preprocess import PreprocessConfig, find_images
 
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
 DEFAULT_OPSET = 18  # Optimum's recommended minimum for ViT; onnxruntime >= 1.14 runs it
@@ -165,9 +166,9 @@ def validation_set(extra_dirs: Sequence[Path], limit_per_dir: int) -> list[tuple
     for directory in extra_dirs:
         if not directory.is_dir():
             raise ExportError(f"--validation-images {directory}: not a directory")
-        files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+        files = find_images(directory)
         if not files:
-            raise ExportError(f"--validation-images {directory}: no .jpg/.png/.webp/.bmp images found")
+            raise ExportError(f"--validation-images {directory}: no images found")
         step = max(1, len(files) // limit_per_dir)  # spread the sample over classes and sub-folders
         images += [(str(path.relative_to(directory)), path) for path in files[::step][:limit_per_dir]]
     return images
@@ -290,7 +291,10 @@ def export_package(
     for name in (CONFIG_FILE, PREPROCESSOR_FILE):
         if not (checkpoint.directory / name).is_file():
             raise ExportError(f"{model}: {name} is missing; the package needs it to preprocess images the same way")
-    preprocess = PreprocessConfig.from_hf(json.loads((checkpoint.directory / PREPROCESSOR_FILE).read_text()))
+    try:
+        preprocess = PreprocessConfig.from_hf(json.loads((checkpoint.directory / PREPROCESSOR_FILE).read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, FastVitDetectError) as exc:
+        raise ExportError(f"{model}: {PREPROCESSOR_FILE} can't be used: {exc}") from exc
     image_size = preprocess.output_size
     if image_size is None:
         raise ExportError(f"{model}: {PREPROCESSOR_FILE} fixes no image size (no resize or crop)")
@@ -422,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="full 8-bit weights (more precise on VNNI CPUs; may saturate on AVX2-only CPUs)")
     parser.add_argument("--validation-images", type=Path, action="append", default=[], metavar="DIR",
                         help="also validate on images from DIR (repeatable), e.g. a held-out test split")
-    parser.add_argument("--validation-limit", type=int, default=64, metavar="N",
+    parser.add_argument("--validation-limit", type=positive_int, default=64, metavar="N",
                         help="at most N images from each --validation-images DIR (default 64)")
     return parser
 
@@ -440,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reduce_range=args.reduce_range, validation_dirs=args.validation_images,
             validation_limit=args.validation_limit, log=log,
         )
-    except ExportError as exc:
+    except (ExportError, FastVitDetectError, OSError) as exc:
         log(f"export failed: {exc}")
         return 1
     return 0

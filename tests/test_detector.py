@@ -45,6 +45,8 @@ def test_auto_prefers_int8_and_variants_are_selectable(vit_package):
 
 def test_prediction_fields_are_consistent(vit_package):
     prediction = Detector.load(vit_package).predict(sample_photos()[0])
+    assert prediction == prediction and prediction != Detector.load(vit_package).predict(sample_photos()[0])
+    assert len({prediction}) == 1  # hashable, compared by identity: logits arrays have no truth value
     assert isinstance(prediction, Prediction)
     assert set(prediction.probabilities) == {"Fake", "Real"}
     assert prediction.score == max(prediction.probabilities.values())
@@ -100,6 +102,12 @@ def test_batch_of_only_bad_images(vit_package, bad_inputs):
 def test_invalid_batch_arguments(vit_package, argument, value):
     with pytest.raises(ValueError, match=argument):
         Detector.load(vit_package).predict_batch(sample_photos()[:1], **{argument: value})
+
+
+@pytest.mark.parametrize("argument, value", [("batch_size", 0), ("prefetch", -1)])
+def test_predict_iter_refuses_bad_arguments_at_the_call(vit_package, argument, value):
+    with pytest.raises(ValueError, match=argument):
+        Detector.load(vit_package).predict_iter(sample_photos()[:1], **{argument: value})  # no next() needed
 
 
 def test_shared_between_threads(vit_package):

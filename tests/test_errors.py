@@ -170,3 +170,32 @@ def test_one_base_class_catches_everything(vit_package, bad_inputs, tmp_path):
                    lambda: fd.Detector.load(vit_package, variant="nope")):
         with pytest.raises(fd.FastVitDetectError):
             action()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sha256": None}, "sha256 None must be 64 hex digits"),
+        ({"file": "../elsewhere.onnx"}, "plain file name"),
+        ({"file": "/etc/hostname"}, "plain file name"),
+        ({"size_bytes": "big"}, "size_bytes"),
+    ],
+)
+def test_manifest_cannot_switch_verification_off(package_copy, change, message):
+    manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
+    manifest["variants"]["int8"].update(change)
+    (package_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(fd.InvalidPackageError, match=message):
+        fd.Detector.load(package_copy)
+
+
+def test_empty_manifest_is_refused_not_ignored(package_copy):
+    (package_copy / MANIFEST_FILE).write_text("{}")
+    with pytest.raises(fd.InvalidPackageError, match="isn't a fastvit-detect-model-package manifest"):
+        fd.Detector.load(package_copy)
+
+
+def test_malformed_default_variant_falls_back(package_copy):
+    manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
+    (package_copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "default_variant": ["fp32"]}))
+    assert fd.Detector.load(package_copy).variant.name == "int8"

@@ -72,3 +72,14 @@ def test_eval_table(vit_package, labelled_dir, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["variant", "images", "accuracy", "macro-F1", "AUROC", "images/s"]
     assert "confusion matrix, int8" in out and "skipped 1 image(s)" in out and "broken.jpg" in out
+
+
+def test_eval_json_stays_valid_when_every_image_fails(vit_package, tmp_path, bad_inputs, capsys):
+    for label in ("Fake", "Real"):
+        (tmp_path / label).mkdir()
+        shutil.copyfile(bad_inputs["text.jpg"], tmp_path / label / "bad.jpg")
+    assert main(["eval", "--model", str(vit_package), "--data", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # strict JSON: no NaN
+    assert all(row["accuracy"] is None and row["images"] == 0 for row in report["variants"])
+    assert main(["eval", "--model", str(vit_package), "--data", str(tmp_path)]) == 0
+    assert "no image both could read" in capsys.readouterr().out

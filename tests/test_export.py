@@ -103,3 +103,12 @@ def test_missing_weights_and_bad_sources(exporter, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(exporter.ExportError, match="can't download .* Offline"):
         exporter.export_package("nobody-here/no-such-model", tmp_path / "out", log=quiet)
+
+
+def test_unusable_preprocessor_config_and_bad_limits_exit_cleanly(exporter, tmp_path, capsys):
+    checkpoint = make_checkpoint(tmp_path / "clip", {"image_processor_type": "CLIPImageProcessor"})
+    assert exporter.main([str(checkpoint), "--output", str(tmp_path / "out")]) == 1
+    assert "CLIPImageProcessor" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        exporter.main([str(checkpoint), "--output", str(tmp_path / "out"), "--validation-limit", "0"])
+    assert exit_.value.code == 2

@@ -17,7 +17,13 @@ from conftest import (
 )
 from PIL import Image
 
-from fastvit_detect import Preprocessor, UnsupportedInputError, UnsupportedPreprocessorError, load_image
+from fastvit_detect import (
+    ImageTooLargeError,
+    Preprocessor,
+    UnsupportedInputError,
+    UnsupportedPreprocessorError,
+    load_image,
+)
 from fastvit_detect.preprocess import PreprocessConfig
 
 transformers = pytest.importorskip("transformers")
@@ -121,6 +127,28 @@ def test_text_mode_file_object_is_refused(tmp_path):
     path.write_text("hello")
     with open(path, encoding="utf-8") as handle, pytest.raises(UnsupportedInputError, match="binary mode"):
         load_image(handle)  # type: ignore[arg-type]
+    # A real image opened in text mode fails while reading, not after: still the same typed error.
+    image = tmp_path / "x.png"
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(image)
+    with open(image, encoding="utf-8") as handle, pytest.raises(UnsupportedInputError, match="binary mode"):
+        load_image(handle)  # type: ignore[arg-type]
+
+
+def test_closed_pil_image_and_oversized_array_are_typed_errors():
+    closed = Image.new("RGB", (4, 4))
+    closed.close()
+    with pytest.raises(UnsupportedInputError, match="unusable PIL image"):
+        load_image(closed)
+    with pytest.raises(ImageTooLargeError, match="40,000 pixels exceeds the cap of 100"):
+        load_image(np.zeros((200, 200, 3), np.uint8), max_pixels=100)
+
+
+def test_callers_pil_image_is_left_untouched(odd_images):
+    original = Image.open(odd_images["exif-rotated.jpg"])
+    original.load()
+    before = (original.size, original.getexif().get(0x0112))
+    assert load_image(original).size == (120, 90)
+    assert (original.size, original.getexif().get(0x0112)) == before == ((90, 120), 6)
 
 
 @pytest.mark.parametrize(
@@ -131,6 +159,11 @@ def test_text_mode_file_object_is_refused(tmp_path):
         ({**VIT_PROCESSOR, "size": {"shortest_edge": 224}}, "shortest_edge"),
         ({**VIT_PROCESSOR, "resample": 9}, "resample"),
         ({**VIT_PROCESSOR, "image_mean": [0.5, 0.5]}, "image_mean"),
+        ({**VIT_PROCESSOR, "resample": "bilinear"}, "resample"),
+        ({**VIT_PROCESSOR, "rescale_factor": "1/255"}, "rescale_factor"),
+        ({**VIT_PROCESSOR, "image_std": "abc"}, "image_std"),
+        ({**VIT_PROCESSOR, "size": {"height": "224", "width": 224}}, "size"),
+        ({"image_processor_type": ["ViTImageProcessor"]}, "isn't reproduced"),
     ],
 )
 def test_unsupported_preprocessor_configs_are_refused(config, message):

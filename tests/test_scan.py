@@ -39,8 +39,6 @@ def test_predict_iter_matches_predict_batch_in_order(vit_package, bad_inputs):
                 assert str(got) == str(want)
             else:
                 np.testing.assert_array_equal(got.logits, want.logits)
-    with pytest.raises(ValueError, match="prefetch"):
-        next(detector.predict_iter(images, prefetch=-1))
 
 
 def test_scan_jsonl_then_resume(vit_package, folder, tmp_path):
@@ -90,3 +88,26 @@ def test_scan_command(vit_package, folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{len(sample_photos()) + 1} image(s) found" in err and "1 failed" in err
     assert main(["scan", str(tmp_path / "missing"), "--model", str(vit_package), "-o", str(output)]) == 2
+
+
+def test_resume_with_the_folder_spelled_differently(vit_package, folder, tmp_path, monkeypatch):
+    detector = Detector.load(vit_package)
+    output = tmp_path / "results.jsonl"
+    scan(detector, folder, output)
+    monkeypatch.chdir(folder.parent)
+    again = scan(detector, folder.name, output)  # relative this time
+    assert again.already_done == again.found and again.classified == 0
+    assert len(output.read_text().splitlines()) == again.found
+
+
+def test_csv_of_another_model_is_not_appended_to(vit_package, folder, tmp_path):
+    output = tmp_path / "results.csv"
+    output.write_text("image,label,score,fake_probability,p_Cat,p_Dog,error_type,error_message\n")
+    with pytest.raises(FastVitDetectError, match="aren't this model's"):
+        scan(Detector.load(vit_package), folder, output)
+
+
+def test_unwritable_output_is_a_clean_error(vit_package, folder, tmp_path, capsys):
+    (tmp_path / "a-dir.jsonl").mkdir()
+    assert main(["scan", str(folder), "--model", str(vit_package), "-o", str(tmp_path / "a-dir.jsonl")]) == 2
+    assert "error:" in capsys.readouterr().err

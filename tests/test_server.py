@@ -127,7 +127,10 @@ def test_health_and_model_info(app, detector):
     assert health["status"] == "ok" and health["variant"] == "fp32" and health["queue_depth"] == 0
     info = call(app, "GET", "/api/v1/model").json()
     assert info["variant"] == "fp32" and info["labels"] == ["Fake", "Real"]
-    assert info["manifest"] == detector.package.manifest
+    manifest = detector.package.manifest
+    assert info["manifest"]["variants"] == manifest["variants"]
+    # The exporter's local path stays on the server: clients see the checkpoint folder's name only.
+    assert info["manifest"]["source"]["model"] == info["name"] == "vit" != manifest["source"]["model"]
     assert info["serving"]["max_batch"] == 4
 
 
@@ -441,3 +444,15 @@ def test_serve_rejects_bad_settings_before_loading(tmp_path, capsys):
 
     assert main(["serve", "--model", str(tmp_path / "none"), "--max-wait-ms", "-1"]) == 2
     assert "max_wait_ms must be >= 0" in capsys.readouterr().err
+
+
+def test_unknown_routes_and_methods_use_the_error_shape(app):
+    missing = call(app, "GET", "/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "HTTPError"
+    wrong = call(app, "GET", "/api/v1/predict")
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_absurdly_nested_json_is_a_client_error(app):
+    response = call(app, "POST", "/predict/", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["type"] == "BadRequestError"

@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastVitDetectError as exc:
         print(f"fastvit-detect: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # output paths: a directory, no permission, a full disk
+        print(f"fastvit-detect: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 
@@ -197,7 +200,7 @@ def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
                                                      stderr_progress("pytorch-fp32")))
     report = evaluate.evaluate(runs, images)
     if args.json:
-        print(json.dumps(report), file=out)
+        print(json.dumps(report, allow_nan=False), file=out)
     else:
         print_eval_report(report, out)
     return EXIT_OK
@@ -207,9 +210,9 @@ def print_eval_report(report: dict[str, Any], out: TextIO) -> None:
     labels = report["labels"]
     print(f"{'variant':<14} {'images':>6} {'accuracy':>8} {'macro-F1':>8} {'AUROC':>7} {'images/s':>8}", file=out)
     for row in report["variants"]:
-        area = "-" if row["auroc"] is None else f"{row['auroc']:.4f}"
-        print(f"{row['variant']:<14} {row['images']:>6} {row['accuracy']:>8.4f} {row['macro_f1']:>8.4f} "
-              f"{area:>7} {row['images_per_second']:>8.1f}", file=out)
+        accuracy, f1, area, speed = (_figure(row[key], digits) for key, digits in
+                                     (("accuracy", 4), ("macro_f1", 4), ("auroc", 4), ("images_per_second", 1)))
+        print(f"{row['variant']:<14} {row['images']:>6} {accuracy:>8} {f1:>8} {area:>7} {speed:>8}", file=out)
     for row in report["variants"]:
         print(f"\nconfusion matrix, {row['variant']} (rows: true, columns: predicted)", file=out)
         print("  " + " " * 10 + "".join(f"{label:>10}" for label in labels), file=out)
@@ -218,12 +221,19 @@ def print_eval_report(report: dict[str, Any], out: TextIO) -> None:
     if report["agreement"]:
         print("\nagreement", file=out)
         for pair in report["agreement"]:
+            if pair["label_agreement"] is None:
+                print(f"  {pair['pair'][0]} vs {pair['pair'][1]}: no image both could read", file=out)
+                continue
             print(f"  {pair['pair'][0]} vs {pair['pair'][1]}: same label on {100 * pair['label_agreement']:.2f} % "
                   f"of {pair['images']} images, max |delta p| {pair['max_abs_probability_diff']:.4f}", file=out)
     if report["skipped"]:
         print(f"\nskipped {len(report['skipped'])} image(s):", file=out)
         for image, reason in report["skipped"].items():
             print(f"  {image}: {reason}", file=out)
+
+
+def _figure(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 # --- serve --------------------------------------------------------------------------------------------------

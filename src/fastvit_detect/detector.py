@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -20,7 +20,7 @@ from .session import OnnxSession
 DEFAULT_BATCH_SIZE = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: logits is an array, whose == isn't a truth value
 class Prediction:
     """The verdict on one image."""
 
@@ -31,6 +31,7 @@ class Prediction:
     fake_probability: float | None  # None when the labels name neither "fake" nor "real"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the one record shape of a prediction in CLI output, scan files and server responses."""
         return {
             "label": self.label,
             "score": self.score,
@@ -145,16 +146,21 @@ class Detector:
 
     def predict_iter(
         self, images: Iterable[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE, prefetch: int = 1
-    ) -> Iterator[Prediction | InputError]:
+    ) -> Generator[Prediction | InputError, None, None]:
         """Stream results in input order, for collections too large to hold; a bad image yields its error.
 
         While the model runs on one batch, a background thread decodes the next ``prefetch`` batches: Pillow
         releases the GIL while it decodes and resizes, so file reading overlaps inference. ``prefetch=0``
         decodes in the calling thread.
         """
-        _check_batch_size(batch_size)
+        _check_batch_size(batch_size)  # here, not in the generator, so bad arguments fail at the call
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        return self._stream(images, batch_size, prefetch)
+
+    def _stream(
+        self, images: Iterable[ImageInput], batch_size: int, prefetch: int
+    ) -> Generator[Prediction | InputError, None, None]:
         if prefetch == 0:
             for chunk in _chunks(images, batch_size):
                 yield from self._classify(*self.preprocessor.batch_pixels(chunk))

@@ -74,15 +74,13 @@ def run_detector(detector: Detector, images: LabelledImages, batch_size: int = 1
     probabilities = np.full((total, len(images.labels)), np.nan)
     errors: dict[int, InputError] = {}
     started = time.perf_counter()
-    for start in range(0, total, batch_size):
-        chunk = images.paths[start : start + batch_size]
-        for offset, result in enumerate(detector.predict_batch(chunk, batch_size=batch_size, errors="return")):
-            if isinstance(result, InputError):
-                errors[start + offset] = result
-            else:
-                probabilities[start + offset] = [result.probabilities[label] for label in images.labels]
-        if progress:
-            progress(min(start + batch_size, total), total)
+    for index, result in enumerate(detector.predict_iter(images.paths, batch_size=batch_size)):
+        if isinstance(result, InputError):
+            errors[index] = result
+        else:
+            probabilities[index] = [result.probabilities[label] for label in images.labels]
+        if progress and ((index + 1) % batch_size == 0 or index + 1 == total):
+            progress(index + 1, total)
     return VariantRun(detector.variant.name, probabilities, time.perf_counter() - started, errors)
 
 
@@ -138,12 +136,15 @@ def macro_f1(matrix: np.ndarray) -> float:
     precision_denominator, recall_denominator = matrix.sum(0), matrix.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = 2 * true_positive / (precision_denominator + recall_denominator)
-    present = recall_denominator > 0  # classes absent from the data don't count, as in scikit-learn's labels=
+    # Classes with no true image don't count (unlike scikit-learn's default, which averages over the union of
+    # true and predicted classes): a model predicting a class absent from the data isn't rewarded or punished twice.
+    present = recall_denominator > 0
     return float(np.nan_to_num(f1[present]).mean()) if present.any() else float("nan")
 
 
 def auroc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve via the Mann-Whitney U statistic (ties count half); None with one class only."""
+    positive = np.asarray(positive, dtype=bool)
     positives, negatives = int(positive.sum()), int((~positive).sum())
     if positives == 0 or negatives == 0:
         return None
@@ -170,8 +171,8 @@ def variant_metrics(run: VariantRun, images: LabelledImages) -> dict[str, Any]:
         "variant": run.name,
         "images": int(valid.sum()),
         "skipped": len(run.errors),
-        "accuracy": float((predicted == targets).mean()) if len(targets) else float("nan"),
-        "macro_f1": macro_f1(matrix),
+        "accuracy": float((predicted == targets).mean()) if len(targets) else None,
+        "macro_f1": macro_f1(matrix) if len(targets) else None,
         "auroc": area,
         "auroc_positive_label": images.labels[positive_index] if positive_index is not None else None,
         "confusion_matrix": matrix.tolist(),
@@ -185,8 +186,8 @@ def agreement(first: VariantRun, second: VariantRun) -> dict[str, Any]:
     return {
         "pair": [first.name, second.name],
         "images": int(both.sum()),
-        "label_agreement": float((a.argmax(1) == b.argmax(1)).mean()) if both.any() else float("nan"),
-        "max_abs_probability_diff": float(np.abs(a - b).max()) if both.any() else float("nan"),
+        "label_agreement": float((a.argmax(1) == b.argmax(1)).mean()) if both.any() else None,
+        "max_abs_probability_diff": float(np.abs(a - b).max()) if both.any() else None,
     }
 
 

@@ -78,8 +78,8 @@ def seed_request_image(body: bytes, limit: int) -> io.BytesIO:
     """The image of a seed-client request body, JSON ``{"image": "<base64>"}``."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequestError(f"request body isn't valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
+        raise BadRequestError(f"request body isn't valid JSON: {type(exc).__name__}: {exc}") from exc
     if not isinstance(payload, dict) or "image" not in payload:
         raise BadRequestError('JSON field \'image\' is missing: send {"image": "<base64>"}')
     return decode_base64_image(payload["image"], limit)

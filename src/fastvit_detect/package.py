@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 FORMAT_NAME = "fastvit-detect-model-package"
 FORMAT_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Variants a manifest-less Optimum export may hold, by the file names Optimum gives them.
 OPTIMUM_FILES = {"fp32": "model.onnx", "int8": "model_quantized.onnx"}
@@ -75,13 +77,14 @@ class ModelPackage:
         config = _read_json(root / CONFIG_FILE, root)
         preprocessor_config = _read_json(root / PREPROCESSOR_FILE, root)
         manifest = _read_json(root / MANIFEST_FILE, root) if (root / MANIFEST_FILE).exists() else None
-        variants = _variants_from_manifest(root, manifest) if manifest else _variants_from_optimum_layout(root)
+        variants = (_variants_from_manifest(root, manifest) if manifest is not None
+                    else _variants_from_optimum_layout(root))
         return cls(root, config, preprocessor_config, manifest, variants, _labels(config, root))
 
     @property
     def default_variant(self) -> str:
         recommended = (self.manifest or {}).get("default_variant")
-        if recommended in self.variants:
+        if isinstance(recommended, str) and recommended in self.variants:
             return str(recommended)
         for name in AUTO_PREFERENCE:
             if name in self.variants:
@@ -166,16 +169,21 @@ def _variants_from_manifest(root: Path, manifest: Mapping[str, Any]) -> dict[str
         raise InvalidPackageError(f"model package {root}: manifest lists no variants")
     variants = {}
     for name, entry in entries.items():
-        try:
-            variants[name] = Variant(
-                name=name,
-                path=root / entry["file"],
-                sha256=entry["sha256"],
-                size_bytes=int(entry["size_bytes"]),
-                details=entry,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidPackageError(f"model package {root}: manifest variant {name!r} is malformed: {exc!r}") from exc
+        # A manifest vouches for its files: every field that verification relies on must be there and sane,
+        # or a hand-edited manifest could switch verification off or point outside the package.
+        problem = None
+        if not isinstance(entry, Mapping):
+            problem = "not an object"
+        elif not isinstance(entry.get("file"), str) or Path(entry["file"]).name != entry["file"]:
+            problem = f"file {entry.get('file')!r} must be a plain file name inside the package"
+        elif not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
+            problem = f"sha256 {entry.get('sha256')!r} must be 64 hex digits"
+        elif not isinstance(entry.get("size_bytes"), int) or entry["size_bytes"] < 0:
+            problem = f"size_bytes {entry.get('size_bytes')!r} must be a whole number"
+        if problem:
+            raise InvalidPackageError(f"model package {root}: manifest variant {name!r}: {problem}")
+        variants[name] = Variant(name=name, path=root / entry["file"], sha256=entry["sha256"],
+                                 size_bytes=entry["size_bytes"], details=entry)
     return variants
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import (
     EmptyImageError,
@@ -114,7 +114,7 @@ class PreprocessConfig:
                 "preprocessor config names no image_processor_type or feature_extractor_type; "
                 f"supported: {', '.join(sorted(SUPPORTED_PROCESSORS))}"
             )
-        if processor not in SUPPORTED_PROCESSORS:
+        if not isinstance(processor, str) or processor not in SUPPORTED_PROCESSORS:
             raise UnsupportedPreprocessorError(
                 f"image processor {processor!r} isn't reproduced by this runtime; "
                 f"supported: {', '.join(sorted(SUPPORTED_PROCESSORS))}"
@@ -130,14 +130,17 @@ class PreprocessConfig:
             if merged["crop_size"] is None:
                 raise UnsupportedPreprocessorError("do_center_crop is set but crop_size is missing")
             crop = _square_or_hw(merged["crop_size"], "crop_size")
-        resample = int(merged["resample"])
-        if resample not in _RESAMPLE_FILTERS:
-            raise UnsupportedPreprocessorError(f"unknown resample code {resample}; expected one of 0-5")
+        resample = merged["resample"]
+        if not isinstance(resample, int) or resample not in _RESAMPLE_FILTERS:
+            raise UnsupportedPreprocessorError(f"unknown resample {resample!r}; expected an integer code 0-5")
+        rescale = merged["rescale_factor"]
+        if merged["do_rescale"] and not isinstance(rescale, (int, float)):
+            raise UnsupportedPreprocessorError(f"rescale_factor={rescale!r} isn't a number")
         return cls(
             resize=resize,
             resample=resample,
             crop=crop,
-            rescale_factor=float(merged["rescale_factor"]) if merged["do_rescale"] else None,
+            rescale_factor=float(rescale) if merged["do_rescale"] else None,
             mean=_per_channel(merged["image_mean"], "image_mean") if merged["do_normalize"] else None,
             std=_per_channel(merged["image_std"], "image_std") if merged["do_normalize"] else None,
             processor=processor,
@@ -146,10 +149,12 @@ class PreprocessConfig:
 
 def _square_or_hw(size: Any, key: str) -> tuple[int, int]:
     # ViT/DeiT processors call get_size_dict(default_to_square=True): a bare int means a square.
-    if isinstance(size, int):
+    if isinstance(size, int) and size > 0:
         return (size, size)
     if isinstance(size, Mapping) and "height" in size and "width" in size:
-        return (int(size["height"]), int(size["width"]))
+        height, width = size["height"], size["width"]
+        if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+            return (height, width)
     raise UnsupportedPreprocessorError(
         f"{key}={size!r} isn't supported: ViT/DeiT processors take an int or {{'height', 'width'}}"
     )
@@ -158,8 +163,10 @@ def _square_or_hw(size: Any, key: str) -> tuple[int, int]:
 def _per_channel(values: Any, key: str) -> tuple[float, float, float]:
     if isinstance(values, (int, float)):
         return (float(values),) * 3
-    if len(values) != 3:
-        raise UnsupportedPreprocessorError(f"{key} must have 3 values (RGB), got {values!r}")
+    if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(
+        isinstance(value, (int, float)) for value in values
+    ):
+        raise UnsupportedPreprocessorError(f"{key} must be 3 numbers (RGB), got {values!r}")
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
@@ -195,10 +202,16 @@ def load_image(
     """
     source = describe_source(image)
     if isinstance(image, np.ndarray):
-        return _from_array(image, source)
+        return _from_array(image, max_pixels, source)
     if isinstance(image, Image.Image):
         _check_pixels(image, max_pixels, source)
-        return _to_upright_rgb(image, source)
+        try:
+            image.load()
+        except ValueError as exc:  # "Operation on closed image"
+            raise UnsupportedInputError(f"{source}: unusable PIL image: {exc}", source) from exc
+        except (OSError, SyntaxError, EOFError) as exc:
+            raise ImageDecodeError(f"{source}: image data is truncated or corrupt: {exc}", source) from exc
+        return _to_upright_rgb(image, source, owned=False)
     if isinstance(image, (str, os.PathLike)):
         opened = _open_path(os.fspath(image), source)
     elif isinstance(image, (bytes, bytearray, memoryview)):
@@ -206,26 +219,29 @@ def load_image(
     elif hasattr(image, "read"):
         try:
             data = image.read()
-        except OSError as exc:
+        except UnicodeDecodeError as exc:
+            raise UnsupportedInputError(f"{source}: file object must be opened in binary mode ('rb')", source) from exc
+        except (OSError, ValueError) as exc:  # ValueError: read from a closed file
             raise ImageNotFoundError(f"{source}: can't read from file object: {exc}", source) from exc
-        if not isinstance(data, bytes):
-            raise UnsupportedInputError(f"{source}: file object must be opened in binary mode", source)
-        opened = _open_bytes(data, source)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UnsupportedInputError(f"{source}: file object must be opened in binary mode ('rb')", source)
+        opened = _open_bytes(bytes(data), source)
     else:
         raise UnsupportedInputError(
             f"{source}: unsupported input type {type(image).__name__}; expected a path, bytes, a binary file, "
             "a PIL.Image or a numpy array",
             source,
         )
-    with opened:
-        _check_pixels(opened, max_pixels, source)
-        if draft_size is not None and opened.format == "JPEG":
-            _draft(opened, draft_size)
-        try:
-            opened.load()
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise ImageDecodeError(f"{source}: image data is truncated or corrupt: {exc}", source) from exc
-        return _to_upright_rgb(opened, source)
+    # No `with opened:` — closing would free the pixel core that an RGB, upright image returns as it is; the
+    # data sits in an in-memory buffer, so there is no file handle to release.
+    _check_pixels(opened, max_pixels, source)
+    if draft_size is not None and isinstance(opened, JpegImagePlugin.JpegImageFile):  # MPO photos too
+        _draft(opened, draft_size)
+    try:
+        opened.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"{source}: image data is truncated or corrupt: {exc}", source) from exc
+    return _to_upright_rgb(opened, source)
 
 
 def _open_path(path: str, source: str) -> Image.Image:
@@ -277,12 +293,15 @@ def _check_pixels(image: Image.Image, max_pixels: int | None, source: str) -> No
         )
 
 
-def _to_upright_rgb(image: Image.Image, source: str) -> Image.Image:
+def _to_upright_rgb(image: Image.Image, source: str, owned: bool = True) -> Image.Image:
+    """EXIF orientation applied, then RGB. ``owned``: the image is ours to change in place (saves a full copy)."""
+    upright = image
     try:
-        upright = ImageOps.exif_transpose(image)
+        if owned:
+            ImageOps.exif_transpose(image, in_place=True)
+        else:  # the caller's image: never modify it
+            upright = ImageOps.exif_transpose(image)
     except Exception:  # corrupt EXIF: orientation is unknowable, the pixels are still good
-        upright = image
-    if upright is None:  # Pillow < 9.4 returns None for in_place=True only; be defensive all the same
         upright = image
     if upright.mode == "RGB":
         return upright
@@ -292,7 +311,7 @@ def _to_upright_rgb(image: Image.Image, source: str) -> Image.Image:
         raise ImageDecodeError(f"{source}: can't convert mode {upright.mode} to RGB: {exc}", source) from exc
 
 
-def _from_array(array: np.ndarray, source: str) -> Image.Image:
+def _from_array(array: np.ndarray, max_pixels: int | None, source: str) -> Image.Image:
     if array.dtype != np.uint8:
         raise UnsupportedInputError(
             f"{source}: numpy images must be uint8 (0-255); convert with (x * 255).round().astype(np.uint8)",
@@ -308,6 +327,10 @@ def _from_array(array: np.ndarray, source: str) -> Image.Image:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise EmptyImageError(f"{source}: image has no pixels", source)
+    if max_pixels is not None and array.shape[0] * array.shape[1] > max_pixels:
+        raise ImageTooLargeError(
+            f"{source}: {array.shape[1]}x{array.shape[0]} = {array.shape[0] * array.shape[1]:,} pixels exceeds the "
+            f"cap of {max_pixels:,} (raise max_pixels to accept it)", source)
     return Image.fromarray(np.ascontiguousarray(array), mode=mode).convert("RGB")
 
 

@@ -2,7 +2,7 @@
 
 Each batch's records are flushed as soon as they're known, so a scan stopped half-way (Ctrl-C, a crash, a
 reboot) resumes where it stopped: images already in the output are skipped. Bad images get a record with their
-error and never stop the scan.
+error and never stop the scan; they count as done on resume (``--overwrite`` retries everything).
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ FORMATS = ("jsonl", "csv")
 
 
 def result_record(image: str, result: Prediction | InputError) -> dict[str, Any]:
-    """The one record shape for a result, shared by ``predict --json`` and scan's JSON lines."""
+    """One image's line in ``predict --json`` and scan's JSON lines."""
     if isinstance(result, InputError):
         return {"image": image, "error": {"type": type(result).__name__, "message": str(result)}}
-    return {"image": image, "label": result.label, "score": result.score,
-            "probabilities": dict(result.probabilities), "fake_probability": result.fake_probability,
-            "logits": [float(value) for value in result.logits]}
+    return {"image": image, **result.to_dict()}
 
 
 @dataclass
@@ -63,7 +61,8 @@ class ScanOutput:
                         *(f"p_{label}" for label in labels), "error_type", "error_message"]
         if overwrite and path.exists():
             path.unlink()
-        self.done = self._read_done() if path.exists() else set()
+        # Compared as resolved paths, so a resumed scan may spell the folder differently (relative, absolute).
+        self.done = {_identity(image) for image in self._read_done()} if path.exists() else set()
         path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not path.exists() or path.stat().st_size == 0
         self._handle: TextIO = open(path, "a", encoding="utf-8", newline="")
@@ -75,7 +74,13 @@ class ScanOutput:
         try:
             with open(self.path, encoding="utf-8", newline="") as handle:
                 if self.format == "csv":
-                    return {row["image"] for row in csv.DictReader(handle) if row.get("image")}
+                    reader = csv.DictReader(handle)
+                    if reader.fieldnames is not None and reader.fieldnames != self.columns:
+                        raise FastVitDetectError(
+                            f"{self.path}: its columns {reader.fieldnames} aren't this model's {self.columns}; "
+                            "write to another file or pass --overwrite"
+                        )
+                    return {row["image"] for row in reader if row.get("image")}
                 done = set()
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
@@ -111,13 +116,33 @@ class ScanOutput:
         self._handle.close()
 
 
+def _identity(image: str | Path) -> str:
+    return str(Path(image).resolve())
+
+
 def _repair_torn_line(path: Path) -> None:
-    """Cut a last line an interrupted run left half-written, so appended records start on a line of their own."""
-    if not path.exists() or path.stat().st_size == 0:
+    """Cut a last line an interrupted run left half-written, so appended records start on a line of their own.
+
+    Truncates in place, reading only the file's tail: rewriting the file would risk every earlier record.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
         return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        end = size
+        while end > 0:  # walk back block by block to the last newline
+            start = max(0, end - 65536)
+            handle.seek(start)
+            block = handle.read(end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(start + newline + 1)
+                return
+            end = start
+        handle.truncate(0)
 
 
 def scan(
@@ -140,11 +165,11 @@ def scan(
     summary = ScanSummary()
     images = find_images(folder)
     summary.found = len(images)
-    todo = [path for path in images if str(path) not in writer.done]
+    todo = [path for path in images if _identity(path) not in writer.done]
     summary.already_done = summary.found - len(todo)
     started = time.perf_counter()
+    results = detector.predict_iter(todo, batch_size=batch_size, prefetch=1)
     try:
-        results = detector.predict_iter(todo, batch_size=batch_size, prefetch=1)
         for done, (path, result) in enumerate(zip(todo, results), start=1):
             writer.write(str(path), result)
             if isinstance(result, InputError):
@@ -157,6 +182,7 @@ def scan(
                 if progress:
                     progress(done, len(todo))
     finally:
+        results.close()  # stops the decoding thread at once on Ctrl-C or a write error
         writer.flush()
         writer.close()
         summary.seconds = time.perf_counter() - started

@@ -19,11 +19,13 @@ import asyncio
 import io
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 try:
@@ -33,6 +35,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.staticfiles import StaticFiles
 except ModuleNotFoundError as exc:
@@ -252,10 +255,27 @@ async def read_uploads(request: Request, settings: ServeSettings) -> tuple[list[
 # --- responses ----------------------------------------------------------------------------------------------
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def public_model_name(detector: Detector) -> str:
+    """A Hub id as is; for a local export only the folder's name: clients needn't learn the server's paths."""
+    model = (detector.package.manifest or {}).get("source", {}).get("model")
+    if isinstance(model, str) and HUB_ID.fullmatch(model) and not Path(model).exists():
+        return model
+    return Path(model).name if isinstance(model, str) and model else detector.package.root.name
+
+
 def model_summary(detector: Detector) -> dict[str, Any]:
     source = (detector.package.manifest or {}).get("source", {})
-    return {"name": source.get("model") or detector.package.root.name, "revision": source.get("revision"),
-            "variant": detector.variant.name}
+    return {"name": public_model_name(detector), "revision": source.get("revision"), "variant": detector.variant.name}
+
+
+def public_manifest(detector: Detector) -> dict[str, Any] | None:
+    manifest = detector.package.manifest
+    if manifest is None:
+        return None
+    return {**manifest, "source": {**manifest.get("source", {}), "model": public_model_name(detector)}}
 
 
 def prediction_body(prediction: Prediction, model: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:
@@ -326,6 +346,12 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         headers = {"Retry-After": "1"} if status == 503 else None
         return JSONResponse(error_body(exc), status_code=status, headers=headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404, 405 and the like, in the same {"error": ...} shape as every other failure.
+        body = {"error": {"type": "HTTPError", "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(BadRequestError(str(exc.errors()))), status_code=422)
@@ -384,7 +410,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
 
     @app.get("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")
     async def model_info() -> dict[str, Any]:
-        return {**model, "labels": list(detector.labels), "manifest": detector.package.manifest,
+        return {**model, "labels": list(detector.labels), "manifest": public_manifest(detector),
                 "serving": asdict(settings)}
 
     return app
