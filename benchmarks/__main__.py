@@ -26,6 +26,7 @@ from .systems import System, Unavailable, all_systems
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
 FOREIGN_LOAD_WARNING = 0.25  # cores kept busy by other processes above which a phase's figures are flagged
+MODEL_ONLY_BLOCK = 5  # consecutive model-only calls per turn (see measure.py for why turns are blocks)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def phase_latency(run: Run, plan: Plan, paths: list[Path], threads: int) -> dict
         outputs[key][path] = run.by_key(key).predict_files([path])[0]
 
     result = measure.interleave([s.key for s in run.active], paths, call, rounds=plan.latency_rounds,
-                                warmup=paths[:1], progress=log, label="  latency")
+                                block=len(paths), warmup=paths[:1], progress=log, label="  latency")
     for key, reason in result.failures.items():
         run.fail(key, "end-to-end latency", reason)
     for system in run.active:
@@ -215,7 +216,7 @@ def phase_model_only(run: Run, plan: Plan, path: Path, threads: int) -> None:
     keys = [s.key for s in measured if s.key in pixels]
     result = measure.interleave(keys, list(range(plan.model_rounds)),
                                 lambda key, _: run.by_key(key).predict_pixels(pixels[key]),
-                                warmup=[0, 0], progress=log, label="  model-only")
+                                block=MODEL_ONLY_BLOCK, warmup=[0, 0], progress=log, label="  model-only")
     for key, reason in result.failures.items():
         run.fail(key, "model-only latency", reason)
     for system in run.systems:
@@ -239,7 +240,8 @@ def phase_throughput(run: Run, plan: Plan, pool: list[Path], thread_counts: list
             trials = images.batches(pool, batch_size, plan.throughput_rounds + 1)
             result = measure.interleave([s.key for s in run.active], trials[1:],
                                         lambda key, batch: run.by_key(key).predict_files(batch),
-                                        warmup=trials[:1], progress=log, label=f"  batch {batch_size}")
+                                        block=plan.throughput_rounds, warmup=trials[:1], progress=log,
+                                        label=f"  batch {batch_size}")
             for key, reason in result.failures.items():
                 run.fail(key, f"throughput batch {batch_size}", reason)
             for system in run.active:
@@ -320,6 +322,8 @@ def phase_compute(run: Run, macs: dict[str, Any], peak: dict[str, Any], threads:
         if key in model_rows:
             achieved = flops / (model_rows[key]["p50_ms"] / 1000) / 1e9
             fields.update(model_g_per_s=achieved, model_efficiency=achieved / peak_value if peak_value else None)
+            if system.precision == "int8" and peak.get("int8_gops_avx2"):
+                fields.update(model_efficiency_avx2=achieved / peak["int8_gops_avx2"])
         if key in best:
             achieved = flops * best[key]["images_per_s"] / 1e9
             fields.update(e2e_best_batch=best[key]["batch_size"], e2e_g_per_s=achieved,

@@ -118,7 +118,7 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
         f"**Libraries**: {libraries}.\n",
         conditions(results),
         "## Headline\n",
-        "Speed-ups are medians of per-trial ratios measured interleaved with the PyTorch fp32 baseline "
+        "Speed-ups are medians of per-trial ratios measured in turns with the PyTorch fp32 baseline "
         "(p10–p90 in brackets); > 1 means faster than PyTorch.\n",
         headline(results),
     ]
@@ -189,24 +189,30 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
     sections += ["\n## Compute efficiency\n",
                  f"{model['macs']['gmacs']:.2f} GMAC = {2 * model['macs']['gmacs']:.1f} GFLOP per image "
                  f"({100 * model['macs']['linear_share']:.0f}% in the linear layers int8 quantizes). Peak: "
-                 f"{_num(peak['fp32_gflops'], 0)} fp32 GFLOP/s, {_num(peak['int8_gops'], 0)} int8 GOP/s. "
+                 f"{_num(peak['fp32_gflops'], 0)} fp32 GFLOP/s, {_num(peak['int8_gops'], 0)} int8 GOP/s with the "
+                 f"widest instruction set present; {_num(peak.get('int8_gops_avx2'), 0)} int8 GOP/s on the AVX2 "
+                 "u8×s8 yardstick (no VNNI; above 100 % means the machine has more than AVX2). "
                  f"Assumptions: {'; '.join(peak['assumptions'])}.\n",
-                 _table(["system", "peak", "model-only G/s", "% of peak", "best e2e G/s", "% of peak"],
+                 _table(["system", "peak", "model-only G/s", "% of peak", "% of AVX2 u8×s8", "best e2e G/s",
+                         "% of peak"],
                         _per_system(_rows(results, "compute"), lambda r: [
                             f"{_num(r['peak_g_per_s'], 0)} {r['peak_kind']}", _num(r.get("model_g_per_s")),
                             _num(100 * r["model_efficiency"], 1, "%") if r.get("model_efficiency") else "–",
+                            _num(100 * r["model_efficiency_avx2"], 1, "%") if r.get("model_efficiency_avx2") else "–",
                             _num(r.get("e2e_g_per_s")),
-                            _num(100 * r["e2e_efficiency"], 1, "%") if r.get("e2e_efficiency") else "–"], 5))]
+                            _num(100 * r["e2e_efficiency"], 1, "%") if r.get("e2e_efficiency") else "–"], 6))]
 
     notes = [f"- `{s['system']}/{s['variant']}`: " + "; ".join(f"{k}: {v}" for k, v in s["notes"].items())
              for s in results["systems"] if s["notes"]]
     sections += ["\n## Systems\n", "\n".join(notes) + "\n" if notes else "",
                  "\n## Method\n",
-                 "- Every figure is measured interleaved: each trial (image or batch) runs every system back to "
-                 "back in a rotating order, so drift on this shared machine hits all systems alike; a speed-up is "
-                 "the median of per-trial time ratios.\n"
-                 "- One untimed warm-up call per system precedes each measurement; p99 over few samples is close to "
-                 "the maximum.\n"
+                 "- Every figure is measured interleaved: systems take turns in short blocks of trials (images or "
+                 "batches) in a rotating order, so drift on this shared machine hits all systems alike; a speed-up "
+                 "is the median of per-trial time ratios.\n"
+                 "- Each turn opens with an untimed settling call: systems sharing a process disturb the next one "
+                 "(spinning thread pools, weights evicted from cache), and a deployment runs one model over and over. "
+                 "One untimed warm-up call per system precedes each phase; p99 over few samples is close to the "
+                 "maximum.\n"
                  "- onnxruntime and PyTorch keep their default spin-waiting thread pools, as users get them.\n"]
     sections += [f"\n![{name}]({name})\n" for name in figures]
     return "\n".join(section for section in sections if section)

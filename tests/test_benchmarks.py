@@ -152,20 +152,26 @@ def test_report_and_plots_are_written(bench_run, results):
 # --- building blocks ----------------------------------------------------------------------------------------
 
 
-def test_interleave_rotates_order_and_isolates_failures():
+def test_interleave_takes_turns_in_settled_blocks_and_isolates_failures():
     from benchmarks.measure import interleave, paired_ratio
 
-    calls: list[str] = []
+    calls: list[tuple[str, int]] = []
 
     def call(name: str, trial: int) -> None:
-        calls.append(name)
+        calls.append((name, trial))
         if name == "broken" and trial == 1:
             raise RuntimeError("boom")
 
-    result = interleave(["a", "b", "broken"], [0, 1, 2], call, rounds=2)
+    result = interleave(["a", "b", "broken"], [0, 1, 2], call, rounds=2, block=2)
     assert result.failures == {"broken": "RuntimeError: boom"}
     assert set(result.samples) == {"a", "b"} and all(len(v) == 6 for v in result.samples.values())
-    assert calls[:3] == ["a", "b", "broken"] and calls[3] == "b"  # the second trial starts one system later
+    # Block [0, 1]: each system settles on trial 0 (untimed), then runs 0 and 1 back to back.
+    assert calls[:9] == [("a", 0), ("a", 0), ("a", 1), ("b", 0), ("b", 0), ("b", 1),
+                         ("broken", 0), ("broken", 0), ("broken", 1)]
+    # Block [2, 0] starts one system later in the rotation; the broken system is gone.
+    assert calls[9:15] == [("b", 2), ("b", 2), ("b", 0), ("a", 2), ("a", 2), ("a", 0)]
+    with pytest.raises(ValueError, match="block"):
+        interleave(["a"], [0], call, block=0)
     ratio = paired_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 3.0])
     assert ratio["median"] == pytest.approx(2.0) and ratio["pairs"] == 3
 
