@@ -143,12 +143,22 @@ def build_optimum(checkpoint: Path, directory: Path) -> dict[str, Any]:
     return settings
 
 
+def _current_package(directory: Path) -> bool:
+    """Whether a cached package exists and is in the format today's exporter writes (else: re-export it)."""
+    from fastvit_detect.package import FORMAT_VERSION, MANIFEST_FILE
+
+    try:
+        return json.loads((directory / MANIFEST_FILE).read_text()).get("format_version") == FORMAT_VERSION
+    except (OSError, ValueError):
+        return False
+
+
 def prepare(model: str | None, preset: str, cache: Path) -> Artifacts:
     cache.mkdir(parents=True, exist_ok=True)
     source, checkpoint = resolve_checkpoint(model, preset, cache)
     key = f"{_slug(checkpoint.name if model is None else model)}-{_checkpoint_key(checkpoint)}"
     package = cache / f"package-{key}"
-    if not (package / "fastvit_manifest.json").is_file():
+    if not _current_package(package):
         log(f"exporting the fastvit-detect package (export/export.py) into {package}")
         shutil.rmtree(package, ignore_errors=True)
         export_module().export_package(str(checkpoint), package, log=lambda text: log(f"  export: {text}"))

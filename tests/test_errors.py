@@ -12,7 +12,7 @@ from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header
 from PIL import Image
 
 import fastvit_detect as fd
-from fastvit_detect.package import MANIFEST_FILE
+from fastvit_detect.package import MANIFEST_FILE, file_sha256
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,47 @@ def test_checksum_mismatch_is_refused(package_copy):
     model.write_bytes(bytes(data))
     with pytest.raises(fd.ChecksumMismatchError, match="sha256"):
         fd.Detector.load(package_copy)
+    with pytest.raises(fd.InvalidPackageError, match="onnxruntime can't load"):  # unverified, still typed
+        fd.Detector.load(package_copy, verify=False)
+
+
+def test_weights_file_is_verified_too(package_copy):
+    weights = package_copy / "model_quantized.onnx_data"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(fd.ChecksumMismatchError, match="model_quantized.onnx_data has sha256"):
+        fd.Detector.load(package_copy)
     assert fd.Detector.load(package_copy, verify=False).variant.name == "int8"  # the user may opt out
+    weights.unlink()
+    with pytest.raises(fd.MissingFileError, match="model_quantized.onnx_data is missing"):
+        fd.Detector.load(package_copy)
+
+
+def test_weights_file_the_manifest_does_not_vouch_for_is_refused(package_copy):
+    manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
+    for key in ("data_file", "data_sha256", "data_size_bytes"):
+        del manifest["variants"]["int8"][key]
+    (package_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(fd.InvalidPackageError, match="model_quantized.onnx_data is in the package but the manifest"):
+        fd.Detector.load(package_copy)
+
+
+def test_format_1_manifest_without_weights_files_still_loads(package_copy):
+    """Packages written before weights moved to data files: one self-contained graph per variant."""
+    import onnx
+
+    manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
+    entry = manifest["variants"]["int8"]
+    graph = package_copy / entry.pop("file")
+    onnx.save_model(onnx.load(str(graph)), str(package_copy / "single.onnx"))  # weights pulled back inside
+    for key in ("data_file", "data_sha256", "data_size_bytes"):
+        del entry[key]
+    entry.update(file="single.onnx", sha256=file_sha256(package_copy / "single.onnx"),
+                 size_bytes=(package_copy / "single.onnx").stat().st_size)
+    (package_copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    detector = fd.Detector.load(package_copy, variant="int8")
+    assert detector.variant.data_path is None and detector.variant.path.name == "single.onnx"
 
 
 def test_truncated_model_is_refused_by_size(package_copy):
@@ -179,6 +219,9 @@ def test_one_base_class_catches_everything(vit_package, bad_inputs, tmp_path):
         ({"file": "../elsewhere.onnx"}, "plain file name"),
         ({"file": "/etc/hostname"}, "plain file name"),
         ({"size_bytes": "big"}, "size_bytes"),
+        ({"data_file": "../weights"}, "data_file '../weights' must be a plain file name"),
+        ({"data_sha256": "abc"}, "data_sha256 'abc' must be 64 hex digits"),
+        ({"data_size_bytes": -1}, "data_size_bytes -1"),
     ],
 )
 def test_manifest_cannot_switch_verification_off(package_copy, change, message):

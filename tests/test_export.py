@@ -16,7 +16,7 @@ def quiet(_text: str) -> None:
 
 def test_manifest_records_files_hashes_and_validation(vit_package):
     manifest = json.loads((vit_package / MANIFEST_FILE).read_text())
-    assert manifest["format_version"] == 1 and manifest["default_variant"] == "int8"
+    assert manifest["format_version"] == 2 and manifest["default_variant"] == "int8"
     assert manifest["input"] == {"name": "pixel_values", "shape": ["batch_size", 3, 224, 224], "dtype": "float32"}
     assert manifest["labels"] == ["Fake", "Real"] and manifest["opset"] == 18
     assert {"torch", "transformers", "onnxruntime", "fastvit_detect"} <= set(manifest["exporter"])
@@ -25,6 +25,11 @@ def test_manifest_records_files_hashes_and_validation(vit_package):
         assert entry["file"] == file
         assert entry["sha256"] == file_sha256(vit_package / file)
         assert entry["size_bytes"] == (vit_package / file).stat().st_size
+        # Weights sit in Optimum's <graph>_data file, vouched for like the graph.
+        assert entry["data_file"] == file + "_data"
+        assert entry["data_sha256"] == file_sha256(vit_package / entry["data_file"])
+        assert entry["data_size_bytes"] == (vit_package / entry["data_file"]).stat().st_size
+        assert entry["data_size_bytes"] > entry["size_bytes"]  # the graph file holds structure, not weights
         assert entry["validation"]["images"] == len(manifest["validation"]["images"]) >= 10
     assert manifest["variants"]["fp32"]["validation"]["max_abs_logit_diff"] <= 1e-4
     assert manifest["variants"]["fp32"]["preprocess_max_abs_diff"] == 0.0

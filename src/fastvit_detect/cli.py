@@ -282,10 +282,12 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     lines.append(f"default      {package.default_variant}")
     lines.append("variants")
     for name, variant in package.variants.items():
-        size = variant.path.stat().st_size if variant.path.is_file() else None
-        size_text = "missing" if size is None else f"{size / 1e6:.1f} MB"
+        complete = all(path.is_file() for path, _, _ in variant.files)
+        size_text = f"{variant.total_bytes / 1e6:.1f} MB" if complete else "missing"
         digest = f"sha256 {variant.sha256[:12]}…" if variant.sha256 else "unverified"
         lines.append(f"  {name:<8} {variant.path.name:<24} {size_text:>9}  {digest}")
+        if variant.data_path is not None:
+            lines.append(f"           weights      {variant.data_path.name}")
         details = variant.details
         if "quantization" in details:
             lines.append(f"           quantization {json.dumps(details['quantization'])}")
