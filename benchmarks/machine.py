@@ -33,10 +33,10 @@ def _cpuinfo() -> list[dict[str, str]]:
     return blocks
 
 
-@lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    info = _cpuinfo()
-    return frozenset(info[0].get("flags", "").split()) if info else frozenset()
+    from fastvit_detect.session import cpu_flags as runtime_cpu_flags
+
+    return runtime_cpu_flags()
 
 
 def physical_cores() -> int:

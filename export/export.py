@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,8 @@ from fastvit_detect.package import (
     PREPROCESSOR_FILE,
     file_sha256,
 )
-from fastvit_detect.preprocess import PreprocessConfig, find_images
+from fastvit_detect.preprocess import PreprocessConfig, Preprocessor, find_images
+from fastvit_detect.session import physical_core_count
 
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
 DEFAULT_OPSET = 18  # Optimum's recommended minimum for ViT; onnxruntime >= 1.14 runs it
@@ -227,6 +228,41 @@ def export_fp32(model: Any, destination: Path, opset: int, image_size: tuple[int
     onnx.save(graph, str(destination))
 
 
+@dataclass(frozen=True)
+class Int8Options:
+    """How the int8 variant is made. ``method``: dynamic | static | none; ``optimize``: none | auto."""
+
+    method: str = "dynamic"
+    per_channel: bool = True
+    reduce_range: bool = True
+    calibration_dir: Path | None = None
+    calibration_method: str = "minmax"
+    calibration_limit: int = 64
+    optimize: str = "none"
+    cpu_specific: bool = False  # --optimize auto may pick a candidate that needs this CPU's instruction set
+    max_probability_diff: float = 0.05  # --optimize auto: fidelity bound against PyTorch fp32
+    min_agreement: float = 0.995
+
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# CPU flags under which full 8-bit weights are safe with U8S8 kernels (VPDPBUSD has no int16 intermediate).
+VNNI_FLAGS = ["avx512_vnni", "avx_vnni"]
+SPEED_TIE = 0.03  # --optimize auto: candidates within 3 % of the fastest count as equally fast
+
+
+class _QuietQuantizer:
+    """The quantizer logs a suggestion to run its pre-processing on the root logger; it doesn't apply to a graph
+    that Optimum already shape-inferred, and it reads like an error in the progress output."""
+
+    def __enter__(self) -> None:
+        self.logger = logging.getLogger()
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *_exc: object) -> None:
+        self.logger.setLevel(self.level)
+
+
 def quantize_int8(source: Path, destination: Path, per_channel: bool, reduce_range: bool) -> dict[str, Any]:
     """Dynamic int8: weights quantized offline, activations per batch at run time; no calibration data needed.
 
@@ -239,17 +275,171 @@ def quantize_int8(source: Path, destination: Path, per_channel: bool, reduce_ran
 
     settings = {"method": "dynamic", "weight_type": "QInt8", "activation_type": "QUInt8",
                 "per_channel": per_channel, "reduce_range": reduce_range, "op_types": ["MatMul"]}
-    # The quantizer logs a suggestion to run its pre-processing on the root logger; it doesn't apply to a graph
-    # that Optimum already shape-inferred, and it reads like an error in the progress output.
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)
-    try:
+    with _QuietQuantizer():
         quantize_dynamic(source, destination, weight_type=QuantType.QInt8, per_channel=per_channel,
                          reduce_range=reduce_range, op_types_to_quantize=["MatMul"])
-    finally:
-        root_logger.setLevel(level)
+    if not reduce_range:
+        settings["requires_cpu_flags_any"] = VNNI_FLAGS
     return settings
+
+
+def calibration_pixels(directory: Path, limit: int, preprocessor: Preprocessor, log: Log) -> np.ndarray:
+    """Up to ``limit`` images from ``directory`` (spread over its sub-folders), preprocessed like at run time."""
+    if not directory.is_dir():
+        raise ExportError(f"--calibration {directory}: not a directory")
+    files = find_images(directory)
+    if not files:
+        raise ExportError(f"--calibration {directory}: no images found")
+    chosen = files[:: max(1, len(files) // limit)][:limit]
+    pixels, errors = preprocessor.batch_pixels(chosen)
+    readable = [index for index, error in enumerate(errors) if error is None]
+    if not readable:
+        raise ExportError(f"--calibration {directory}: none of the {len(chosen)} images chosen could be read")
+    skipped = len(chosen) - len(readable)
+    log(f"           calibrating on {len(readable)} images from {directory}"
+        + (f" ({skipped} unreadable, skipped)" if skipped else ""))
+    return preprocessor.normalize(pixels[readable])
+
+
+def quantize_static_int8(source: Path, destination: Path, pixels: np.ndarray, method: str, per_channel: bool,
+                         reduce_range: bool) -> dict[str, Any]:
+    """Static int8: activation ranges fixed from calibration images, so an image's result doesn't depend on
+    which other images share its batch (dynamic int8 scales activations per batch).
+
+    QOperator format (QLinearMatMul): on ViT-B/16 here it ran at 1.12x the dynamic graph's batch-1 latency,
+    QDQ at 1.24x, both slower because every quantized MatMul's output is requantized and dequantized again for
+    the fp32 LayerNorm/GELU around it, where dynamic int8 fuses that into one kernel.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(pixels[i : i + 1] for i in range(len(pixels)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixel_values": batch}
+
+    calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                 "entropy": CalibrationMethod.Entropy}[method]
+    with _QuietQuantizer():
+        quantize_static(source, destination, Reader(), quant_format=QuantFormat.QOperator,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                        reduce_range=reduce_range, op_types_to_quantize=["MatMul"], calibrate_method=calibrate,
+                        extra_options={"MatMulConstBOnly": True})
+    settings = {"method": "static", "format": "QOperator", "weight_type": "QInt8", "activation_type": "QUInt8",
+                "per_channel": per_channel, "reduce_range": reduce_range, "op_types": ["MatMul"],
+                "calibration_method": method, "calibration_images": len(pixels)}
+    if not reduce_range:
+        settings["requires_cpu_flags_any"] = VNNI_FLAGS
+    return settings
+
+
+def time_graphs(paths: Mapping[str, Path], pixels: np.ndarray, rounds: int = 3, block: int = 5) -> dict[str, float]:
+    """Median seconds per batch-1 call of each graph on this machine.
+
+    Graphs take turns in blocks that open with an untimed call: back-to-back single calls would charge each
+    graph for the previous one's spinning threads and cache misses (see benchmarks/measure.py).
+    """
+    import onnxruntime as ort
+
+    from fastvit_detect.session import session_options
+
+    sessions = {name: ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+                for name, path in paths.items()}
+    feed = {"pixel_values": pixels[:1]}
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    names = list(sessions)
+    for turn in range(rounds * len(names)):
+        name = names[(turn + turn // len(names)) % len(names)]
+        sessions[name].run(None, feed)
+        for _ in range(block):
+            started = time.perf_counter()
+            sessions[name].run(None, feed)
+            samples[name].append(time.perf_counter() - started)
+    return {name: float(np.median(values)) for name, values in samples.items()}
+
+
+def int8_candidates(options: Int8Options, has_calibration: bool) -> dict[str, dict[str, Any]]:
+    """The int8 recipes --optimize auto tries: name -> keyword arguments for ``make_int8``."""
+    candidates = {
+        "dynamic, per-channel, 7-bit weights": {"method": "dynamic", "per_channel": True, "reduce_range": True},
+        "dynamic, per-tensor, 7-bit weights": {"method": "dynamic", "per_channel": False, "reduce_range": True},
+    }
+    if options.cpu_specific:
+        candidates["dynamic, per-channel, 8-bit weights (VNNI)"] = {"method": "dynamic", "per_channel": True,
+                                                                     "reduce_range": False}
+    if has_calibration:
+        candidates[f"static {options.calibration_method}, per-channel, 7-bit weights"] = {
+            "method": "static", "per_channel": True, "reduce_range": True}
+    return candidates
+
+
+def make_int8(source: Path, destination: Path, method: str, per_channel: bool, reduce_range: bool,
+              options: Int8Options, calibration: np.ndarray | None) -> dict[str, Any]:
+    if method == "static":
+        if calibration is None:
+            raise ExportError("static int8 needs calibration images (--calibration DIR)")
+        return quantize_static_int8(source, destination, calibration, options.calibration_method, per_channel,
+                                    reduce_range)
+    return quantize_int8(source, destination, per_channel, reduce_range)
+
+
+def select_int8(source: Path, destination: Path, options: Int8Options, calibration: np.ndarray | None,
+                pixels: np.ndarray, expected: np.ndarray, log: Log) -> dict[str, Any]:
+    """--optimize auto: build every candidate, time it here and check it against PyTorch; keep the fastest that
+    is faithful enough (ties within 3 % go to the most faithful). Returns the kept one's settings, with the
+    figures of all candidates under ``selection``."""
+    import onnxruntime as ort
+
+    from fastvit_detect.session import session_options
+
+    candidates = int8_candidates(options, calibration is not None)
+    scratch = Path(tempfile.mkdtemp(prefix="candidates.", dir=destination.parent))
+    try:
+        paths, settings, fidelity = {}, {}, {}
+        for index, (name, recipe) in enumerate(candidates.items()):
+            paths[name] = scratch / f"candidate{index}.onnx"
+            settings[name] = make_int8(source, paths[name], options=options, calibration=calibration, **recipe)
+            session = ort.InferenceSession(str(paths[name]), session_options(), providers=["CPUExecutionProvider"])
+            logits = np.concatenate([session.run(None, {"pixel_values": pixels[i : i + 1]})[0]
+                                     for i in range(len(pixels))])
+            fidelity[name] = compare(expected, logits)
+            del session
+        seconds = time_graphs(paths, pixels)
+        figures = [{"candidate": name, "latency_ms": round(1000 * seconds[name], 2), **fidelity[name],
+                    "quantization": settings[name]} for name in candidates]
+        for row in figures:
+            log(f"           {row['candidate']}: {row['latency_ms']:.1f} ms, max |dp| "
+                f"{row['max_abs_probability_diff']:.4f}, agreement {row['top1_agreement']:.3f}")
+        faithful = [row for row in figures if row["max_abs_probability_diff"] <= options.max_probability_diff
+                    and row["top1_agreement"] >= options.min_agreement]
+        if not faithful:
+            raise ExportError(
+                f"--optimize auto: no int8 candidate is within max |dp| {options.max_probability_diff} and "
+                f"agreement {options.min_agreement} of PyTorch; export with --quantize none, or loosen the bounds"
+            )
+        fastest = min(row["latency_ms"] for row in faithful)
+        tied = [row for row in faithful if row["latency_ms"] <= fastest * (1 + SPEED_TIE)]
+        chosen = min(tied, key=lambda row: row["max_abs_probability_diff"])
+        log(f"           kept: {chosen['candidate']}")
+        shutil.move(str(paths[chosen["candidate"]]), destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {**settings[chosen["candidate"]], "selection": {
+        "chosen": chosen["candidate"],
+        "rule": (f"fastest batch-1 latency on the export machine among candidates with max |dp| <= "
+                 f"{options.max_probability_diff} and top-1 agreement >= {options.min_agreement} against PyTorch "
+                 f"fp32; within {SPEED_TIE:.0%} of the fastest, the most faithful"),
+        "threads": physical_core_count(),
+        "candidates": figures,
+    }}
 
 
 def move_weights_to_data_file(path: Path) -> Path:
@@ -288,6 +478,11 @@ def export_package(
     overwrite: bool = False,
     per_channel: bool = True,
     reduce_range: bool = True,
+    calibration_dir: Path | None = None,
+    calibration_method: str = "minmax",
+    calibration_limit: int = 64,
+    optimize: str = "none",
+    cpu_specific: bool = False,
     validation_dirs: Sequence[Path] = (),
     validation_limit: int = 64,
     log: Log = print,
@@ -296,6 +491,18 @@ def export_package(
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"--output {output}: exists and isn't empty (pass --overwrite to replace it)")
+    int8 = Int8Options(quantize, per_channel, reduce_range, Path(calibration_dir) if calibration_dir else None,
+                       calibration_method, calibration_limit, optimize, cpu_specific)
+    if quantize not in ("dynamic", "static", "none"):
+        raise ExportError(f"--quantize {quantize!r}: expected dynamic, static or none")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ExportError(f"--calibration-method {calibration_method!r}: expected one of {', '.join(CALIBRATION_METHODS)}")
+    if quantize == "static" and int8.calibration_dir is None:
+        raise ExportError("--quantize static needs --calibration DIR: images like the ones the model will see")
+    if optimize not in ("none", "auto"):
+        raise ExportError(f"--optimize {optimize!r}: expected none or auto")
+    if optimize == "auto" and quantize == "none":
+        raise ExportError("--optimize auto chooses an int8 recipe; it can't be combined with --quantize none")
     started = time.perf_counter()
 
     def step(number: int, text: str) -> None:
@@ -337,8 +544,8 @@ def export_package(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
-        manifest = _build_package(staging, checkpoint, config, torch_model, image_size, quantize, opset,
-                                  per_channel, reduce_range, validation_dirs, validation_limit, step, log, started)
+        manifest = _build_package(staging, checkpoint, config, torch_model, image_size, int8, opset,
+                                  validation_dirs, validation_limit, step, log, started)
     except BaseException as exc:
         if not (isinstance(exc, ExportError) and str(staging) in str(exc)):  # keep what the message points to
             shutil.rmtree(staging, ignore_errors=True)
@@ -351,30 +558,38 @@ def export_package(
 
 
 def _build_package(staging: Path, checkpoint: Checkpoint, config: Any, torch_model: Any, image_size: tuple[int, int],
-                   quantize: str, opset: int, per_channel: bool, reduce_range: bool, validation_dirs: Sequence[Path],
-                   validation_limit: int, step: Callable[[int, str], None], log: Log, started: float) -> dict[str, Any]:
+                   int8: Int8Options, opset: int, validation_dirs: Sequence[Path], validation_limit: int,
+                   step: Callable[[int, str], None], log: Log, started: float) -> dict[str, Any]:
     for name in (CONFIG_FILE, PREPROCESSOR_FILE):  # byte for byte: the HF files are the contract with Optimum
         shutil.copyfile(checkpoint.directory / name, staging / name)
 
-    step(2, f"exporting fp32 ONNX (opset {opset})")
+    step(2, f"exporting fp32 ONNX (opset {opset}); PyTorch reference logits")
     fp32_path = staging / OPTIMUM_FILES["fp32"]
     export_fp32(torch_model, fp32_path, opset, image_size)
     variants: dict[str, dict[str, Any]] = {"fp32": {"file": fp32_path.name, "precision": "fp32"}}
+    images = validation_set(validation_dirs, validation_limit)
+    sources = [image for _, image in images]
+    expected, expected_pixels = reference_logits(torch_model, checkpoint.directory, sources)
+    preprocessor = Preprocessor.from_hf(json.loads((staging / PREPROCESSOR_FILE).read_text()))
 
-    if quantize == "dynamic":
-        step(3, "quantizing to dynamic int8")
+    if int8.method != "none":
         int8_path = staging / OPTIMUM_FILES["int8"]
-        settings = quantize_int8(fp32_path, int8_path, per_channel, reduce_range)
+        calibration = (calibration_pixels(int8.calibration_dir, int8.calibration_limit, preprocessor, log)
+                       if int8.calibration_dir is not None else None)
+        if int8.optimize == "auto":
+            step(3, f"--optimize auto: building, timing and checking int8 candidates on {physical_core_count()} cores")
+            settings = select_int8(fp32_path, int8_path, int8, calibration, preprocessor(sources), expected, log)
+        else:
+            step(3, f"quantizing to {int8.method} int8")
+            settings = make_int8(fp32_path, int8_path, int8.method, int8.per_channel, int8.reduce_range, int8,
+                                 calibration)
         variants["int8"] = {"file": int8_path.name, "precision": "int8", "quantization": settings}
     else:
         step(3, "quantization skipped (--quantize none)")
     for entry in variants.values():  # after quantizing: the quantizer reads the single-file fp32 graph
         entry["data_file"] = move_weights_to_data_file(staging / entry["file"]).name
 
-    images = validation_set(validation_dirs, validation_limit)
     step(4, f"validating {len(variants)} variant(s) against PyTorch on {len(images)} images")
-    sources = [image for _, image in images]
-    expected, expected_pixels = reference_logits(torch_model, checkpoint.directory, sources)
     for name, entry in variants.items():
         detector = Detector.load(staging, variant=name, verify=False)
         if name == "fp32":
@@ -432,8 +647,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="Hub id (owner/name) or local checkpoint directory")
     parser.add_argument("--output", "-o", required=True, type=Path, help="package directory to create")
-    parser.add_argument("--quantize", choices=("dynamic", "none"), default="dynamic",
-                        help="int8 variant to add (default: dynamic)")
+    parser.add_argument("--quantize", choices=("dynamic", "static", "none"), default="dynamic",
+                        help="int8 variant to add: dynamic (fastest here), static (needs --calibration; results "
+                             "independent of batch companions), none (default: dynamic)")
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="images to calibrate static int8 on (sub-folders searched), e.g. a training split")
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
+                        help="how static int8 picks activation ranges (default minmax)")
+    parser.add_argument("--calibration-limit", type=positive_int, default=64, metavar="N",
+                        help="at most N calibration images, spread over DIR (default 64)")
+    parser.add_argument("--optimize", choices=("none", "auto"), default="none",
+                        help="auto: build several int8 recipes, time them on this machine and keep the fastest "
+                             "that stays close to PyTorch; the figures go into the manifest")
+    parser.add_argument("--cpu-specific", action="store_true",
+                        help="let --optimize auto keep a recipe that needs this CPU's instruction set (8-bit "
+                             "weights need VNNI); the package then refuses to load on CPUs without it")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to export")
     parser.add_argument("--trust-pickle", action="store_true",
@@ -460,7 +688,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_package(
             args.model, args.output, quantize=args.quantize, opset=args.opset, revision=args.revision,
             trust_pickle=args.trust_pickle, overwrite=args.overwrite, per_channel=args.per_channel,
-            reduce_range=args.reduce_range, validation_dirs=args.validation_images,
+            reduce_range=args.reduce_range, calibration_dir=args.calibration,
+            calibration_method=args.calibration_method, calibration_limit=args.calibration_limit,
+            optimize=args.optimize, cpu_specific=args.cpu_specific, validation_dirs=args.validation_images,
             validation_limit=args.validation_limit, log=log,
         )
     except (ExportError, FastVitDetectError, OSError) as exc:

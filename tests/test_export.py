@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from conftest import VIT_PROCESSOR, make_checkpoint
+from conftest import VIT_PROCESSOR, make_checkpoint, sample_photos
 
 from fastvit_detect.package import MANIFEST_FILE, file_sha256
 
@@ -117,3 +118,87 @@ def test_unusable_preprocessor_config_and_bad_limits_exit_cleanly(exporter, tmp_
     with pytest.raises(SystemExit) as exit_:
         exporter.main([str(checkpoint), "--output", str(tmp_path / "out"), "--validation-limit", "0"])
     assert exit_.value.code == 2
+
+
+# --- int8 recipes -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibration_dir(tmp_path_factory, odd_images):
+    """A folder of ordinary photos in sub-folders, the way a training split looks."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("calibration")
+    for index, photo in enumerate(sample_photos()):
+        folder = root / ("Real" if index % 2 else "Fake")
+        folder.mkdir(exist_ok=True)
+        Image.open(photo).convert("RGB").save(folder / f"{photo.stem}.jpg", quality=90)
+    (root / "Fake" / "broken.jpg").write_bytes(b"not an image")  # skipped, not fatal
+    return root
+
+
+def test_static_int8_is_calibrated_and_independent_of_batch_companions(exporter, checkpoints, calibration_dir,
+                                                                        tmp_path):
+    import fastvit_detect as fd
+
+    manifest = exporter.export_package(str(checkpoints["vit"]), tmp_path / "static", quantize="static",
+                                       calibration_dir=calibration_dir, calibration_method="percentile", log=quiet)
+    settings = manifest["variants"]["int8"]["quantization"]
+    assert settings["method"] == "static" and settings["calibration_method"] == "percentile"
+    assert settings["calibration_images"] == len(sample_photos())  # the unreadable file was skipped
+    assert manifest["variants"]["int8"]["validation"]["top1_agreement"] >= 0.9
+    detector = fd.Detector.load(tmp_path / "static", variant="int8")
+    photos = sample_photos()
+    alone = detector.predict(photos[0]).logits
+    # Activation ranges are fixed: an image's logits don't change with what else is in its batch.
+    in_batch = detector.predict_batch([photos[0], photos[3], photos[5]])[0].logits
+    np.testing.assert_array_equal(alone, in_batch)
+
+
+def test_optimize_auto_times_candidates_and_records_the_choice(exporter, checkpoints, calibration_dir, tmp_path):
+    import fastvit_detect as fd
+
+    lines: list[str] = []
+    manifest = exporter.export_package(str(checkpoints["vit"]), tmp_path / "auto", optimize="auto",
+                                       calibration_dir=calibration_dir, log=lines.append)
+    selection = manifest["variants"]["int8"]["quantization"]["selection"]
+    names = [row["candidate"] for row in selection["candidates"]]
+    assert len(names) == 3 and any(name.startswith("static") for name in names)  # 2 dynamic + 1 calibrated
+    assert not any("VNNI" in name for name in names)  # CPU-specific recipes only when asked for
+    assert selection["chosen"] in names and "most faithful" in selection["rule"]
+    for row in selection["candidates"]:
+        assert row["latency_ms"] > 0 and 0 <= row["max_abs_probability_diff"] <= 1
+    chosen = next(row for row in selection["candidates"] if row["candidate"] == selection["chosen"])
+    faithful = [row for row in selection["candidates"] if row["max_abs_probability_diff"] <= 0.05
+                and row["top1_agreement"] >= 0.995]
+    assert chosen in faithful
+    assert chosen["latency_ms"] <= 1.03 * min(row["latency_ms"] for row in faithful)
+    assert any("kept:" in line for line in lines)
+    assert fd.Detector.load(tmp_path / "auto").variant.name == "int8"
+    assert [p.name for p in tmp_path.iterdir()] == ["auto"]  # candidates cleaned up
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"quantize": "static"}, "needs --calibration DIR"),
+    ({"quantize": "none", "optimize": "auto"}, "can't be combined with --quantize none"),
+    ({"quantize": "static", "calibration_method": "guess"}, "--calibration-method 'guess'"),
+    ({"quantize": "static", "calibration_dir": "/nonexistent"}, "not a directory"),
+])
+def test_int8_option_errors(exporter, checkpoints, tmp_path, options, message):
+    with pytest.raises(exporter.ExportError, match=message):
+        exporter.export_package(str(checkpoints["vit"]), tmp_path / "out", log=quiet, **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_8bit_weights_are_refused_on_a_cpu_without_vnni(exporter, checkpoints, tmp_path, monkeypatch):
+    import fastvit_detect as fd
+    import fastvit_detect.detector as detector_module
+
+    exporter.export_package(str(checkpoints["vit"]), tmp_path / "full", reduce_range=False, log=quiet)
+    monkeypatch.setattr(detector_module, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    with pytest.raises(fd.IncompatibleModelError, match="avx512_vnni or avx_vnni"):
+        fd.Detector.load(tmp_path / "full", variant="int8")
+    with pytest.warns(RuntimeWarning, match="using variant 'fp32' instead"):
+        assert fd.Detector.load(tmp_path / "full").variant.name == "fp32"
+    monkeypatch.setattr(detector_module, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert fd.Detector.load(tmp_path / "full").variant.name == "int8"

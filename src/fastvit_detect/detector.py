@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,7 +16,7 @@ import numpy as np
 from .errors import IncompatibleModelError, InputError
 from .package import ModelPackage, Variant
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, Preprocessor
-from .session import OnnxSession
+from .session import OnnxSession, cpu_flags
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -66,6 +67,19 @@ def fake_label_index(labels: Sequence[str]) -> tuple[int | None, int | None]:
     return fake, real
 
 
+def unmet_cpu_requirement(variant: Variant) -> str | None:
+    """Why this CPU can't run ``variant`` safely, or None. A graph quantized with full 8-bit weights needs VNNI:
+    without it onnxruntime's u8 x s8 kernels sum pairs of products in int16, which those weights can saturate.
+    Where the flags can't be read (not Linux) the variant is trusted."""
+    quantization = variant.details.get("quantization")
+    required = quantization.get("requires_cpu_flags_any") if isinstance(quantization, Mapping) else None
+    required = [str(flag) for flag in required] if isinstance(required, list) else None
+    flags = cpu_flags()
+    if not required or not flags or any(flag in flags for flag in required):
+        return None
+    return f"variant {variant.name!r} needs a CPU with {' or '.join(required)}, and this one has neither"
+
+
 class Detector:
     """A loaded deepfake detector. Thread-safe: share one instance between request handlers."""
 
@@ -100,6 +114,17 @@ class Detector:
         """
         package = ModelPackage.open(path)
         chosen = package.variant(variant)
+        problem = unmet_cpu_requirement(chosen)
+        if problem and variant != "auto":
+            raise IncompatibleModelError(f"model package {package.root}: {problem}; load another variant (fp32) "
+                                         "or re-export without --cpu-specific / --no-reduce-range")
+        if problem:
+            fallback = next((name for name, other in package.variants.items() if not unmet_cpu_requirement(other)), None)
+            if fallback is None:
+                raise IncompatibleModelError(f"model package {package.root}: {problem}, and no other variant runs here")
+            warnings.warn(f"model package {package.root}: {problem}; using variant {fallback!r} instead",
+                          RuntimeWarning, stacklevel=2)
+            chosen = package.variant(fallback)
         if verify:
             package.verify(chosen)
         preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft)
