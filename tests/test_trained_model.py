@@ -59,3 +59,19 @@ def test_export_validated_on_trained_logits(trained):
     assert int8["top1_agreement"] >= 0.97 and int8["max_abs_probability_diff"] < 0.2
     summary = json.loads((checkpoint / "training_summary.json").read_text())
     assert summary["test_accuracy"] > 0.75
+
+
+def test_static_int8_calibrated_on_training_images_keeps_accuracy(trained, tmp_path, capsys):
+    data, checkpoint, _ = trained
+    package = tmp_path / "static"
+    run = [sys.executable, str(ROOT / "export" / "export.py"), str(checkpoint), "--output", str(package),
+           "--quantize", "static", "--calibration", str(data / "Train"), "--calibration-limit", "64"]
+    subprocess.run(run, check=True, timeout=300, capture_output=True)
+    assert main(["eval", "--model", str(package), "--data", str(data / "Test"), "--variant", "int8",
+                 "--reference", str(checkpoint), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    accuracy = {row["variant"]: row["accuracy"] for row in report["variants"]}
+    assert set(accuracy) == {"int8", "pytorch-fp32"}
+    assert abs(accuracy["int8"] - accuracy["pytorch-fp32"]) <= 0.01
+    assert json.loads((package / "fastvit_manifest.json").read_text())["variants"]["int8"]["quantization"][
+        "calibration_images"] == 64
