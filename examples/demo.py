@@ -12,7 +12,7 @@ Speed (the real model's size):
    labels are meaningless, its timings are not) and exports it,
 6. classifies the sample photos with fastvit-detect,
 7. times file -> label per image for PyTorch served as the seed project does and for each fastvit-detect variant,
-   interleaved so that machine noise hits all of them alike.
+   taking turns so that machine noise hits all of them alike.
 Everything built is cached in --workdir; delete it to start over.
 """
 
@@ -23,7 +23,6 @@ import importlib.util
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,14 +111,18 @@ def main() -> int:
                "fastvit-detect int8": lambda path: detectors["int8"].predict(path).label}
     for predict in systems.values():  # warm-up: first calls allocate and pick kernels
         predict(photos[0])
-    timings: dict[str, list[float]] = {name: [] for name in systems}
-    print(f"[demo] timing file -> label, batch 1, {args.rounds} interleaved rounds over the photos", flush=True)
-    for _ in range(args.rounds):
-        for photo in photos:
-            for name, predict in systems.items():
-                started = time.perf_counter()
-                predict(photo)
-                timings[name].append(1000 * (time.perf_counter() - started))
+    # The benchmark suite's timing: systems take turns over the photos, each turn opened by an untimed call, so
+    # one system's spinning threads and cache misses aren't charged to the next (see benchmarks/measure.py).
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.measure import interleave
+
+    print(f"[demo] timing file -> label, batch 1, {args.rounds} rounds over the photos, systems taking turns",
+          flush=True)
+    measured = interleave(list(systems), photos, lambda name, photo: systems[name](photo), rounds=args.rounds,
+                          block=len(photos))
+    if measured.failures:
+        raise SystemExit(f"[demo] timing failed: {measured.failures}")
+    timings = {name: [1000 * seconds for seconds in values] for name, values in measured.samples.items()}
 
     baseline = statistics.median(timings["PyTorch fp32 (seed)"])
     print(f"\n  {'system':<22} {'median ms':>9} {'p90 ms':>8} {'vs PyTorch':>10}")

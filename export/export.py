@@ -367,7 +367,19 @@ def time_graphs(paths: Mapping[str, Path], pixels: np.ndarray, rounds: int = 3, 
 
 
 def int8_candidates(options: Int8Options, has_calibration: bool) -> dict[str, dict[str, Any]]:
-    """The int8 recipes --optimize auto tries: name -> keyword arguments for ``make_int8``."""
+    """The int8 recipes --optimize auto tries: name -> keyword arguments for ``make_int8``.
+
+    With --quantize static the choice is among calibration methods; otherwise among dynamic recipes, plus static
+    minmax when calibration images are given."""
+    if options.method == "static":
+        candidates = {f"static {method}, per-channel, 7-bit weights": {
+            "method": "static", "calibration_method": method, "per_channel": True, "reduce_range": True}
+            for method in CALIBRATION_METHODS}
+        if options.cpu_specific:
+            candidates[f"static {options.calibration_method}, per-channel, 8-bit weights (VNNI)"] = {
+                "method": "static", "calibration_method": options.calibration_method, "per_channel": True,
+                "reduce_range": False}
+        return candidates
     candidates = {
         "dynamic, per-channel, 7-bit weights": {"method": "dynamic", "per_channel": True, "reduce_range": True},
         "dynamic, per-tensor, 7-bit weights": {"method": "dynamic", "per_channel": False, "reduce_range": True},
@@ -377,17 +389,17 @@ def int8_candidates(options: Int8Options, has_calibration: bool) -> dict[str, di
                                                                      "reduce_range": False}
     if has_calibration:
         candidates[f"static {options.calibration_method}, per-channel, 7-bit weights"] = {
-            "method": "static", "per_channel": True, "reduce_range": True}
+            "method": "static", "calibration_method": options.calibration_method, "per_channel": True,
+            "reduce_range": True}
     return candidates
 
 
 def make_int8(source: Path, destination: Path, method: str, per_channel: bool, reduce_range: bool,
-              options: Int8Options, calibration: np.ndarray | None) -> dict[str, Any]:
+              calibration: np.ndarray | None, calibration_method: str = "minmax") -> dict[str, Any]:
     if method == "static":
         if calibration is None:
             raise ExportError("static int8 needs calibration images (--calibration DIR)")
-        return quantize_static_int8(source, destination, calibration, options.calibration_method, per_channel,
-                                    reduce_range)
+        return quantize_static_int8(source, destination, calibration, calibration_method, per_channel, reduce_range)
     return quantize_int8(source, destination, per_channel, reduce_range)
 
 
@@ -406,7 +418,7 @@ def select_int8(source: Path, destination: Path, options: Int8Options, calibrati
         paths, settings, fidelity = {}, {}, {}
         for index, (name, recipe) in enumerate(candidates.items()):
             paths[name] = scratch / f"candidate{index}.onnx"
-            settings[name] = make_int8(source, paths[name], options=options, calibration=calibration, **recipe)
+            settings[name] = make_int8(source, paths[name], calibration=calibration, **recipe)
             session = ort.InferenceSession(str(paths[name]), session_options(), providers=["CPUExecutionProvider"])
             logits = np.concatenate([session.run(None, {"pixel_values": pixels[i : i + 1]})[0]
                                      for i in range(len(pixels))])
@@ -581,8 +593,8 @@ def _build_package(staging: Path, checkpoint: Checkpoint, config: Any, torch_mod
             settings = select_int8(fp32_path, int8_path, int8, calibration, preprocessor(sources), expected, log)
         else:
             step(3, f"quantizing to {int8.method} int8")
-            settings = make_int8(fp32_path, int8_path, int8.method, int8.per_channel, int8.reduce_range, int8,
-                                 calibration)
+            settings = make_int8(fp32_path, int8_path, int8.method, int8.per_channel, int8.reduce_range,
+                                 calibration, int8.calibration_method)
         variants["int8"] = {"file": int8_path.name, "precision": "int8", "quantization": settings}
     else:
         step(3, "quantization skipped (--quantize none)")

@@ -178,6 +178,16 @@ def test_optimize_auto_times_candidates_and_records_the_choice(exporter, checkpo
     assert [p.name for p in tmp_path.iterdir()] == ["auto"]  # candidates cleaned up
 
 
+def test_optimize_auto_with_static_chooses_among_calibration_methods(exporter, checkpoints, calibration_dir,
+                                                                      tmp_path):
+    manifest = exporter.export_package(str(checkpoints["vit"]), tmp_path / "auto", quantize="static",
+                                       optimize="auto", calibration_dir=calibration_dir, log=quiet)
+    quantization = manifest["variants"]["int8"]["quantization"]
+    tried = {row["quantization"]["calibration_method"] for row in quantization["selection"]["candidates"]}
+    assert tried == {"minmax", "percentile", "entropy"}
+    assert quantization["method"] == "static" and quantization["calibration_method"] in tried
+
+
 @pytest.mark.parametrize("options, message", [
     ({"quantize": "static"}, "needs --calibration DIR"),
     ({"quantize": "none", "optimize": "auto"}, "can't be combined with --quantize none"),
