@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
 import struct
 import sys
 import zlib
@@ -83,6 +84,14 @@ def packages(tmp_path_factory, exporter, checkpoints):
 @pytest.fixture(scope="session")
 def vit_package(packages) -> Path:
     return packages["vit"]
+
+
+@pytest.fixture()
+def package_copy(vit_package, tmp_path) -> Path:
+    """A copy of the tiny ViT package a test may damage."""
+    copy = tmp_path / "package"
+    shutil.copytree(vit_package, copy)
+    return copy
 
 
 def torch_logits(checkpoint: Path, images) -> np.ndarray:

@@ -61,6 +61,19 @@ def test_usage_errors(vit_package, capsys):
             raise AssertionError(f"{argv} should be a usage error")
 
 
+def test_info_lists_the_candidates_optimize_auto_tried(package_copy, capsys):
+    manifest_path = package_copy / "fastvit_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["variants"]["int8"]["quantization"]["selection"] = {"chosen": "b", "candidates": [
+        {"candidate": "a", "latency_ms": 2.5, "max_abs_probability_diff": 0.02},
+        {"candidate": "b", "latency_ms": 2.4, "max_abs_probability_diff": "garbled"}]}
+    manifest_path.write_text(json.dumps(manifest))
+    assert main(["info", str(package_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "chosen from  2 candidates" in out and "  a: 2.5 ms, max |dp| 0.0200" in out
+    assert "* b: 2.4 ms, max |dp| ?" in out and '"selection"' not in out
+
+
 def test_info(vit_package, capsys):
     assert main(["info", str(vit_package)]) == 0
     out = capsys.readouterr().out

@@ -72,13 +72,6 @@ def test_corrupt_exif_still_classifies(vit_package, tmp_path):
 # --- packages -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def package_copy(vit_package, tmp_path):
-    copy = tmp_path / "package"
-    shutil.copytree(vit_package, copy)
-    return copy
-
-
 def test_missing_package_directory(tmp_path):
     with pytest.raises(fd.PackageNotFoundError, match="no such directory"):
         fd.Detector.load(tmp_path / "absent")

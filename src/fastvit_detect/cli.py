@@ -289,8 +289,20 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if variant.data_path is not None:
             lines.append(f"           weights      {variant.data_path.name}")
         details = variant.details
-        if "quantization" in details:
-            lines.append(f"           quantization {json.dumps(details['quantization'])}")
+        quantization = details.get("quantization")
+        if isinstance(quantization, dict):
+            selection = quantization.get("selection")
+            settings = {key: value for key, value in quantization.items() if key != "selection"}
+            lines.append(f"           quantization {json.dumps(settings)}")
+            if isinstance(selection, dict) and isinstance(selection.get("candidates"), list):
+                lines.append(f"           chosen from  {len(selection['candidates'])} candidates by --optimize auto:")
+                for row in selection["candidates"]:
+                    if isinstance(row, dict):
+                        mark = "*" if row.get("candidate") == selection.get("chosen") else " "
+                        diff = row.get("max_abs_probability_diff")
+                        diff_text = f"{diff:.4f}" if isinstance(diff, (int, float)) else "?"
+                        lines.append(f"           {mark} {row.get('candidate')}: {row.get('latency_ms')} ms, "
+                                     f"max |dp| {diff_text}")
         if "validation" in details:
             lines.append(f"           validation   {format_validation(details['validation'])}")
     print("\n".join(lines), file=out)
