@@ -26,7 +26,7 @@ from .systems import System, Unavailable, all_systems
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
 FOREIGN_LOAD_WARNING = 0.25  # cores kept busy by other processes above which a phase's figures are flagged
-MODEL_ONLY_BLOCK = 5  # consecutive model-only calls per turn (see measure.py for why turns are blocks)
+TURN_BLOCK = 5  # consecutive calls per turn in the latency phases (see measure.py for why turns are blocks)
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def phase_latency(run: Run, plan: Plan, paths: list[Path], threads: int) -> dict
         outputs[key][path] = run.by_key(key).predict_files([path])[0]
 
     result = measure.interleave([s.key for s in run.active], paths, call, rounds=plan.latency_rounds,
-                                block=len(paths), warmup=paths[:1], progress=log, label="  latency")
+                                block=TURN_BLOCK, warmup=paths[:1], progress=log, label="  latency")
     for key, reason in result.failures.items():
         run.fail(key, "end-to-end latency", reason)
     for system in run.active:
@@ -216,7 +216,7 @@ def phase_model_only(run: Run, plan: Plan, path: Path, threads: int) -> None:
     keys = [s.key for s in measured if s.key in pixels]
     result = measure.interleave(keys, list(range(plan.model_rounds)),
                                 lambda key, _: run.by_key(key).predict_pixels(pixels[key]),
-                                block=MODEL_ONLY_BLOCK, warmup=[0, 0], progress=log, label="  model-only")
+                                block=TURN_BLOCK, warmup=[0, 0], progress=log, label="  model-only")
     for key, reason in result.failures.items():
         run.fail(key, "model-only latency", reason)
     for system in run.systems:
@@ -233,14 +233,17 @@ def phase_model_only(run: Run, plan: Plan, path: Path, threads: int) -> None:
 
 def phase_throughput(run: Run, plan: Plan, pool: list[Path], thread_counts: list[int]) -> None:
     """Images/s end to end (files -> labels) at each batch size and thread count."""
+    cell = 0
     for threads in thread_counts:
         set_threads(run, threads)
         for batch_size in plan.batch_sizes:
+            cell += 1
             log(f"throughput: batch {batch_size}, {threads} thread(s), {plan.throughput_rounds} timed batches each")
             trials = images.batches(pool, batch_size, plan.throughput_rounds + 1)
             result = measure.interleave([s.key for s in run.active], trials[1:],
                                         lambda key, batch: run.by_key(key).predict_files(batch),
-                                        block=plan.throughput_rounds, warmup=trials[:1], progress=log,
+                                        block=plan.throughput_rounds, rotation=cell, warmup=trials[:1],
+                                        progress=log,
                                         label=f"  batch {batch_size}")
             for key, reason in result.failures.items():
                 run.fail(key, f"throughput batch {batch_size}", reason)

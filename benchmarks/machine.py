@@ -85,11 +85,20 @@ def measured_clock_mhz() -> float | None:
             handle.write(_CLOCK_PROBE_C)
         try:
             subprocess.run([compiler, "-O2", "-o", binary, source], check=True, capture_output=True, timeout=60)
-            # One probe per core at once: the all-core clock is the one a 2-thread GEMM gets.
+        except (OSError, subprocess.SubprocessError):
+            return None
+        # One probe per core at once: the all-core clock is the one a 2-thread GEMM gets.
+        probes: list[subprocess.Popen[str]] = []
+        try:
             probes = [subprocess.Popen([binary], stdout=subprocess.PIPE, text=True) for _ in range(physical_cores())]
             readings = [float(probe.communicate(timeout=60)[0]) for probe in probes]
         except (OSError, subprocess.SubprocessError, ValueError):
             return None
+        finally:
+            for probe in probes:  # none may outlive a failure and skew what is measured next
+                if probe.poll() is None:
+                    probe.kill()
+                    probe.wait()
     return min(readings) if readings else None
 
 

@@ -40,6 +40,7 @@ def interleave(
     *,
     rounds: int = 1,
     block: int = 1,
+    rotation: int = 0,
     warmup: Sequence[Trial] = (),
     progress: Callable[[str], None] | None = None,
     label: str = "",
@@ -48,7 +49,8 @@ def interleave(
 
     The trials of all rounds are cut into blocks of ``block`` trials; for each block every key runs an untimed
     settling call on the block's first trial, then the block's trials timed, keys in an order that rotates from
-    block to block. ``warmup`` trials run first, untimed (first-call allocations, lazy initialisation,
+    block to block, starting ``rotation`` places in (give successive calls different rotations so that a phase
+    made of one-block calls still varies who goes first). ``warmup`` trials run first, untimed (first-call allocations, lazy initialisation,
     compilation). A key whose call raises is dropped from then on, its error kept in ``failures``: one broken
     system mustn't stop the run.
     """
@@ -77,7 +79,7 @@ def interleave(
     blocks = [sequence[start : start + block] for start in range(0, len(sequence), block)]
     done = 0
     for block_index, chunk in enumerate(blocks):
-        shift = block_index % max(1, len(active))
+        shift = (block_index + rotation) % max(1, len(active))
         for key in active[shift:] + active[:shift]:
             if attempt(key, chunk[0]) is None:  # settling call, untimed
                 continue

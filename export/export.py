@@ -43,7 +43,7 @@ from fastvit_detect.package import (
     file_sha256,
 )
 from fastvit_detect.preprocess import PreprocessConfig, Preprocessor, find_images
-from fastvit_detect.session import physical_core_count
+from fastvit_detect.session import VNNI_FLAGS, cpu_flags, physical_core_count
 
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
 DEFAULT_OPSET = 18  # Optimum's recommended minimum for ViT; onnxruntime >= 1.14 runs it
@@ -245,8 +245,6 @@ class Int8Options:
 
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-# CPU flags under which full 8-bit weights are safe with U8S8 kernels (VPDPBUSD has no int16 intermediate).
-VNNI_FLAGS = ["avx512_vnni", "avx_vnni"]
 SPEED_TIE = 0.03  # --optimize auto: candidates within 3 % of the fastest count as equally fast
 
 
@@ -261,6 +259,39 @@ class _QuietQuantizer:
 
     def __exit__(self, *_exc: object) -> None:
         self.logger.setLevel(self.level)
+
+
+def check_int8_options(options: Int8Options, log: Log) -> None:
+    """Refuse contradictory or pointless int8 options before the minutes of export start."""
+    if options.method not in ("dynamic", "static", "none"):
+        raise ExportError(f"--quantize {options.method!r}: expected dynamic, static or none")
+    if options.optimize not in ("none", "auto"):
+        raise ExportError(f"--optimize {options.optimize!r}: expected none or auto")
+    if options.calibration_method not in CALIBRATION_METHODS:
+        raise ExportError(f"--calibration-method {options.calibration_method!r}: expected one of "
+                          f"{', '.join(CALIBRATION_METHODS)}")
+    if options.calibration_limit < 1:
+        raise ExportError(f"--calibration-limit {options.calibration_limit}: must be at least 1")
+    if not 0 <= options.max_probability_diff <= 1 or not 0 <= options.min_agreement <= 1:
+        raise ExportError("--max-probability-diff and --min-agreement must lie between 0 and 1")
+    auto = options.optimize == "auto"
+    if auto and options.method == "none":
+        raise ExportError("--optimize auto chooses an int8 recipe; it can't be combined with --quantize none")
+    if options.method == "static" and options.calibration_dir is None:
+        raise ExportError("--quantize static needs --calibration DIR: images like the ones the model will see")
+    if options.calibration_dir is not None:
+        if options.method != "static" and not auto:
+            raise ExportError("--calibration is used by --quantize static or --optimize auto only")
+        if not options.calibration_dir.is_dir():
+            raise ExportError(f"--calibration {options.calibration_dir}: not a directory")
+    if options.cpu_specific and not auto:
+        raise ExportError("--cpu-specific widens --optimize auto's choice; pass --no-reduce-range to ask for "
+                          "8-bit weights directly")
+    if auto and not (options.per_channel and options.reduce_range):
+        raise ExportError("--optimize auto chooses per-channel scales and the weight range itself; drop "
+                          "--no-per-channel / --no-reduce-range, or leave out --optimize auto")
+    if options.cpu_specific and not cpu_flags() & set(VNNI_FLAGS):
+        log(f"note: this CPU has no {' / '.join(VNNI_FLAGS)}; --cpu-specific adds no candidate here")
 
 
 def quantize_int8(source: Path, destination: Path, per_channel: bool, reduce_range: bool) -> dict[str, Any]:
@@ -279,14 +310,12 @@ def quantize_int8(source: Path, destination: Path, per_channel: bool, reduce_ran
         quantize_dynamic(source, destination, weight_type=QuantType.QInt8, per_channel=per_channel,
                          reduce_range=reduce_range, op_types_to_quantize=["MatMul"])
     if not reduce_range:
-        settings["requires_cpu_flags_any"] = VNNI_FLAGS
+        settings["requires_cpu_flags_any"] = list(VNNI_FLAGS)
     return settings
 
 
 def calibration_pixels(directory: Path, limit: int, preprocessor: Preprocessor, log: Log) -> np.ndarray:
     """Up to ``limit`` images from ``directory`` (spread over its sub-folders), preprocessed like at run time."""
-    if not directory.is_dir():
-        raise ExportError(f"--calibration {directory}: not a directory")
     files = find_images(directory)
     if not files:
         raise ExportError(f"--calibration {directory}: no images found")
@@ -337,33 +366,28 @@ def quantize_static_int8(source: Path, destination: Path, pixels: np.ndarray, me
                 "per_channel": per_channel, "reduce_range": reduce_range, "op_types": ["MatMul"],
                 "calibration_method": method, "calibration_images": len(pixels)}
     if not reduce_range:
-        settings["requires_cpu_flags_any"] = VNNI_FLAGS
+        settings["requires_cpu_flags_any"] = list(VNNI_FLAGS)
     return settings
 
 
 def time_graphs(paths: Mapping[str, Path], pixels: np.ndarray, rounds: int = 3, block: int = 5) -> dict[str, float]:
-    """Median seconds per batch-1 call of each graph on this machine.
-
-    Graphs take turns in blocks that open with an untimed call: back-to-back single calls would charge each
-    graph for the previous one's spinning threads and cache misses (see benchmarks/measure.py).
-    """
+    """Median seconds per batch-1 call of each graph on this machine, timed the benchmark suite's way: graphs
+    take turns in settled blocks, so none is charged for another's spinning threads and cache misses."""
     import onnxruntime as ort
 
     from fastvit_detect.session import session_options
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # export/ runs from a checkout, as does benchmarks/
+    from benchmarks.measure import interleave
+
     sessions = {name: ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
                 for name, path in paths.items()}
     feed = {"pixel_values": pixels[:1]}
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    names = list(sessions)
-    for turn in range(rounds * len(names)):
-        name = names[(turn + turn // len(names)) % len(names)]
-        sessions[name].run(None, feed)
-        for _ in range(block):
-            started = time.perf_counter()
-            sessions[name].run(None, feed)
-            samples[name].append(time.perf_counter() - started)
-    return {name: float(np.median(values)) for name, values in samples.items()}
+    measured = interleave(list(sessions), list(range(block)), lambda name, _: sessions[name].run(None, feed),
+                          rounds=rounds, block=block)
+    if measured.failures:
+        raise ExportError(f"--optimize auto: a candidate failed to run: {measured.failures}")
+    return {name: float(np.median(values)) for name, values in measured.samples.items()}
 
 
 def int8_candidates(options: Int8Options, has_calibration: bool) -> dict[str, dict[str, Any]]:
@@ -375,7 +399,7 @@ def int8_candidates(options: Int8Options, has_calibration: bool) -> dict[str, di
         candidates = {f"static {method}, per-channel, 7-bit weights": {
             "method": "static", "calibration_method": method, "per_channel": True, "reduce_range": True}
             for method in CALIBRATION_METHODS}
-        if options.cpu_specific:
+        if options.cpu_specific and cpu_flags() & set(VNNI_FLAGS):
             candidates[f"static {options.calibration_method}, per-channel, 8-bit weights (VNNI)"] = {
                 "method": "static", "calibration_method": options.calibration_method, "per_channel": True,
                 "reduce_range": False}
@@ -384,7 +408,7 @@ def int8_candidates(options: Int8Options, has_calibration: bool) -> dict[str, di
         "dynamic, per-channel, 7-bit weights": {"method": "dynamic", "per_channel": True, "reduce_range": True},
         "dynamic, per-tensor, 7-bit weights": {"method": "dynamic", "per_channel": False, "reduce_range": True},
     }
-    if options.cpu_specific:
+    if options.cpu_specific and cpu_flags() & set(VNNI_FLAGS):
         candidates["dynamic, per-channel, 8-bit weights (VNNI)"] = {"method": "dynamic", "per_channel": True,
                                                                      "reduce_range": False}
     if has_calibration:
@@ -435,7 +459,8 @@ def select_int8(source: Path, destination: Path, options: Int8Options, calibrati
         if not faithful:
             raise ExportError(
                 f"--optimize auto: no int8 candidate is within max |dp| {options.max_probability_diff} and "
-                f"agreement {options.min_agreement} of PyTorch; export with --quantize none, or loosen the bounds"
+                f"agreement {options.min_agreement} of PyTorch; loosen --max-probability-diff / --min-agreement, "
+                "or export with --quantize none"
             )
         fastest = min(row["latency_ms"] for row in faithful)
         tied = [row for row in faithful if row["latency_ms"] <= fastest * (1 + SPEED_TIE)]
@@ -495,6 +520,8 @@ def export_package(
     calibration_limit: int = 64,
     optimize: str = "none",
     cpu_specific: bool = False,
+    max_probability_diff: float = 0.05,
+    min_agreement: float = 0.995,
     validation_dirs: Sequence[Path] = (),
     validation_limit: int = 64,
     log: Log = print,
@@ -504,17 +531,9 @@ def export_package(
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"--output {output}: exists and isn't empty (pass --overwrite to replace it)")
     int8 = Int8Options(quantize, per_channel, reduce_range, Path(calibration_dir) if calibration_dir else None,
-                       calibration_method, calibration_limit, optimize, cpu_specific)
-    if quantize not in ("dynamic", "static", "none"):
-        raise ExportError(f"--quantize {quantize!r}: expected dynamic, static or none")
-    if calibration_method not in CALIBRATION_METHODS:
-        raise ExportError(f"--calibration-method {calibration_method!r}: expected one of {', '.join(CALIBRATION_METHODS)}")
-    if quantize == "static" and int8.calibration_dir is None:
-        raise ExportError("--quantize static needs --calibration DIR: images like the ones the model will see")
-    if optimize not in ("none", "auto"):
-        raise ExportError(f"--optimize {optimize!r}: expected none or auto")
-    if optimize == "auto" and quantize == "none":
-        raise ExportError("--optimize auto chooses an int8 recipe; it can't be combined with --quantize none")
+                       calibration_method, calibration_limit, optimize, cpu_specific, max_probability_diff,
+                       min_agreement)
+    check_int8_options(int8, log)
     started = time.perf_counter()
 
     def step(number: int, text: str) -> None:
@@ -671,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimize", choices=("none", "auto"), default="none",
                         help="auto: build several int8 recipes, time them on this machine and keep the fastest "
                              "that stays close to PyTorch; the figures go into the manifest")
+    parser.add_argument("--max-probability-diff", type=float, default=0.05, metavar="P",
+                        help="--optimize auto: largest max |p - p_pytorch| a kept recipe may show (default 0.05)")
+    parser.add_argument("--min-agreement", type=float, default=0.995, metavar="F",
+                        help="--optimize auto: smallest top-1 agreement with PyTorch a kept recipe may show "
+                             "(default 0.995)")
     parser.add_argument("--cpu-specific", action="store_true",
                         help="let --optimize auto keep a recipe that needs this CPU's instruction set (8-bit "
                              "weights need VNNI); the package then refuses to load on CPUs without it")
@@ -702,7 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trust_pickle=args.trust_pickle, overwrite=args.overwrite, per_channel=args.per_channel,
             reduce_range=args.reduce_range, calibration_dir=args.calibration,
             calibration_method=args.calibration_method, calibration_limit=args.calibration_limit,
-            optimize=args.optimize, cpu_specific=args.cpu_specific, validation_dirs=args.validation_images,
+            optimize=args.optimize, cpu_specific=args.cpu_specific, max_probability_diff=args.max_probability_diff,
+            min_agreement=args.min_agreement, validation_dirs=args.validation_images,
             validation_limit=args.validation_limit, log=log,
         )
     except (ExportError, FastVitDetectError, OSError) as exc:

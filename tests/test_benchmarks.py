@@ -172,6 +172,9 @@ def test_interleave_takes_turns_in_settled_blocks_and_isolates_failures():
     assert calls[9:15] == [("b", 2), ("b", 2), ("b", 0), ("a", 2), ("a", 2), ("a", 0)]
     with pytest.raises(ValueError, match="block"):
         interleave(["a"], [0], call, block=0)
+    calls.clear()
+    interleave(["a", "b"], [0], call, rotation=1)  # a phase of one-block calls can still vary who goes first
+    assert calls == [("b", 0), ("b", 0), ("a", 0), ("a", 0)]
     ratio = paired_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 3.0])
     assert ratio["median"] == pytest.approx(2.0) and ratio["pairs"] == 3
 

@@ -129,16 +129,19 @@ def test_format_1_manifest_without_weights_files_still_loads(package_copy):
     import onnx
 
     manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
-    entry = manifest["variants"]["int8"]
-    graph = package_copy / entry.pop("file")
-    onnx.save_model(onnx.load(str(graph)), str(package_copy / "single.onnx"))  # weights pulled back inside
-    for key in ("data_file", "data_sha256", "data_size_bytes"):
-        del entry[key]
-    entry.update(file="single.onnx", sha256=file_sha256(package_copy / "single.onnx"),
-                 size_bytes=(package_copy / "single.onnx").stat().st_size)
+    for name, entry in manifest["variants"].items():
+        graph = package_copy / entry["file"]
+        single = package_copy / f"{name}-single.onnx"
+        onnx.save_model(onnx.load(str(graph)), str(single))  # weights pulled back inside
+        graph.unlink()
+        (package_copy / entry.pop("data_file")).unlink()
+        del entry["data_sha256"], entry["data_size_bytes"]
+        entry.update(file=single.name, sha256=file_sha256(single), size_bytes=single.stat().st_size)
     (package_copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
-    detector = fd.Detector.load(package_copy, variant="int8")
-    assert detector.variant.data_path is None and detector.variant.path.name == "single.onnx"
+    for name in ("fp32", "int8"):
+        detector = fd.Detector.load(package_copy, variant=name)
+        assert detector.variant.data_path is None and detector.variant.path.name == f"{name}-single.onnx"
+        assert detector.predict(np.zeros((40, 30, 3), np.uint8)).label in ("Fake", "Real")
 
 
 def test_truncated_model_is_refused_by_size(package_copy):
@@ -216,6 +219,10 @@ def test_one_base_class_catches_everything(vit_package, bad_inputs, tmp_path):
         ({"data_file": "../weights"}, "data_file '../weights' must be a plain file name"),
         ({"data_sha256": "abc"}, "data_sha256 'abc' must be 64 hex digits"),
         ({"data_size_bytes": -1}, "data_size_bytes -1"),
+        # Another (verifiable) file named as the weights: onnxruntime would load the unverified real one.
+        ({"data_file": "model_quantized.onnx"}, "must be 'model_quantized.onnx_data', the file its graph loads"),
+        ({"data_file": "config.json"}, "must be 'model_quantized.onnx_data'"),
+        ({"quantization": {"requires_cpu_flags_any": "avx512_vnni"}}, "must be a non-empty list of CPU flag names"),
     ],
 )
 def test_manifest_cannot_switch_verification_off(package_copy, change, message):

@@ -193,6 +193,11 @@ def test_optimize_auto_with_static_chooses_among_calibration_methods(exporter, c
     ({"quantize": "none", "optimize": "auto"}, "can't be combined with --quantize none"),
     ({"quantize": "static", "calibration_method": "guess"}, "--calibration-method 'guess'"),
     ({"quantize": "static", "calibration_dir": "/nonexistent"}, "not a directory"),
+    ({"quantize": "static", "calibration_dir": "/tmp", "calibration_limit": 0}, "--calibration-limit 0"),
+    ({"calibration_dir": "/tmp"}, "--calibration is used by --quantize static or --optimize auto only"),
+    ({"cpu_specific": True}, "--cpu-specific widens --optimize auto's choice"),
+    ({"optimize": "auto", "per_channel": False}, "chooses per-channel scales and the weight range itself"),
+    ({"optimize": "auto", "max_probability_diff": 2.0}, "between 0 and 1"),
 ])
 def test_int8_option_errors(exporter, checkpoints, tmp_path, options, message):
     with pytest.raises(exporter.ExportError, match=message):
@@ -200,7 +205,20 @@ def test_int8_option_errors(exporter, checkpoints, tmp_path, options, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_full_8bit_weights_are_refused_on_a_cpu_without_vnni(exporter, checkpoints, tmp_path, monkeypatch):
+def test_cpu_specific_candidates_only_where_this_cpu_has_vnni(exporter, monkeypatch):
+    options = exporter.Int8Options(optimize="auto", cpu_specific=True)
+    monkeypatch.setattr(exporter, "cpu_flags", lambda: frozenset({"avx2", "avx_vnni"}))
+    assert any("8-bit" in name for name in exporter.int8_candidates(options, has_calibration=False))
+    monkeypatch.setattr(exporter, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert not any("8-bit" in name for name in exporter.int8_candidates(options, has_calibration=False))
+    static = exporter.Int8Options(method="static", optimize="auto", cpu_specific=True)
+    assert len(exporter.int8_candidates(static, has_calibration=True)) == 3  # the calibration methods only
+
+
+def test_full_8bit_weights_are_refused_on_a_cpu_without_vnni(exporter, checkpoints, calibration_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    from fastvit_detect.cli import main
+
     import fastvit_detect as fd
     import fastvit_detect.detector as detector_module
 
@@ -210,5 +228,10 @@ def test_full_8bit_weights_are_refused_on_a_cpu_without_vnni(exporter, checkpoin
         fd.Detector.load(tmp_path / "full", variant="int8")
     with pytest.warns(RuntimeWarning, match="using variant 'fp32' instead"):
         assert fd.Detector.load(tmp_path / "full").variant.name == "fp32"
+    # eval over all variants reports the one this CPU can't run and evaluates the others.
+    assert main(["eval", "--model", str(tmp_path / "full"), "--data", str(calibration_dir), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [row["variant"] for row in json.loads(captured.out)["variants"]] == ["fp32"]
+    assert "skipping variant 'int8' needs a CPU with avx512_vnni or avx_vnni" in captured.err
     monkeypatch.setattr(detector_module, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
     assert fd.Detector.load(tmp_path / "full").variant.name == "int8"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__
-from .detector import DEFAULT_BATCH_SIZE, Detector, Prediction
+from .detector import DEFAULT_BATCH_SIZE, Detector, Prediction, unmet_cpu_requirement
 from .errors import FastVitDetectError, InputError
 from .package import ModelPackage
 from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
@@ -188,6 +188,12 @@ def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     package = ModelPackage.open(args.model)
     names = list(package.variants) if args.variant == "all" else [package.variant(args.variant).name]
+    if args.variant == "all":  # a variant this CPU can't run is reported, not fatal, when asked for all of them
+        for name in list(names):
+            problem = unmet_cpu_requirement(package.variants[name])
+            if problem:
+                print(f"skipping {problem}", file=sys.stderr)
+                names.remove(name)
     images = evaluate.find_labelled_images(args.data, package.labels, limit=args.limit)
     print(f"evaluating {', '.join(names)} on {len(images.paths)} images from {args.data}", file=sys.stderr)
     runs = []

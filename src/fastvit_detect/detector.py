@@ -14,7 +14,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from .errors import IncompatibleModelError, InputError
-from .package import ModelPackage, Variant
+from .package import AUTO_PREFERENCE, ModelPackage, Variant
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, Preprocessor
 from .session import OnnxSession, cpu_flags
 
@@ -73,8 +73,7 @@ def unmet_cpu_requirement(variant: Variant) -> str | None:
     Where the flags can't be read (not Linux) the variant is trusted."""
     quantization = variant.details.get("quantization")
     required = quantization.get("requires_cpu_flags_any") if isinstance(quantization, Mapping) else None
-    required = [str(flag) for flag in required] if isinstance(required, list) else None
-    flags = cpu_flags()
+    flags = cpu_flags()  # the manifest's list was validated when the package was opened
     if not required or not flags or any(flag in flags for flag in required):
         return None
     return f"variant {variant.name!r} needs a CPU with {' or '.join(required)}, and this one has neither"
@@ -108,7 +107,7 @@ class Detector:
         ``variant``: "auto" (the package's recommendation, else int8 when present), "fp32", "int8", ...
         ``threads``: intra-op threads, default the physical cores. ``providers``: onnxruntime execution
         providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None: Pillow's own limit only).
-        ``verify``: check the variant's sha256 against the manifest before loading it.
+        ``verify``: check the variant's files (graph and weights) against the manifest's sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
         """
@@ -119,7 +118,9 @@ class Detector:
             raise IncompatibleModelError(f"model package {package.root}: {problem}; load another variant (fp32) "
                                          "or re-export without --cpu-specific / --no-reduce-range")
         if problem:
-            fallback = next((name for name, other in package.variants.items() if not unmet_cpu_requirement(other)), None)
+            order = [*AUTO_PREFERENCE, *package.variants]
+            fallback = next((name for name in order if name in package.variants
+                             and not unmet_cpu_requirement(package.variants[name])), None)
             if fallback is None:
                 raise IncompatibleModelError(f"model package {package.root}: {problem}, and no other variant runs here")
             warnings.warn(f"model package {package.root}: {problem}; using variant {fallback!r} instead",

@@ -197,11 +197,18 @@ def _variants_from_manifest(root: Path, manifest: Mapping[str, Any]) -> dict[str
     for name, entry in entries.items():
         # A manifest vouches for its files: every field that verification relies on must be there and sane,
         # or a hand-edited manifest could switch verification off or point outside the package.
+        # The weights file is the one the graph names, which the exporter always calls <file>_data: any other
+        # name would verify one file while onnxruntime loads another.
         problem = "not an object" if not isinstance(entry, Mapping) else _file_fields_problem(entry, "")
+        data_name = f"{entry['file']}{DATA_SUFFIX}" if problem is None else ""
         if problem is None and "data_file" in entry:
             problem = _file_fields_problem(entry, "data_")
-        elif problem is None and (root / f"{entry['file']}{DATA_SUFFIX}").exists():
-            problem = f"{entry['file']}{DATA_SUFFIX} is in the package but the manifest doesn't vouch for it"
+            if problem is None and entry["data_file"] != data_name:
+                problem = f"data_file {entry['data_file']!r} must be {data_name!r}, the file its graph loads"
+        elif problem is None and (root / data_name).exists():
+            problem = f"{data_name} is in the package but the manifest doesn't vouch for it"
+        if problem is None:
+            problem = _cpu_requirement_problem(entry)
         if problem:
             raise InvalidPackageError(f"model package {root}: manifest variant {name!r}: {problem}")
         has_data = "data_file" in entry
@@ -211,6 +218,17 @@ def _variants_from_manifest(root: Path, manifest: Mapping[str, Any]) -> dict[str
                                  data_sha256=entry["data_sha256"] if has_data else None,
                                  data_size_bytes=entry["data_size_bytes"] if has_data else None)
     return variants
+
+
+def _cpu_requirement_problem(entry: Mapping[str, Any]) -> str | None:
+    """A malformed CPU requirement must not read as "none": a variant that needs VNNI would then run anywhere."""
+    quantization = entry.get("quantization")
+    if not isinstance(quantization, Mapping) or "requires_cpu_flags_any" not in quantization:
+        return None
+    required = quantization["requires_cpu_flags_any"]
+    if not isinstance(required, list) or not required or not all(isinstance(flag, str) for flag in required):
+        return f"quantization.requires_cpu_flags_any {required!r} must be a non-empty list of CPU flag names"
+    return None
 
 
 def _file_fields_problem(entry: Mapping[str, Any], prefix: str) -> str | None:

@@ -43,6 +43,11 @@ def physical_core_count() -> int:
         return max(1, len(allowed))
 
 
+# Flags of the int8 dot-product instructions (VPDPBUSD) that make full 8-bit u8 x s8 weights safe: without them
+# onnxruntime sums pairs of products in int16, which 8-bit weights can saturate.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The instruction-set flags /proc/cpuinfo lists (avx2, avx512_vnni, ...); empty where there is none."""
