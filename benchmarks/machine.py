@@ -10,6 +10,8 @@ import time
 from functools import lru_cache
 from typing import Any
 
+from fastvit_detect.session import cpu_flags, cpuinfo, physical_core_count
+
 # The flags that decide which kernels the libraries run; the rest of /proc/cpuinfo's list is noise here.
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
                   "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
@@ -17,31 +19,7 @@ LIBRARIES = ("numpy", "pillow", "onnxruntime", "torch", "transformers", "optimum
              "fastvit-detect", "openvino", "matplotlib")
 
 
-def _cpuinfo() -> list[dict[str, str]]:
-    """/proc/cpuinfo as one dict per logical processor."""
-    try:
-        text = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
-    except OSError:
-        return []
-    blocks = []
-    for block in text.strip().split("\n\n"):
-        entry = {}
-        for line in block.splitlines():
-            key, _, value = line.partition(":")
-            entry[key.strip()] = value.strip()
-        blocks.append(entry)
-    return blocks
-
-
-def cpu_flags() -> frozenset[str]:
-    from fastvit_detect.session import cpu_flags as runtime_cpu_flags
-
-    return runtime_cpu_flags()
-
-
 def physical_cores() -> int:
-    from fastvit_detect.session import physical_core_count
-
     return physical_core_count()
 
 
@@ -114,7 +92,7 @@ def clock_mhz() -> tuple[float | None, str]:
             return float(lscpu[key]), f"lscpu '{key}'"
         except (KeyError, ValueError):
             pass
-    info = _cpuinfo()
+    info = cpuinfo()
     try:
         return float(info[0]["cpu MHz"]), "/proc/cpuinfo 'cpu MHz' (nominal; turbo unknown)"
     except (IndexError, KeyError, ValueError):
@@ -136,7 +114,7 @@ def library_versions() -> dict[str, str | None]:
 
 
 def describe() -> dict[str, Any]:
-    info = _cpuinfo()
+    info = cpuinfo()
     first = info[0] if info else {}
     lscpu = _lscpu()
     mhz, mhz_source = clock_mhz()

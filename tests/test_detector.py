@@ -161,3 +161,19 @@ def test_jpeg_draft_decodes_large_jpegs_at_reduced_scale(vit_package, odd_images
     png = odd_images["wide.png"]  # not a JPEG: drafting doesn't apply, results are identical
     np.testing.assert_array_equal(Detector.load(vit_package, variant="fp32", jpeg_draft=True).predict(png).logits,
                                   Detector.load(vit_package, variant="fp32").predict(png).logits)
+
+
+def test_physical_cores_count_smt_siblings_once_and_only_allowed_processors(monkeypatch):
+    from fastvit_detect import session
+
+    blocks = tuple({"processor": str(n), "physical id": "0", "core id": str(n // 2), "flags": "fpu avx2"}
+                   for n in range(4))  # 2 cores x 2 hyper-threads
+    monkeypatch.setattr(session, "cpuinfo", lambda: blocks)
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert session.physical_core_count() == 2
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda _pid: {2})  # pinned to one logical CPU
+    assert session.physical_core_count() == 1
+    assert session.cpu_flags() == frozenset({"fpu", "avx2"})
+    monkeypatch.setattr(session, "cpuinfo", lambda: ())  # no /proc/cpuinfo: trust the affinity mask
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda _pid: {0, 1, 2})
+    assert session.physical_core_count() == 3 and session.cpu_flags() == frozenset()

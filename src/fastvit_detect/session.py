@@ -15,32 +15,32 @@ from .errors import IncompatibleModelError, InvalidPackageError, ProviderError
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 
+@lru_cache(maxsize=1)
+def cpuinfo() -> tuple[dict[str, str], ...]:
+    """/proc/cpuinfo as one dict per logical processor; empty where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return ()
+    return tuple({key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
+                 for block in text.strip().split("\n\n") if block.strip())
+
+
 def physical_core_count() -> int:
     """Physical cores this process may run on; SMT siblings share one core's matrix units, so count them once."""
     try:
         allowed = os.sched_getaffinity(0)
     except AttributeError:  # not Linux
         return max(1, (os.cpu_count() or 2) // 2)
-    try:
-        cores = set()
-        processor = physical = core = None
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in [*handle, "\n"]:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "processor":
-                    processor = int(value)
-                elif key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                elif not key:
-                    if processor in allowed and core is not None:
-                        cores.add((physical, core))
-                    processor = physical = core = None
-        return max(1, len(cores)) if cores else len(allowed)
-    except (OSError, ValueError):
-        return max(1, len(allowed))
+    cores = set()
+    for processor in cpuinfo():
+        try:
+            if int(processor.get("processor", -1)) in allowed and "core id" in processor:
+                cores.add((processor.get("physical id"), processor["core id"]))
+        except ValueError:
+            continue
+    return len(cores) if cores else max(1, len(allowed))
 
 
 # Flags of the int8 dot-product instructions (VPDPBUSD) that make full 8-bit u8 x s8 weights safe: without them
@@ -48,18 +48,10 @@ def physical_core_count() -> int:
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
-@lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The instruction-set flags /proc/cpuinfo lists (avx2, avx512_vnni, ...); empty where there is none."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
+    processors = cpuinfo()
+    return frozenset(processors[0].get("flags", "").split()) if processors else frozenset()
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
