@@ -19,21 +19,16 @@ Everything built is cached in --workdir; delete it to start over.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks/ (the timing and the script loader) is a folder of the checkout
 
-
-def load_script(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.artifacts import checkpoint_maker, export_module
+from benchmarks.measure import interleave
 
 
 def run_step(title: str, command: list[str]) -> None:
@@ -69,8 +64,8 @@ def main() -> int:
     if not args.skip_training:
         accuracy_part(args.workdir)
 
-    make_checkpoint = load_script("make_checkpoint", ROOT / "export" / "make_checkpoint.py")
-    exporter = load_script("export", ROOT / "export" / "export.py")
+    make_checkpoint = checkpoint_maker()
+    exporter = export_module()
     checkpoint, package = args.workdir / "checkpoint", args.workdir / "package"
 
     if not (checkpoint / "model.safetensors").is_file():
@@ -113,9 +108,6 @@ def main() -> int:
         predict(photos[0])
     # The benchmark suite's timing: systems take turns over the photos, each turn opened by an untimed call, so
     # one system's spinning threads and cache misses aren't charged to the next (see benchmarks/measure.py).
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.measure import interleave
-
     print(f"[demo] timing file -> label, batch 1, {args.rounds} rounds over the photos, systems taking turns",
           flush=True)
     measured = interleave(list(systems), photos, lambda name, photo: systems[name](photo), rounds=args.rounds,

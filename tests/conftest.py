@@ -6,7 +6,6 @@ matplotlib's and scikit-image's bundled sample data.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import shutil
 import struct
@@ -19,21 +18,14 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `benchmarks` is a top-level folder of the repo, not an installed package
 
+from benchmarks.artifacts import checkpoint_maker, export_module
 
-def load_script(name: str, path: Path):
-    """Import a top-level script (export/export.py, ...) as a module."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CHECKPOINT_MAKER = load_script("fastvit_make_checkpoint", ROOT / "export" / "make_checkpoint.py")
+CHECKPOINT_MAKER = checkpoint_maker()
 VIT_PROCESSOR = CHECKPOINT_MAKER.PROCESSORS["vit"]
 DEIT_PROCESSOR = CHECKPOINT_MAKER.PROCESSORS["deit"]
-EXPORT = load_script("fastvit_export", ROOT / "export" / "export.py")  # imports no torch until it exports
+EXPORT = export_module()  # imports no torch until it exports
 
 # Legacy configs as older checkpoints on the Hub store them: integer sizes, no do_rescale key.
 LEGACY_VIT_PROCESSOR = {

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # `benchmarks` is a top-level folder of the repo, not an installed package
 
 EXPECTED_SYSTEMS = {
     "pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "torch.compile/fp32", "optimum/fp32", "optimum/int8",

@@ -7,7 +7,6 @@ transformers and are skipped without them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,27 +19,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.artifacts import load_script
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DIR = REPO_ROOT / "train"
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"train_{name}", TRAIN_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+def load_train_script(name: str) -> ModuleType:
     # The scripts set thread variables (OMP_NUM_THREADS, ...) for their own
     # process; don't let them leak into subprocesses started by other tests.
     environment = dict(os.environ)
     try:
-        spec.loader.exec_module(module)
+        return load_script(f"train_{name}", TRAIN_DIR / f"{name}.py")
     finally:
         os.environ.clear()
         os.environ.update(environment)
-    return module
 
 
-make_dataset = load_script("make_dataset")
+make_dataset = load_train_script("make_dataset")
 
 SPLITS = ("Train", "Validation", "Test")
 CLASSES = ("Real", "Fake")
@@ -271,7 +267,7 @@ def test_colour_brightness_and_file_size_do_not_separate_the_classes(cue_dataset
 def finetune() -> ModuleType:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    return load_script("finetune")
+    return load_train_script("finetune")
 
 
 @pytest.fixture
