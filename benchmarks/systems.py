@@ -13,6 +13,7 @@ Libraries are imported inside ``load`` so that a missing one makes that system s
 
 from __future__ import annotations
 
+import importlib
 import textwrap
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,14 @@ OPTIMUM_ROOTS = ("optimum-onnx[onnxruntime]", "optimum", "onnxruntime", "transfo
 
 class Unavailable(Exception):
     """The system can't run here (library not installed, mode excludes it); the message says why."""
+
+
+def require(*modules: str) -> list[Any]:
+    """Import ``modules``, or raise Unavailable naming the missing one: a system that can't load is skipped."""
+    try:
+        return [importlib.import_module(name) for name in modules]
+    except ImportError as exc:
+        raise Unavailable(f"not installed: {exc.name} (pip install {(exc.name or '').split('.')[0]})") from exc
 
 
 class System:
@@ -89,16 +98,11 @@ class TorchSystem(System):
     footprint_roots = TORCH_ROOTS
 
     def load(self, threads: int) -> None:
-        try:
-            import torch
-            import transformers
-            from transformers import AutoImageProcessor, AutoModelForImageClassification
-        except ImportError as exc:
-            raise Unavailable(f"not installed: {exc.name}") from exc
+        self.torch, transformers = require("torch", "transformers")
         transformers.logging.set_verbosity_error()
-        self.torch = torch
-        self.processor = AutoImageProcessor.from_pretrained(self.artifacts.checkpoint, use_fast=False)
-        self.model = self.make_model(AutoModelForImageClassification.from_pretrained(self.artifacts.checkpoint).eval())
+        self.processor = transformers.AutoImageProcessor.from_pretrained(self.artifacts.checkpoint, use_fast=False)
+        self.model = self.make_model(
+            transformers.AutoModelForImageClassification.from_pretrained(self.artifacts.checkpoint).eval())
         self.notes["processor"] = type(self.processor).__name__
         self.set_threads(threads)
 
@@ -192,13 +196,8 @@ class PipelineSystem(TorchSystem):
     baseline = False
 
     def load(self, threads: int) -> None:
-        try:
-            import torch
-            import transformers
-        except ImportError as exc:
-            raise Unavailable(f"not installed: {exc.name}") from exc
+        self.torch, transformers = require("torch", "transformers")
         transformers.logging.set_verbosity_error()
-        self.torch = torch
         self.pipe = transformers.pipeline("image-classification", model=str(self.artifacts.checkpoint), device="cpu")
         self.label2id = {label: int(index) for index, label in self.pipe.model.config.id2label.items()}
         self.notes["processor"] = type(self.pipe.image_processor).__name__
@@ -239,17 +238,10 @@ class OptimumSystem(System):
     footprint_roots = OPTIMUM_ROOTS
 
     def load(self, threads: int) -> None:
-        try:
-            import onnxruntime
-            import torch
-            from optimum.onnxruntime import ORTModelForImageClassification
-            from transformers import AutoImageProcessor
-        except ImportError as exc:
-            raise Unavailable(f"not installed: {exc.name}") from exc
-        self.torch = torch
-        self.ort = onnxruntime
-        self.model_class = ORTModelForImageClassification
-        self.processor = AutoImageProcessor.from_pretrained(self.artifacts.optimum_dir, use_fast=False)
+        self.ort, self.torch, optimum_ort, transformers = require(
+            "onnxruntime", "torch", "optimum.onnxruntime", "transformers")
+        self.model_class = optimum_ort.ORTModelForImageClassification
+        self.processor = transformers.AutoImageProcessor.from_pretrained(self.artifacts.optimum_dir, use_fast=False)
         self.notes["processor"] = type(self.processor).__name__
         self.notes["file"] = self.file_name
         self.model = None
@@ -384,14 +376,10 @@ class OpenVinoSystem(System):
     footprint_roots = ("openvino", "numpy", "pillow")
 
     def load(self, threads: int) -> None:
-        try:
-            import openvino
-        except ImportError as exc:
-            raise Unavailable("not installed: openvino (pip install openvino)") from exc
+        (self.ov,) = require("openvino")
         from fastvit_detect import Detector
 
-        self.ov = openvino
-        self.core = openvino.Core()
+        self.core = self.ov.Core()
         self.graph = self.core.read_model(str(self.artifacts.package / "model.onnx"))
         self.preprocessor = Detector.load(self.artifacts.package, variant="fp32", threads=1).preprocessor
         self.compiled: dict[int, Any] = {}
