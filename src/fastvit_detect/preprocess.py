@@ -10,7 +10,7 @@ The reference is what a ``transformers`` image-classification pipeline does with
 
 Steps 2-3 run per image on uint8 data (PIL does the heavy lifting in C). Step 4 runs once per batch through a
 per-channel lookup table of 256 values computed with exactly HF's arithmetic, so the float32 output is
-bit-identical to HF's while costing one gather instead of several float passes.
+bit-identical to HF's while costing one lookup per channel instead of several float passes.
 """
 
 from __future__ import annotations
@@ -400,9 +400,6 @@ class Preprocessor:
         if config.crop is not None:
             self.transforms.append(CenterCrop(*config.crop))
         self._table = normalization_table(config)
-        # Flattened table + channel offsets let one np.take gather all three channels.
-        self._flat_table = self._table.reshape(-1)
-        self._channel_offset = (np.arange(3, dtype=np.intp) * 256)[None, :, None, None]
 
     @classmethod
     def from_hf(
@@ -423,9 +420,12 @@ class Preprocessor:
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NHWC batch -> float32 NCHW model input."""
-        nchw = pixels.transpose(0, 3, 1, 2).astype(np.intp)
-        nchw += self._channel_offset
-        return np.take(self._flat_table, nchw)
+        # One lookup per channel, indexed by the uint8 pixels themselves: widening them to intp for a single
+        # flattened lookup cost 4.7x more at batch 1 (1.23 vs 0.26 ms) and 1.9x at batch 32.
+        out = np.empty((len(pixels), 3, *pixels.shape[1:3]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self._table[channel], pixels[..., channel], out=out[:, channel])
+        return out
 
     def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Preprocess a batch into one float32 NCHW array. Raises the first image's InputError."""
