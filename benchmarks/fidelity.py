@@ -1,8 +1,6 @@
-"""Fidelity: how far each system's answers are from the PyTorch fp32 baseline's, and accuracy on labelled data."""
+"""Fidelity: how far each system's answers are from the PyTorch fp32 baseline's."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,15 +14,3 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float |
         "max_abs_probability_diff": float(delta.max()),
         "mean_abs_probability_diff": float(delta.mean()),
     }
-
-
-def accuracy(probabilities: np.ndarray, truth: Sequence[str], labels: Sequence[str]) -> dict[str, float | int]:
-    """Share of images whose top label matches the folder name (case-insensitive)."""
-    lowered = [label.lower() for label in labels]
-    known = [index for index, name in enumerate(truth) if name.lower() in lowered]
-    if not known:
-        raise ValueError(f"no folder name matches the model's labels {list(labels)}")
-    expected = np.array([lowered.index(truth[index].lower()) for index in known])
-    predicted = probabilities[known].argmax(1)
-    return {"images": int(len(known)), "accuracy": float((predicted == expected).mean()),
-            "unmatched_images": int(len(truth) - len(known))}

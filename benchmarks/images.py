@@ -18,7 +18,6 @@ from PIL import Image
 
 from .artifacts import export_module
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 ASPECT = (4, 3)  # a phone camera's
 
 
@@ -74,22 +73,3 @@ def batches(pool: Sequence[Path], batch_size: int, count: int) -> list[list[Path
         batches_out.append([pool[(position + i) % len(pool)] for i in range(batch_size)])
         position += batch_size
     return batches_out
-
-
-def labelled_folder(directory: Path, limit: int | None = None) -> list[tuple[Path, str]]:
-    """(file, class folder name) pairs from ``directory/<Class>/**``, e.g. Real/ and Fake/ of a test split."""
-    if not directory.is_dir():
-        raise SystemExit(f"benchmarks: --data {directory}: not a directory")
-    classes = sorted(path for path in directory.iterdir() if path.is_dir())
-    if not classes:
-        raise SystemExit(f"benchmarks: --data {directory}: expected class sub-folders such as Real/ and Fake/")
-    items: list[tuple[Path, str]] = []
-    for folder in classes:
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if limit:
-            step = max(1, len(files) // limit)
-            files = files[::step][:limit]
-        items += [(path, folder.name) for path in files]
-    if not items:
-        raise SystemExit(f"benchmarks: --data {directory}: no images found")
-    return items

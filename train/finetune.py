@@ -65,10 +65,11 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
+from fastvit_detect.preprocess import IMAGE_SUFFIXES  # the file types the runtime reads
+
 ID2LABEL = {0: "Fake", 1: "Real"}
 LABEL2ID = {label: index for index, label in ID2LABEL.items()}
 SPLITS = ("Train", "Validation", "Test")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MODEL_INPUT_SIZE = 224
 NORMALISE_MEAN = 0.5
 NORMALISE_STD = 0.5
@@ -201,7 +202,7 @@ def find_split(data_dir: Path, split: str) -> ImageSplit:
         class_dir = data_dir / split / label
         if not class_dir.is_dir():
             raise TrainingError(f"missing directory {class_dir} (expected {{Train,Validation,Test}}/{{Real,Fake}})")
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         paths += files
         labels += [class_id] * len(files)
     if not paths:
