@@ -370,18 +370,13 @@ def quantize_static_int8(source: Path, destination: Path, pixels: np.ndarray, me
     return settings
 
 
-def time_graphs(paths: Mapping[str, Path], pixels: np.ndarray, rounds: int = 3, block: int = 5) -> dict[str, float]:
-    """Median seconds per batch-1 call of each graph on this machine, timed the benchmark suite's way: graphs
-    take turns in settled blocks, so none is charged for another's spinning threads and cache misses."""
-    import onnxruntime as ort
-
-    from fastvit_detect.session import session_options
-
+def time_graphs(sessions: Mapping[str, Any], pixels: np.ndarray, rounds: int = 3, block: int = 5) -> dict[str, float]:
+    """Median seconds per batch-1 call of each onnxruntime session on this machine, timed the benchmark suite's
+    way: sessions take turns in settled blocks, so none is charged for another's spinning threads and cache
+    misses."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # export/ runs from a checkout, as does benchmarks/
     from benchmarks.measure import interleave
 
-    sessions = {name: ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
-                for name, path in paths.items()}
     feed = {"pixel_values": pixels[:1]}
     measured = interleave(list(sessions), list(range(block)), lambda name, _: sessions[name].run(None, feed),
                           rounds=rounds, block=block)
@@ -439,16 +434,17 @@ def select_int8(source: Path, destination: Path, options: Int8Options, calibrati
     candidates = int8_candidates(options, calibration is not None)
     scratch = Path(tempfile.mkdtemp(prefix="candidates.", dir=destination.parent))
     try:
-        paths, settings, fidelity = {}, {}, {}
+        paths, settings, fidelity, sessions = {}, {}, {}, {}
         for index, (name, recipe) in enumerate(candidates.items()):
             paths[name] = scratch / f"candidate{index}.onnx"
             settings[name] = make_int8(source, paths[name], calibration=calibration, **recipe)
-            session = ort.InferenceSession(str(paths[name]), session_options(), providers=["CPUExecutionProvider"])
-            logits = np.concatenate([session.run(None, {"pixel_values": pixels[i : i + 1]})[0]
+            sessions[name] = ort.InferenceSession(str(paths[name]), session_options(),
+                                                  providers=["CPUExecutionProvider"])
+            logits = np.concatenate([sessions[name].run(None, {"pixel_values": pixels[i : i + 1]})[0]
                                      for i in range(len(pixels))])
             fidelity[name] = compare(expected, logits)
-            del session
-        seconds = time_graphs(paths, pixels)
+        seconds = time_graphs(sessions, pixels)
+        sessions.clear()  # before moving the kept file: no session may hold it open
         figures = [{"candidate": name, "latency_ms": round(1000 * seconds[name], 2), **fidelity[name],
                     "quantization": settings[name]} for name in candidates]
         for row in figures:
