@@ -328,10 +328,10 @@ class FastVitSystem(System):
 
         self.detector_class = Detector
         self.set_threads(threads)
-        details = dict(self.detector.variant.details)
+        entry = self.detector.variant.entry
         self.notes["file"] = self.detector.variant.path.name
-        if "quantization" in details:
-            self.notes["quantization"] = details["quantization"]
+        if entry is not None and entry.quantization is not None:
+            self.notes["quantization"] = entry.quantization
 
     def set_threads(self, threads: int) -> None:
         # One Detector per thread count, kept: switching back and forth costs nothing after the first time.

@@ -67,6 +67,13 @@ class Checkpoint:
     directory: Path
     model: str  # what the user named: a Hub id or a local path
     revision: str | None  # Hub commit, when known
+    from_hub: bool = False
+
+    @property
+    def public_name(self) -> str:
+        """What the manifest records: a Hub id, or only a local checkpoint's folder name, never the build
+        machine's path (packages get published; their manifests shouldn't map the exporter's disk)."""
+        return self.model if self.from_hub else self.directory.name
 
 
 def resolve_checkpoint(model: str, revision: str | None, trust_pickle: bool, log: Log) -> Checkpoint:
@@ -92,7 +99,7 @@ def resolve_checkpoint(model: str, revision: str | None, trust_pickle: bool, log
             "Offline? Pass a local checkpoint directory instead."
         ) from exc
     # snapshot_download returns .../snapshots/<commit>: the commit pins what we exported.
-    return Checkpoint(directory, model, directory.name if len(directory.name) == 40 else revision)
+    return Checkpoint(directory, model, directory.name if len(directory.name) == 40 else revision, from_hub=True)
 
 
 def check_weights(checkpoint: Checkpoint, trust_pickle: bool) -> bool:
@@ -645,7 +652,7 @@ def _build_package(staging: Path, checkpoint: Checkpoint, config: Any, torch_mod
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"model": checkpoint.model, "revision": checkpoint.revision,
+        "source": {"model": checkpoint.public_name, "revision": checkpoint.revision,
                    "architecture": (config.architectures or [None])[0], "model_type": config.model_type},
         "labels": [config.id2label[i] for i in range(len(config.id2label))],
         "input": {"name": "pixel_values", "shape": ["batch_size", 3, *image_size], "dtype": "float32"},

@@ -32,7 +32,7 @@ def test_predict_iter_matches_predict_batch_in_order(vit_package, bad_inputs):
     detector = Detector.load(vit_package, variant="fp32")
     expected = detector.predict_batch(images, batch_size=4, errors="return")
     for prefetch in (0, 1, 3):
-        streamed = list(detector.predict_iter(iter(images), batch_size=4, prefetch=prefetch))
+        streamed = list(detector.predict_iter(iter(images), batch_size=4, prefetch=prefetch, errors="return"))
         assert [type(r) for r in streamed] == [type(r) for r in expected]
         for got, want in zip(streamed, expected):
             if isinstance(want, InputError):

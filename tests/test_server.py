@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import re
 import subprocess
@@ -127,10 +128,10 @@ def test_health_and_model_info(app, detector):
     assert health["status"] == "ok" and health["variant"] == "fp32" and health["queue_depth"] == 0
     info = call(app, "GET", "/api/v1/model").json()
     assert info["variant"] == "fp32" and info["labels"] == ["Fake", "Real"]
-    manifest = detector.package.manifest
+    manifest = json.loads((detector.package.root / "fastvit_manifest.json").read_text())
     assert info["manifest"]["variants"] == manifest["variants"]
     # The exporter's local path stays on the server: clients see the checkpoint folder's name only.
-    assert info["manifest"]["source"]["model"] == info["name"] == "vit" != manifest["source"]["model"]
+    assert info["manifest"]["source"]["model"] == info["name"] == "vit"
     assert info["serving"]["max_batch"] == 4
 
 
@@ -262,22 +263,27 @@ class GatedDetector:
         self.gate = threading.Event()
         self.batches: list[list] = []
 
-    def predict_batch(self, images, batch_size, errors):
-        self.batches.append(list(images))
+    def run(self, items):
+        """A MicroBatcher's run_batch: items come back as they are."""
+        self.batches.append(list(items))
         self.entered.set()
         assert self.gate.wait(10), "the test never opened the gate"
         if self.fail:
             self.fail = False
             raise RuntimeError("model crashed")
-        return self.detector.predict_batch(images, batch_size, errors) if self.detector else list(images)
+        return list(items)
 
-    def __getattr__(self, name):  # package, variant, labels: the real detector's
+    def classify_pixels(self, pixels, failures=None, sources=None):
+        self.run(sources)
+        return self.detector.classify_pixels(pixels, failures, sources)
+
+    def __getattr__(self, name):  # package, variant, labels, preprocessor: the real detector's
         return getattr(self.detector, name)
 
 
 def test_batches_are_bounded_and_keep_order():
     gated = GatedDetector()
-    batcher = MicroBatcher(gated, max_batch=4, max_wait_ms=0, queue_size=16)
+    batcher = MicroBatcher(gated.run, max_batch=4, max_wait_ms=0, queue_size=16)
     try:
         first = batcher.submit(["first"])
         assert gated.entered.wait(5)  # the worker holds "first"; what follows queues up behind it
@@ -296,7 +302,7 @@ def test_batches_are_bounded_and_keep_order():
 def test_max_batch_1_disables_batching():
     gated = GatedDetector()
     gated.gate.set()
-    batcher = MicroBatcher(gated, max_batch=1, max_wait_ms=50, queue_size=16)
+    batcher = MicroBatcher(gated.run, max_batch=1, max_wait_ms=50, queue_size=16)
     try:
         futures = batcher.submit([f"image-{index}" for index in range(5)])
         assert [future.result(5) for future in futures] == [f"image-{index}" for index in range(5)]
@@ -308,7 +314,7 @@ def test_max_batch_1_disables_batching():
 def test_a_model_failure_fails_its_batch_only():
     gated = GatedDetector(fail=True)
     gated.gate.set()
-    batcher = MicroBatcher(gated, max_batch=4, max_wait_ms=0, queue_size=4)
+    batcher = MicroBatcher(gated.run, max_batch=4, max_wait_ms=0, queue_size=4)
     try:
         with pytest.raises(RuntimeError, match="model crashed"):
             batcher.submit(["doomed"])[0].result(5)
@@ -339,7 +345,7 @@ def test_a_model_failure_is_a_json_500_and_the_server_carries_on(detector, photo
 
 def test_submission_is_all_or_nothing():
     gated = GatedDetector()
-    batcher = MicroBatcher(gated, max_batch=4, max_wait_ms=0, queue_size=3)
+    batcher = MicroBatcher(gated.run, max_batch=4, max_wait_ms=0, queue_size=3)
     try:
         batcher.submit(["held"])
         assert gated.entered.wait(5)
@@ -437,13 +443,16 @@ def test_serve_without_the_extra_says_what_to_install(vit_package):
                             timeout=60, check=False)
     assert "INFO 0" in result.stdout and "SERVE 2" in result.stdout  # the other commands still work
     assert "pip install 'fastvit-detect[serve]'" in result.stderr and "Traceback" not in result.stderr
+    assert "(fastapi, uvicorn missing)" in result.stderr  # every missing module, not only the first one hit
 
 
 def test_serve_rejects_bad_settings_before_loading(tmp_path, capsys):
     from fastvit_detect.cli import main
 
-    assert main(["serve", "--model", str(tmp_path / "none"), "--max-wait-ms", "-1"]) == 2
-    assert "max_wait_ms must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model", str(tmp_path / "none"), "--max-wait-ms", "-1"])
+    assert exit_info.value.code == 2
+    assert "expected a number from 0 up to 10000, got -1" in capsys.readouterr().err
 
 
 def test_unknown_routes_and_methods_use_the_error_shape(app):

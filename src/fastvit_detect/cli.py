@@ -4,23 +4,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__
-from .detector import DEFAULT_BATCH_SIZE, Detector, Prediction, unmet_cpu_requirement
-from .errors import FastVitDetectError, InputError
+from .detector import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    Detector,
+    ImageResult,
+    Prediction,
+    unmet_cpu_requirement,
+)
+from .errors import FastVitDetectError
+from .httpapi import SERVER_MAX_PIXELS
+from .options import finite_number, positive_int, whole_number
 from .package import ModelPackage
-from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
+from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig
 from .progress import stderr_progress
 from .scan import result_record
+from .session import MAX_THREADS
+
+__all__ = ["EXIT_IMAGE_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "positive_int"]
 
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE = 0, 1, 2
+MiB = 1024 * 1024
+
+batch_size_type = whole_number(1, MAX_BATCH_SIZE)
+threads_type = whole_number(1, MAX_THREADS)
+pixels_type = whole_number(1, 2**40)
+megabytes_type = finite_number(0, 64 * 1024, low_inclusive=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0: done; 1: some images failed (the rest were classified); 2: nothing could run (bad model, bad
+    arguments, or an unexpected failure). Never a traceback: set FASTVIT_DETECT_DEBUG=1 to see one."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -33,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an environment problem: say so, in one line
+        if os.environ.get("FASTVIT_DETECT_DEBUG"):
+            raise
+        print(f"fastvit-detect: internal error: {type(exc).__name__}: {exc} (set FASTVIT_DETECT_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,18 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify images", description="Classify images as real or fake.")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
     add_model_arguments(predict)
-    predict.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per session call")
+    predict.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
+                         help=f"images per session call, 1-{MAX_BATCH_SIZE} (default {DEFAULT_BATCH_SIZE})")
     predict.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     predict.set_defaults(handler=run_predict)
 
     evaluate = commands.add_parser(
         "eval", help="accuracy on a labelled folder",
-        description="Accuracy, macro-F1, AUROC, confusion matrix and speed per variant on DIR/<label>/*.jpg, "
-                    "and how far the variants agree.",
+        description="Accuracy, macro-F1, AUROC, confusion matrix and speed per variant on DIR/<label>/* (any image "
+                    "format the runtime reads), and how far the variants agree.",
     )
     add_model_arguments(evaluate, variant_help="all (default), or one variant: fp32, int8, ...", variant_default="all")
     evaluate.add_argument("--data", required=True, metavar="DIR", help="folder with one sub-folder per label")
-    evaluate.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per session call")
+    evaluate.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
+                          help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
     evaluate.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate N images spread over DIR")
     evaluate.add_argument("--reference", metavar="CHECKPOINT",
                           help="also evaluate the PyTorch checkpoint (needs the export extra: torch, transformers)")
@@ -71,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("folder", metavar="DIR", help="folder to scan")
     add_model_arguments(scan)
     scan.add_argument("--output", "-o", default="scan_results.jsonl", metavar="FILE",
-                      help="results file; .csv for CSV, else JSON lines (default scan_results.jsonl)")
+                      help="results file, a regular file; .csv for CSV, else JSON lines (default scan_results.jsonl)")
     scan.add_argument("--format", choices=("jsonl", "csv"), help="override the format the file name implies")
-    scan.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per session call")
+    scan.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
+                      help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
     scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
     scan.set_defaults(handler=run_scan)
 
@@ -87,44 +117,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a model over HTTP: an upload page at /, POST /api/v1/predict, the seed project's "
                     "POST /predict/, /healthz, /api/v1/model and /openapi.json. Concurrent requests are micro-batched.",
     )
-    add_model_arguments(serve)
+    add_model_arguments(serve, max_pixels_default=SERVER_MAX_PIXELS)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, metavar="N",
+    serve.add_argument("--port", type=whole_number(0, 65535), default=8000,
+                       help="port to listen on; 0 picks a free one (default 8000)")
+    serve.add_argument("--max-upload-mb", type=megabytes_type, default=20.0, metavar="N",
                        help="largest request body in MB (default 20)")
-    serve.add_argument("--max-batch", type=positive_int, default=8,
+    serve.add_argument("--max-batch", type=whole_number(1, 4096), default=8,
                        help="images per session call; 1 turns micro-batching off (default 8)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0,
-                       help="how long a batch waits for more images after its first (default 5)")
-    serve.add_argument("--queue-size", type=positive_int, default=64,
+    serve.add_argument("--max-wait-ms", type=finite_number(0, 10_000), default=5.0,
+                       help="longest a batch waits for more images after its first, 0-10000 (default 5)")
+    serve.add_argument("--queue-size", type=whole_number(1, 100_000), default=64,
                        help="images that may wait for the model; more are refused with 503 (default 64)")
+    serve.add_argument("--decode-workers", type=whole_number(1, 256), default=None, metavar="N",
+                       help="threads decoding uploads (default: the physical cores, at least 2)")
+    serve.add_argument("--max-connections", type=whole_number(1, 1_000_000), default=128, metavar="N",
+                       help="concurrent connections; more are answered 503 (default 128)")
+    serve.add_argument("--header-timeout", type=finite_number(0.1, 3600), default=10.0, metavar="S",
+                       help="seconds a request's headers may take to arrive (default 10)")
+    serve.add_argument("--body-timeout", type=finite_number(0.1, 3600), default=60.0, metavar="S",
+                       help="seconds a request's body may take to arrive; slower ones get 408 (default 60)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=run_serve)
     return parser
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "auto (default: int8 when present), "
-                        "fp32, int8, ...", variant_default: str = "auto") -> None:
+                        "fp32, int8, ...", variant_default: str = "auto",
+                        max_pixels_default: int = DEFAULT_MAX_PIXELS) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model package directory (from export/export.py)")
     parser.add_argument("--variant", default=variant_default, help=variant_help)
-    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: physical cores)")
+    parser.add_argument("--threads", type=threads_type, default=None,
+                        help=f"intra-op threads, 1-{MAX_THREADS} (default: physical cores)")
     parser.add_argument(
-        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-        help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})",
+        "--max-pixels", type=pixels_type, default=max_pixels_default,
+        help=f"refuse images with more pixels than this, checked before decoding (default {max_pixels_default:,})",
     )
+    parser.add_argument(
+        "--max-image-mb", type=megabytes_type, default=DEFAULT_MAX_BYTES / MiB, metavar="N",
+        help=f"refuse image files larger than this, checked before reading (default {DEFAULT_MAX_BYTES // MiB})")
     parser.add_argument("--jpeg-draft", action="store_true",
                         help="decode large JPEGs at reduced scale: faster, no longer bit-identical to HF")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def load_detector(args: argparse.Namespace, variant: str | None = None) -> Detector:
+    """The Detector the model arguments describe."""
+    return Detector.load(args.model, variant=variant or args.variant, threads=args.threads,
+                         max_pixels=args.max_pixels, max_bytes=max(1, int(args.max_image_mb * MiB)),
+                         jpeg_draft=args.jpeg_draft)
 
 
 # --- predict ------------------------------------------------------------------------------------------------
@@ -132,8 +173,7 @@ def positive_int(text: str) -> int:
 
 def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels,
-                             jpeg_draft=args.jpeg_draft)
+    detector = load_detector(args)
     started = time.perf_counter()
     results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
     elapsed = time.perf_counter() - started
@@ -143,7 +183,7 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     else:
         print_table(args.images, results, out)
     out.flush()  # the summary goes to stderr: keep it after the results when both reach one terminal
-    failed = sum(isinstance(result, InputError) for result in results)
+    failed = sum(not isinstance(result, Prediction) for result in results)
     print(
         f"{len(results)} image(s), {failed} failed; variant {detector.variant.name}; "
         f"{1000 * elapsed / max(1, len(results)):.1f} ms/image",
@@ -152,12 +192,12 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return EXIT_IMAGE_FAILED if failed else EXIT_OK
 
 
-def print_table(images: Sequence[str], results: Sequence[Prediction | InputError], out: TextIO) -> None:
+def print_table(images: Sequence[str], results: Sequence[ImageResult], out: TextIO) -> None:
     width = min(60, max([len("image"), *(len(image) for image in images)]))
     print(f"{'image':<{width}}  {'label':<10} {'score':>6}  {'p(fake)':>7}", file=out)
     for image, result in zip(images, results):
         shown = image if len(image) <= width else "…" + image[-(width - 1):]
-        if isinstance(result, InputError):
+        if not isinstance(result, Prediction):
             print(f"{shown:<{width}}  {'ERROR':<10} {type(result).__name__}: {result}", file=out)
         else:
             fake = "-" if result.fake_probability is None else f"{result.fake_probability:.4f}"
@@ -170,8 +210,7 @@ def print_table(images: Sequence[str], results: Sequence[Prediction | InputError
 def run_scan(args: argparse.Namespace) -> int:
     from .scan import scan
 
-    detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels,
-                             jpeg_draft=args.jpeg_draft)
+    detector = load_detector(args)
     print(f"scanning {args.folder} with {detector.variant.name} into {args.output}", file=sys.stderr)
     summary = scan(detector, args.folder, args.output, batch_size=args.batch_size, fmt=args.format,
                    overwrite=args.overwrite, progress=stderr_progress(detector.variant.name))
@@ -195,14 +234,15 @@ def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 print(f"skipping {problem}", file=sys.stderr)
                 names.remove(name)
     images = evaluate.find_labelled_images(args.data, package.labels, limit=args.limit)
+    # The reference loads first: a missing extra or a bad checkpoint must fail before minutes of work.
+    reference = evaluate.load_reference(args.reference, package.labels) if args.reference else None
     print(f"evaluating {', '.join(names)} on {len(images.paths)} images from {args.data}", file=sys.stderr)
     runs = []
     for name in names:
-        detector = Detector.load(args.model, variant=name, threads=args.threads, max_pixels=args.max_pixels,
-                             jpeg_draft=args.jpeg_draft)
+        detector = load_detector(args, variant=name)
         runs.append(evaluate.run_detector(detector, images, args.batch_size, stderr_progress(name)))
-    if args.reference:
-        runs.append(evaluate.reference_probabilities(args.reference, images, args.batch_size,
+    if reference is not None:
+        runs.append(evaluate.reference_probabilities(reference, images, args.batch_size,
                                                      stderr_progress("pytorch-fp32")))
     report = evaluate.evaluate(runs, images)
     if args.json:
@@ -246,22 +286,27 @@ def _figure(value: float | None, digits: int) -> str:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    try:  # imported here: the other commands must work without FastAPI and uvicorn installed
-        from . import server
-    except ImportError as exc:
-        print(f"fastvit-detect: error: serve needs the serve extra ({exc.name or exc} is missing); "
+    from .httpapi import missing_serve_modules
+
+    missing = missing_serve_modules()  # all of them: naming one at a time sends users round in circles
+    if missing:
+        print(f"fastvit-detect: error: serve needs the serve extra ({', '.join(missing)} missing); "
               "install it with: pip install 'fastvit-detect[serve]'", file=sys.stderr)
         return EXIT_USAGE
+    from . import server
+
     try:
-        settings = server.ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                        queue_size=args.queue_size)
-        detector = Detector.load(args.model, variant=args.variant, threads=args.threads, max_pixels=args.max_pixels,
-                                 jpeg_draft=args.jpeg_draft)
-        server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
+        settings = server.ServeSettings(
+            max_upload_bytes=max(1, int(args.max_upload_mb * MiB)), max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_pixels=args.max_pixels,
+            max_connections=args.max_connections, header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    detector = load_detector(args)
+    server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
     return EXIT_OK
 
 
@@ -271,18 +316,21 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     package = ModelPackage.open(args.model)
+    manifest = package.manifest
     if args.json:
-        print(json.dumps(package.manifest or {}, indent=2), file=out)
+        print(json.dumps(manifest.to_dict() if manifest else {}, indent=2), file=out)
         return EXIT_OK
-    manifest = package.manifest or {}
     lines = [f"package      {package.root}"]
-    if not manifest:
+    if manifest is None:
         lines.append("manifest     none (a plain Optimum export: files can't be verified)")
     else:
-        source = manifest.get("source", {})
-        lines.append(f"format       {manifest.get('format')} v{manifest.get('format_version')}")
-        lines.append(f"source       {source.get('model')} (revision {source.get('revision') or 'unknown'})")
-        lines.append(f"created      {manifest.get('created')}")
+        lines.append(f"format       fastvit-detect-model-package v{manifest.format_version}")
+        lines.append(f"source       {package.source_name} (revision {manifest.source.revision or 'unknown'})")
+        lines.append(f"created      {manifest.created or 'unknown'}")
+        if manifest.description:
+            lines.append(f"description  {manifest.description}")
+        if manifest.intended_use:
+            lines.append(f"intended use {manifest.intended_use}")
     lines.append(f"labels       {', '.join(f'{i}={label}' for i, label in enumerate(package.labels))}")
     lines.append(f"preprocess   {describe_preprocessing(PreprocessConfig.from_hf(package.preprocessor_config))}")
     lines.append(f"default      {package.default_variant}")
@@ -294,25 +342,29 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
         lines.append(f"  {name:<8} {variant.path.name:<24} {size_text:>9}  {digest}")
         if variant.data_path is not None:
             lines.append(f"           weights      {variant.data_path.name}")
-        details = variant.details
-        quantization = details.get("quantization")
-        if isinstance(quantization, dict):
-            selection = quantization.get("selection")
-            settings = {key: value for key, value in quantization.items() if key != "selection"}
-            lines.append(f"           quantization {json.dumps(settings)}")
-            if isinstance(selection, dict) and isinstance(selection.get("candidates"), list):
-                lines.append(f"           chosen from  {len(selection['candidates'])} candidates by --optimize auto:")
-                for row in selection["candidates"]:
-                    if isinstance(row, dict):
-                        mark = "*" if row.get("candidate") == selection.get("chosen") else " "
-                        diff = row.get("max_abs_probability_diff")
-                        diff_text = f"{diff:.4f}" if isinstance(diff, (int, float)) else "?"
-                        lines.append(f"           {mark} {row.get('candidate')}: {row.get('latency_ms')} ms, "
-                                     f"max |dp| {diff_text}")
-        if "validation" in details:
-            lines.append(f"           validation   {format_validation(details['validation'])}")
+        entry = variant.entry
+        if entry is not None and entry.quantization is not None:
+            lines.extend(describe_quantization(entry.quantization))
+        if entry is not None and entry.validation is not None:
+            lines.append(f"           validation   {format_validation(entry.validation)}")
     print("\n".join(lines), file=out)
     return EXIT_OK
+
+
+def describe_quantization(quantization: Any) -> list[str]:
+    selection = quantization.get("selection")
+    settings = {key: value for key, value in quantization.items() if key != "selection"}
+    lines = [f"           quantization {json.dumps(settings)}"]
+    if isinstance(selection, dict) and isinstance(selection.get("candidates"), list):
+        lines.append(f"           chosen from  {len(selection['candidates'])} candidates by --optimize auto:")
+        for row in selection["candidates"]:
+            if isinstance(row, dict):
+                mark = "*" if row.get("candidate") == selection.get("chosen") else " "
+                diff = row.get("max_abs_probability_diff")
+                diff_text = f"{diff:.4f}" if isinstance(diff, (int, float)) else "?"
+                lines.append(f"           {mark} {row.get('candidate')}: {row.get('latency_ms')} ms, "
+                             f"max |dp| {diff_text}")
+    return lines
 
 
 def describe_preprocessing(config: PreprocessConfig) -> str:
@@ -328,7 +380,7 @@ def describe_preprocessing(config: PreprocessConfig) -> str:
     return ", ".join(parts)
 
 
-def format_validation(figures: dict[str, Any]) -> str:
+def format_validation(figures: Any) -> str:
     keys = ("images", "max_abs_logit_diff", "max_abs_probability_diff", "top1_agreement")
     return ", ".join(f"{key}={figures[key]:.3g}" if isinstance(figures.get(key), float) else f"{key}={figures.get(key)}"
                      for key in keys if key in figures)

@@ -13,12 +13,25 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from .errors import IncompatibleModelError, InputError
+from .errors import (
+    FastVitDetectError,
+    IncompatibleModelError,
+    InputError,
+    ModelOutputError,
+)
 from .package import AUTO_PREFERENCE, ModelPackage, Variant
-from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, Preprocessor
+from .preprocess import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageInput,
+    Preprocessor,
+    describe_source,
+)
 from .session import OnnxSession, cpu_flags
 
 DEFAULT_BATCH_SIZE = 16
+MAX_BATCH_SIZE = 4096  # one session call's images; more is an operator's typo, not a batch
+MAX_PREFETCH = 64
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: logits is an array, whose == isn't a truth value
@@ -42,9 +55,19 @@ class Prediction:
         }
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+ImageResult = Prediction | FastVitDetectError
+"""One image's outcome with ``errors="return"``: its prediction, or the error that stands in its place (an
+:class:`InputError` for a bad image, a :class:`ModelOutputError` when the model gave no usable answer)."""
+
+
+def _check_count(value: object, name: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _check_errors(errors: object) -> None:
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
 
 
 def _chunks(items: Iterable[ImageInput], size: int) -> Iterator[list[ImageInput]]:
@@ -71,8 +94,7 @@ def unmet_cpu_requirement(variant: Variant) -> str | None:
     """Why this CPU can't run ``variant`` safely, or None. A graph quantized with full 8-bit weights needs VNNI:
     without it onnxruntime's u8 x s8 kernels sum pairs of products in int16, which those weights can saturate.
     Where the flags can't be read (not Linux) the variant is trusted."""
-    quantization = variant.details.get("quantization")
-    required = quantization.get("requires_cpu_flags_any") if isinstance(quantization, Mapping) else None
+    required = variant.entry.required_cpu_flags if variant.entry else ()
     flags = cpu_flags()  # the manifest's list was validated when the package was opened
     if not required or not flags or any(flag in flags for flag in required):
         return None
@@ -101,12 +123,14 @@ class Detector:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         verify: bool = True,
         jpeg_draft: bool = False,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
     ) -> Detector:
         """Open a model package and start an onnxruntime session on one of its variants.
 
         ``variant``: "auto" (the package's recommendation, else int8 when present), "fp32", "int8", ...
         ``threads``: intra-op threads, default the physical cores. ``providers``: onnxruntime execution
         providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None: Pillow's own limit only).
+        ``max_bytes``: cap on an encoded image's size, checked before it is read (None: no cap).
         ``verify``: check the variant's files (graph and weights) against the manifest's sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
@@ -126,9 +150,11 @@ class Detector:
             warnings.warn(f"model package {package.root}: {problem}; using variant {fallback!r} instead",
                           RuntimeWarning, stacklevel=2)
             chosen = package.variant(fallback)
-        if verify:
+        if verify:  # first: a corrupt file is best reported as such
             package.verify(chosen)
-        preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft)
+        package.check_graph(chosen)
+        preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft,
+                                            max_bytes=max_bytes)
         session = OnnxSession(chosen.path, threads=threads, providers=providers)
         return cls(package, chosen, session, preprocessor)
 
@@ -144,80 +170,127 @@ class Detector:
     @overload
     def predict_batch(
         self, images: Iterable[ImageInput], batch_size: int = ..., *, errors: Literal["return"]
-    ) -> list[Prediction | InputError]: ...
+    ) -> list[ImageResult]: ...
 
     def predict_batch(
         self,
         images: Iterable[ImageInput],
         batch_size: int = DEFAULT_BATCH_SIZE,
         errors: Literal["raise", "return"] = "raise",
-    ) -> list[Prediction] | list[Prediction | InputError]:
+    ) -> list[Prediction] | list[ImageResult]:
         """Classify images in order, one session call per ``batch_size`` images.
 
-        ``errors="raise"`` raises the first bad image's :class:`InputError`; ``errors="return"`` puts the
-        error in that image's place and classifies the rest.
+        ``errors="raise"`` raises the first failed image's error; ``errors="return"`` puts the error in that
+        image's place and classifies the rest. Either way one image's failure never changes another's result.
         """
-        _check_batch_size(batch_size)
-        if errors not in ("raise", "return"):
-            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
-        results: list[Prediction | InputError] = []
+        _check_count(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+        _check_errors(errors)
+        results: list[ImageResult] = []
         for chunk in _chunks(images, batch_size):
-            pixels, failures = self.preprocessor.batch_pixels(chunk)
-            if errors == "raise":
-                for failure in failures:
-                    if failure is not None:
-                        raise failure
-            results.extend(self._classify(pixels, failures))
+            results.extend(self._classify_chunk(chunk, errors))
         return results  # type: ignore[return-value]
 
     def predict_iter(
-        self, images: Iterable[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE, prefetch: int = 1
-    ) -> Generator[Prediction | InputError, None, None]:
-        """Stream results in input order, for collections too large to hold; a bad image yields its error.
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        prefetch: int = 1,
+        errors: Literal["raise", "return"] = "raise",
+    ) -> Generator[ImageResult, None, None]:
+        """Stream results in input order, for collections too large to hold.
 
-        While the model runs on one batch, a background thread decodes the next ``prefetch`` batches: Pillow
-        releases the GIL while it decodes and resizes, so file reading overlaps inference. ``prefetch=0``
-        decodes in the calling thread.
+        ``errors`` as in :meth:`predict_batch`: ``"raise"`` (the default) raises a failed image's error when the
+        stream reaches it, ``"return"`` yields the error in its place. While the model runs on one batch, a
+        background thread decodes the next ``prefetch`` batches: Pillow releases the GIL while it decodes and
+        resizes, so file reading overlaps inference. ``prefetch=0`` decodes in the calling thread.
         """
-        _check_batch_size(batch_size)  # here, not in the generator, so bad arguments fail at the call
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-        return self._stream(images, batch_size, prefetch)
+        # Checked here, not in the generator, so bad arguments fail at the call.
+        _check_count(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+        _check_count(prefetch, "prefetch", 0, MAX_PREFETCH)
+        _check_errors(errors)
+        return self._stream(images, batch_size, prefetch, errors)
 
     def _stream(
-        self, images: Iterable[ImageInput], batch_size: int, prefetch: int
-    ) -> Generator[Prediction | InputError, None, None]:
+        self, images: Iterable[ImageInput], batch_size: int, prefetch: int, errors: str
+    ) -> Generator[ImageResult, None, None]:
         if prefetch == 0:
             for chunk in _chunks(images, batch_size):
-                yield from self._classify(*self.preprocessor.batch_pixels(chunk))
+                yield from self._results(chunk, *self.preprocessor.batch_pixels(chunk), errors=errors)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastvit-decode") as decoder:
-            pending: deque[Future[tuple[np.ndarray, list[InputError | None]]]] = deque()
+            pending: deque[tuple[list[ImageInput], Future[tuple[np.ndarray, list[InputError | None]]]]] = deque()
             for chunk in _chunks(images, batch_size):
-                pending.append(decoder.submit(self.preprocessor.batch_pixels, chunk))
+                pending.append((chunk, decoder.submit(self.preprocessor.batch_pixels, chunk)))
                 if len(pending) > prefetch:
-                    yield from self._classify(*pending.popleft().result())
+                    chunk_done, decoded = pending.popleft()
+                    yield from self._results(chunk_done, *decoded.result(), errors=errors)
             while pending:
-                yield from self._classify(*pending.popleft().result())
+                chunk_done, decoded = pending.popleft()
+                yield from self._results(chunk_done, *decoded.result(), errors=errors)
 
-    def _classify(self, pixels: np.ndarray, failures: list[InputError | None]) -> list[Prediction | InputError]:
-        """Run the decodable images of a batch through the model; failed ones keep their error in place."""
+    def _classify_chunk(self, chunk: Sequence[ImageInput], errors: str) -> list[ImageResult]:
+        pixels, failures = self.preprocessor.batch_pixels(chunk)
+        if errors == "raise":  # before the model runs: nothing to lose
+            for failure in failures:
+                if failure is not None:
+                    raise failure
+        return self._results(chunk, pixels, failures, errors)
+
+    def _results(self, chunk: Sequence[ImageInput], pixels: np.ndarray, failures: Sequence[InputError | None],
+                 errors: str) -> list[ImageResult]:
+        results = self.classify_pixels(pixels, failures, [describe_source(image) for image in chunk])
+        if errors == "raise":
+            for result in results:
+                if isinstance(result, FastVitDetectError):
+                    raise result
+        return results
+
+    def classify_pixels(self, pixels: np.ndarray, failures: Sequence[FastVitDetectError | None] | None = None,
+                        sources: Sequence[str] | None = None) -> list[ImageResult]:
+        """Classify a decoded uint8 NHWC batch; images with a failure keep it in their place.
+
+        One session call for the whole batch. Should that call fail, each image is run alone, so only the image
+        that makes the model fail gets the error; an image whose logits aren't finite gets a
+        :class:`ModelOutputError`, never a verdict.
+        """
+        failures = list(failures) if failures is not None else [None] * len(pixels)
+        names = list(sources) if sources is not None else [f"image #{index + 1}" for index in range(len(pixels))]
         good = [index for index, failure in enumerate(failures) if failure is None]
-        predictions: dict[int, Prediction] = {}
+        results: list[ImageResult | None] = list(failures)
         if good:
             batch = pixels if len(good) == len(failures) else pixels[good]
-            logits = self.run_logits(self.preprocessor.normalize(batch))
-            predictions = dict(zip(good, self._postprocess(logits)))
-        return [predictions[index] if failure is None else failure for index, failure in enumerate(failures)]
+            for index, row in zip(good, self._logit_rows(batch, [names[index] for index in good])):
+                results[index] = row if isinstance(row, FastVitDetectError) else self._prediction(row)
+        return results  # type: ignore[return-value]
+
+    def _logit_rows(self, pixels: np.ndarray, names: Sequence[str]) -> list[np.ndarray | ModelOutputError]:
+        try:
+            logits = self.run_logits(self.preprocessor.normalize(pixels))
+        except ModelOutputError as exc:
+            if len(pixels) == 1:
+                return [ModelOutputError(f"{names[0]}: {exc}", names[0])]
+            rows: list[np.ndarray | ModelOutputError] = []
+            for index in range(len(pixels)):  # find the image that fails the batch; the others still get answers
+                rows.extend(self._logit_rows(pixels[index:index + 1], names[index:index + 1]))
+            return rows
+        finite = np.isfinite(logits).all(axis=1)
+        return [row if ok else ModelOutputError(
+                    f"{name}: the model returned non-finite logits {row.tolist()}; no verdict", name)
+                for row, ok, name in zip(logits, finite, names)]
 
     def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:
         """Raw logits for an already preprocessed float32 NCHW batch."""
         logits = self.session.run(pixel_values)
-        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+        if logits.ndim != 2 or logits.shape != (len(pixel_values), len(self.labels)):
             raise IncompatibleModelError(
-                f"{self.variant.path}: model returned logits of shape {logits.shape}, expected (N, {len(self.labels)})"
+                f"{self.variant.path}: model returned logits of shape {logits.shape} for {len(pixel_values)} "
+                f"image(s), expected ({len(pixel_values)}, {len(self.labels)})"
             )
         return logits
+
+    def _prediction(self, logits: np.ndarray) -> Prediction:
+        (prediction,) = self._postprocess(logits[None, :])
+        return prediction
 
     def _postprocess(self, logits: np.ndarray) -> list[Prediction]:
         probabilities = softmax(logits)

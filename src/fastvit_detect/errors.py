@@ -24,7 +24,7 @@ class InputError(FastVitDetectError, ValueError):
 
 
 class ImageNotFoundError(InputError):
-    """A path that doesn't exist, is a directory, or can't be read."""
+    """A path that doesn't exist, isn't a regular file (a directory, FIFO, device), or can't be read."""
 
 
 class EmptyImageError(InputError):
@@ -36,7 +36,7 @@ class ImageDecodeError(InputError):
 
 
 class ImageTooLargeError(InputError):
-    """An image whose pixel count exceeds the configured cap (decompression-bomb guard)."""
+    """An image over the configured caps: more pixels (decompression-bomb guard) or more bytes than allowed."""
 
 
 class UnsupportedInputError(InputError):
@@ -78,6 +78,18 @@ class UnsupportedPreprocessorError(ModelPackageError):
     """The preprocessor config names an image processor or option this runtime doesn't reproduce."""
 
 
+class ModelOutputError(FastVitDetectError):
+    """The model gave no usable answer for an image: the session call failed, or its logits weren't finite.
+
+    Never turned into a verdict. In ``errors="return"`` results it stands in the image's place like an
+    :class:`InputError`, but it is the model's fault, not the input's (a server answers 500, not 4xx).
+    """
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
 class ProviderError(FastVitDetectError):
     """An onnxruntime execution provider that isn't available in this installation."""
 
@@ -91,6 +103,10 @@ class UploadTooLargeError(InputError):
 
 class BadRequestError(InputError):
     """A request without a usable image: missing field, malformed JSON, multipart or base64."""
+
+
+class RequestTimeoutError(InputError):
+    """A client that sent its request body too slowly for the server's body timeout."""
 
 
 class ServerBusyError(FastVitDetectError):

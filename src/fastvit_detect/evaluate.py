@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .detector import Detector, fake_label_index, softmax
+from .detector import Detector, Prediction, fake_label_index, softmax
 from .errors import FastVitDetectError, InputError, UnsupportedInputError
 from .preprocess import find_images
 from .progress import Progress
@@ -61,7 +61,7 @@ class VariantRun:
     name: str
     probabilities: np.ndarray
     seconds: float
-    errors: dict[int, InputError] = field(default_factory=dict)
+    errors: dict[int, FastVitDetectError] = field(default_factory=dict)
 
     @property
     def valid(self) -> np.ndarray:
@@ -72,37 +72,66 @@ def run_detector(detector: Detector, images: LabelledImages, batch_size: int = 1
                  progress: Progress | None = None) -> VariantRun:
     total = len(images.paths)
     probabilities = np.full((total, len(images.labels)), np.nan)
-    errors: dict[int, InputError] = {}
+    errors: dict[int, FastVitDetectError] = {}
     started = time.perf_counter()
-    for index, result in enumerate(detector.predict_iter(images.paths, batch_size=batch_size)):
-        if isinstance(result, InputError):
-            errors[index] = result
-        else:
+    for index, result in enumerate(detector.predict_iter(images.paths, batch_size=batch_size, errors="return")):
+        if isinstance(result, Prediction):
             probabilities[index] = [result.probabilities[label] for label in images.labels]
+        else:
+            errors[index] = result
         if progress and ((index + 1) % batch_size == 0 or index + 1 == total):
             progress(index + 1, total)
     return VariantRun(detector.variant.name, probabilities, time.perf_counter() - started, errors)
 
 
-def reference_probabilities(checkpoint: str | Path, images: LabelledImages, batch_size: int = 16,
-                            progress: Progress | None = None) -> VariantRun:
-    """PyTorch fp32 as the seed serves it (load_image + slow processor). Needs the ``export`` extra."""
+@dataclass(frozen=True)
+class Reference:
+    """A PyTorch checkpoint loaded the way the seed serves it, ready to classify images."""
+
+    checkpoint: str
+    processor: Any
+    model: Any
+
+
+def load_reference(checkpoint: str | Path, labels: Sequence[str]) -> Reference:
+    """Load the PyTorch reference up front, so a missing extra or a bad checkpoint fails before any work.
+
+    Needs the ``export`` extra (torch, transformers): the only runtime path that imports them, and only here.
+    """
+    name = str(checkpoint)
     try:
-        import torch
+        import torch  # noqa: F401 - imported first: its absence is the common case and the clearest message
         from transformers import AutoImageProcessor, AutoModelForImageClassification
-        from transformers.image_utils import load_image
     except ImportError as exc:
         raise FastVitDetectError(
-            f"the PyTorch reference {checkpoint} needs torch and transformers: pip install 'fastvit-detect[export]'"
+            f"the PyTorch reference {name} needs torch and transformers: pip install 'fastvit-detect[export]'"
         ) from exc
-    processor = AutoImageProcessor.from_pretrained(checkpoint, use_fast=False)
-    model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
-    model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if [label.lower() for label in model_labels] != [label.lower() for label in images.labels]:
-        raise FastVitDetectError(f"reference {checkpoint}: labels {model_labels} differ from the package's {images.labels}")
+    path = Path(name)
+    if path.exists() and not path.is_dir():
+        raise FastVitDetectError(f"reference {name}: not a directory; expected a Hugging Face checkpoint directory")
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, use_fast=False)
+        model = AutoModelForImageClassification.from_pretrained(name).eval()
+        model_labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad input
+        raise FastVitDetectError(f"reference {name}: can't load it as a PyTorch image classifier: "
+                                 f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    if [label.lower() for label in model_labels] != [label.lower() for label in labels]:
+        raise FastVitDetectError(f"reference {name}: labels {model_labels} differ from the package's {list(labels)}")
+    return Reference(name, processor, model)
+
+
+def reference_probabilities(reference: Reference | str | Path, images: LabelledImages, batch_size: int = 16,
+                            progress: Progress | None = None) -> VariantRun:
+    """PyTorch fp32 as the seed serves it (load_image + slow processor). Needs the ``export`` extra."""
+    if not isinstance(reference, Reference):
+        reference = load_reference(reference, images.labels)
+    import torch
+    from transformers.image_utils import load_image
+
     total = len(images.paths)
     probabilities = np.full((total, len(images.labels)), np.nan)
-    errors: dict[int, InputError] = {}
+    errors: dict[int, FastVitDetectError] = {}
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, total, batch_size):
@@ -111,10 +140,11 @@ def reference_probabilities(checkpoint: str | Path, images: LabelledImages, batc
                 try:
                     loaded.append(load_image(str(images.paths[index])))
                     indices.append(index)
-                except Exception as exc:  # the reference reports, never stops the run
+                except Exception as exc:  # noqa: BLE001 - the reference reports, never stops the run
                     errors[index] = InputError(f"{images.paths[index]}: {exc}", str(images.paths[index]))
             if loaded:
-                logits = model(**processor(loaded, return_tensors="pt")).logits.numpy()
+                inputs = reference.processor(loaded, return_tensors="pt")
+                logits = reference.model(**inputs).logits.numpy()
                 probabilities[indices] = softmax(logits)
             if progress:
                 progress(min(start + batch_size, total), total)

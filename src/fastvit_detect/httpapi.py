@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.util
 import io
 import json
 from typing import Any
@@ -16,13 +17,34 @@ from .errors import (
     ImageDecodeError,
     ImageTooLargeError,
     InputError,
+    RequestTimeoutError,
     ServerBusyError,
     UnsupportedInputError,
     UploadTooLargeError,
 )
 
+SERVER_MAX_PIXELS = 40_000_000
+"""A server's own pixel cap: an 8000x5000 photo passes. Decoding an image this size costs up to about 1.5 s of a
+core and 200 MB (an RGBA PNG, measured; README "Reliability"), which the server's decode budget then bounds. The
+library's default (100 MP) is for batch jobs, where no stranger picks the images."""
+
+SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")  # the serve extra, by import name
+
+
+def missing_serve_modules() -> list[str]:
+    """The serve extra's modules that aren't importable here: all of them, not just the first one hit."""
+    def missing(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):  # a broken or blocked installation counts as missing
+            return True
+
+    return [name for name in SERVE_MODULES if missing(name)]
+
+
 # The one place errors become HTTP status codes. Looked up along the class's MRO, so subclasses inherit.
 HTTP_STATUS: dict[type[Exception], int] = {
+    RequestTimeoutError: 408,
     UploadTooLargeError: 413,
     ImageTooLargeError: 413,  # too many pixels: a smaller image will do, as for a too-large body
     ImageDecodeError: 415,  # not an image we can decode, whatever its declared type
@@ -37,7 +59,8 @@ INTERNAL_ERROR = {"error": {"type": "InternalServerError", "message": "the serve
 
 
 def http_status(error: Exception) -> int:
-    """The HTTP status for an error: its class's entry in HTTP_STATUS, else 500 (a fault of the server)."""
+    """The HTTP status for an error: its class's entry in HTTP_STATUS, else 500 (a fault of the server, such as a
+    :class:`~fastvit_detect.errors.ModelOutputError`: never a verdict, never blamed on the client)."""
     for cls in type(error).__mro__:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]
@@ -78,8 +101,8 @@ def seed_request_image(body: bytes, limit: int) -> io.BytesIO:
     """The image of a seed-client request body, JSON ``{"image": "<base64>"}``."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
-        raise BadRequestError(f"request body isn't valid JSON: {type(exc).__name__}: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, integers past Python's digit limit, nesting
+        raise BadRequestError(f"request body isn't valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(payload, dict) or "image" not in payload:
         raise BadRequestError('JSON field \'image\' is missing: send {"image": "<base64>"}')
     return decode_base64_image(payload["image"], limit)

@@ -12,10 +12,13 @@ it too::
     fastvit_manifest.json     ours: format version, source, variants with sizes and sha256, validation figures
 
 Weights live beside the graph rather than inside it because onnxruntime then maps them instead of copying them
-out of a parsed protobuf: on ViT-B/16 int8 that lowered a process's peak memory from 193-235 MB to 160 MB and
-the time to the first result from 0.42 s to 0.33 s (fp32: 471 -> 409 MB, 0.89 -> 0.56 s).
+out of a parsed protobuf, which lowers peak memory and start-up time (figures in the README).
 
 A directory exported by Optimum alone (no manifest) loads too; its files simply can't be verified.
+
+A package is data from wherever it came from, so opening one trusts nothing: JSON files are size-capped and
+parsed strictly, every field is validated, every file must resolve inside the package directory, and a graph may
+load external data only from the one file its variant vouches for.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,42 +39,55 @@ from .errors import (
     PackageNotFoundError,
     VariantNotFoundError,
 )
+from .graphfile import GraphFormatError, external_data_locations
+from .manifest import (
+    DATA_SUFFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    READABLE_FORMAT_VERSIONS,
+    Manifest,
+    VariantEntry,
+)
+
+__all__ = ["CONFIG_FILE", "DATA_SUFFIX", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE", "PREPROCESSOR_FILE",
+           "READABLE_FORMAT_VERSIONS", "ModelPackage", "Variant", "file_sha256"]
 
 MANIFEST_FILE = "fastvit_manifest.json"
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-FORMAT_NAME = "fastvit-detect-model-package"
-FORMAT_VERSION = 2  # 2: a variant may keep its weights in a data file (data_file, data_sha256, data_size_bytes)
-READABLE_FORMAT_VERSIONS = (1, 2)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_JSON_BYTES = 16 * 1024 * 1024  # configs and manifests are a few KB; more is a broken or hostile file
+MAX_LABELS = 10_000
 
 # Variants a manifest-less Optimum export may hold, by the file names Optimum gives them.
 OPTIMUM_FILES = {"fp32": "model.onnx", "int8": "model_quantized.onnx"}
-DATA_SUFFIX = "_data"  # Optimum's (and onnx's convention for) a graph's external-data file: model.onnx_data
 
-# "auto" takes the manifest's recommendation, else the first of these present: int8 is ~2-3x faster on CPU.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+# "auto" takes the manifest's recommendation, else the first of these present: int8 is faster on CPU.
 AUTO_PREFERENCE = ("int8", "fp32")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One ONNX graph of the package."""
+    """One ONNX graph of the package, with the files it loads."""
 
     name: str
     path: Path
-    sha256: str | None = None  # None: no manifest to verify against
-    size_bytes: int | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)  # precision, quantization, validation figures
+    entry: VariantEntry | None = None  # the manifest's description; None: no manifest to verify against
     data_path: Path | None = None  # the graph's external weights, when it has them
-    data_sha256: str | None = None
-    data_size_bytes: int | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.entry.graph.sha256 if self.entry else None
 
     @property
     def files(self) -> list[tuple[Path, str | None, int | None]]:
         """(path, sha256, size) of every file the variant loads: its graph, then its weights if separate."""
-        files = [(self.path, self.sha256, self.size_bytes)]
+        graph = self.entry.graph if self.entry else None
+        files = [(self.path, graph.sha256 if graph else None, graph.size_bytes if graph else None)]
         if self.data_path is not None:
-            files.append((self.data_path, self.data_sha256, self.data_size_bytes))
+            data = self.entry.data if self.entry else None
+            files.append((self.data_path, data.sha256 if data else None, data.size_bytes if data else None))
         return files
 
     @property
@@ -86,7 +102,7 @@ class ModelPackage:
     root: Path
     config: Mapping[str, Any]
     preprocessor_config: Mapping[str, Any]
-    manifest: Mapping[str, Any] | None
+    manifest: Manifest | None
     variants: Mapping[str, Variant]
     labels: list[str]  # class names by output index, from config.json's id2label
 
@@ -99,15 +115,30 @@ class ModelPackage:
             raise PackageNotFoundError(f"model package {root}: not a directory")
         config = _read_json(root / CONFIG_FILE, root)
         preprocessor_config = _read_json(root / PREPROCESSOR_FILE, root)
-        manifest = _read_json(root / MANIFEST_FILE, root) if (root / MANIFEST_FILE).exists() else None
+        manifest = None
+        if (root / MANIFEST_FILE).exists() or (root / MANIFEST_FILE).is_symlink():
+            manifest = Manifest.parse(_read_json(root / MANIFEST_FILE, root), f"model package {root}: {MANIFEST_FILE}")
         variants = (_variants_from_manifest(root, manifest) if manifest is not None
                     else _variants_from_optimum_layout(root))
-        return cls(root, config, preprocessor_config, manifest, variants, _labels(config, root))
+        labels = _labels(config, root)
+        if manifest is not None and manifest.labels is not None and list(manifest.labels) != labels:
+            raise InvalidPackageError(f"model package {root}: the manifest's labels {list(manifest.labels)} differ "
+                                      f"from {CONFIG_FILE}'s id2label {labels}")
+        return cls(root, config, preprocessor_config, manifest, variants, labels)
+
+    @property
+    def source_name(self) -> str:
+        """What the package was exported from, fit to show anyone: a Hub id as is; for a local checkpoint only its
+        folder's name, so the build machine's paths don't travel with published packages or server answers."""
+        model = self.manifest.source.model if self.manifest else None
+        if model and HUB_ID.fullmatch(model) and not model.startswith((".", "~")):
+            return model
+        return Path(model).name if model else self.root.resolve().name
 
     @property
     def default_variant(self) -> str:
-        recommended = (self.manifest or {}).get("default_variant")
-        if isinstance(recommended, str) and recommended in self.variants:
+        recommended = self.manifest.default_variant if self.manifest else None
+        if recommended in self.variants:
             return str(recommended)
         for name in AUTO_PREFERENCE:
             if name in self.variants:
@@ -115,16 +146,35 @@ class ModelPackage:
         return next(iter(self.variants))
 
     def variant(self, name: str = "auto") -> Variant:
-        """The variant called ``name``; ``"auto"`` picks the recommended one."""
+        """The variant called ``name``; ``"auto"`` picks the recommended one. Its files must be there."""
+        if not isinstance(name, str):
+            raise VariantNotFoundError(f"model package {self.root}: a variant is named by a string, got {name!r}")
         resolved = self.default_variant if name == "auto" else name
         if resolved not in self.variants:
             available = ", ".join(sorted(self.variants)) or "none"
             raise VariantNotFoundError(f"model package {self.root}: no variant {name!r} (available: {available})")
         variant = self.variants[resolved]
         for path, _, _ in variant.files:
-            if not path.is_file():
-                raise MissingFileError(f"model package {self.root}: variant {resolved!r} file {path.name} is missing")
+            _check_inside(path, self.root, f"variant {resolved!r} file {path.name}")
         return variant
+
+    def check_graph(self, variant: Variant) -> None:
+        """Refuse a graph that would make onnxruntime read files the package doesn't vouch for.
+
+        Runs whether or not ``verify`` is on: an unverified load must still not reach outside the package.
+        """
+        allowed = {variant.data_path.name} if variant.data_path is not None else set()
+        try:
+            locations = external_data_locations(variant.path)
+        except (GraphFormatError, OSError) as exc:
+            raise InvalidPackageError(f"model package {self.root}: {variant.path.name} isn't a readable ONNX graph: "
+                                      f"{exc}") from exc
+        unvouched = sorted(locations - allowed)
+        if unvouched:
+            raise InvalidPackageError(
+                f"model package {self.root}: {variant.path.name} loads external data from {', '.join(map(repr, unvouched))}, "
+                f"which the package doesn't vouch for (a graph may only load {', '.join(map(repr, sorted(allowed))) or 'no other file'})"
+            )
 
     def verify(self, variant: Variant) -> None:
         """Check the variant's files against the manifest's sizes and sha256; no-op without a manifest."""
@@ -153,94 +203,81 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _check_inside(path: Path, root: Path, what: str) -> None:
+    """``path`` must be a regular file that resolves inside ``root``: a symlink out of the package would make
+    it read (and vouch for) whatever the link points to."""
+    if not path.is_file():
+        raise MissingFileError(f"model package {root}: {what} is missing")
+    try:
+        path.resolve(strict=True).relative_to(root.resolve(strict=True))
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise InvalidPackageError(f"model package {root}: {what} can't be resolved: {exc}") from exc
+    except ValueError:
+        raise InvalidPackageError(f"model package {root}: {what} resolves outside the package "
+                                  f"({path.resolve()}); copy the file into the package instead of linking it") from None
+
+
 def _labels(config: Mapping[str, Any], root: Path) -> list[str]:
     id2label = config.get("id2label")
     if not isinstance(id2label, Mapping) or not id2label:
         raise InvalidPackageError(f"model package {root}: {CONFIG_FILE} has no id2label mapping")
-    try:
-        by_index = {int(index): str(label) for index, label in id2label.items()}
-    except (TypeError, ValueError) as exc:
-        raise InvalidPackageError(f"model package {root}: id2label keys must be integers: {exc}") from exc
+    if len(id2label) > MAX_LABELS:
+        raise InvalidPackageError(f"model package {root}: id2label has {len(id2label):,} labels (at most {MAX_LABELS:,})")
+    by_index: dict[int, str] = {}
+    for key, label in id2label.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise InvalidPackageError(f"model package {root}: id2label keys must be integers, got {key!r}") from None
+        if not isinstance(label, str) or not label.strip() or len(label) > 200:
+            raise InvalidPackageError(f"model package {root}: id2label[{key!r}] must be a non-empty label name, "
+                                      f"got {label!r}")
+        by_index[index] = label
     if sorted(by_index) != list(range(len(by_index))):
         raise InvalidPackageError(
             f"model package {root}: id2label indices must be 0..{len(by_index) - 1}, got {sorted(by_index)}"
         )
-    return [by_index[index] for index in range(len(by_index))]
+    labels = [by_index[index] for index in range(len(by_index))]
+    if len({label.strip().lower() for label in labels}) != len(labels):
+        raise InvalidPackageError(f"model package {root}: id2label names a label twice: {labels}")
+    return labels
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _read_json(path: Path, root: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise MissingFileError(f"model package {root}: {path.name} is missing")
+    _check_inside(path, root, path.name)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidPackageError(f"model package {root}: {path.name} isn't valid JSON: {exc}") from exc
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise InvalidPackageError(f"model package {root}: can't read {path.name}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_JSON_BYTES:
+        raise InvalidPackageError(f"model package {root}: {path.name} is over {MAX_JSON_BYTES:,} bytes")
+    try:
+        # Strict JSON: NaN and Infinity literals, integers beyond Python's digit limit and absurd nesting are
+        # all refused here rather than surfacing as a verdict or a traceback later.
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidPackageError(
+            f"model package {root}: {path.name} isn't valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise InvalidPackageError(f"model package {root}: {path.name} must hold a JSON object")
     return data
 
 
-def _variants_from_manifest(root: Path, manifest: Mapping[str, Any]) -> dict[str, Variant]:
-    if manifest.get("format") != FORMAT_NAME:
-        raise InvalidPackageError(f"model package {root}: {MANIFEST_FILE} isn't a {FORMAT_NAME} manifest")
-    version = manifest.get("format_version")
-    if version not in READABLE_FORMAT_VERSIONS:
-        raise InvalidPackageError(
-            f"model package {root}: manifest format_version {version!r} isn't supported by this runtime "
-            f"(it reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}); upgrade fastvit-detect or "
-            "re-export the model"
-        )
-    entries = manifest.get("variants")
-    if not isinstance(entries, Mapping) or not entries:
-        raise InvalidPackageError(f"model package {root}: manifest lists no variants")
+def _variants_from_manifest(root: Path, manifest: Manifest) -> dict[str, Variant]:
     variants = {}
-    for name, entry in entries.items():
-        # A manifest vouches for its files: every field that verification relies on must be there and sane,
-        # or a hand-edited manifest could switch verification off or point outside the package.
-        # The weights file is the one the graph names, which the exporter always calls <file>_data: any other
-        # name would verify one file while onnxruntime loads another.
-        problem = "not an object" if not isinstance(entry, Mapping) else _file_fields_problem(entry, "")
-        data_name = f"{entry['file']}{DATA_SUFFIX}" if problem is None else ""
-        if problem is None and "data_file" in entry:
-            problem = _file_fields_problem(entry, "data_")
-            if problem is None and entry["data_file"] != data_name:
-                problem = f"data_file {entry['data_file']!r} must be {data_name!r}, the file its graph loads"
-        elif problem is None and (root / data_name).exists():
-            problem = f"{data_name} is in the package but the manifest doesn't vouch for it"
-        if problem is None:
-            problem = _cpu_requirement_problem(entry)
-        if problem:
-            raise InvalidPackageError(f"model package {root}: manifest variant {name!r}: {problem}")
-        has_data = "data_file" in entry
-        variants[name] = Variant(name=name, path=root / entry["file"], sha256=entry["sha256"],
-                                 size_bytes=entry["size_bytes"], details=entry,
-                                 data_path=root / entry["data_file"] if has_data else None,
-                                 data_sha256=entry["data_sha256"] if has_data else None,
-                                 data_size_bytes=entry["data_size_bytes"] if has_data else None)
+    for name, entry in manifest.variants.items():
+        data_name = entry.graph.name + DATA_SUFFIX
+        if entry.data is None and ((root / data_name).exists() or (root / data_name).is_symlink()):
+            raise InvalidPackageError(f"model package {root}: manifest variant {name!r}: {data_name} is in the "
+                                      "package but the manifest doesn't vouch for it")
+        variants[name] = Variant(name=name, path=root / entry.graph.name, entry=entry,
+                                 data_path=root / entry.data.name if entry.data else None)
     return variants
-
-
-def _cpu_requirement_problem(entry: Mapping[str, Any]) -> str | None:
-    """A malformed CPU requirement must not read as "none": a variant that needs VNNI would then run anywhere."""
-    quantization = entry.get("quantization")
-    if not isinstance(quantization, Mapping) or "requires_cpu_flags_any" not in quantization:
-        return None
-    required = quantization["requires_cpu_flags_any"]
-    if not isinstance(required, list) or not required or not all(isinstance(flag, str) for flag in required):
-        return f"quantization.requires_cpu_flags_any {required!r} must be a non-empty list of CPU flag names"
-    return None
-
-
-def _file_fields_problem(entry: Mapping[str, Any], prefix: str) -> str | None:
-    """What is wrong with an entry's ``{prefix}file``, ``{prefix}sha256`` and ``{prefix}size_bytes``, if anything."""
-    file, sha256, size = entry.get(f"{prefix}file"), entry.get(f"{prefix}sha256"), entry.get(f"{prefix}size_bytes")
-    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
-        return f"{prefix}file {file!r} must be a plain file name inside the package"
-    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-        return f"{prefix}sha256 {sha256!r} must be 64 hex digits"
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return f"{prefix}size_bytes {size!r} must be a whole number"
-    return None
 
 
 def _variants_from_optimum_layout(root: Path) -> dict[str, Variant]:

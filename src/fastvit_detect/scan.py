@@ -3,6 +3,11 @@
 Each batch's records are flushed as soon as they're known, so a scan stopped half-way (Ctrl-C, a crash, a
 reboot) resumes where it stopped: images already in the output are skipped. Bad images get a record with their
 error and never stop the scan; they count as done on resume (``--overwrite`` retries everything).
+
+Image names are paths exactly as the file system has them. A name that isn't valid UTF-8 is kept losslessly:
+Python decodes it with ``surrogateescape``, JSON lines escape those characters (``\\udcXX``), and CSV files hold
+the raw bytes (read them with ``errors="surrogateescape"``). Both read back to the same ``str``, which
+``os.fsencode`` turns into the original bytes.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -17,17 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .detector import Detector, Prediction
-from .errors import FastVitDetectError, InputError
+from .detector import Detector, ImageResult, Prediction
+from .errors import FastVitDetectError
 from .preprocess import find_images
 from .progress import Progress
 
 FORMATS = ("jsonl", "csv")
+CSV_ERRORS = "surrogateescape"  # names that aren't UTF-8 keep their bytes: see the module docstring
 
 
-def result_record(image: str, result: Prediction | InputError) -> dict[str, Any]:
+def result_record(image: str, result: ImageResult) -> dict[str, Any]:
     """One image's line in ``predict --json`` and scan's JSON lines."""
-    if isinstance(result, InputError):
+    if not isinstance(result, Prediction):
         return {"image": image, "error": {"type": type(result).__name__, "message": str(result)}}
     return {"image": image, **result.to_dict()}
 
@@ -59,22 +66,35 @@ class ScanOutput:
             raise FastVitDetectError(f"--format {self.format!r}: expected one of {', '.join(FORMATS)}")
         self.columns = ["image", "label", "score", "fake_probability",
                         *(f"p_{label}" for label in labels), "error_type", "error_message"]
+        _check_regular_output(path)
         if overwrite and path.exists():
             path.unlink()
+        if not overwrite:
+            if self.format == "csv":
+                _repair_torn_csv(path, len(self.columns))
+            else:
+                _repair_torn_line(path)
         # Compared as resolved paths, so a resumed scan may spell the folder differently (relative, absolute).
         self.done = {_identity(image) for image in self._read_done()} if path.exists() else set()
         path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not path.exists() or path.stat().st_size == 0
-        self._handle: TextIO = open(path, "a", encoding="utf-8", newline="")
+        # Held for the whole scan and closed by close(), hence no `with`.
+        self._handle: TextIO = open(path, "a", encoding="utf-8", errors=CSV_ERRORS, newline="")  # noqa: SIM115
         self._csv = csv.DictWriter(self._handle, self.columns) if self.format == "csv" else None
         if self._csv is not None and fresh:
             self._csv.writeheader()
 
+    def __enter__(self) -> ScanOutput:  # noqa: PYI034 - Python 3.10 has no typing.Self
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def _read_done(self) -> set[str]:
         try:
-            with open(self.path, encoding="utf-8", newline="") as handle:
+            with open(self.path, encoding="utf-8", errors=CSV_ERRORS, newline="") as handle:
                 if self.format == "csv":
-                    reader = csv.DictReader(handle)
+                    reader = csv.DictReader(handle, strict=True)
                     if reader.fieldnames is not None and reader.fieldnames != self.columns:
                         raise FastVitDetectError(
                             f"{self.path}: its columns {reader.fieldnames} aren't this model's {self.columns}; "
@@ -86,19 +106,22 @@ class ScanOutput:
                     if not line.strip():
                         continue
                     try:
-                        done.add(json.loads(line)["image"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
+                        image = json.loads(line)["image"]
+                    except (ValueError, KeyError, TypeError, RecursionError):
+                        image = None
+                    if not isinstance(image, str):
                         raise FastVitDetectError(
                             f"{self.path}:{number}: not a scan record; pass --overwrite to start afresh"
-                        ) from None
+                        )
+                    done.add(image)
                 return done
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        except (OSError, csv.Error) as exc:
             raise FastVitDetectError(f"{self.path}: can't read the earlier results to resume: {exc}") from exc
 
-    def write(self, image: str, result: Prediction | InputError) -> None:
+    def write(self, image: str, result: ImageResult) -> None:
         record = result_record(image, result)
         if self._csv is None:
-            self._handle.write(json.dumps(record) + "\n")
+            self._handle.write(json.dumps(record) + "\n")  # ASCII: names that aren't UTF-8 come out as \udcXX
             return
         row: dict[str, Any] = {"image": image}
         if "error" in record:
@@ -113,11 +136,29 @@ class ScanOutput:
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        self._handle.close()
+        if not self._handle.closed:
+            try:
+                self.flush()
+            finally:
+                self._handle.close()
 
 
 def _identity(image: str | Path) -> str:
     return str(Path(image).resolve())
+
+
+def _check_regular_output(path: Path) -> None:
+    """Results go to a regular file: resuming reads it back, and a pipe or device can't be read back or synced."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise FastVitDetectError(f"{path}: can't use it as the results file: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise FastVitDetectError(f"{path}: {kind}; scan writes a resumable results file, so give a path to a "
+                                 "file on disk")
 
 
 def _repair_torn_line(path: Path) -> None:
@@ -145,6 +186,41 @@ def _repair_torn_line(path: Path) -> None:
         handle.truncate(0)
 
 
+def _repair_torn_csv(path: Path, columns: int) -> None:
+    """Cut the CSV back to its last complete record, parsing records rather than lines.
+
+    A quoted field may hold newlines (a file name, an error message), so a run interrupted mid-record can leave a
+    file that ends in a newline and still tears a record. A record counts as complete when it parses with the
+    header's number of fields and its last line ends with a newline; anything after the last one is cut.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        ends: list[int] = []  # byte offset after each physical line, in order
+        line_ends_newline: list[bool] = []
+
+        def lines() -> Any:
+            offset = 0
+            for raw in iter(handle.readline, b""):
+                offset += len(raw)
+                ends.append(offset)
+                line_ends_newline.append(raw.endswith(b"\n"))
+                yield raw.decode("utf-8", errors=CSV_ERRORS)
+
+        good_end = 0
+        reader = csv.reader(lines(), strict=True)
+        try:
+            for row in reader:
+                consumed = reader.line_num
+                if len(row) != columns or not line_ends_newline[consumed - 1]:
+                    break
+                good_end = ends[consumed - 1]
+        except csv.Error:  # end of file inside a quoted field: a torn record
+            pass
+        if good_end != handle.seek(0, os.SEEK_END):
+            handle.truncate(good_end)
+
+
 def scan(
     detector: Detector,
     root: str | os.PathLike[str],
@@ -158,33 +234,28 @@ def scan(
     folder = Path(root)
     if not folder.is_dir():
         raise FastVitDetectError(f"{folder}: not a directory to scan")
-    out_path = Path(output)
-    if not overwrite:
-        _repair_torn_line(out_path)
-    writer = ScanOutput(out_path, detector.labels, fmt, overwrite)
     summary = ScanSummary()
-    images = find_images(folder)
-    summary.found = len(images)
-    todo = [path for path in images if _identity(path) not in writer.done]
-    summary.already_done = summary.found - len(todo)
     started = time.perf_counter()
-    results = detector.predict_iter(todo, batch_size=batch_size, prefetch=1)
-    try:
-        for done, (path, result) in enumerate(zip(todo, results), start=1):
-            writer.write(str(path), result)
-            if isinstance(result, InputError):
-                summary.failed += 1
-            else:
-                summary.classified += 1
-                summary.labels[result.label] += 1
-            if done % batch_size == 0 or done == len(todo):
-                writer.flush()
-                if progress:
-                    progress(done, len(todo))
-    finally:
-        results.close()  # stops the decoding thread at once on Ctrl-C or a write error
-        writer.flush()
-        writer.close()
-        summary.seconds = time.perf_counter() - started
+    with ScanOutput(Path(output), detector.labels, fmt, overwrite) as writer:
+        images = find_images(folder)
+        summary.found = len(images)
+        todo = [path for path in images if _identity(path) not in writer.done]
+        summary.already_done = summary.found - len(todo)
+        started = time.perf_counter()
+        results = detector.predict_iter(todo, batch_size=batch_size, prefetch=1, errors="return")
+        try:
+            for done, (path, result) in enumerate(zip(todo, results), start=1):
+                writer.write(str(path), result)
+                if isinstance(result, Prediction):
+                    summary.classified += 1
+                    summary.labels[result.label] += 1
+                else:
+                    summary.failed += 1
+                if done % batch_size == 0 or done == len(todo):
+                    writer.flush()
+                    if progress:
+                        progress(done, len(todo))
+        finally:
+            results.close()  # stops the decoding thread at once on Ctrl-C or a write error
+            summary.seconds = time.perf_counter() - started
     return summary
-

@@ -7,10 +7,18 @@ body), ``POST /predict/`` (the seed project's ``{"image": base64}`` -> ``{"resul
 ``GET /api/v1/model`` and ``GET /openapi.json``. FastAPI's /docs and /redoc are off: they load Swagger UI from a
 CDN, and nothing this server sends may make the browser fetch from elsewhere.
 
-Concurrent requests are micro-batched: one worker thread takes up to ``max_batch`` queued images, waiting at most
-``max_wait_ms`` after the first, and classifies them in one session call. The event loop only parses requests
-and awaits futures, so it keeps accepting requests while the model runs. The queue is bounded; a request that
-doesn't fit gets 503 at once instead of waiting without limit.
+A request goes through three stages, so that no single client can stall the others:
+
+1. the event loop reads the body, within the upload limit and the body timeout;
+2. a bounded pool of decode threads reads the image header, checks the server's own pixel cap, waits for room in
+   a shared pixel budget (what decodes at once is bounded, so is its memory), then decodes, resizes and crops;
+3. one model thread takes up to ``max_batch`` decoded images, waiting at most ``max_wait_ms`` after the first, and
+   classifies them in one session call. Should that call fail, each image is retried alone, so only the image
+   that breaks the model gets the error. The queue is bounded: a request that doesn't fit gets 503 at once.
+
+The model thread is supervised: if it ever dies it is restarted and ``/healthz`` counts it; a thread that keeps
+dying makes ``/healthz`` answer 503 and requests get 503 at once, never a hang. Connections are capped and timed
+out: headers must arrive within ``header_timeout_s``, the body within ``body_timeout_s``.
 """
 
 from __future__ import annotations
@@ -18,15 +26,38 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import queue
-import re
+import socket
 import threading
 import time
-from collections.abc import AsyncGenerator, Sequence
-from concurrent.futures import Future
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, TypeVar
+
+from . import __version__
+from .detector import Detector, ImageResult, Prediction
+from .errors import (
+    BadRequestError,
+    FastVitDetectError,
+    ImageDecodeError,
+    RequestTimeoutError,
+    ServerBusyError,
+    UploadTooLargeError,
+)
+from .httpapi import (
+    INTERNAL_ERROR,
+    SERVER_MAX_PIXELS,
+    error_body,
+    http_status,
+    missing_serve_modules,
+    named_image,
+    seed_request_image,
+)
+from .preprocess import open_image
+from .session import physical_core_count
 
 try:
     import python_multipart  # noqa: F401 - Starlette parses forms with it; fail here, not at the first upload
@@ -37,26 +68,16 @@ try:
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
     from starlette.staticfiles import StaticFiles
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 except ModuleNotFoundError as exc:
+    missing = missing_serve_modules() or [exc.name]
     raise ModuleNotFoundError(
-        f"fastvit_detect.server needs FastAPI, uvicorn and python-multipart ({exc.name} is missing): "
-        "pip install 'fastvit-detect[serve]'",
+        f"fastvit_detect.server needs FastAPI, uvicorn and python-multipart ({', '.join(map(str, missing))} "
+        "missing): pip install 'fastvit-detect[serve]'",
         name=exc.name,
     ) from exc
-
-from . import __version__
-from .detector import Detector, Prediction
-from .errors import (
-    BadRequestError,
-    FastVitDetectError,
-    ImageDecodeError,
-    InputError,
-    ServerBusyError,
-    UploadTooLargeError,
-)
-from .httpapi import INTERNAL_ERROR, error_body, http_status, named_image, seed_request_image
-from .preprocess import ImageInput
 
 log = logging.getLogger("fastvit_detect.server")
 
@@ -64,92 +85,129 @@ STATIC_PACKAGE = ("fastvit_detect", "static")
 # The page may load only what this server sends: no CDN, no fonts, no analytics.
 PAGE_SECURITY_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'"
 
+# --- settings -----------------------------------------------------------------------------------------------
 
-# --- settings and errors ------------------------------------------------------------------------------------
+
+def _check_range(name: str, value: Any, low: float, high: float, whole: bool) -> None:
+    kind = "a whole number" if whole else "a number"
+    ok = (not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+          and (whole or math.isfinite(value)) and low <= value <= high)
+    if not ok:
+        raise ValueError(f"{name} must be {kind} from {low:g} to {high:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Request limits and micro-batching. ``max_batch=1`` turns batching off: one session call per image."""
+    """Request limits, decoding, micro-batching and connection handling. ``max_batch=1`` turns batching off."""
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_batch: int = 8
     max_wait_ms: float = 5.0
-    queue_size: int = 64  # images waiting for the worker; more get 503. Also the most files one request may send
+    queue_size: int = 64  # images waiting for the model; more get 503. Also the most files one request may send
+    max_pixels: int = SERVER_MAX_PIXELS  # per image, checked from the header before decoding
+    decode_workers: int = field(default_factory=lambda: max(2, physical_core_count()))
+    decode_budget_pixels: int | None = None  # pixels decoding at once; None: 1.5 x max_pixels
+    max_connections: int = 128  # more are answered 503 at once by uvicorn
+    header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
+    body_timeout_s: float = 60.0  # the whole body must arrive within this
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+
+    # (name, low, high, whole number?) — every numeric option is finite and in range: inf, nan, 1e300 and
+    # negative values are an operator's mistake, refused before anything starts.
+    LIMITS = (("max_upload_bytes", 1, 1 << 32, True), ("max_batch", 1, 4096, True), ("max_wait_ms", 0, 10_000, False),
+              ("queue_size", 1, 100_000, True), ("max_pixels", 1, 1 << 32, True), ("decode_workers", 1, 256, True),
+              ("max_connections", 1, 1_000_000, True), ("header_timeout_s", 0.1, 3600, False),
+              ("body_timeout_s", 0.1, 3600, False), ("keep_alive_s", 0.1, 3600, False))
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_batch", "queue_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name, low, high, whole in self.LIMITS:
+            _check_range(name, getattr(self, name), low, high, whole)
+        if self.decode_budget_pixels is not None:
+            _check_range("decode_budget_pixels", self.decode_budget_pixels, self.max_pixels, 1 << 34, True)
+
+    @property
+    def budget_pixels(self) -> int:
+        return self.decode_budget_pixels or self.max_pixels * 3 // 2
 
 
-# --- micro-batching -----------------------------------------------------------------------------------------
+# --- the model thread ---------------------------------------------------------------------------------------
 
-
-class BatchPredictor(Protocol):
-    """What the batcher needs from a detector (a Protocol so tests can pass a gated stand-in)."""
-
-    def predict_batch(
-        self, images: Sequence[ImageInput], batch_size: int = ..., *, errors: Literal["return"]
-    ) -> list[Prediction | InputError]: ...
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 @dataclass
-class _Job:
-    image: ImageInput
-    future: Future[Prediction | InputError]
+class _Job(Generic[Item, Result]):
+    item: Item
+    future: Future[Result]
 
 
 _STOP = None  # queued by close(): the worker finishes what is before it, then exits
+RESTART_LIMIT = 10  # worker deaths within RESTART_WINDOW_S after which it is left dead (and /healthz says so)
+RESTART_WINDOW_S = 60.0
 
 
-class MicroBatcher:
-    """Classifies queued images on one worker thread, in batches of at most ``max_batch``.
+class MicroBatcher(Generic[Item, Result]):
+    """Runs queued items through ``run_batch`` on one worker thread, in batches of at most ``max_batch``.
 
-    A batch starts with the oldest queued image and takes whatever else arrives within ``max_wait_ms``. The
-    detector runs on this thread only, so onnxruntime's intra-op threads have the cores to themselves.
+    A batch starts with the oldest queued item and takes whatever else arrives within ``max_wait_ms``. The model
+    runs on this thread only, so onnxruntime's intra-op threads have the cores to themselves. A failing batch is
+    retried item by item, so only the item that fails gets the error; the worker itself is supervised.
     """
 
-    def __init__(self, detector: BatchPredictor, max_batch: int = 8, max_wait_ms: float = 5.0, queue_size: int = 64):
-        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
-        self.detector = detector
+    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch: int = 8,
+                 max_wait_ms: float = 5.0, queue_size: int = 64):
+        _check_range("max_batch", max_batch, 1, 4096, True)
+        _check_range("queue_size", queue_size, 1, 100_000, True)
+        _check_range("max_wait_ms", max_wait_ms, 0, 10_000, False)
+        self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.queue_size = queue_size
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._jobs: queue.Queue[_Job[Item, Result] | None] = queue.Queue(maxsize=queue_size)
         self._submit_lock = threading.Lock()
         self._closed = False
         self.batches_run = 0
         self.images_run = 0
         self.largest_batch = 0
-        self._worker = threading.Thread(target=self._run, name="fastvit-detect-batcher", daemon=True)
-        self._worker.start()
+        self.failed_batches = 0
+        self.worker_restarts = 0
+        self._deaths: deque[float] = deque(maxlen=RESTART_LIMIT)
+        self._worker = self._start_worker()
+
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._run, name="fastvit-detect-batcher", daemon=True)
+        worker.start()
+        return worker
 
     @property
     def queue_depth(self) -> int:
         return self._jobs.qsize()
 
-    def submit(self, images: Sequence[ImageInput]) -> list[Future[Prediction | InputError]]:
-        """Queue images as one unit, all or none, so a multi-file request is never half-queued."""
+    @property
+    def healthy(self) -> bool:
+        return self._worker.is_alive() and not self._closed
+
+    def submit(self, items: Sequence[Item]) -> list[Future[Result]]:
+        """Queue items as one unit, all or none, so a multi-file request is never half-queued."""
         with self._submit_lock:  # only submitters add, so free space can't shrink between the check and the puts
             if self._closed:
                 raise ServerBusyError("the server is shutting down")
+            if not self._worker.is_alive():
+                raise ServerBusyError("the inference worker has stopped (see the server log and /healthz)")
             free = self.queue_size - self._jobs.qsize()
-            if len(images) > free:
+            if len(items) > free:
                 raise ServerBusyError(
                     f"inference queue full ({self.queue_size - free} of {self.queue_size} images waiting); retry later"
                 )
-            jobs = [_Job(image, Future()) for image in images]
+            jobs: list[_Job[Item, Result]] = [_Job(item, Future()) for item in items]
             for job in jobs:
                 self._jobs.put_nowait(job)
         return [job.future for job in jobs]
 
-    async def classify(self, images: Sequence[ImageInput]) -> list[Prediction | InputError]:
-        """Submit images and await their results, in order. A cancelled caller's queued images are skipped."""
-        futures = self.submit(images)
+    async def classify(self, items: Sequence[Item]) -> list[Result]:
+        """Submit items and await their results, in order. A cancelled caller's queued items are skipped."""
+        futures = self.submit(items)
         return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures)))
 
     def close(self, timeout: float = 30.0) -> None:
@@ -158,18 +216,52 @@ class MicroBatcher:
             if self._closed:
                 return
             self._closed = True
-        self._jobs.put(_STOP)  # blocks only while the queue is full, and the worker is draining it
-        self._worker.join(timeout)
+        if self._worker.is_alive():
+            self._jobs.put(_STOP)  # blocks only while the queue is full, and the worker is draining it
+            self._worker.join(timeout)
+        self._fail_queued(ServerBusyError("the server is shutting down"))
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = self._next_batch()
-            self._classify(batch)
+        batch: list[_Job[Item, Result]] = []
+        try:
+            stopping = False
+            while not stopping:
+                batch, stopping = self._next_batch()
+                self._classify(batch)
+                batch = []
+        except BaseException as exc:  # the worker must never die silently and leave requests hanging
+            log.critical("the inference worker died", exc_info=exc)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            self._restart_after_death()
 
-    def _next_batch(self) -> tuple[list[_Job], bool]:
+    def _restart_after_death(self) -> None:
+        with self._submit_lock:
+            if self._closed:
+                return
+            now = time.monotonic()
+            self._deaths.append(now)
+            if len(self._deaths) == RESTART_LIMIT and now - self._deaths[0] < RESTART_WINDOW_S:
+                log.critical("the inference worker died %d times in %.0f s: left stopped; /healthz answers 503",
+                             RESTART_LIMIT, now - self._deaths[0])
+                self._fail_queued(ServerBusyError("the inference worker has stopped"))
+                return
+            self.worker_restarts += 1
+            self._worker = self._start_worker()
+
+    def _fail_queued(self, error: Exception) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
+
+    def _next_batch(self) -> tuple[list[_Job[Item, Result]], bool]:
         """The oldest job and what else arrives within max_wait of it, up to max_batch; and whether to stop."""
-        batch: list[_Job] = []
+        batch: list[_Job[Item, Result]] = []
         deadline: float | None = None  # set by the first job: until then, wait as long as it takes
         while len(batch) < self.max_batch:
             try:
@@ -186,45 +278,168 @@ class MicroBatcher:
             batch.append(job)
         return batch, False
 
-    def _classify(self, batch: list[_Job]) -> None:
+    def _classify(self, batch: list[_Job[Item, Result]]) -> None:
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not live:
             return
         try:
-            results = self.detector.predict_batch([job.image for job in live], batch_size=len(live), errors="return")
-        except Exception as exc:  # the model failed, not an input: every request in the batch gets the error
-            log.exception("inference failed for a batch of %d image(s)", len(live))
-            for job in live:
-                job.future.set_exception(exc)
+            results = list(self.run_batch([job.item for job in live]))
+            if len(results) != len(live):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
+        except Exception as exc:
+            self.failed_batches += 1
+            if len(live) > 1:  # find the culprit: the others still get their answers
+                log.warning("a batch of %d failed (%s: %s); retrying each image alone", len(live),
+                            type(exc).__name__, exc)
+                for job in live:
+                    self._classify_alone(job)
+                return
+            log.error("inference failed for an image", exc_info=exc)
+            live[0].future.set_exception(exc)
             return
-        self.batches_run += 1
-        self.images_run += len(live)
-        self.largest_batch = max(self.largest_batch, len(live))
+        self._count(len(live))
         for job, result in zip(live, results):
             job.future.set_result(result)
+
+    def _classify_alone(self, job: _Job[Item, Result]) -> None:
+        try:
+            (result,) = self.run_batch([job.item])
+        except Exception as exc:
+            log.error("inference failed for an image", exc_info=exc)
+            job.future.set_exception(exc)
+            return
+        self._count(1)
+        job.future.set_result(result)
+
+    def _count(self, images: int) -> None:
+        self.batches_run += 1
+        self.images_run += images
+        self.largest_batch = max(self.largest_batch, images)
+
+
+# --- the decode stage ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upload decoded, resized and cropped: what the model thread needs, and a name for errors."""
+
+    pixels: Any  # HxWx3 uint8
+    source: str
+
+
+class PixelBudget:
+    """How many pixels may be decoding at once, across all requests: a weighted semaphore on the event loop.
+
+    Decoding memory and time grow with the pixel count, so holding it to a budget bounds both, whatever clients
+    send. An image waits here, not in a decode thread, so waiting bombs never occupy the pool that small images
+    need; an image that fits goes ahead of larger ones queued before it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:  # created on first use, inside the serving loop
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def acquire(self, pixels: int) -> None:
+        changed = self._condition()
+        async with changed:
+            await changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+            self.in_use += pixels
+
+    async def release(self, pixels: int) -> None:
+        changed = self._condition()
+        async with changed:
+            self.in_use -= pixels
+            changed.notify_all()
+
+
+class DecodeStage:
+    """Decodes uploads in a bounded thread pool, under the server's caps and pixel budget."""
+
+    def __init__(self, detector: Detector, settings: ServeSettings) -> None:
+        self.preprocessor = detector.preprocessor
+        self.settings = settings
+        self.budget = PixelBudget(settings.budget_pixels)
+        self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="fastvit-decode")
+
+    async def decode(self, upload: io.BytesIO) -> DecodedImage:
+        """Raises the image's InputError; never blocks the event loop, never runs on the model thread."""
+        loop = asyncio.get_running_loop()
+        opened = await loop.run_in_executor(self.pool, open_image, upload, self.settings.max_pixels,
+                                            self.settings.max_upload_bytes)
+        await self.budget.acquire(opened.pixels)
+        try:
+            work = loop.run_in_executor(self.pool, self.preprocessor.opened_to_pixels, opened)
+        except BaseException:
+            await self.budget.release(opened.pixels)
+            raise
+        # The budget is returned when the decode ends, not when its request does: a client that disconnects
+        # mid-decode must not free room that its decode still uses.
+        work.add_done_callback(lambda _done: loop.create_task(self.budget.release(opened.pixels)))
+        pixels = await asyncio.shield(work)
+        return DecodedImage(pixels, opened.source)
+
+    async def decode_all(self, uploads: Sequence[io.BytesIO]) -> list[DecodedImage | FastVitDetectError]:
+        """Every upload decoded; a bad one becomes its error in place, never failing the others."""
+        results = await asyncio.gather(*(self.decode(upload) for upload in uploads), return_exceptions=True)
+        for result in results:  # anything but an image's own error is the server's fault: raise it
+            if isinstance(result, BaseException) and not isinstance(result, FastVitDetectError):
+                raise result
+        return list(results)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def classify_decoded(detector: Detector) -> Callable[[list[DecodedImage]], list[ImageResult]]:
+    """The model thread's work: one session call for a batch of decoded images (errors stay per image)."""
+    import numpy as np
+
+    def run(items: list[DecodedImage]) -> list[ImageResult]:
+        return detector.classify_pixels(np.stack([item.pixels for item in items]),
+                                        sources=[item.source for item in items])
+
+    return run
 
 
 # --- reading requests ---------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int, limit_note: str = "") -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes: never read unbounded."""
+class ClientGone(Exception):
+    """The client disconnected before its request was read: nobody is left to answer."""
+
+
+async def read_body(request: Request, limit: int, timeout_s: float, limit_note: str = "") -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes and with 408 when it takes longer
+    than ``timeout_s``: never read unbounded, never waited for forever."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise UploadTooLargeError(
             f"request body of {int(declared):,} bytes exceeds the upload limit of {limit:,} bytes{limit_note}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadTooLargeError(f"request body exceeds the upload limit of {limit:,} bytes{limit_note}")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise UploadTooLargeError(f"request body exceeds the upload limit of {limit:,} bytes{limit_note}")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body not received within {timeout_s:g} s ({size:,} bytes arrived)") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
     return b"".join(chunks)
 
 
 async def read_uploads(request: Request, settings: ServeSettings) -> tuple[list[io.BytesIO], bool]:
     """The images of a predict request, and whether it was multipart with several files (answered with a list)."""
-    body = await read_body(request, settings.max_upload_bytes)
+    body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         if not body:
             raise BadRequestError("no image: send it as multipart field 'file' or as the request body")
@@ -241,41 +456,46 @@ async def read_uploads(request: Request, settings: ServeSettings) -> tuple[list[
         fields = form.getlist("file")
         if not fields:
             sent = ", ".join(form.keys()) or "none"
-            raise BadRequestError(f"multipart field 'file' is missing (fields sent: {sent})")
+            raise BadRequestError(f"multipart field 'file' is missing (fields sent: {sent[:200]})")
         uploads = []
-        for index, field in enumerate(fields):
-            if not isinstance(field, UploadFile):
+        for index, upload in enumerate(fields):
+            if not isinstance(upload, UploadFile):
                 raise BadRequestError("multipart field 'file' must be a file upload, not a text value")
-            uploads.append(named_image(await field.read(), field.filename or f"file #{index + 1}"))
+            uploads.append(named_image(await upload.read(), _safe_name(upload.filename) or f"file #{index + 1}"))
         return uploads, len(uploads) > 1
     finally:
         await form.close()
 
 
+def _safe_name(name: str | None) -> str | None:
+    """A client's file name as it may appear in answers and logs: printable and short."""
+    if not name:
+        return None
+    cleaned = "".join(character if character.isprintable() else "?" for character in name)
+    return cleaned if len(cleaned) <= 200 else cleaned[:197] + "..."
+
+
 # --- responses ----------------------------------------------------------------------------------------------
-
-
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def public_model_name(detector: Detector) -> str:
     """A Hub id as is; for a local export only the folder's name: clients needn't learn the server's paths."""
-    model = (detector.package.manifest or {}).get("source", {}).get("model")
-    if isinstance(model, str) and HUB_ID.fullmatch(model) and not Path(model).exists():
-        return model
-    return Path(model).name if isinstance(model, str) and model else detector.package.root.name
+    return detector.package.source_name
 
 
 def model_summary(detector: Detector) -> dict[str, Any]:
-    source = (detector.package.manifest or {}).get("source", {})
-    return {"name": public_model_name(detector), "revision": source.get("revision"), "variant": detector.variant.name}
+    manifest = detector.package.manifest
+    return {"name": public_model_name(detector), "revision": manifest.source.revision if manifest else None,
+            "variant": detector.variant.name}
 
 
 def public_manifest(detector: Detector) -> dict[str, Any] | None:
     manifest = detector.package.manifest
     if manifest is None:
         return None
-    return {**manifest, "source": {**manifest.get("source", {}), "model": public_model_name(detector)}}
+    public = manifest.to_dict()
+    public["source"] = {**public["source"], "model": public_model_name(detector)}
+    return public
 
 
 def prediction_body(prediction: Prediction, model: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:
@@ -297,14 +517,17 @@ SEED_REQUEST_DOCS = {"requestBody": {"required": True, "content": {"application/
 ERROR_DOCS: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {"application/json": {"example": example}}}
     for status, description, example in [
+        (408, "the request body took longer than the body timeout",
+         error_body(RequestTimeoutError("request body not received within 60 s"))),
         (413, "body over the upload limit, or an image over the pixel cap",
          error_body(UploadTooLargeError("request body exceeds the upload limit of 20,971,520 bytes"))),
         (415, "not an image that can be decoded",
-         error_body(ImageDecodeError("x.jpg: not a recognised image format (5 bytes)"))),
+         error_body(ImageDecodeError("x.jpg: not a recognised image format"))),
         (422, "missing field, malformed body, empty image",
          error_body(BadRequestError("multipart field 'file' is missing"))),
         (500, "the server failed (not the request)", INTERNAL_ERROR),
-        (503, "inference queue full: retry later", error_body(ServerBusyError("inference queue full; retry later"))),
+        (503, "inference queue full, or the inference worker stopped: retry later",
+         error_body(ServerBusyError("inference queue full; retry later"))),
     ]
 }
 
@@ -313,9 +536,11 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(detector: Detector, settings: ServeSettings | None = None) -> FastAPI:
-    """The ASGI app over a loaded detector. Its batcher's worker starts now and stops with the app's lifespan."""
+    """The ASGI app over a loaded detector. Its decode pool and model thread start now and stop with the app."""
     settings = settings or ServeSettings()
-    batcher = MicroBatcher(detector, settings.max_batch, settings.max_wait_ms, settings.queue_size)
+    decoder = DecodeStage(detector, settings)
+    batcher: MicroBatcher[DecodedImage, ImageResult] = MicroBatcher(
+        classify_decoded(detector), settings.max_batch, settings.max_wait_ms, settings.queue_size)
     model = model_summary(detector)
     static = StaticFiles(packages=[STATIC_PACKAGE])
     index_page, found = static.lookup_path("index.html")
@@ -325,10 +550,11 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         yield
         await asyncio.to_thread(batcher.close)
+        decoder.close()
 
     app = FastAPI(title="fastvit-detect", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Torch-free deepfake detection with ONNX Vision Transformers.")
-    app.state.detector, app.state.batcher, app.state.settings = detector, batcher, settings
+    app.state.detector, app.state.batcher, app.state.decoder, app.state.settings = detector, batcher, decoder, settings
     app.mount("/static", static, name="static")
 
     @app.exception_handler(Exception)
@@ -341,10 +567,14 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def detector_error(_request: Request, exc: FastVitDetectError) -> JSONResponse:
         status = http_status(exc)
         if status == 500:  # a broken model, say: handled here, so no one else logs it
-            log.error("request failed", exc_info=exc)
+            log.error("request failed: %s: %s", type(exc).__name__, exc)
             return JSONResponse(INTERNAL_ERROR, status_code=500)
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": "1"} if status == 503 else {"Connection": "close"} if status == 408 else None
         return JSONResponse(error_body(exc), status_code=status, headers=headers)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_request: Request, _exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": never sent, only logged
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -354,7 +584,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(BadRequestError(str(exc.errors()))), status_code=422)
+        return JSONResponse(error_body(BadRequestError(str(exc.errors())[:1000])), status_code=422)
 
     @app.middleware("http")
     async def log_request(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -369,7 +599,20 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
             log.info('%s "%s %s" %d %.1f ms', client, request.method, request.url.path, status,
                      1000 * (time.perf_counter() - started))
 
-    @app.get("/", include_in_schema=False)
+    async def classify(uploads: Sequence[io.BytesIO]) -> list[ImageResult]:
+        decoded = await decoder.decode_all(uploads)
+        ready = [item for item in decoded if isinstance(item, DecodedImage)]
+        answers = iter(await batcher.classify(ready)) if ready else iter(())
+        return [next(answers) if isinstance(item, DecodedImage) else item for item in decoded]
+
+    def get_and_head(path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """A GET route that answers HEAD too (FastAPI routes don't), documented once."""
+        def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+            app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+            return app.get(path, **options)(endpoint)
+        return register
+
+    @get_and_head("/", include_in_schema=False)
     async def page() -> Response:
         return FileResponse(index_page, media_type="text/html",
                             headers={"Content-Security-Policy": PAGE_SECURITY_POLICY, "Cache-Control": "no-cache"})
@@ -379,16 +622,16 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
         uploads, as_list = await read_uploads(request, settings)
-        results = await batcher.classify(uploads)
+        results = await classify(uploads)
         elapsed_ms = 1000 * (time.perf_counter() - started)
         if not as_list:
             (result,) = results
-            if isinstance(result, InputError):
+            if not isinstance(result, Prediction):
                 raise result
             return JSONResponse(prediction_body(result, model, elapsed_ms))
         return JSONResponse([
-            {"filename": upload.name, **(error_body(result) if isinstance(result, InputError)
-                                        else prediction_body(result, model, elapsed_ms))}
+            {"filename": upload.name, **(prediction_body(result, model, elapsed_ms) if isinstance(result, Prediction)
+                                        else _error_entry(result))}
             for upload, result in zip(uploads, results)
         ])
 
@@ -396,24 +639,107 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
               summary="The seed project's API: {\"image\": base64} -> {\"result\": label}")
     async def predict_base64(request: Request) -> JSONResponse:
         # base64 takes 4 bytes per 3: allow the JSON body that much more, then hold the decoded image to the limit.
-        body = await read_body(request, settings.max_upload_bytes * 4 // 3 + 1024,
+        body = await read_body(request, settings.max_upload_bytes * 4 // 3 + 1024, settings.body_timeout_s,
                                f" (an image of {settings.max_upload_bytes:,} bytes, base64-encoded in JSON)")
-        (result,) = await batcher.classify([seed_request_image(body, settings.max_upload_bytes)])
-        if isinstance(result, InputError):
+        (result,) = await classify([seed_request_image(body, settings.max_upload_bytes)])
+        if not isinstance(result, Prediction):
             raise result
         return JSONResponse({"result": result.label})
 
-    @app.get("/healthz", summary="Liveness, and the batcher's counters")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "variant": detector.variant.name, "queue_depth": batcher.queue_depth,
-                "batches": batcher.batches_run, "images": batcher.images_run, "largest_batch": batcher.largest_batch}
+    @get_and_head("/healthz", summary="Liveness, and the model thread's counters")
+    async def healthz() -> JSONResponse:
+        alive = batcher.healthy
+        body = {"status": "ok" if alive else "unavailable", "worker_alive": alive,
+                "worker_restarts": batcher.worker_restarts, "variant": detector.variant.name,
+                "queue_depth": batcher.queue_depth, "batches": batcher.batches_run, "images": batcher.images_run,
+                "largest_batch": batcher.largest_batch, "failed_batches": batcher.failed_batches,
+                "decoding_pixels": decoder.budget.in_use}
+        return JSONResponse(body, status_code=200 if alive else 503)
 
-    @app.get("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")
+    @get_and_head("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")
     async def model_info() -> dict[str, Any]:
         return {**model, "labels": list(detector.labels), "manifest": public_manifest(detector),
                 "serving": asdict(settings)}
 
     return app
+
+
+def _error_entry(error: FastVitDetectError) -> dict[str, Any]:
+    """A failed image in a list answer: its own error for client faults, the generic one for the server's."""
+    if http_status(error) == 500:
+        log.error("an image failed: %s: %s", type(error).__name__, error)
+        return INTERNAL_ERROR
+    return error_body(error)
+
+
+# --- running it ---------------------------------------------------------------------------------------------
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for a request's headers.
+
+    uvicorn times out idle kept-alive connections but not a client that trickles its headers a byte at a time:
+    each such connection would stay open forever. Here the headers of every request must be complete within the
+    deadline of the request's first byte, or the connection is closed.
+    """
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._arm_header_deadline()
+
+    def _arm_header_deadline(self) -> None:
+        if getattr(self, "_header_deadline", None) is None:
+            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self._awaiting_headers():
+            log.info("closing a connection whose request headers took over %g s", self.header_timeout_s)
+            self.transport.close()
+
+    def _awaiting_headers(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers():
+            self._arm_header_deadline()
+        super().data_received(data)
+        if not self._awaiting_headers():
+            self._disarm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket, or a FastVitDetectError saying why not: a bad host or a port in use are an operator's
+    mistake, to be told plainly before the server starts."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port!r}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FastVitDetectError(f"--host {host!r}: not an address this machine can listen on ({exc})") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise FastVitDetectError(f"can't listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(
@@ -424,11 +750,20 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Serve a loaded detector with uvicorn until interrupted."""
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0-65535, got {port}")
+    settings = settings or ServeSettings()
+    sock = bind_socket(host, port)
     app = create_app(detector, settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("serving %s (variant %s, labels %s) with %s", detector.package.root, detector.variant.name,
-             ", ".join(detector.labels), app.state.settings)
+    log.info("serving %s (variant %s, labels %s) with %s", public_model_name(detector), detector.variant.name,
+             ", ".join(detector.labels), settings)
+
+    protocol = type("ConfiguredH11Protocol", (TimedH11Protocol,), {"header_timeout_s": settings.header_timeout_s})
     # access_log off: log_request writes one line per request, with its latency.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level)
+    config = uvicorn.Config(app, host=host, port=port, http=protocol, access_log=False, log_level=log_level,
+                            timeout_keep_alive=math.ceil(settings.keep_alive_s),
+                            limit_concurrency=settings.max_connections)
+    # uvicorn announces its address only for sockets it binds itself; scripts wait for this line.
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, bound_port)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -10,9 +10,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .errors import IncompatibleModelError, InvalidPackageError, ProviderError
+from .errors import (
+    IncompatibleModelError,
+    InvalidPackageError,
+    ModelOutputError,
+    ProviderError,
+)
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+MAX_THREADS = 1024
+# Graph element types of a float tensor: the preprocessing makes float32, so that is what the graph must take.
+FLOAT32 = "tensor(float)"
+FLOAT_OUTPUTS = ("tensor(float)", "tensor(float16)", "tensor(double)")
 
 
 @lru_cache(maxsize=1)
@@ -83,8 +92,9 @@ class OnnxSession:
                 f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
                 f"(available: {', '.join(available)})"
             )
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or not 1 <= threads <= MAX_THREADS):
+            raise ValueError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
         self.threads = threads or physical_core_count()
         try:
             self._session = ort.InferenceSession(
@@ -100,8 +110,10 @@ class OnnxSession:
             )
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
+        self.input_type = inputs[0].type
         self.output_name = outputs[0].name
         self.output_shape = list(outputs[0].shape)
+        self.output_type = outputs[0].type
         self.providers = self._session.get_providers()
 
     def check_compatible(self, image_size: tuple[int, int] | None, num_labels: int) -> None:
@@ -109,6 +121,17 @@ class OnnxSession:
         shape = self.input_shape
         if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
             raise IncompatibleModelError(f"{self.path}: input {self.input_name} has shape {shape}, expected (N, 3, H, W)")
+        if self.input_type != FLOAT32:
+            raise IncompatibleModelError(f"{self.path}: input {self.input_name} takes {self.input_type}; the "
+                                         f"preprocessing makes {FLOAT32} (re-export the model with float32 input)")
+        if self.output_type not in FLOAT_OUTPUTS:
+            raise IncompatibleModelError(f"{self.path}: output {self.output_name} is {self.output_type}, expected "
+                                         "float logits")
+        for what, axes in (("input", shape), ("output", self.output_shape)):
+            if axes and isinstance(axes[0], int) and axes[0] >= 0:  # a dynamic axis reads as a name, None or -1
+                raise IncompatibleModelError(
+                    f"{self.path}: the {what}'s batch axis is fixed at {axes[0]}; fastvit-detect runs batches of "
+                    "any size, so export the model with a dynamic batch axis (export/export.py does)")
         if image_size is not None:
             for axis, expected in zip(("height", "width"), image_size):
                 actual = shape[2 if axis == "height" else 3]
@@ -126,5 +149,9 @@ class OnnxSession:
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """Logits for a float32 NCHW batch, in one session call."""
-        (logits,) = self._session.run([self.output_name], {self.input_name: pixel_values})
-        return logits
+        try:
+            (logits,) = self._session.run([self.output_name], {self.input_name: pixel_values})
+        except Exception as exc:  # onnxruntime's errors are untyped: Fail, RuntimeException, ...
+            raise ModelOutputError(f"onnxruntime failed on a batch of {len(pixel_values)} ({self.path.name}): "
+                                   f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+        return np.asarray(logits)
