@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from fastvit_detect import Detector, FastVitDetectError, __version__
-from fastvit_detect.cli import positive_int
+from fastvit_detect.options import finite_number, positive_int, whole_number
 from fastvit_detect.detector import softmax
 from fastvit_detect.package import (
     CONFIG_FILE,
@@ -497,6 +497,19 @@ def move_weights_to_data_file(path: Path) -> Path:
     return data
 
 
+def apply_umask(directory: Path) -> None:
+    """Give the package the modes ``cp`` would: 0777/0666 less the umask.
+
+    tempfile.mkdtemp makes the staging directory 0700, and some writers (onnx's external data) make 0600 files,
+    whatever the umask: a server running as another user could then not read the package it was handed.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def library_versions() -> dict[str, str]:
     versions = {"fastvit_detect": __version__, "python": platform.python_version()}
     for name in ("torch", "transformers", "optimum", "onnx", "onnxruntime"):
@@ -527,6 +540,8 @@ def export_package(
     min_agreement: float = 0.995,
     validation_dirs: Sequence[Path] = (),
     validation_limit: int = 64,
+    description: str | None = None,
+    intended_use: str | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
     """Export, quantize, validate; returns the manifest written into ``output``."""
@@ -578,8 +593,10 @@ def export_package(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
+        notes = {key: value for key, value in (("description", description), ("intended_use", intended_use)) if value}
         manifest = _build_package(staging, checkpoint, config, torch_model, image_size, int8, opset,
-                                  validation_dirs, validation_limit, step, log, started)
+                                  validation_dirs, validation_limit, step, log, started, notes)
+        apply_umask(staging)
     except BaseException as exc:
         if not (isinstance(exc, ExportError) and str(staging) in str(exc)):  # keep what the message points to
             shutil.rmtree(staging, ignore_errors=True)
@@ -593,7 +610,8 @@ def export_package(
 
 def _build_package(staging: Path, checkpoint: Checkpoint, config: Any, torch_model: Any, image_size: tuple[int, int],
                    int8: Int8Options, opset: int, validation_dirs: Sequence[Path], validation_limit: int,
-                   step: Callable[[int, str], None], log: Log, started: float) -> dict[str, Any]:
+                   step: Callable[[int, str], None], log: Log, started: float,
+                   notes: Mapping[str, str]) -> dict[str, Any]:
     for name in (CONFIG_FILE, PREPROCESSOR_FILE):  # byte for byte: the HF files are the contract with Optimum
         shutil.copyfile(checkpoint.directory / name, staging / name)
 
@@ -654,6 +672,7 @@ def _build_package(staging: Path, checkpoint: Checkpoint, config: Any, torch_mod
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {"model": checkpoint.public_name, "revision": checkpoint.revision,
                    "architecture": (config.architectures or [None])[0], "model_type": config.model_type},
+        **notes,
         "labels": [config.id2label[i] for i in range(len(config.id2label))],
         "input": {"name": "pixel_values", "shape": ["batch_size", 3, *image_size], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch_size", len(config.id2label)], "dtype": "float32"},
@@ -693,15 +712,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimize", choices=("none", "auto"), default="none",
                         help="auto: build several int8 recipes, time them on this machine and keep the fastest "
                              "that stays close to PyTorch; the figures go into the manifest")
-    parser.add_argument("--max-probability-diff", type=float, default=0.05, metavar="P",
+    parser.add_argument("--max-probability-diff", type=finite_number(0, 1), default=0.05, metavar="P",
                         help="--optimize auto: largest max |p - p_pytorch| a kept recipe may show (default 0.05)")
-    parser.add_argument("--min-agreement", type=float, default=0.995, metavar="F",
+    parser.add_argument("--min-agreement", type=finite_number(0, 1), default=0.995, metavar="F",
                         help="--optimize auto: smallest top-1 agreement with PyTorch a kept recipe may show "
                              "(default 0.995)")
     parser.add_argument("--cpu-specific", action="store_true",
                         help="let --optimize auto keep a recipe that needs this CPU's instruction set (8-bit "
                              "weights need VNNI); the package then refuses to load on CPUs without it")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=whole_number(14, 30), default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--description", help="what the model is, recorded in the manifest and shown by info")
+    parser.add_argument("--intended-use", help="what it is (not) for, e.g. 'demo only: trained on synthetic "
+                                                  "images'; recorded in the manifest and shown by info")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to export")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow pytorch_model.bin weights (unpickling runs code from the checkpoint)")
@@ -731,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibration_method=args.calibration_method, calibration_limit=args.calibration_limit,
             optimize=args.optimize, cpu_specific=args.cpu_specific, max_probability_diff=args.max_probability_diff,
             min_agreement=args.min_agreement, validation_dirs=args.validation_images,
-            validation_limit=args.validation_limit, log=log,
+            validation_limit=args.validation_limit, description=args.description,
+            intended_use=args.intended_use, log=log,
         )
     except (ExportError, FastVitDetectError, OSError) as exc:
         log(f"export failed: {exc}")

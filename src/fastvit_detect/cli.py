@@ -174,6 +174,7 @@ def load_detector(args: argparse.Namespace, variant: str | None = None) -> Detec
 def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     detector = load_detector(args)
+    note_intended_use(detector.package)
     started = time.perf_counter()
     results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
     elapsed = time.perf_counter() - started
@@ -190,6 +191,13 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
         file=sys.stderr,
     )
     return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def note_intended_use(package: ModelPackage) -> None:
+    """Say what the exporter said the model is for, where its verdicts are printed: a demo model's verdicts on
+    real photos must not be taken for a real detector's."""
+    if package.manifest is not None and package.manifest.intended_use:
+        print(f"note: {package.source_name}: {package.manifest.intended_use}", file=sys.stderr)
 
 
 def print_table(images: Sequence[str], results: Sequence[ImageResult], out: TextIO) -> None:
@@ -211,6 +219,7 @@ def run_scan(args: argparse.Namespace) -> int:
     from .scan import scan
 
     detector = load_detector(args)
+    note_intended_use(detector.package)
     print(f"scanning {args.folder} with {detector.variant.name} into {args.output}", file=sys.stderr)
     summary = scan(detector, args.folder, args.output, batch_size=args.batch_size, fmt=args.format,
                    overwrite=args.overwrite, progress=stderr_progress(detector.variant.name))
