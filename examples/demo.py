@@ -51,8 +51,8 @@ def accuracy_part(workdir: Path) -> None:
                  [str(ROOT / "export" / "export.py"), str(checkpoint), "--output", str(package), "--overwrite",
                   "--validation-images", str(data / "Test"), "--validation-limit", "200",
                   "--description", "tiny ViT fine-tuned by the fastvit-detect demo on its synthetic real/fake set",
-                  "--intended-use", "demo only: trained on synthetic images, its verdicts on real photos mean "
-                                    "nothing"])
+                  "--intended-use", ("demo only: trained on synthetic images, its verdicts on real photos mean "
+                                     "nothing")])
     run_step("accuracy on the held-out Test split, every variant next to PyTorch",
              ["-m", "fastvit_detect", "eval", "--model", str(package), "--data", str(data / "Test"),
               "--reference", str(checkpoint)])

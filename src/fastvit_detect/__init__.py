@@ -6,7 +6,7 @@
     'Real'
 """
 
-from .detector import Detector, Prediction
+from .detector import Detector, ImageResult, Prediction
 from .errors import (
     ChecksumMismatchError,
     EmptyImageError,
@@ -18,6 +18,7 @@ from .errors import (
     InputError,
     InvalidPackageError,
     MissingFileError,
+    ModelOutputError,
     ModelPackageError,
     PackageNotFoundError,
     ProviderError,
@@ -26,11 +27,12 @@ from .errors import (
     VariantNotFoundError,
 )
 from .package import ModelPackage
-from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image
+from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preprocessor, load_image
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "ChecksumMismatchError",
     "Detector",
@@ -38,11 +40,13 @@ __all__ = [
     "FastVitDetectError",
     "ImageDecodeError",
     "ImageNotFoundError",
+    "ImageResult",
     "ImageTooLargeError",
     "IncompatibleModelError",
     "InputError",
     "InvalidPackageError",
     "MissingFileError",
+    "ModelOutputError",
     "ModelPackage",
     "ModelPackageError",
     "PackageNotFoundError",

@@ -314,8 +314,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    detector = load_detector(args)
-    server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
+    sock = server.bind_socket(args.host, args.port)  # before the model loads: a bad address fails at once
+    try:
+        detector = load_detector(args)
+        server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level, sock=sock)
+    finally:
+        sock.close()
     return EXIT_OK
 
 

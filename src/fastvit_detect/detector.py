@@ -101,6 +101,16 @@ def unmet_cpu_requirement(variant: Variant) -> str | None:
     return f"variant {variant.name!r} needs a CPU with {' or '.join(required)}, and this one has neither"
 
 
+def _model_image_size(config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """config.json's ``image_size`` (an int, or [height, width]) as (height, width); None when absent or odd."""
+    size = config.get("image_size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        return (size, size)
+    if isinstance(size, list) and len(size) == 2 and all(isinstance(side, int) for side in size):
+        return (size[0], size[1])
+    return None
+
+
 class Detector:
     """A loaded deepfake detector. Thread-safe: share one instance between request handlers."""
 
@@ -111,7 +121,7 @@ class Detector:
         self.preprocessor = preprocessor
         self.labels = package.labels
         self._fake_index, self._real_index = fake_label_index(self.labels)
-        session.check_compatible(preprocessor.output_size, len(self.labels))
+        session.check_compatible(preprocessor.output_size, len(self.labels), _model_image_size(package.config))
 
     @classmethod
     def load(

@@ -120,6 +120,10 @@ class ModelPackage:
             manifest = Manifest.parse(_read_json(root / MANIFEST_FILE, root), f"model package {root}: {MANIFEST_FILE}")
         variants = (_variants_from_manifest(root, manifest) if manifest is not None
                     else _variants_from_optimum_layout(root))
+        for variant in variants.values():  # present files must be inside; a missing one is reported on use
+            for file, _, _ in variant.files:
+                if file.exists() or file.is_symlink():
+                    _check_inside(file, root, f"variant {variant.name!r} file {file.name}")
         labels = _labels(config, root)
         if manifest is not None and manifest.labels is not None and list(manifest.labels) != labels:
             raise InvalidPackageError(f"model package {root}: the manifest's labels {list(manifest.labels)} differ "

@@ -346,7 +346,9 @@ def _read_path(image: str | os.PathLike, source: str, max_bytes: int | None) -> 
     except IsADirectoryError as exc:
         raise ImageNotFoundError(f"{source}: is a directory, not an image file", source) from exc
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ImageNotFoundError(f"{source}: can't read file: {getattr(exc, 'strerror', None) or exc}", source) from exc
+        kind = _path_kind(image)  # a socket can't even be opened: say what it is
+        cause = f"not a regular file ({kind})" if kind else f"can't read file: {getattr(exc, 'strerror', None) or exc}"
+        raise ImageNotFoundError(f"{source}: {cause}", source) from exc
     try:
         status = os.fstat(descriptor)
         if stat.S_ISDIR(status.st_mode):
@@ -389,6 +391,15 @@ def _check_bytes(data: bytes | bytearray | memoryview, source: str, max_bytes: i
 def _too_many_bytes(source: str, size: int, max_bytes: int) -> ImageTooLargeError:
     return ImageTooLargeError(f"{source}: {size:,} bytes exceeds the cap of {max_bytes:,} bytes "
                               "(raise max_bytes to accept it)", source)
+
+
+def _path_kind(path: str | os.PathLike) -> str | None:
+    """What a path that isn't a regular file is, for messages; None for a regular file or an unreadable path."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else _file_kind(mode)
 
 
 def _file_kind(mode: int) -> str:

@@ -340,10 +340,12 @@ class PixelBudget:
         self.capacity = capacity
         self.in_use = 0
         self._changed: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _condition(self) -> asyncio.Condition:
-        if self._changed is None:  # created on first use, inside the serving loop
-            self._changed = asyncio.Condition()
+        loop = asyncio.get_running_loop()
+        if self._changed is None or self._loop is not loop:  # asyncio primitives belong to one event loop
+            self._changed, self._loop = asyncio.Condition(), loop
         return self._changed
 
     async def acquire(self, pixels: int) -> None:
@@ -423,14 +425,20 @@ async def read_body(request: Request, limit: int, timeout_s: float, limit_note: 
         raise UploadTooLargeError(
             f"request body of {int(declared):,} bytes exceeds the upload limit of {limit:,} bytes{limit_note}")
     chunks, size = [], 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    stream = request.stream().__aiter__()
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise UploadTooLargeError(f"request body exceeds the upload limit of {limit:,} bytes{limit_note}")
-                chunks.append(chunk)
-    except TimeoutError:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise UploadTooLargeError(f"request body exceeds the upload limit of {limit:,} bytes{limit_note}")
+            chunks.append(chunk)
+    except asyncio.TimeoutError:
         raise RequestTimeoutError(f"request body not received within {timeout_s:g} s ({size:,} bytes arrived)") from None
     except ClientDisconnect:
         raise ClientGone() from None
@@ -748,10 +756,11 @@ def serve(
     port: int = 8000,
     settings: ServeSettings | None = None,
     log_level: str = "info",
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve a loaded detector with uvicorn until interrupted."""
+    """Serve a loaded detector with uvicorn until interrupted; on ``sock`` when given (see bind_socket)."""
     settings = settings or ServeSettings()
-    sock = bind_socket(host, port)
+    sock = sock or bind_socket(host, port)
     app = create_app(detector, settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("serving %s (variant %s, labels %s) with %s", public_model_name(detector), detector.variant.name,

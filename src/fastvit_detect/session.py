@@ -116,8 +116,13 @@ class OnnxSession:
         self.output_type = outputs[0].type
         self.providers = self._session.get_providers()
 
-    def check_compatible(self, image_size: tuple[int, int] | None, num_labels: int) -> None:
-        """Refuse a graph whose input or output shape disagrees with the package's configs."""
+    def check_compatible(self, image_size: tuple[int, int] | None, num_labels: int,
+                         model_image_size: tuple[int, int] | None = None) -> None:
+        """Refuse a graph whose input or output shape disagrees with the package's configs.
+
+        ``model_image_size``: the size the model was built for (config.json's ``image_size``). A graph that takes
+        any image size would run at whatever the preprocessor config asks, so the config is held to it.
+        """
         shape = self.input_shape
         if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
             raise IncompatibleModelError(f"{self.path}: input {self.input_name} has shape {shape}, expected (N, 3, H, W)")
@@ -140,6 +145,12 @@ class OnnxSession:
                         f"{self.path}: input {axis} is {actual}, but the preprocessor config produces {expected} "
                         f"(input shape {shape}); is this another model's ONNX file?"
                     )
+            dynamic = not all(isinstance(axis, int) and axis > 0 for axis in shape[2:])
+            if dynamic and model_image_size is not None and tuple(image_size) != tuple(model_image_size):
+                raise IncompatibleModelError(
+                    f"{self.path}: the graph takes images of any size and config.json's image_size "
+                    f"{model_image_size[0]} says the model was built for {model_image_size[0]}x{model_image_size[1]}, "
+                    f"but the preprocessor config makes {image_size[0]}x{image_size[1]}")
         width = self.output_shape[-1] if self.output_shape else None
         if len(self.output_shape) != 2 or (isinstance(width, int) and width != num_labels):
             raise IncompatibleModelError(

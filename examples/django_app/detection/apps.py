@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from fastvit_detect import Detector
+from fastvit_detect.httpapi import SERVER_MAX_PIXELS
 
 
 class DetectionConfig(AppConfig):
@@ -16,6 +17,8 @@ class DetectionConfig(AppConfig):
         # for loading the model.
         if not settings.FASTVIT_MODEL_DIR:
             raise ImproperlyConfigured("set FASTVIT_MODEL_DIR to a fastvit-detect model package directory")
+        # A public page decodes what strangers send: the server's pixel cap, not the library's batch-job one.
         self.detector = Detector.load(
-            settings.FASTVIT_MODEL_DIR, variant=settings.FASTVIT_VARIANT, threads=settings.FASTVIT_THREADS
+            settings.FASTVIT_MODEL_DIR, variant=settings.FASTVIT_VARIANT, threads=settings.FASTVIT_THREADS,
+            max_pixels=SERVER_MAX_PIXELS, max_bytes=settings.FASTVIT_MAX_UPLOAD_BYTES,
         )

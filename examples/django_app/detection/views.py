@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 from django.apps import apps
 from django.conf import settings
@@ -12,9 +13,16 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from fastvit_detect import InputError
+from fastvit_detect import FastVitDetectError
 from fastvit_detect.errors import UploadTooLargeError
-from fastvit_detect.httpapi import error_body, http_status, seed_request_image
+from fastvit_detect.httpapi import (
+    INTERNAL_ERROR,
+    error_body,
+    http_status,
+    seed_request_image,
+)
+
+log = logging.getLogger(__name__)
 
 
 @require_GET
@@ -30,8 +38,12 @@ def predict(request: HttpRequest) -> JsonResponse:
     detector = apps.get_app_config("detection").detector
     try:
         label = detector.predict(image_from_request(request)).label
-    except InputError as exc:  # the same status codes and bodies as fastvit-detect's own server
-        return JsonResponse(error_body(exc), status=http_status(exc))
+    except FastVitDetectError as exc:  # the same status codes and bodies as fastvit-detect's own server
+        status = http_status(exc)
+        if status == 500:  # the model failed (e.g. non-finite logits): never a verdict, never blamed on the client
+            log.error("prediction failed: %s: %s", type(exc).__name__, exc)
+            return JsonResponse(INTERNAL_ERROR, status=500)
+        return JsonResponse(error_body(exc), status=status)
     return JsonResponse({"result": label})
 
 
