@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, metavar="DIR", help="folder with one sub-folder per label")
     evaluate.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
                           help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
-    evaluate.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate N images spread over DIR")
+    evaluate.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                          help="evaluate N images spread over DIR")
     evaluate.add_argument("--reference", metavar="CHECKPOINT",
                           help="also evaluate the PyTorch checkpoint (needs the export extra: torch, transformers)")
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -12,6 +12,7 @@ from itertools import islice
 from typing import Any, Literal, overload
 
 import numpy as np
+import onnxruntime as ort
 
 from .errors import (
     FastVitDetectError,
@@ -134,6 +135,8 @@ class Detector:
         verify: bool = True,
         jpeg_draft: bool = False,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
+        session_options: ort.SessionOptions | None = None,
+        provider_options: Sequence[Mapping[str, Any]] | None = None,
     ) -> Detector:
         """Open a model package and start an onnxruntime session on one of its variants.
 
@@ -141,6 +144,9 @@ class Detector:
         ``threads``: intra-op threads, default the physical cores. ``providers``: onnxruntime execution
         providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None: Pillow's own limit only).
         ``max_bytes``: cap on an encoded image's size, checked before it is read (None: no cap).
+        ``session_options``: onnxruntime SessionOptions replacing fastvit-detect's tuned defaults (``threads``, when
+        given, still sets the intra-op threads); ``provider_options``: one dict per provider, as onnxruntime takes
+        them (for users who tune onnxruntime themselves).
         ``verify``: check the variant's files (graph and weights) against the manifest's sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
@@ -165,7 +171,8 @@ class Detector:
         package.check_graph(chosen)
         preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft,
                                             max_bytes=max_bytes)
-        session = OnnxSession(chosen.path, threads=threads, providers=providers)
+        session = OnnxSession(chosen.path, threads=threads, providers=providers, options=session_options,
+                              provider_options=provider_options)
         return cls(package, chosen, session, preprocessor)
 
     def predict(self, image: ImageInput) -> Prediction:
@@ -198,7 +205,7 @@ class Detector:
         results: list[ImageResult] = []
         for chunk in _chunks(images, batch_size):
             results.extend(self._classify_chunk(chunk, errors))
-        return results  # type: ignore[return-value]
+        return results
 
     def predict_iter(
         self,

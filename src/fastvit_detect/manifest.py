@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import InvalidPackageError
 
@@ -149,7 +149,7 @@ class _Reader:
     def __init__(self, where: str) -> None:
         self.where = where
 
-    def fail(self, key: str, problem: str) -> None:
+    def fail(self, key: str, problem: str) -> NoReturn:
         raise InvalidPackageError(f"{self.where}: {key + ' ' if key else ''}{problem}")
 
     def text(self, value: Any, key: str, limit: int = MAX_TEXT) -> str:

@@ -176,8 +176,9 @@ class ModelPackage:
         unvouched = sorted(locations - allowed)
         if unvouched:
             raise InvalidPackageError(
-                f"model package {self.root}: {variant.path.name} loads external data from {', '.join(map(repr, unvouched))}, "
-                f"which the package doesn't vouch for (a graph may only load {', '.join(map(repr, sorted(allowed))) or 'no other file'})"
+                f"model package {self.root}: {variant.path.name} loads external data from "
+                f"{', '.join(map(repr, unvouched))}, which the package doesn't vouch for (a graph may only load "
+                f"{', '.join(map(repr, sorted(allowed))) or 'no other file'})"
             )
 
     def verify(self, variant: Variant) -> None:
@@ -226,7 +227,8 @@ def _labels(config: Mapping[str, Any], root: Path) -> list[str]:
     if not isinstance(id2label, Mapping) or not id2label:
         raise InvalidPackageError(f"model package {root}: {CONFIG_FILE} has no id2label mapping")
     if len(id2label) > MAX_LABELS:
-        raise InvalidPackageError(f"model package {root}: id2label has {len(id2label):,} labels (at most {MAX_LABELS:,})")
+        raise InvalidPackageError(
+            f"model package {root}: id2label has {len(id2label):,} labels (at most {MAX_LABELS:,})")
     by_index: dict[int, str] = {}
     for key, label in id2label.items():
         try:

@@ -47,41 +47,37 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 DEFAULT_MAX_PIXELS = 100_000_000
 """Default decompression-bomb cap: 100 megapixels, above any phone camera in common use."""
 
-# Image processors whose preprocessing this module reproduces. Fast variants share the config format; the
-# slow processor's arithmetic is what we reproduce for them too, since that's what the checkpoints were
-# validated with.
-SUPPORTED_PROCESSORS = frozenset(
-    {
-        "ViTImageProcessor",
-        "ViTImageProcessorFast",
-        "ViTFeatureExtractor",
-        "DeiTImageProcessor",
-        "DeiTImageProcessorFast",
-        "DeiTFeatureExtractor",
-    }
-)
+@dataclass(frozen=True)
+class ProcessorFamily:
+    """What one family of HF image processors does: its defaults for every option, and whether it crops.
 
-_VIT_DEFAULTS: dict[str, Any] = {
-    "do_resize": True,
-    "size": {"height": 224, "width": 224},
-    "resample": 2,
-    "do_center_crop": False,
-    "crop_size": None,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
+    A config only lists what differs from its class's defaults (and legacy ones leave out whole options), so the
+    defaults are part of the contract. Adding a processor family is adding an entry to PROCESSOR_FAMILIES.
+    """
+
+    defaults: Mapping[str, Any]
+    center_crop: bool  # whether the processor has a crop step at all (ViT's ignores crop keys a config carries)
+
+
+_VIT = ProcessorFamily(
+    defaults={"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2, "do_center_crop": False,
+              "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+              "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+    center_crop=False)
+_DEIT = ProcessorFamily(
+    defaults={**_VIT.defaults, "size": {"height": 256, "width": 256}, "resample": 3, "do_center_crop": True,
+              "crop_size": {"height": 224, "width": 224}, "image_mean": [0.485, 0.456, 0.406],
+              "image_std": [0.229, 0.224, 0.225]},
+    center_crop=True)
+
+# The processors this module reproduces, by the class name a config stores. Fast variants share the config
+# format; the slow processor's arithmetic is what we reproduce for them too, since that's what the checkpoints
+# were validated with.
+PROCESSOR_FAMILIES: Mapping[str, ProcessorFamily] = {
+    "ViTImageProcessor": _VIT, "ViTImageProcessorFast": _VIT, "ViTFeatureExtractor": _VIT,
+    "DeiTImageProcessor": _DEIT, "DeiTImageProcessorFast": _DEIT, "DeiTFeatureExtractor": _DEIT,
 }
-_DEIT_DEFAULTS: dict[str, Any] = {
-    **_VIT_DEFAULTS,
-    "size": {"height": 256, "width": 256},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 224, "width": 224},
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-}
+SUPPORTED_PROCESSORS = frozenset(PROCESSOR_FAMILIES)
 
 # PIL resampling filters by the integer codes HF configs store (PILImageResampling).
 _RESAMPLE_FILTERS = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
@@ -121,20 +117,19 @@ class PreprocessConfig:
                 "preprocessor config names no image_processor_type or feature_extractor_type; "
                 f"supported: {', '.join(sorted(SUPPORTED_PROCESSORS))}"
             )
-        if not isinstance(processor, str) or processor not in SUPPORTED_PROCESSORS:
+        if not isinstance(processor, str) or processor not in PROCESSOR_FAMILIES:
             raise UnsupportedPreprocessorError(
                 f"image processor {processor!r} isn't reproduced by this runtime; "
                 f"supported: {', '.join(sorted(SUPPORTED_PROCESSORS))}"
             )
-        defaults = _DEIT_DEFAULTS if processor.startswith("DeiT") else _VIT_DEFAULTS
+        family = PROCESSOR_FAMILIES[processor]
         # HF falls back to the class default for any option stored as null, as for a missing one.
-        merged = {**defaults, **{k: v for k, v in config.items() if v is not None}}
+        merged = {**family.defaults, **{k: v for k, v in config.items() if v is not None}}
         flags = {key: _flag(merged[key], key) for key in ("do_resize", "do_center_crop", "do_rescale", "do_normalize")}
 
         resize = _square_or_hw(merged["size"], "size") if flags["do_resize"] else None
         crop = None
-        # ViTImageProcessor has no crop step: it ignores crop keys a config may carry.
-        if processor.startswith("DeiT") and flags["do_center_crop"]:
+        if family.center_crop and flags["do_center_crop"]:
             if merged["crop_size"] is None:
                 raise UnsupportedPreprocessorError("do_center_crop is set but crop_size is missing")
             crop = _square_or_hw(merged["crop_size"], "crop_size")

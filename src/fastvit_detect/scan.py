@@ -84,7 +84,7 @@ class ScanOutput:
         if self._csv is not None and fresh:
             self._csv.writeheader()
 
-    def __enter__(self) -> ScanOutput:  # noqa: PYI034 - Python 3.10 has no typing.Self
+    def __enter__(self) -> ScanOutput:
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -72,7 +72,7 @@ try:
     from starlette.staticfiles import StaticFiles
     from uvicorn.protocols.http.h11_impl import H11Protocol
 except ModuleNotFoundError as exc:
-    missing = missing_serve_modules() or [exc.name]
+    missing = missing_serve_modules() or [str(exc.name)]
     raise ModuleNotFoundError(
         f"fastvit_detect.server needs FastAPI, uvicorn and python-multipart ({', '.join(map(str, missing))} "
         "missing): pip install 'fastvit-detect[serve]'",
@@ -439,7 +439,8 @@ async def read_body(request: Request, limit: int, timeout_s: float, limit_note: 
                 raise UploadTooLargeError(f"request body exceeds the upload limit of {limit:,} bytes{limit_note}")
             chunks.append(chunk)
     except asyncio.TimeoutError:
-        raise RequestTimeoutError(f"request body not received within {timeout_s:g} s ({size:,} bytes arrived)") from None
+        raise RequestTimeoutError(
+            f"request body not received within {timeout_s:g} s ({size:,} bytes arrived)") from None
     except ClientDisconnect:
         raise ClientGone() from None
     return b"".join(chunks)
@@ -555,7 +556,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     if found is None:
         raise RuntimeError("fastvit_detect/static/index.html is missing: the package was installed without its data")
 
-    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_app: FastAPI):
         yield
         await asyncio.to_thread(batcher.close)
         decoder.close()
@@ -595,7 +596,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         return JSONResponse(error_body(BadRequestError(str(exc.errors())[:1000])), status_code=422)
 
     @app.middleware("http")
-    async def log_request(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def log_request(request: Request, call_next):
         started = time.perf_counter()
         status = 500
         try:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -82,7 +83,12 @@ class OnnxSession:
         model_path: str | os.PathLike[str],
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        options: ort.SessionOptions | None = None,
+        provider_options: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
+        """``options``: onnxruntime SessionOptions to use instead of the tuned defaults (``threads``, when given,
+        still sets their intra-op threads). ``provider_options``: one dict per provider, as onnxruntime takes
+        them."""
         self.path = Path(model_path)
         chosen = tuple(providers) if providers else DEFAULT_PROVIDERS
         available = ort.get_available_providers()
@@ -95,10 +101,18 @@ class OnnxSession:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or not 1 <= threads <= MAX_THREADS):
             raise ValueError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
-        self.threads = threads or physical_core_count()
+        if provider_options is not None and len(provider_options) != len(chosen):
+            raise ProviderError(f"provider_options has {len(provider_options)} entries for {len(chosen)} provider(s) "
+                                f"({', '.join(chosen)}): give one dict per provider")
+        if options is None:
+            options = session_options(threads or physical_core_count())
+        elif threads is not None:
+            options.intra_op_num_threads = threads
+        self.threads = options.intra_op_num_threads or threads or physical_core_count()
         try:
             self._session = ort.InferenceSession(
-                str(self.path), sess_options=session_options(self.threads), providers=list(chosen)
+                str(self.path), sess_options=options, providers=list(chosen),
+                provider_options=[dict(entry) for entry in provider_options] if provider_options is not None else None,
             )
         except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
             raise InvalidPackageError(f"{self.path}: onnxruntime can't load the model: {exc}") from exc
@@ -125,7 +139,8 @@ class OnnxSession:
         """
         shape = self.input_shape
         if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
-            raise IncompatibleModelError(f"{self.path}: input {self.input_name} has shape {shape}, expected (N, 3, H, W)")
+            raise IncompatibleModelError(
+                f"{self.path}: input {self.input_name} has shape {shape}, expected (N, 3, H, W)")
         if self.input_type != FLOAT32:
             raise IncompatibleModelError(f"{self.path}: input {self.input_name} takes {self.input_type}; the "
                                          f"preprocessing makes {FLOAT32} (re-export the model with float32 input)")
