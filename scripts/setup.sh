@@ -1,4 +1,4 @@
-# Sourced by the other scripts: make .venv (or $VENV) with the runtime, export and dev dependencies.
+# Sourced by the other scripts: make .venv (or $VENV) with the runtime, export, serve, hub and dev dependencies.
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -11,5 +11,5 @@ fi
 # torch first and pinned: on this project's CPU machines torch==2.13.0 is a local CPU wheel, while an unpinned
 # torch (asked for by optimum or transformers) would pull a multi-GB CUDA build. Elsewhere set TORCH_VERSION.
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$VENV/bin/python" -m pip install -q -e ".[export,bench,serve,dev]"
+"$VENV/bin/python" -m pip install -q -e ".[export,bench,serve,hub,dev]"
 PY="$VENV/bin/python"

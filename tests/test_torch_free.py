@@ -1,4 +1,5 @@
-"""The runtime never imports torch, transformers or optimum: servers embed it without them."""
+"""The runtime never imports torch, transformers or optimum: servers embed it without them. Nor does it import
+huggingface_hub (the hub extra) until a model is fetched from the Hub."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ BLOCKER = textwrap.dedent(
 
     class Block:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"torch", "transformers", "optimum"}:
+            if name.split(".")[0] in {"torch", "transformers", "optimum", "huggingface_hub"}:
                 raise ImportError(f"blocked import of {name}")
             return None
 
@@ -28,7 +29,8 @@ BLOCKER = textwrap.dedent(
     detector = Detector.load(sys.argv[1])
     print(detector.predict(sys.argv[2]).label)
     code = main(["predict", "--model", sys.argv[1], sys.argv[2]])
-    loaded = sorted(name for name in sys.modules if name.split(".")[0] in {"torch", "transformers", "optimum"})
+    loaded = sorted(name for name in sys.modules
+                    if name.split(".")[0] in {"torch", "transformers", "optimum", "huggingface_hub"})
     print("LOADED", loaded, "EXIT", code)
     """
 )

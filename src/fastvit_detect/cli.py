@@ -17,12 +17,14 @@ from .detector import (
     Detector,
     ImageResult,
     Prediction,
+    choose_variant,
     unmet_cpu_requirement,
 )
 from .errors import FastVitDetectError
 from .httpapi import SERVER_MAX_PIXELS
+from .hub import fetch, parse_model_reference
 from .options import finite_number, positive_int, whole_number
-from .package import ModelPackage
+from .package import ModelPackage, Variant
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig
 from .progress import stderr_progress
 from .scan import result_record
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(handler=run_scan)
 
     info = commands.add_parser("info", help="describe a model package", description="Describe a model package.")
-    info.add_argument("model", metavar="DIR", help="model package directory")
+    info.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(handler=run_info)
 
@@ -141,13 +143,33 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a request's body may take to arrive; slower ones get 408 (default 60)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=run_serve)
+
+    push = commands.add_parser(
+        "push", help="publish a model package on the Hugging Face Hub (needs the hub extra)",
+        description="Verify a model package and upload it, with a generated model card (README.md), to a Hub "
+                    "repository in one commit. Creates the repository and branch if missing. The token comes from "
+                    "--token, HF_TOKEN or `hf auth login`.",
+    )
+    push.add_argument("package", metavar="DIR", help="model package directory (from export/export.py)")
+    push.add_argument("repo_id", metavar="ORG/NAME", help="Hub repository to publish to")
+    push.add_argument("--private", action="store_true", help="create the repository private (if it doesn't exist)")
+    push.add_argument("--revision", "--branch", dest="revision", metavar="BRANCH",
+                      help="branch to commit to (default main); created from main if missing")
+    push.add_argument("--token", help="a Hub token with write access (prefer HF_TOKEN: a command line is visible "
+                                      "to other users of the machine)")
+    push.add_argument("--message", help="commit message")
+    push.set_defaults(handler=run_push)
     return parser
+
+
+MODEL_HELP = ("model package directory, or a Hugging Face Hub id: org/name, org/name@revision or "
+              "hf://org/name[@revision] (an existing path is always local; needs the hub extra)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "auto (default: int8 when present), "
                         "fp32, int8, ...", variant_default: str = "auto",
                         max_pixels_default: int = DEFAULT_MAX_PIXELS) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model package directory (from export/export.py)")
+    parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--variant", default=variant_default, help=variant_help)
     parser.add_argument("--threads", type=threads_type, default=None,
                         help=f"intra-op threads, 1-{MAX_THREADS} (default: physical cores)")
@@ -162,11 +184,32 @@ def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "au
                         help="decode large JPEGs at reduced scale: faster, no longer bit-identical to HF")
 
 
-def load_detector(args: argparse.Namespace, variant: str | None = None) -> Detector:
-    """The Detector the model arguments describe."""
-    return Detector.load(args.model, variant=variant or args.variant, threads=args.threads,
-                         max_pixels=args.max_pixels, max_bytes=max(1, int(args.max_image_mb * MiB)),
-                         jpeg_draft=args.jpeg_draft)
+def open_package(model: str, variants: str | None = None) -> ModelPackage:
+    """The package ``--model`` names: a local directory, or a Hub id fetched (see hub.parse_model_reference) with
+    the files of ``variants``: None for none, "all", or one variant name or "auto"."""
+    reference = parse_model_reference(model)
+    if reference is None:
+        return ModelPackage.open(model)
+
+    def select(package: ModelPackage) -> list[Variant]:
+        if variants == "all":
+            return [variant for variant in package.variants.values() if not unmet_cpu_requirement(variant)]
+        return [] if variants is None else [choose_variant(package, variants)]
+
+    return fetch(reference.repo_id, revision=reference.revision, select=select).package
+
+
+def load_detector(args: argparse.Namespace, variant: str | None = None,
+                  package: ModelPackage | None = None) -> Detector:
+    """The Detector the model arguments describe: from ``package`` if it's open already, else from the Hub id or
+    directory ``--model`` names."""
+    options: dict[str, Any] = dict(variant=variant or args.variant, threads=args.threads,
+                                   max_pixels=args.max_pixels, max_bytes=max(1, int(args.max_image_mb * MiB)),
+                                   jpeg_draft=args.jpeg_draft)
+    reference = parse_model_reference(args.model) if package is None else None
+    if reference is not None:
+        return Detector.from_pretrained(reference.repo_id, revision=reference.revision, **options)
+    return Detector.load(package or args.model, **options)
 
 
 # --- predict ------------------------------------------------------------------------------------------------
@@ -235,8 +278,8 @@ def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from . import evaluate
 
     out = out or sys.stdout
-    package = ModelPackage.open(args.model)
-    names = list(package.variants) if args.variant == "all" else [package.variant(args.variant).name]
+    package = open_package(args.model, args.variant)
+    names = list(package.variants) if args.variant == "all" else [choose_variant(package, args.variant).name]
     if args.variant == "all":  # a variant this CPU can't run is reported, not fatal, when asked for all of them
         for name in list(names):
             problem = unmet_cpu_requirement(package.variants[name])
@@ -249,7 +292,7 @@ def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(f"evaluating {', '.join(names)} on {len(images.paths)} images from {args.data}", file=sys.stderr)
     runs = []
     for name in names:
-        detector = load_detector(args, variant=name)
+        detector = load_detector(args, variant=name, package=package)
         runs.append(evaluate.run_detector(detector, images, args.batch_size, stderr_progress(name)))
     if reference is not None:
         runs.append(evaluate.reference_probabilities(reference, images, args.batch_size,
@@ -329,7 +372,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    package = ModelPackage.open(args.model)
+    package = open_package(args.model)
     manifest = package.manifest
     if args.json:
         print(json.dumps(manifest.to_dict() if manifest else {}, indent=2), file=out)
@@ -351,7 +394,8 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     lines.append("variants")
     for name, variant in package.variants.items():
         complete = all(path.is_file() for path, _, _ in variant.files)
-        size_text = f"{variant.total_bytes / 1e6:.1f} MB" if complete else "missing"
+        fetched = parse_model_reference(args.model) is None  # info fetches no graphs from the Hub
+        size_text = f"{variant.total_bytes / 1e6:.1f} MB" if complete else "missing" if fetched else "on the Hub"
         digest = f"sha256 {variant.sha256[:12]}…" if variant.sha256 else "unverified"
         lines.append(f"  {name:<8} {variant.path.name:<24} {size_text:>9}  {digest}")
         if variant.data_path is not None:
@@ -362,6 +406,20 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if entry is not None and entry.validation is not None:
             lines.append(f"           validation   {format_validation(entry.validation)}")
     print("\n".join(lines), file=out)
+    return EXIT_OK
+
+
+# --- push ---------------------------------------------------------------------------------------------------
+
+
+def run_push(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from .hub import push
+
+    out = out or sys.stdout
+    pushed = push(args.package, args.repo_id, private=args.private, revision=args.revision, token=args.token,
+                  commit_message=args.message)
+    print(f"pushed {len(pushed.files)} files to {pushed.url} (commit {pushed.commit}): {', '.join(pushed.files)}",
+          file=out)
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ from .errors import (
     InputError,
     ModelOutputError,
 )
+from .hub import fetch
 from .package import AUTO_PREFERENCE, ModelPackage, Variant
 from .preprocess import (
     DEFAULT_MAX_BYTES,
@@ -112,6 +113,27 @@ def _model_image_size(config: Mapping[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+def choose_variant(package: ModelPackage, variant: str = "auto") -> Variant:
+    """The variant :meth:`Detector.load` runs for ``variant``: the one named, or for ``"auto"`` the package's
+    recommendation, falling back (with a warning) to one this CPU can run. Its files needn't be there yet:
+    :meth:`Detector.from_pretrained` chooses before it downloads."""
+    chosen = package.lookup(variant)
+    problem = unmet_cpu_requirement(chosen)
+    if problem and variant != "auto":
+        raise IncompatibleModelError(f"model package {package.root}: {problem}; load another variant (fp32) "
+                                     "or re-export without --cpu-specific / --no-reduce-range")
+    if problem:
+        order = [*AUTO_PREFERENCE, *package.variants]
+        fallback = next((name for name in order if name in package.variants
+                         and not unmet_cpu_requirement(package.variants[name])), None)
+        if fallback is None:
+            raise IncompatibleModelError(f"model package {package.root}: {problem}, and no other variant runs here")
+        warnings.warn(f"model package {package.root}: {problem}; using variant {fallback!r} instead",
+                      RuntimeWarning, stacklevel=3)
+        chosen = package.lookup(fallback)
+    return chosen
+
+
 class Detector:
     """A loaded deepfake detector. Thread-safe: share one instance between request handlers."""
 
@@ -127,7 +149,7 @@ class Detector:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | ModelPackage,
         variant: str = "auto",
         threads: int | None = None,
         providers: Sequence[str] | None = None,
@@ -138,7 +160,8 @@ class Detector:
         session_options: ort.SessionOptions | None = None,
         provider_options: Sequence[Mapping[str, Any]] | None = None,
     ) -> Detector:
-        """Open a model package and start an onnxruntime session on one of its variants.
+        """Open a model package (a directory, or a :class:`ModelPackage` already open) and start an onnxruntime
+        session on one of its variants.
 
         ``variant``: "auto" (the package's recommendation, else int8 when present), "fp32", "int8", ...
         ``threads``: intra-op threads, default the physical cores. ``providers``: onnxruntime execution
@@ -151,21 +174,8 @@ class Detector:
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
         """
-        package = ModelPackage.open(path)
-        chosen = package.variant(variant)
-        problem = unmet_cpu_requirement(chosen)
-        if problem and variant != "auto":
-            raise IncompatibleModelError(f"model package {package.root}: {problem}; load another variant (fp32) "
-                                         "or re-export without --cpu-specific / --no-reduce-range")
-        if problem:
-            order = [*AUTO_PREFERENCE, *package.variants]
-            fallback = next((name for name in order if name in package.variants
-                             and not unmet_cpu_requirement(package.variants[name])), None)
-            if fallback is None:
-                raise IncompatibleModelError(f"model package {package.root}: {problem}, and no other variant runs here")
-            warnings.warn(f"model package {package.root}: {problem}; using variant {fallback!r} instead",
-                          RuntimeWarning, stacklevel=2)
-            chosen = package.variant(fallback)
+        package = path if isinstance(path, ModelPackage) else ModelPackage.open(path)
+        chosen = package.variant(choose_variant(package, variant).name)
         if verify:  # first: a corrupt file is best reported as such
             package.verify(chosen)
         package.check_graph(chosen)
@@ -174,6 +184,37 @@ class Detector:
         session = OnnxSession(chosen.path, threads=threads, providers=providers, options=session_options,
                               provider_options=provider_options)
         return cls(package, chosen, session, preprocessor)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        revision: str | None = None,
+        variant: str = "auto",
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        endpoint: str | None = None,
+        **load_options: Any,
+    ) -> Detector:
+        """Load a model package from the Hugging Face Hub (needs the ``hub`` extra: ``pip install
+        'fastvit-detect[hub]'``).
+
+        Downloads the manifest and configs, chooses the variant as :meth:`load` does, then downloads that
+        variant's graph and weights only, into the standard HF cache (``cache_dir``, default ``HF_HUB_CACHE``).
+        Once cached it loads offline: ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``, and when the Hub can't be
+        reached. ``revision``: a branch, tag or commit. ``token``: for private or gated repositories (default:
+        ``HF_TOKEN`` or the saved login). ``force_download``: fetch the files again even if cached.
+        ``endpoint``: another Hub (default ``HF_ENDPOINT``). ``load_options`` go to :meth:`load`; the files are
+        verified against the manifest's sha256 as there. Failures raise :class:`~fastvit_detect.errors.HubError`
+        subclasses (or, for a package that doesn't check out, the same errors as :meth:`load`).
+        """
+        fetched = fetch(repo_id, revision=revision, select=lambda package: [choose_variant(package, variant)],
+                        cache_dir=cache_dir, local_files_only=local_files_only, token=token,
+                        force_download=force_download, endpoint=endpoint)
+        with fetched.explain_checksum_errors():
+            return cls.load(fetched.package, variant=fetched.selected[0].name, **load_options)
 
     def predict(self, image: ImageInput) -> Prediction:
         """Classify one image (path, bytes, binary file, PIL image or uint8 numpy array)."""

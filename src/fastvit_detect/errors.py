@@ -94,6 +94,48 @@ class ProviderError(FastVitDetectError):
     """An onnxruntime execution provider that isn't available in this installation."""
 
 
+class MissingExtraError(FastVitDetectError, ImportError):
+    """A feature needs an optional dependency that isn't installed; the message names the extra to install."""
+
+
+# --- the Hugging Face Hub -----------------------------------------------------------------------------------
+# Fetching a package is opening one from elsewhere, so the fetch errors that mean "there is no such package here"
+# are also PackageNotFoundError / MissingFileError: code that handles a bad local path handles a bad Hub id too.
+
+
+class HubError(FastVitDetectError):
+    """Fetching a model package from the Hugging Face Hub, or publishing one to it, failed."""
+
+    def __init__(self, message: str, repo_id: str | None = None) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+
+
+class HubRepoNotFoundError(HubError, PackageNotFoundError):
+    """No such repository (HTTP 404), or a malformed repository id."""
+
+
+class HubRevisionNotFoundError(HubError, PackageNotFoundError):
+    """The repository has no such branch, tag or commit."""
+
+
+class HubAuthError(HubError):
+    """The Hub wants credentials it didn't get or refused them (HTTP 401/403): a private or gated repository, an
+    invalid token, or no write access for a push."""
+
+
+class HubOfflineError(HubError):
+    """The Hub can't be reached (offline mode, network down, timeout) and the files aren't in the local cache."""
+
+
+class HubDownloadError(HubError):
+    """A transfer failed part-way (a partial download, a server error) or the Hub's answer made no sense."""
+
+
+class NotAModelPackageError(HubError, MissingFileError):
+    """The repository exists but holds no ONNX model package: a PyTorch checkpoint, for instance."""
+
+
 # --- serving ------------------------------------------------------------------------------------------------
 
 

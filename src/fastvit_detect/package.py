@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,30 +105,41 @@ class ModelPackage:
     manifest: Manifest | None
     variants: Mapping[str, Variant]
     labels: list[str]  # class names by output index, from config.json's id2label
+    within: Path | None = None  # the directory every file must resolve inside; None: root
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> ModelPackage:
+    def open(cls, path: str | os.PathLike[str], files: Collection[str] | None = None,
+             within: str | os.PathLike[str] | None = None) -> ModelPackage:
+        """Open the package at ``path``.
+
+        ``files``: the names the package holds when its graphs aren't all on disk yet (a Hub repository's
+        listing, read before choosing what to download); by default, what ``path`` holds. ``within``: the
+        directory its files must resolve inside, by default ``path`` itself; the HF cache links a snapshot's files
+        to its repository's blobs folder, which is given here.
+        """
         root = Path(path)
+        boundary = Path(within) if within is not None else root
         if not root.exists():
             raise PackageNotFoundError(f"model package {root}: no such directory")
         if not root.is_dir():
             raise PackageNotFoundError(f"model package {root}: not a directory")
-        config = _read_json(root / CONFIG_FILE, root)
-        preprocessor_config = _read_json(root / PREPROCESSOR_FILE, root)
+        config = _read_json(root / CONFIG_FILE, root, boundary)
+        preprocessor_config = _read_json(root / PREPROCESSOR_FILE, root, boundary)
         manifest = None
-        if (root / MANIFEST_FILE).exists() or (root / MANIFEST_FILE).is_symlink():
-            manifest = Manifest.parse(_read_json(root / MANIFEST_FILE, root), f"model package {root}: {MANIFEST_FILE}")
-        variants = (_variants_from_manifest(root, manifest) if manifest is not None
-                    else _variants_from_optimum_layout(root))
+        if _holds(root, None, MANIFEST_FILE):
+            manifest = Manifest.parse(_read_json(root / MANIFEST_FILE, root, boundary),
+                                      f"model package {root}: {MANIFEST_FILE}")
+        variants = (_variants_from_manifest(root, manifest, files) if manifest is not None
+                    else _variants_from_optimum_layout(root, files))
         for variant in variants.values():  # present files must be inside; a missing one is reported on use
             for file, _, _ in variant.files:
                 if file.exists() or file.is_symlink():
-                    _check_inside(file, root, f"variant {variant.name!r} file {file.name}")
+                    _check_inside(file, root, f"variant {variant.name!r} file {file.name}", boundary)
         labels = _labels(config, root)
         if manifest is not None and manifest.labels is not None and list(manifest.labels) != labels:
             raise InvalidPackageError(f"model package {root}: the manifest's labels {list(manifest.labels)} differ "
                                       f"from {CONFIG_FILE}'s id2label {labels}")
-        return cls(root, config, preprocessor_config, manifest, variants, labels)
+        return cls(root, config, preprocessor_config, manifest, variants, labels, boundary)
 
     @property
     def source_name(self) -> str:
@@ -149,17 +160,21 @@ class ModelPackage:
                 return name
         return next(iter(self.variants))
 
-    def variant(self, name: str = "auto") -> Variant:
-        """The variant called ``name``; ``"auto"`` picks the recommended one. Its files must be there."""
+    def lookup(self, name: str = "auto") -> Variant:
+        """The variant called ``name``; ``"auto"`` picks the recommended one. Its files may not be here yet."""
         if not isinstance(name, str):
             raise VariantNotFoundError(f"model package {self.root}: a variant is named by a string, got {name!r}")
         resolved = self.default_variant if name == "auto" else name
         if resolved not in self.variants:
             available = ", ".join(sorted(self.variants)) or "none"
             raise VariantNotFoundError(f"model package {self.root}: no variant {name!r} (available: {available})")
-        variant = self.variants[resolved]
+        return self.variants[resolved]
+
+    def variant(self, name: str = "auto") -> Variant:
+        """The variant called ``name``, as :meth:`lookup` finds it; its files must be there."""
+        variant = self.lookup(name)
         for path, _, _ in variant.files:
-            _check_inside(path, self.root, f"variant {resolved!r} file {path.name}")
+            _check_inside(path, self.root, f"variant {variant.name!r} file {path.name}", self.within)
         return variant
 
     def check_graph(self, variant: Variant) -> None:
@@ -208,13 +223,13 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _check_inside(path: Path, root: Path, what: str) -> None:
-    """``path`` must be a regular file that resolves inside ``root``: a symlink out of the package would make
-    it read (and vouch for) whatever the link points to."""
+def _check_inside(path: Path, root: Path, what: str, within: Path | None = None) -> None:
+    """``path`` must be a regular file that resolves inside ``within`` (default ``root``): a symlink out of the
+    package would make it read (and vouch for) whatever the link points to."""
     if not path.is_file():
         raise MissingFileError(f"model package {root}: {what} is missing")
     try:
-        path.resolve(strict=True).relative_to(root.resolve(strict=True))
+        path.resolve(strict=True).relative_to((within or root).resolve(strict=True))
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         raise InvalidPackageError(f"model package {root}: {what} can't be resolved: {exc}") from exc
     except ValueError:
@@ -253,8 +268,8 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _read_json(path: Path, root: Path) -> dict[str, Any]:
-    _check_inside(path, root, path.name)
+def _read_json(path: Path, root: Path, within: Path | None = None) -> dict[str, Any]:
+    _check_inside(path, root, path.name, within)
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_JSON_BYTES + 1)
@@ -274,11 +289,19 @@ def _read_json(path: Path, root: Path) -> dict[str, Any]:
     return data
 
 
-def _variants_from_manifest(root: Path, manifest: Manifest) -> dict[str, Variant]:
+def _holds(root: Path, files: Collection[str] | None, name: str) -> bool:
+    """Whether the package holds ``name``: in ``files`` when given, else on disk (a dangling link counts, so that
+    it is refused rather than ignored)."""
+    if files is not None:
+        return name in files
+    return (root / name).exists() or (root / name).is_symlink()
+
+
+def _variants_from_manifest(root: Path, manifest: Manifest, files: Collection[str] | None) -> dict[str, Variant]:
     variants = {}
     for name, entry in manifest.variants.items():
         data_name = entry.graph.name + DATA_SUFFIX
-        if entry.data is None and ((root / data_name).exists() or (root / data_name).is_symlink()):
+        if entry.data is None and _holds(root, files, data_name):
             raise InvalidPackageError(f"model package {root}: manifest variant {name!r}: {data_name} is in the "
                                       "package but the manifest doesn't vouch for it")
         variants[name] = Variant(name=name, path=root / entry.graph.name, entry=entry,
@@ -286,12 +309,13 @@ def _variants_from_manifest(root: Path, manifest: Manifest) -> dict[str, Variant
     return variants
 
 
-def _variants_from_optimum_layout(root: Path) -> dict[str, Variant]:
+def _variants_from_optimum_layout(root: Path, files: Collection[str] | None) -> dict[str, Variant]:
     variants = {}
     for name, file in OPTIMUM_FILES.items():
-        if (root / file).is_file():
-            data = root / f"{file}{DATA_SUFFIX}"
-            variants[name] = Variant(name=name, path=root / file, data_path=data if data.is_file() else None)
+        if _holds(root, files, file):
+            data = f"{file}{DATA_SUFFIX}"
+            variants[name] = Variant(name=name, path=root / file,
+                                     data_path=root / data if _holds(root, files, data) else None)
     if not variants:
         raise MissingFileError(
             f"model package {root}: no ONNX model found (looked for {', '.join(OPTIMUM_FILES.values())})"
