@@ -18,6 +18,9 @@ Taken from huggingface_hub 0.36's source (the version the export extra resolves 
   {repo}/commit/{rev}`` with the NDJSON commit (header, file, lfsFile lines). Before that, ``create_commit`` posts
   a README.md's text to ``POST /api/validate-yaml`` (``HfApi._validate_yaml``).
 
+The fake speaks no Xet (the Rust CAS protocol huggingface_hub >= 1.0 uploads with whenever hf_xet is installed):
+tests set ``HF_HUB_DISABLE_XET``, so uploads take the LFS "basic" transfer above.
+
 Faults for tests: ``private``/``gated`` repositories and tokens; ``tamper[file]`` rewrites a file's bytes as
 served (HEAD still announces the true size); ``hang`` names routes that stall until the server stops. Every
 request is logged in ``requests`` as ``(method, path)``.
@@ -71,7 +74,7 @@ class FakeHub:
         self.hang: set[str] = set()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self.url = ""
+        self.url = self.cdn_url = ""
         self.app = Starlette(routes=[
             Route("/api/models/{org}/{name}/revision/{revision}", self.model_info, methods=["GET"]),
             Route("/api/models/{org}/{name}", self.model_info, methods=["GET"]),
@@ -196,7 +199,7 @@ class FakeHub:
         if is_lfs(path, data):
             oid = hashlib.sha256(data).hexdigest()
             headers.update({"X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(len(data)), "ETag": f'"{git_sha1(data)}"',
-                            "Location": f"{self.url}/cdn/{oid}/{path}"})
+                            "Location": f"{self.cdn_url}/cdn/{oid}/{path}"})
             return Response(b"", status_code=302, headers=headers)
         headers["ETag"] = f'"{git_sha1(data)}"'
         if request.method == "HEAD":
@@ -226,7 +229,7 @@ class FakeHub:
         if repo_id in self.repos:
             return _error(409, message="You already created this model repo", body={"url": f"{PUBLIC_URL}/{repo_id}"})
         self.add_commit(repo_id, {".gitattributes": b"*.onnx filter=lfs diff=lfs merge=lfs -text\n"},
-                        private=bool(body.get("private")))
+                        private=bool(body.get("private")) or body.get("visibility") == "private")  # 0.x, 2.x
         return JSONResponse({"url": f"{PUBLIC_URL}/{repo_id}", "name": repo_id})
 
     async def validate_yaml(self, request: Request) -> Response:
@@ -338,29 +341,43 @@ class FakeHub:
     # --- running ---
 
     def __enter__(self) -> FakeHub:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        hub = _listen("127.0.0.1")
+        self.url = f"http://127.0.0.1:{hub.getsockname()[1]}"
+        # The CDN on another origin, as the Hub's is: huggingface_hub 2.x follows a HEAD's redirect to the same
+        # origin (taking it for a renamed repo) and would then miss the X-Repo-Commit header. All of 127/8 is
+        # loopback on Linux; elsewhere the CDN shares the Hub's address.
+        try:
+            cdn = _listen("127.0.0.2")
+        except OSError:
+            cdn = _listen("127.0.0.1")
+        self.cdn_url = f"http://{cdn.getsockname()[0]}:{cdn.getsockname()[1]}"
+        self._sockets = [hub, cdn]
         config = uvicorn.Config(self.app, log_level="error", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": self._sockets}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 20
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the fake Hub didn't start")
             time.sleep(0.01)
-        self._socket = sock
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stopping.set()
         self._server.should_exit = True
         self._thread.join(timeout=20)
-        self._socket.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+def _listen(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
 
 
 async def _sleep(seconds: float) -> None:

@@ -58,6 +58,12 @@ def logits(detector: Detector) -> np.ndarray:
     return np.stack([p.logits for p in detector.predict_batch(sample_photos()[:3])])
 
 
+@pytest.fixture(autouse=True)
+def no_xet(monkeypatch):
+    """The fake Hub speaks LFS, not Xet (which huggingface_hub >= 1.0 uploads with whenever hf_xet is installed)."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True, raising=False)
+
+
 @pytest.fixture()
 def hub():
     with FakeHub() as server:
@@ -241,7 +247,7 @@ def short_timeouts(monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
     no_pause = types.SimpleNamespace(sleep=lambda _seconds: None, time=__import__("time").time)
     monkeypatch.setattr(_http, "time", no_pause)
-    monkeypatch.setattr(file_download, "time", no_pause)
+    monkeypatch.setattr(file_download, "time", no_pause, raising=False)
 
 
 def _bounded(call) -> BaseException | None:
@@ -371,7 +377,7 @@ def test_an_existing_directory_is_always_local(tmp_path, monkeypatch):
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fastvit_detect", *args], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, **env})
+                          timeout=180, env={**os.environ, "HF_HUB_DISABLE_XET": "1", **env})
 
 
 def test_cli_predicts_with_a_hub_id_then_offline(cache, vit_package):

@@ -37,6 +37,7 @@ from .errors import (
     MissingFileError,
     NotAModelPackageError,
 )
+from .modelcard import model_card, public_manifest
 from .package import (
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -290,9 +291,10 @@ def _validation_errors(errors: ModuleType) -> tuple[type[BaseException], ...]:
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Connection failures and timeouts, of the HTTP client this huggingface_hub version uses (requests before
-    1.0, httpx since), plus the builtins huggingface_hub's offline mode raises."""
+    1.0, httpx in 1.x, httpx2 in 2.x), plus the builtins huggingface_hub's offline mode raises."""
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, names in (("requests", ("ConnectionError", "Timeout")), ("httpx", ("TransportError",))):
+    for module, names in (("requests", ("ConnectionError", "Timeout")), ("httpx", ("TransportError",)),
+                          ("httpx2", ("TransportError",))):
         loaded = sys.modules.get(module)
         found += [getattr(loaded, name) for name in names if loaded is not None and hasattr(loaded, name)]
     return tuple(found)
@@ -386,8 +388,6 @@ def push(
     published. Creates the repository (``private`` applies then) and the branch ``revision`` if missing. The
     uploaded manifest names the source checkpoint by its Hub id or folder name, never by a local path.
     """
-    from .modelcard import model_card, public_manifest
-
     hub = _require_hub()
     if _BARE_REPO_ID.fullmatch(repo_id) is None or ".." in repo_id or "--" in repo_id:
         raise HubRepoNotFoundError(f"{repo_id!r} isn't a Hub repository id (expected org/name)", repo_id)
