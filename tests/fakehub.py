@@ -22,7 +22,8 @@ The fake speaks no Xet (the Rust CAS protocol huggingface_hub >= 1.0 uploads wit
 tests set ``HF_HUB_DISABLE_XET``, so uploads take the LFS "basic" transfer above.
 
 Faults for tests: ``private``/``gated`` repositories and tokens; ``tamper[file]`` rewrites a file's bytes as
-served (HEAD still announces the true size); ``hang`` names routes that stall until the server stops. Every
+served (HEAD still announces the true size); ``listing`` rewrites the listing; ``hang`` names routes that stall
+until the server stops. Every
 request is logged in ``requests`` as ``(method, path)``.
 """
 
@@ -72,6 +73,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.tamper: dict[str, Callable[[bytes], bytes]] = {}
         self.hang: set[str] = set()
+        self.listing: Callable[[dict], dict | bytes] | None = None  # rewrites model_info's answer
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.url = self.cdn_url = ""
@@ -177,9 +179,11 @@ class FakeHub:
                 if is_lfs(path, data):
                     sibling["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
             siblings.append(sibling)
-        return JSONResponse({"_id": sha[:24], "id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
-                             "gated": "auto" if repo.gated else False, "disabled": False, "downloads": 0,
-                             "likes": 0, "tags": [], "siblings": siblings})
+        answer = {"_id": sha[:24], "id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
+                  "gated": "auto" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
+                  "siblings": siblings}
+        answer = self.listing(answer) if self.listing else answer
+        return Response(answer, media_type="text/html") if isinstance(answer, bytes) else JSONResponse(answer)
 
     async def resolve(self, request: Request) -> Response:
         await self._enter(request, "resolve")

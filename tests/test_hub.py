@@ -237,6 +237,24 @@ def test_a_file_of_another_size_than_the_manifest_says_is_not_downloaded(hub, ca
     assert weights not in hub.downloads()
 
 
+@pytest.mark.parametrize("listing", [
+    lambda answer: b"<html>Service temporarily unavailable</html>",
+    lambda answer: {**answer, "sha": "../../../../tmp/escape"},
+    lambda answer: {**answer, "siblings": "not a list"},
+])
+def test_a_listing_that_makes_no_sense_is_a_typed_error(hub, cache, published, listing):
+    hub.listing = listing
+    with pytest.raises(HubDownloadError):
+        pull(hub, cache)
+    assert hub.downloads() == []
+
+
+def test_a_revision_that_would_leave_the_cache_is_refused(hub, cache, published):
+    with pytest.raises(HubRevisionNotFoundError):
+        pull(hub, cache, revision="../../../escape")
+    assert hub.requests == [] and not (cache.parent / "escape").exists()
+
+
 @pytest.fixture()
 def short_timeouts(monkeypatch):
     """Timeouts of 1 s and huggingface_hub's retry pauses skipped: the attempts still happen, only faster."""

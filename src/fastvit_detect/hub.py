@@ -57,6 +57,7 @@ CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
 _REPO_ID = re.compile(rf"(?:{_NAME}/)?{_NAME}")
 _BARE_REPO_ID = re.compile(rf"{_NAME}/{_NAME}")  # a bare id needs its owner: "name" alone is a local folder
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,8 @@ def fetch(
             where.unreachable = str(exc).removeprefix(f"{where.name}: ")
         else:
             commit = info.sha
+            if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+                where.fail(HubDownloadError, f"the Hub's listing names no valid commit ({_short(commit)})")
             listing = {sibling.rfilename: sibling.size for sibling in info.siblings or []}
     # Pinned to the commit the listing came from, so every file is of one version even if a push lands meanwhile.
     download = _Downloader(hub, where, commit or revision, listing is None, token, force_download)
@@ -309,6 +312,11 @@ def _status(exc: Exception) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _describe(exc: BaseException) -> str:
