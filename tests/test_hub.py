@@ -213,7 +213,8 @@ def test_a_manifest_naming_a_path_outside_the_package_fetches_nothing_more(hub, 
 @pytest.mark.parametrize("manifest, error", [
     (b"\xff\xfe garbage" * 10, "isn't valid JSON"),
     (b"[1, 2, 3]", "JSON object"),
-    (b"{" * 100_000, "isn't valid JSON"),  # nesting that would blow the parser's stack
+    (b"{" * 100_000, "isn't valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "isn't valid JSON"),  # nesting that would blow the parser's stack
     (b" " * (17 * 1024 * 1024) + b"{}", "not downloading it"),  # too large to fetch: refused from the listing
 ])
 def test_garbage_and_huge_manifests_are_refused(hub, cache, vit_package, manifest, error):
@@ -225,6 +226,16 @@ def test_garbage_and_huge_manifests_are_refused(hub, cache, vit_package, manifes
     assert not set(hub.downloads()) - METADATA  # no graph was fetched for a package that doesn't check out
     if len(manifest) > 16 * 1024 * 1024:
         assert MANIFEST_FILE not in hub.downloads()
+
+
+def test_a_cached_file_linked_out_of_the_cache_is_refused(hub, cache, published, tmp_path):
+    detector = pull(hub, cache)
+    outside = tmp_path / "elsewhere.json"
+    outside.write_bytes((detector.package.root / CONFIG_FILE).read_bytes())
+    (detector.package.root / CONFIG_FILE).unlink()
+    (detector.package.root / CONFIG_FILE).symlink_to(outside)  # the same bytes, but not the cache's own blob
+    with pytest.raises(InvalidPackageError, match="resolves outside"):
+        pull(hub, cache, local_files_only=True)
 
 
 def test_a_file_of_another_size_than_the_manifest_says_is_not_downloaded(hub, cache, vit_package):
@@ -357,8 +368,13 @@ def test_model_card(package_copy):
     manifest["source"]["model"] = "sakshamkr1/deepfake_vit"
     manifest["variants"]["int8"]["validation"] = {"images": 14, "max_abs_logit_diff": 0.0123,
                                                   "max_abs_probability_diff": 0.00456, "top1_agreement": 0.9286}
+    manifest["intended_use"] = "demo only: trained on synthetic images"
+    manifest["description"] = "---\n# Injected heading\n```\nlibrary_name: evil"  # free text can't restructure it
     manifest_path.write_text(json.dumps(manifest))
     card = model_card(ModelPackage.open(package_copy), "me/detector")
+    assert "\ndemo only: trained on synthetic images\n" in card
+    assert card.count("---\n") == 2 and "\n# Injected" not in card
+    assert [line for line in card.splitlines() if line.startswith("library_name")] == ["library_name: fastvit-detect"]
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert front.splitlines() == ["library_name: fastvit-detect", "pipeline_tag: image-classification",
                                   'base_model: "sakshamkr1/deepfake_vit"', "tags:", "- onnx", "- deepfake-detection",
