@@ -360,6 +360,20 @@ def test_push_refuses_without_write_access_and_refuses_a_corrupt_package(hub, vi
     assert "me/pushed" not in hub.repos  # nothing was published, not even the repository
 
 
+def test_push_refuses_what_isnt_a_package_of_its_own(hub, package_copy, tmp_path):
+    not_a_directory = tmp_path / "package.txt"
+    not_a_directory.write_text("not a package")
+    with pytest.raises(PackageNotFoundError):
+        push(not_a_directory, "me/pushed", token=WRITE_TOKEN, endpoint=hub.url)
+    weights = package_copy / sorted(manifest_files(package_copy, "fp32"))[-1]
+    outside = tmp_path / "weights-elsewhere"
+    weights.rename(outside)
+    weights.symlink_to(outside)  # the right bytes, linked from outside the package
+    with pytest.raises(InvalidPackageError, match="resolves outside"):
+        push(package_copy, "me/pushed", token=WRITE_TOKEN, endpoint=hub.url)
+    assert "me/pushed" not in hub.repos
+
+
 def test_model_card(package_copy):
     from fastvit_detect.modelcard import model_card
 
@@ -396,7 +410,8 @@ def test_model_references():
     assert parse_model_reference("hf://gpt2") == HubReference("gpt2")
     assert parse_model_reference("org/name") == HubReference("org/name")
     assert parse_model_reference("org/name@3f2a") == HubReference("org/name", "3f2a")
-    for local in ("name", "./org/name", "/abs/path", "a/b/c", "org/name@", "org/../x"):
+    for local in ("name", "./org/name", "/abs/path", "a/b/c", "org/name@", "org/../x", "a" * 1000 + "/b",
+                  "org/name@" + "v" * 1000, "org/name@../../x", "org/name@a b"):
         assert parse_model_reference(local) is None, local
     with pytest.raises(HubRepoNotFoundError):
         parse_model_reference("hf://not a repo")

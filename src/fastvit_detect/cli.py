@@ -392,10 +392,10 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     lines.append(f"preprocess   {describe_preprocessing(PreprocessConfig.from_hf(package.preprocessor_config))}")
     lines.append(f"default      {package.default_variant}")
     lines.append("variants")
+    local = parse_model_reference(args.model) is None  # from the Hub, info fetches no graphs
     for name, variant in package.variants.items():
         complete = all(path.is_file() for path, _, _ in variant.files)
-        fetched = parse_model_reference(args.model) is None  # info fetches no graphs from the Hub
-        size_text = f"{variant.total_bytes / 1e6:.1f} MB" if complete else "missing" if fetched else "on the Hub"
+        size_text = f"{variant.total_bytes / 1e6:.1f} MB" if complete else "missing" if local else "on the Hub"
         digest = f"sha256 {variant.sha256[:12]}…" if variant.sha256 else "unverified"
         lines.append(f"  {name:<8} {variant.path.name:<24} {size_text:>9}  {digest}")
         if variant.data_path is not None:

@@ -199,10 +199,10 @@ def fetch(
             if listing is not None:
                 _check_listed(where, listing, variant, path.name, size)
             download(path.name)
-    if commit is not None and (revision or "main") != commit:
+    if commit is not None and (revision or "main") != commit and repository != snapshot:
         # What huggingface_hub's snapshot_download does too: the downloads were pinned to the commit, so record which
         # commit the branch or tag named, for offline use by that name.
-        ref = snapshot.parent.parent / "refs" / (revision or "main")
+        ref = repository / "refs" / (revision or "main")
         try:
             ref.parent.mkdir(parents=True, exist_ok=True)
             ref.write_text(commit)
