@@ -2,6 +2,7 @@
 
     >>> from fastvit_detect import Detector
     >>> detector = Detector.load("deepfake_vit_onnx")        # a package made by export/export.py
+    >>> detector = Detector.from_pretrained("org/name")      # or one published on the Hub (the hub extra)
     >>> detector.predict("face.jpg").label
     'Real'
 """
@@ -11,15 +12,23 @@ from .errors import (
     ChecksumMismatchError,
     EmptyImageError,
     FastVitDetectError,
+    HubAuthError,
+    HubDownloadError,
+    HubError,
+    HubOfflineError,
+    HubRepoNotFoundError,
+    HubRevisionNotFoundError,
     ImageDecodeError,
     ImageNotFoundError,
     ImageTooLargeError,
     IncompatibleModelError,
     InputError,
     InvalidPackageError,
+    MissingExtraError,
     MissingFileError,
     ModelOutputError,
     ModelPackageError,
+    NotAModelPackageError,
     PackageNotFoundError,
     ProviderError,
     UnsupportedInputError,
@@ -38,6 +47,12 @@ __all__ = [
     "Detector",
     "EmptyImageError",
     "FastVitDetectError",
+    "HubAuthError",
+    "HubDownloadError",
+    "HubError",
+    "HubOfflineError",
+    "HubRepoNotFoundError",
+    "HubRevisionNotFoundError",
     "ImageDecodeError",
     "ImageNotFoundError",
     "ImageResult",
@@ -45,10 +60,12 @@ __all__ = [
     "IncompatibleModelError",
     "InputError",
     "InvalidPackageError",
+    "MissingExtraError",
     "MissingFileError",
     "ModelOutputError",
     "ModelPackage",
     "ModelPackageError",
+    "NotAModelPackageError",
     "PackageNotFoundError",
     "Prediction",
     "Preprocessor",
