@@ -24,8 +24,8 @@ pytest.importorskip("uvicorn")  # the serve extra runs the fake Hub
 
 from fakehub import READ_TOKEN, WRITE_TOKEN, FakeHub  # noqa: E402
 
-from fastvit_detect import Detector, ModelPackage
-from fastvit_detect.errors import (
+from fastvit_detect import Detector, ModelPackage  # noqa: E402
+from fastvit_detect.errors import (  # noqa: E402
     ChecksumMismatchError,
     HubAuthError,
     HubDownloadError,
@@ -37,8 +37,8 @@ from fastvit_detect.errors import (
     NotAModelPackageError,
     PackageNotFoundError,
 )
-from fastvit_detect.hub import HubReference, fetch, parse_model_reference, push
-from fastvit_detect.package import CONFIG_FILE, MANIFEST_FILE, PREPROCESSOR_FILE
+from fastvit_detect.hub import HubReference, fetch, parse_model_reference, push  # noqa: E402
+from fastvit_detect.package import CONFIG_FILE, MANIFEST_FILE, PREPROCESSOR_FILE  # noqa: E402
 
 REPO = "deepfakes/vit-onnx"
 METADATA = {MANIFEST_FILE, CONFIG_FILE, PREPROCESSOR_FILE}

@@ -56,9 +56,9 @@ def model_card(package: ModelPackage, repo_id: str) -> str:
     lines = [
         "---", *metadata, "---", "",
         f"# {repo_id}", "",
-        f"{origin}{revision}, exported to ONNX as a fastvit-detect model package: torch-free CPU inference with "
-        "numpy, Pillow and onnxruntime. The files follow Optimum's layout, so Optimum's "
-        "`ORTModelForImageClassification` opens them too.", "",
+        (f"{origin}{revision}, exported to ONNX as a fastvit-detect model package: torch-free CPU inference with "
+         "numpy, Pillow and onnxruntime. The files follow Optimum's layout, so Optimum's "
+         "`ORTModelForImageClassification` opens them too."), "",
         *(line for note in notes for line in (note, "")),
         "## Usage", "",
         "```python",
@@ -66,9 +66,9 @@ def model_card(package: ModelPackage, repo_id: str) -> str:
         f"detector = Detector.from_pretrained({repo_id!r})",
         'print(detector.predict("face.jpg").label)',
         "```", "",
-        f"or `fastvit-detect predict --model {repo_id} face.jpg`. Once downloaded it loads offline "
-        "(`HF_HUB_OFFLINE=1`); every file is checked against the sha256 in `fastvit_manifest.json` before it is "
-        "loaded.", "",
+        (f"or `fastvit-detect predict --model {repo_id} face.jpg`. Once downloaded it loads offline "
+         "(`HF_HUB_OFFLINE=1`); every file is checked against the sha256 in `fastvit_manifest.json` before it is "
+         "loaded."), "",
         "## Labels", "",
         "| index | label |", "| --- | --- |",
         *(f"| {index} | {_cell(label)} |" for index, label in enumerate(package.labels)), "",
@@ -82,8 +82,8 @@ def model_card(package: ModelPackage, repo_id: str) -> str:
 
 def _variant_table(package: ModelPackage) -> list[str]:
     extra = package.manifest.extra if package.manifest else {}
-    validation = extra.get("validation") if isinstance(extra.get("validation"), Mapping) else {}
-    reference = validation.get("reference") or "PyTorch fp32"
+    validation = extra.get("validation")
+    reference = (validation.get("reference") if isinstance(validation, Mapping) else None) or "PyTorch fp32"
     rows = ["| variant | files | size | max abs logit diff | max abs probability diff | top-1 agreement | images |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, variant in package.variants.items():
