@@ -23,6 +23,7 @@ from .errors import (
     ImageTooLargeError,
     IncompatibleModelError,
     InputError,
+    InvalidOptionError,
     InvalidPackageError,
     MissingExtraError,
     MissingFileError,
@@ -35,6 +36,7 @@ from .errors import (
     UnsupportedPreprocessorError,
     VariantNotFoundError,
 )
+from .explain import Explanation
 from .package import ModelPackage
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preprocessor, load_image
 
@@ -46,6 +48,7 @@ __all__ = [
     "ChecksumMismatchError",
     "Detector",
     "EmptyImageError",
+    "Explanation",
     "FastVitDetectError",
     "HubAuthError",
     "HubDownloadError",
@@ -59,6 +62,7 @@ __all__ = [
     "ImageTooLargeError",
     "IncompatibleModelError",
     "InputError",
+    "InvalidOptionError",
     "InvalidPackageError",
     "MissingExtraError",
     "MissingFileError",

@@ -7,7 +7,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
@@ -20,7 +21,18 @@ from .detector import (
     choose_variant,
     unmet_cpu_requirement,
 )
-from .errors import FastVitDetectError
+from .errors import FastVitDetectError, InputError, InvalidOptionError
+from .explain import (
+    BASELINES,
+    DEFAULT_METHOD,
+    DEFAULT_OPTIONS,
+    DEFAULT_TARGET,
+    MAX_GRID,
+    MAX_SAMPLES,
+    METHODS,
+    Explanation,
+    resolve_options,
+)
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
 from .options import finite_number, positive_int, whole_number
@@ -39,6 +51,7 @@ batch_size_type = whole_number(1, MAX_BATCH_SIZE)
 threads_type = whole_number(1, MAX_THREADS)
 pixels_type = whole_number(1, 2**40)
 megabytes_type = finite_number(0, 64 * 1024, low_inclusive=False)
+EXPLAIN_OPTIONS = ("method", "target", "grid", "samples", "baseline", "seed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
                          help=f"images per session call, 1-{MAX_BATCH_SIZE} (default {DEFAULT_BATCH_SIZE})")
     predict.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    predict.add_argument("--explain", metavar="DIR", default=None,
+                         help="also write a heat-map overlay per image into DIR (see `explain`)")
+    add_explain_arguments(predict.add_argument_group("explanations (with --explain DIR)"))
     predict.set_defaults(handler=run_predict)
+
+    explain = commands.add_parser(
+        "explain", help="heat maps of what drove each verdict",
+        description="Explain each verdict: write DIR/<image>.explain.png (the heat map over the upright image, "
+                    "with a colour bar) and print one JSON line per image with the verdict, how it was explained "
+                    "and the file written. Heat is the drop in p(target) when a region is hidden.",
+    )
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
+    add_model_arguments(explain)
+    explain.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the overlay PNGs")
+    add_explain_arguments(explain)
+    explain.set_defaults(handler=run_explain)
 
     evaluate = commands.add_parser(
         "eval", help="accuracy on a labelled folder",
@@ -212,21 +240,63 @@ def load_detector(args: argparse.Namespace, variant: str | None = None,
     return Detector.load(package or args.model, **options)
 
 
+def add_explain_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    occlusion, rise = DEFAULT_OPTIONS["occlusion"], DEFAULT_OPTIONS["rise"]
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help=f"occlusion: hide one cell at a time; rise: random masks (default {DEFAULT_METHOD})")
+    parser.add_argument("--target", default=None,
+                        help=f"the label whose evidence to show, or 'predicted' (default {DEFAULT_TARGET})")
+    parser.add_argument("--grid", type=whole_number(2, MAX_GRID), default=None,
+                        help=f"cells per side (default: occlusion {occlusion['grid']}, rise {rise['grid']})")
+    parser.add_argument("--samples", type=even(whole_number(2, MAX_SAMPLES)), default=None,
+                        help=f"rise: random masks, even (default {rise['samples']})")
+    parser.add_argument("--baseline", choices=BASELINES, default=None,
+                        help=f"what hides a region (default {occlusion['baseline']})")
+    parser.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=None,
+                        help=f"rise: random seed (default {rise['seed']})")
+
+
+def even(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """``parse``, and the number must be even."""
+    def checked(text: str) -> int:
+        value = parse(text)
+        if value % 2:
+            raise argparse.ArgumentTypeError(f"expected an even number, got {value:,}")
+        return value
+
+    checked.__name__ = "even number"
+    return checked
+
+
 # --- predict ------------------------------------------------------------------------------------------------
 
 
 def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    if args.explain is None and any(getattr(args, key) is not None for key in EXPLAIN_OPTIONS):
+        raise InvalidOptionError(f"{', '.join('--' + key for key in EXPLAIN_OPTIONS)} need --explain DIR")
+    writer = OverlayWriter(args.explain, args) if args.explain is not None else None
     detector = load_detector(args)
     note_intended_use(detector.package)
     started = time.perf_counter()
     results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
     elapsed = time.perf_counter() - started
+    files: list[str | None] = [None] * len(results)
+    if writer is not None:
+        for index, (image, result) in enumerate(zip(args.images, results)):
+            if isinstance(result, Prediction):
+                try:
+                    files[index] = str(writer.write(detector, image)[1])
+                except InputError as exc:  # readable a moment ago, not now (replaced on disk, say)
+                    results[index] = exc
     if args.json:
-        for image, result in zip(args.images, results):
-            print(json.dumps(result_record(image, result)), file=out)
+        for image, result, file in zip(args.images, results, files):
+            record = result_record(image, result)
+            if file is not None:
+                record["explanation"] = file
+            print(json.dumps(record), file=out)
     else:
-        print_table(args.images, results, out)
+        print_table(args.images, results, out, files if writer is not None else None)
     out.flush()  # the summary goes to stderr: keep it after the results when both reach one terminal
     failed = sum(not isinstance(result, Prediction) for result in results)
     print(
@@ -244,16 +314,76 @@ def note_intended_use(package: ModelPackage) -> None:
         print(f"note: {package.source_name}: {package.manifest.intended_use}", file=sys.stderr)
 
 
-def print_table(images: Sequence[str], results: Sequence[ImageResult], out: TextIO) -> None:
+def print_table(images: Sequence[str], results: Sequence[ImageResult], out: TextIO,
+                files: Sequence[str | None] | None = None) -> None:
     width = min(60, max([len("image"), *(len(image) for image in images)]))
-    print(f"{'image':<{width}}  {'label':<10} {'score':>6}  {'p(fake)':>7}", file=out)
-    for image, result in zip(images, results):
+    overlay = "  explanation" if files is not None else ""
+    print(f"{'image':<{width}}  {'label':<10} {'score':>6}  {'p(fake)':>7}{overlay}", file=out)
+    for index, (image, result) in enumerate(zip(images, results)):
         shown = image if len(image) <= width else "…" + image[-(width - 1):]
         if not isinstance(result, Prediction):
             print(f"{shown:<{width}}  {'ERROR':<10} {type(result).__name__}: {result}", file=out)
         else:
             fake = "-" if result.fake_probability is None else f"{result.fake_probability:.4f}"
-            print(f"{shown:<{width}}  {result.label:<10} {result.score:>6.4f}  {fake:>7}", file=out)
+            file = f"  {files[index]}" if files is not None and files[index] else ""
+            print(f"{shown:<{width}}  {result.label:<10} {result.score:>6.4f}  {fake:>7}{file}", file=out)
+
+
+# --- explain ------------------------------------------------------------------------------------------------
+
+
+class OverlayWriter:
+    """Writes one overlay PNG per explained image into a folder, never overwriting one written in this run."""
+
+    def __init__(self, folder: str, args: argparse.Namespace) -> None:
+        self.method = args.method or DEFAULT_METHOD
+        self.target = args.target or DEFAULT_TARGET
+        self.options = {key: getattr(args, key) for key in ("grid", "samples", "baseline", "seed")
+                        if getattr(args, key) is not None}
+        resolve_options(self.method, self.options)  # --samples with occlusion, say: fail before any work
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InvalidOptionError(f"{folder}: exists and isn't a folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.taken: set[str] = set()
+
+    def path_for(self, image: str) -> Path:
+        stem = Path(image).stem or "image"
+        name, number = f"{stem}.explain.png", 1
+        while name in self.taken:  # photo.jpg and photo.png, or two folders' photo.jpg
+            number += 1
+            name = f"{stem}-{number}.explain.png"
+        self.taken.add(name)
+        return self.folder / name
+
+    def write(self, detector: Detector, image: str) -> tuple[Explanation, Path]:
+        """Explain one image and save its overlay; a bad image raises its InputError."""
+        explanation = detector.explain(image, method=self.method, target=self.target, **self.options)
+        path = self.path_for(image)
+        explanation.overlay().save(path, format="PNG")
+        return explanation, path
+
+
+def run_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    writer = OverlayWriter(args.output, args)
+    detector = load_detector(args)
+    note_intended_use(detector.package)
+    started, failed = time.perf_counter(), 0
+    for image in args.images:
+        try:
+            explanation, path = writer.write(detector, image)
+        except InputError as exc:
+            failed += 1
+            record = result_record(image, exc)
+        else:
+            record = {**result_record(image, explanation.prediction),
+                      "explanation": {**explanation.summary(), "file": str(path)}}
+        print(json.dumps(record), file=out, flush=True)
+    elapsed = time.perf_counter() - started
+    print(f"{len(args.images)} image(s) explained, {failed} failed; variant {detector.variant.name}; "
+          f"{1000 * elapsed / len(args.images):.0f} ms/image; overlays in {writer.folder}", file=sys.stderr)
+    return EXIT_IMAGE_FAILED if failed else EXIT_OK
 
 
 # --- scan ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +30,9 @@ from .preprocess import (
     describe_source,
 )
 from .session import OnnxSession, cpu_flags
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 
 DEFAULT_BATCH_SIZE = 16
 MAX_BATCH_SIZE = 4096  # one session call's images; more is an operator's typo, not a batch
@@ -335,6 +338,19 @@ class Detector:
         return [row if ok else ModelOutputError(
                     f"{name}: the model returned non-finite logits {row.tolist()}; no verdict", name)
                 for row, ok, name in zip(logits, finite, names)]
+
+    def explain(
+        self, image: ImageInput, method: str = "occlusion", target: str = "fake", **options: Any
+    ) -> Explanation:
+        """Why the verdict: a heat map of the regions whose hiding lowers p(``target``) most.
+
+        ``method``: "occlusion" (options ``grid``, ``baseline``) or "rise" (``samples``, ``grid``, ``baseline``,
+        ``seed``); ``target``: a label, "predicted" (the verdict's label) or "fake"; ``batch_size``: masked copies
+        per session call. See :mod:`fastvit_detect.explain` for the methods, their defaults and the geometry.
+        """
+        from .explain import explain  # explain builds on this module: import it where it is used
+
+        return explain(self, image, method=method, target=target, **options)
 
     def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:
         """Raw logits for an already preprocessed float32 NCHW batch."""

@@ -90,6 +90,10 @@ class ModelOutputError(FastVitDetectError):
         self.source = source
 
 
+class InvalidOptionError(FastVitDetectError, ValueError):
+    """An option out of its range or of the wrong kind: a method parameter, a sample count, a grid size."""
+
+
 class ProviderError(FastVitDetectError):
     """An onnxruntime execution provider that isn't available in this installation."""
 
