@@ -684,6 +684,20 @@ class Devices:
 
 def render_image(seed: int, image_id: int, label: str, devices: Devices) -> tuple[np.ndarray, int]:
     """The uint8 (H, W, 3) pixels and JPEG quality of one image."""
+    pixels, quality, _ = render_image_with_cues(seed, image_id, label, devices)
+    return pixels, quality
+
+
+def render_image_with_cues(
+    seed: int, image_id: int, label: str, devices: Devices
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """``render_image``'s pixels and quality, and where the class's cues are: per pixel, how far the camera or
+    the generator moved the scene (mean over channels of |rendered - scene|, in 0-1 units, before JPEG).
+
+    The cues cover the whole image, stronger where it is bright and detailed; this map says where they are
+    strongest. The same (seed, image_id) renders the same scene for either ``label``, so a Real and a Fake
+    rendering of one id differ only in their cues (splice them to confine the fake cues to a region).
+    """
     content_stream, pipeline_stream = np.random.SeedSequence([seed, image_id]).spawn(2)
     scene = render_scene(np.random.default_rng(content_stream))
     rng = np.random.default_rng(pipeline_stream)
@@ -697,7 +711,7 @@ def render_image(seed: int, image_id: int, label: str, devices: Devices) -> tupl
     else:
         generator = devices.generators[rng.integers(len(devices.generators))]
         image = generator.generate(scene, rng, noise_level)
-    return np.rint(image * 255.0).astype(np.uint8), quality
+    return np.rint(image * 255.0).astype(np.uint8), quality, np.abs(image - scene).mean(axis=2)
 
 
 def write_jpeg(pixels: np.ndarray, quality: int, path: Path) -> None:
