@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import InvalidOptionError, ModelOutputError
-from .preprocess import ImageInput, PreprocessConfig, decode_boundary, decode_opened
+from .preprocess import ImageInput, OpenedImage, PreprocessConfig, decode_boundary, decode_opened
 
 if TYPE_CHECKING:  # the detector imports this module lazily; at run time the objects arrive as arguments
     from .detector import Detector, Prediction
@@ -260,6 +260,15 @@ class Explanation:
             return blended
         return with_colour_bar(blended, scale, f"drop in p({self.target}) when hidden")
 
+    def layer(self, max_side: int = 512, vmax: float | None = None, alpha: float = 0.65) -> Image.Image:
+        """The heat alone as an RGBA image over the upright original's frame (longer side at most ``max_side``):
+        stack it over the photo, stretched to the photo's displayed size, as the upload page does."""
+        max_side = option_int("max_side", max_side, 1, 4096)
+        width, height = self.geometry.original_size
+        scale = min(1.0, max_side / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return heat_layer(self.heatmap_on_original(size), self.colour_scale(vmax), alpha)
+
     def colour_scale(self, vmax: float | None = None) -> float:
         if vmax is None:
             return max(self.heat_max, 1e-6)
@@ -295,6 +304,11 @@ COLOURS = np.array([
     (0xF6, 0xD5, 0x4A), (0xFC, 0xFF, 0xA4),
 ], dtype=np.float32)
 UNSEEN_VEIL = (40, 40, 40, 150)  # over pixels the model never saw (outside a center crop)
+
+
+def colour_stops() -> list[str]:
+    """The colour bar as CSS colours, from heat 0 to the scale's maximum, evenly spaced."""
+    return [f"#{red:02x}{green:02x}{blue:02x}" for red, green, blue in COLOURS.astype(int)]
 
 
 def colourise(values: np.ndarray) -> np.ndarray:
@@ -480,10 +494,25 @@ def explain(
 ) -> Explanation:
     """Explain the detector's verdict on one image; see the module docstring for methods and options."""
     started = time.perf_counter()
+    resolve_options(method, options)  # bad options fail before the image is read
+    return explain_opened(detector, detector.preprocessor.open(image), method, target, batch_size, started,
+                          **options)
+
+
+def explain_opened(
+    detector: Detector,
+    opened: OpenedImage,
+    method: str = DEFAULT_METHOD,
+    target: str = DEFAULT_TARGET,
+    batch_size: int = EXPLAIN_BATCH_SIZE,
+    started: float | None = None,
+    **options: Any,
+) -> Explanation:
+    """:func:`explain` for an image already opened (and held to a caller's caps) with ``open_image``."""
+    started = time.perf_counter() if started is None else started
     resolved = resolve_options(method, options)
     batch_size = option_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     preprocessor = detector.preprocessor
-    opened = preprocessor.open(image)
     upright = decode_opened(opened)  # never drafted: the map must land on the file's own pixel grid
     with decode_boundary(opened.source):
         picture = upright
@@ -559,11 +588,28 @@ class Faithfulness:
     def insertion_gap(self) -> float:
         return float(np.mean(self.insertion) - np.mean(self.insertion_random))
 
+    @property
+    def deletion_gap_log_odds(self) -> float:
+        """The deletion gap in log-odds of the target: still visible where the model is so sure (p = 0.9999)
+        that hiding half the image barely moves the probability."""
+        return float(np.mean(_log_odds(self.deletion_random)) - np.mean(_log_odds(self.deletion)))
+
+    @property
+    def insertion_gap_log_odds(self) -> float:
+        return float(np.mean(_log_odds(self.insertion)) - np.mean(_log_odds(self.insertion_random)))
+
     def to_dict(self) -> dict[str, Any]:
         return {"fractions": list(self.fractions), "reference": self.reference, "hidden": self.hidden,
                 "deletion": list(self.deletion), "deletion_random": list(self.deletion_random),
                 "insertion": list(self.insertion), "insertion_random": list(self.insertion_random),
-                "deletion_gap": self.deletion_gap, "insertion_gap": self.insertion_gap}
+                "deletion_gap": self.deletion_gap, "insertion_gap": self.insertion_gap,
+                "deletion_gap_log_odds": self.deletion_gap_log_odds,
+                "insertion_gap_log_odds": self.insertion_gap_log_odds}
+
+
+def _log_odds(probabilities: Sequence[float]) -> np.ndarray:
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(clipped / (1 - clipped))
 
 
 def cell_order(heat: np.ndarray, cells: int, rng: np.random.Generator) -> np.ndarray:
@@ -585,45 +631,71 @@ def cell_masks(order: np.ndarray, counts: Sequence[int], size: tuple[int, int], 
     return masks
 
 
-def faithfulness(
-    detector: Detector,
-    explanation: Explanation,
-    removal: str = "blur",
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    cells: int = FAITHFULNESS_CELLS,
-    random_orders: int = 4,
-    seed: int = 0,
-    batch_size: int = EXPLAIN_BATCH_SIZE,
-) -> Faithfulness:
-    """Deletion/insertion of ``explanation``'s heat against random orders, on its own model input, with
-    ``cells`` x ``cells`` units hidden by ``removal`` (``blur`` or ``grey``)."""
-    removal = choice("removal", removal, BASELINES)
-    cells = option_int("cells", cells, 2, 256)
-    random_orders = option_int("random_orders", random_orders, 1, 1000)
-    if not fractions or not all(isinstance(f, numbers.Real) and 0 < f <= 1 for f in fractions):
-        raise InvalidOptionError(f"fractions must be numbers in (0, 1], got {fractions!r}")
-    chosen = Target.resolve(explanation.target, detector.labels, explanation.prediction.label)
-    pixels = explanation.pixels
-    normalize = detector.preprocessor.normalize
-    image = normalize(pixels[None])[0]
-    hidden_image = normalize(baseline_pixels(pixels, removal)[None])[0]
-    counts = [max(1, round(fraction * cells * cells)) for fraction in fractions]
-    rng = np.random.default_rng(seed)
-    orders = [cell_order(explanation.heatmap, cells, rng)]
-    orders += [rng.permutation(cells * cells) for _ in range(random_orders)]
-    size = pixels.shape[:2]
-    deletion_masks = np.concatenate([cell_masks(order, counts, size, cells) for order in orders])
-    masks = np.concatenate([deletion_masks, 1 - deletion_masks, np.zeros((1, *size), dtype=np.float32)])
-    probability = np.concatenate([
-        target_probabilities(detector, masked_inputs(image, hidden_image, chunk), chosen)
-        for chunk in np.array_split(masks, math.ceil(len(masks) / batch_size))
-    ])
-    per_order = len(counts)
-    deletion = probability[:len(deletion_masks)].reshape(len(orders), per_order)
-    insertion = probability[len(deletion_masks):-1].reshape(len(orders), per_order)
-    return Faithfulness(
-        fractions=tuple(float(f) for f in fractions), reference=explanation.target_probability,
-        deletion=tuple(map(float, deletion[0])), deletion_random=tuple(map(float, deletion[1:].mean(axis=0))),
-        insertion=tuple(map(float, insertion[0])), insertion_random=tuple(map(float, insertion[1:].mean(axis=0))),
-        hidden=float(probability[-1]),
-    )
+@dataclass(frozen=True)
+class RemovalTest:
+    """How deletion and insertion hide an image: by ``removal`` (``blur`` or ``grey``), in ``cells`` x ``cells``
+    units of the model input, the first ``fractions`` of them in a given order."""
+
+    removal: str = "blur"
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    cells: int = FAITHFULNESS_CELLS
+    batch_size: int = EXPLAIN_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        choice("removal", self.removal, BASELINES)
+        option_int("cells", self.cells, 2, 256)
+        option_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if not self.fractions or not all(isinstance(f, numbers.Real) and 0 < f <= 1 for f in self.fractions):
+            raise InvalidOptionError(f"fractions must be numbers in (0, 1], got {self.fractions!r}")
+
+    def curves(self, detector: Detector, explanation: Explanation,
+               orders: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+        """p(target) after deleting, and after inserting, the first k % of cells of each order: two (orders,
+        fractions) arrays; and p(target) with everything hidden."""
+        target = Target.resolve(explanation.target, detector.labels, explanation.prediction.label)
+        pixels = explanation.pixels
+        normalize = detector.preprocessor.normalize
+        image = normalize(pixels[None])[0]
+        hidden_image = normalize(baseline_pixels(pixels, self.removal)[None])[0]
+        counts = [max(1, round(fraction * self.cells * self.cells)) for fraction in self.fractions]
+        size = pixels.shape[:2]
+        deletion_masks = np.concatenate([cell_masks(order, counts, size, self.cells) for order in orders])
+        masks = np.concatenate([deletion_masks, 1 - deletion_masks, np.zeros((1, *size), dtype=np.float32)])
+        probability = np.concatenate([
+            target_probabilities(detector, masked_inputs(image, hidden_image, chunk), target)
+            for chunk in np.array_split(masks, math.ceil(len(masks) / self.batch_size))
+        ])
+        shape = (len(orders), len(counts))
+        return (probability[:len(deletion_masks)].reshape(shape),
+                probability[len(deletion_masks):-1].reshape(shape), float(probability[-1]))
+
+    def random_curves(self, detector: Detector, explanation: Explanation, random_orders: int = 4,
+                      seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Deletion and insertion curves, (random_orders, fractions) each, for cells in random orders. They
+        depend on the image and target only: compute them once to compare several explanations of one image."""
+        random_orders = option_int("random_orders", random_orders, 1, 1000)
+        rng = np.random.default_rng(seed)
+        deletion, insertion, _ = self.curves(
+            detector, explanation, [rng.permutation(self.cells * self.cells) for _ in range(random_orders)])
+        return deletion, insertion
+
+    def measure(self, detector: Detector, explanation: Explanation, random_orders: int = 4, seed: int = 0,
+                random_curves: tuple[np.ndarray, np.ndarray] | None = None) -> Faithfulness:
+        """The explanation's heat order against ``random_orders`` random ones (or ``random_curves``)."""
+        order = cell_order(explanation.heatmap, self.cells, np.random.default_rng(seed))
+        deletion, insertion, hidden = self.curves(detector, explanation, [order])
+        if random_curves is None:
+            random_curves = self.random_curves(detector, explanation, random_orders, seed + 1)
+        return Faithfulness(
+            fractions=tuple(float(f) for f in self.fractions), reference=explanation.target_probability,
+            deletion=tuple(map(float, deletion[0])), deletion_random=tuple(map(float, random_curves[0].mean(axis=0))),
+            insertion=tuple(map(float, insertion[0])),
+            insertion_random=tuple(map(float, random_curves[1].mean(axis=0))), hidden=hidden,
+        )
+
+
+def faithfulness(detector: Detector, explanation: Explanation, removal: str = "blur", random_orders: int = 4,
+                 seed: int = 0, **test: Any) -> Faithfulness:
+    """Deletion/insertion of ``explanation``'s heat against random orders, on its own model input, with regions
+    hidden by ``removal`` (``blur`` or ``grey``); ``test``: the other :class:`RemovalTest` settings."""
+    return RemovalTest(removal, **test).measure(detector, explanation, random_orders, seed)
