@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import uvicorn
 from conftest import ROOT, sample_photos
@@ -112,8 +113,11 @@ class Browser:
         node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
         self.send("DOM.setFileInputFiles", nodeId=node, files=[str(path)])  # fires the input's change event
 
-    def screenshot(self, path: Path) -> None:
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+    def screenshot(self, path: Path, clip: dict[str, float] | None = None) -> None:
+        options: dict[str, Any] = {"format": "png"}
+        if clip is not None:
+            options["clip"] = {**clip, "scale": 1}
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", **options)["data"]))
 
     def requested_urls(self) -> list[str]:
         return [event["params"]["request"]["url"] for event in self.events
@@ -179,5 +183,67 @@ def test_upload_shows_the_verdict_and_errors(browser, server_url, detector, tmp_
 
     requested = browser.requested_urls()
     assert any(url.endswith("/api/v1/predict") for url in requested)
+    outside = [url for url in requested if not url.startswith((server_url + "/", "blob:", "data:"))]
+    assert not outside, f"the page fetched from elsewhere: {outside}"
+
+
+def explained(server_url: str, photo: Path) -> dict[str, Any]:
+    boundary = "fastvit-test-boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{photo.name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n")
+    body = head.encode() + photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(server_url + "/api/v1/explain?target=predicted", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def test_show_evidence_draws_the_heat_map_over_the_preview(browser, server_url, detector, tmp_path):
+    from PIL import Image
+
+    # A photo with some positive evidence for its verdict: with none, an honest overlay draws nothing.
+    photo = next(path for path in sample_photos() if explained(server_url, path)["explanation"]["heat_max"] > 0)
+    browser.send("Network.enable")
+    browser.send("Page.navigate", url=server_url + "/")
+    browser.wait_for("document.readyState === 'complete' && document.getElementById('model').textContent"
+                     ".startsWith('Model ')")
+    browser.evaluate("document.getElementById('evidence').click()")  # on before the upload: explained after it
+    browser.upload("#file", photo)
+    assert browser.wait_for("['shown', 'error'].includes(document.body.dataset.evidence) && "
+                            "document.body.dataset.evidence") == "shown", \
+        browser.evaluate("document.getElementById('evidence-error').textContent")
+    assert browser.evaluate("document.body.dataset.state") == "done"
+    geometry = browser.evaluate("""(() => {
+        const box = (id) => { const r = document.getElementById(id).getBoundingClientRect();
+                              return [r.x, r.y, r.width, r.height]; };
+        const heat = document.getElementById('heat');
+        return {preview: box('preview'), heat: box('heat'), heatLoaded: heat.complete && heat.naturalWidth > 0,
+                legend: !document.getElementById('legend').hidden,
+                caption: document.getElementById('legend-caption').textContent,
+                bar: document.getElementById('legend-bar').style.background};
+    })()""")
+    assert geometry["heatLoaded"] and geometry["legend"] and "Evidence for" in geometry["caption"]
+    assert geometry["heat"] == pytest.approx(geometry["preview"], abs=0.5)  # exactly over the photo
+    assert geometry["bar"].startswith("linear-gradient")
+    x, y, width, height = geometry["preview"]
+    clip = {"x": x, "y": y, "width": width, "height": height}
+    with_heat = tmp_path / "evidence-on.png"
+    browser.screenshot(with_heat, clip)
+    save_screenshot(browser, tmp_path, "upload-evidence.png")
+
+    browser.evaluate("document.getElementById('evidence').click()")  # off: the photo alone again
+    browser.wait_for("document.body.dataset.evidence === 'off'")
+    without_heat = tmp_path / "evidence-off.png"
+    browser.screenshot(without_heat, clip)
+    shown = np.asarray(Image.open(with_heat).convert("RGB"), dtype=np.int16)
+    plain = np.asarray(Image.open(without_heat).convert("RGB"), dtype=np.int16)
+    assert shown.shape == plain.shape
+    changed = np.abs(shown - plain).max(axis=2) > 24
+    assert 0.02 < changed.mean() < 0.98, changed.mean()  # the heat covers part of the photo, not all or nothing
+
+    browser.evaluate("document.getElementById('evidence').click()")  # on again: the answer is reused
+    browser.wait_for("document.body.dataset.evidence === 'shown'")
+    requested = browser.requested_urls()
+    assert sum("/api/v1/explain" in url for url in requested) == 1
     outside = [url for url in requested if not url.startswith((server_url + "/", "blob:", "data:"))]
     assert not outside, f"the page fetched from elsewhere: {outside}"

@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a request's headers may take to arrive (default 10)")
     serve.add_argument("--body-timeout", type=finite_number(0.1, 3600), default=60.0, metavar="S",
                        help="seconds a request's body may take to arrive; slower ones get 408 (default 60)")
+    serve.add_argument("--explain-concurrency", type=whole_number(1, 256), default=1, metavar="N",
+                       help="explanations computed at once, off the prediction path (default 1)")
+    serve.add_argument("--explain-queue", type=whole_number(0, 100_000), default=2, metavar="N",
+                       help="explanations that may wait for a free slot; more get 503 (default 2)")
+    serve.add_argument("--explain-max-passes", type=whole_number(2, 1_000_000), default=128, metavar="N",
+                       help="the most model passes one explanation may ask for (default 128)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=run_serve)
 
@@ -483,7 +489,8 @@ def run_serve(args: argparse.Namespace) -> int:
             max_upload_bytes=max(1, int(args.max_upload_mb * MiB)), max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_pixels=args.max_pixels,
             max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-            body_timeout_s=args.body_timeout,
+            body_timeout_s=args.body_timeout, explain_concurrency=args.explain_concurrency,
+            explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes,
             **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)

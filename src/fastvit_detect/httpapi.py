@@ -17,6 +17,7 @@ from .errors import (
     ImageDecodeError,
     ImageTooLargeError,
     InputError,
+    InvalidOptionError,
     RequestTimeoutError,
     ServerBusyError,
     UnsupportedInputError,
@@ -52,6 +53,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     EmptyImageError: 422,
     BadRequestError: 422,
     InputError: 422,
+    InvalidOptionError: 422,  # an explain parameter out of range: the request's fault
     ServerBusyError: 503,
 }
 

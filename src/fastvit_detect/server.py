@@ -24,15 +24,17 @@ out: headers must arrive within ``header_timeout_s``, the body within ``body_tim
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import math
 import queue
+import re
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
@@ -43,6 +45,7 @@ from .errors import (
     BadRequestError,
     FastVitDetectError,
     ImageDecodeError,
+    InvalidOptionError,
     RequestTimeoutError,
     ServerBusyError,
     UploadTooLargeError,
@@ -55,6 +58,18 @@ from .httpapi import (
     missing_serve_modules,
     named_image,
     seed_request_image,
+)
+from .explain import (
+    BASELINES,
+    DEFAULT_METHOD,
+    DEFAULT_TARGET,
+    METHODS,
+    Explanation,
+    Target,
+    colour_stops,
+    explain_opened,
+    model_passes,
+    resolve_options,
 )
 from .preprocess import open_image
 from .session import physical_core_count
@@ -111,13 +126,18 @@ class ServeSettings:
     header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
     body_timeout_s: float = 60.0  # the whole body must arrive within this
     keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    explain_concurrency: int = 1  # explanations computed at once, each on its own thread, off the model thread
+    explain_queue: int = 2  # explanations that may wait for a free slot; more get 503 at once
+    explain_max_passes: int = 128  # the most model passes one explanation may ask for (grid**2 or samples, + 1)
 
     # (name, low, high, whole number?) — every numeric option is finite and in range: inf, nan, 1e300 and
     # negative values are an operator's mistake, refused before anything starts.
     LIMITS = (("max_upload_bytes", 1, 1 << 32, True), ("max_batch", 1, 4096, True), ("max_wait_ms", 0, 10_000, False),
               ("queue_size", 1, 100_000, True), ("max_pixels", 1, 1 << 32, True), ("decode_workers", 1, 256, True),
               ("max_connections", 1, 1_000_000, True), ("header_timeout_s", 0.1, 3600, False),
-              ("body_timeout_s", 0.1, 3600, False), ("keep_alive_s", 0.1, 3600, False))
+              ("body_timeout_s", 0.1, 3600, False), ("keep_alive_s", 0.1, 3600, False),
+              ("explain_concurrency", 1, 256, True), ("explain_queue", 0, 100_000, True),
+              ("explain_max_passes", 2, 1_000_000, True))
 
     def __post_init__(self) -> None:
         for name, low, high, whole in self.LIMITS:
@@ -410,6 +430,100 @@ def classify_decoded(detector: Detector) -> Callable[[list[DecodedImage]], list[
     return run
 
 
+# --- explanations -------------------------------------------------------------------------------------------
+
+ExplainRun = Callable[[io.BytesIO, str, str, dict[str, Any]], Explanation]
+
+
+class ExplainStage:
+    """Explanations on their own threads, under their own limit, so they never hold up predictions.
+
+    One explanation runs dozens of model passes: queued on the model thread it would make every prediction
+    behind it wait. Here at most ``explain_concurrency`` run at once, each on its own thread (reading its upload
+    there too, under the server's caps), and at most ``explain_queue`` more wait; the next gets 503 at once.
+    Predictions keep their own decode pool and model thread: an explanation only shares the cores with them.
+    """
+
+    def __init__(self, detector: Detector, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.labels = detector.labels
+        self.pool = ThreadPoolExecutor(settings.explain_concurrency, thread_name_prefix="fastvit-explain")
+        self.capacity = settings.explain_concurrency + settings.explain_queue
+        self.admitted = 0  # running or waiting; only the event loop changes it
+        self.explained = 0
+
+        def run(upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> Explanation:
+            opened = open_image(upload, settings.max_pixels, settings.max_upload_bytes)
+            return explain_opened(detector, opened, method, target, **options)
+
+        self.run: ExplainRun = run
+
+    def check(self, method: str, target: str, options: dict[str, Any]) -> None:
+        """Refuse what this server won't compute, before the upload is read."""
+        Target.resolve(target, self.labels, predicted=self.labels[0])
+        passes = model_passes(method, options)
+        if passes > self.settings.explain_max_passes:
+            raise InvalidOptionError(f"this explanation takes {passes} model passes; this server allows at most "
+                                     f"{self.settings.explain_max_passes} (use a smaller grid or fewer samples)")
+
+    async def explain(self, upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> Explanation:
+        if self.admitted >= self.capacity:
+            raise ServerBusyError(f"explanations are busy ({self.admitted} running or waiting); retry later")
+        self.admitted += 1
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.pool, self.run, upload, method, target, options)
+
+        def finished(_work: asyncio.Future[Explanation]) -> None:
+            # Counted until the work itself ends, not its request: a client that leaves mid-explanation must not
+            # free a slot that its explanation still occupies.
+            self.admitted -= 1
+            self.explained += 1
+
+        work.add_done_callback(finished)
+        return await asyncio.shield(work)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+EXPLAIN_PARAMETERS = ("method", "target", "grid", "samples", "baseline", "seed")
+WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+def explain_parameters(query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+    """(method, target, options) from the query string; anything unknown or malformed is a 422."""
+    unknown = sorted(set(query) - set(EXPLAIN_PARAMETERS))
+    if unknown:
+        raise InvalidOptionError(f"unknown query parameter(s) {', '.join(map(repr, unknown))[:200]}; "
+                                 f"explain takes {', '.join(EXPLAIN_PARAMETERS)}")
+    options: dict[str, Any] = {}
+    for key in ("grid", "samples", "seed"):
+        if key in query:
+            if not WHOLE_NUMBER.fullmatch(query[key]):
+                raise InvalidOptionError(f"{key} must be a whole number, got {query[key][:40]!r}")
+            options[key] = int(query[key])
+    if "baseline" in query:
+        options["baseline"] = query["baseline"]
+    method = query.get("method", DEFAULT_METHOD)
+    resolve_options(method, options)  # unknown methods, out-of-range values: refused before the upload is read
+    return method, query.get("target", DEFAULT_TARGET)[:100], options
+
+
+def explanation_body(explanation: Explanation, model: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:
+    layer = explanation.layer(EXPLAIN_LAYER_SIDE)
+    png = io.BytesIO()
+    layer.save(png, format="PNG", optimize=True)
+    heatmap = {"png": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii"),
+               "width": layer.width, "height": layer.height, "vmax": explanation.colour_scale(),
+               "colours": colour_stops(), "grid": explanation.grid(EXPLAIN_GRID_SIDE)}
+    return {**prediction_body(explanation.prediction, model, elapsed_ms),
+            "explanation": {**explanation.summary(), "heatmap": heatmap}}
+
+
+EXPLAIN_LAYER_SIDE = 512  # the heat layer's longer side: the page stretches it over the preview
+EXPLAIN_GRID_SIDE = 32
+
+
 # --- reading requests ---------------------------------------------------------------------------------------
 
 
@@ -519,6 +633,25 @@ PREDICT_REQUEST_DOCS = {"requestBody": {"required": True, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }}}
+EXPLAIN_REQUEST_DOCS = {
+    "parameters": [
+        {"name": "method", "in": "query", "schema": {"type": "string", "enum": list(METHODS),
+                                                      "default": DEFAULT_METHOD}},
+        {"name": "target", "in": "query", "schema": {"type": "string", "default": DEFAULT_TARGET},
+         "description": "a label, 'predicted' (the verdict's) or 'fake'"},
+        {"name": "grid", "in": "query", "schema": {"type": "integer", "minimum": 2}},
+        {"name": "samples", "in": "query", "schema": {"type": "integer", "minimum": 2},
+         "description": "rise only; even"},
+        {"name": "baseline", "in": "query", "schema": {"type": "string", "enum": list(BASELINES)}},
+        {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "rise only"},
+    ],
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }},
+}
 SEED_REQUEST_DOCS = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["image"],
     "properties": {"image": {"type": "string", "description": "base64 image, optionally a data:image/...;base64, URL"}},
@@ -532,7 +665,7 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
          error_body(UploadTooLargeError("request body exceeds the upload limit of 20,971,520 bytes"))),
         (415, "not an image that can be decoded",
          error_body(ImageDecodeError("x.jpg: not a recognised image format"))),
-        (422, "missing field, malformed body, empty image",
+        (422, "missing field, malformed body, empty image, an explain parameter out of range",
          error_body(BadRequestError("multipart field 'file' is missing"))),
         (500, "the server failed (not the request)", INTERNAL_ERROR),
         (503, "inference queue full, or the inference worker stopped: retry later",
@@ -556,14 +689,18 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     if found is None:
         raise RuntimeError("fastvit_detect/static/index.html is missing: the package was installed without its data")
 
+    explainer = ExplainStage(detector, settings)
+
     async def lifespan(_app: FastAPI):
         yield
         await asyncio.to_thread(batcher.close)
         decoder.close()
+        explainer.close()
 
     app = FastAPI(title="fastvit-detect", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Torch-free deepfake detection with ONNX Vision Transformers.")
     app.state.detector, app.state.batcher, app.state.decoder, app.state.settings = detector, batcher, decoder, settings
+    app.state.explainer = explainer
     app.mount("/static", static, name="static")
 
     @app.exception_handler(Exception)
@@ -655,6 +792,18 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
             raise result
         return JSONResponse({"result": result.label})
 
+    @app.post("/api/v1/explain", openapi_extra=EXPLAIN_REQUEST_DOCS, responses=ERROR_DOCS,
+              summary="Classify one image and show why: the verdict plus a heat map of the evidence")
+    async def explain(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        method, target, options = explain_parameters(request.query_params)
+        explainer.check(method, target, options)
+        uploads, as_list = await read_uploads(request, settings)
+        if as_list:
+            raise BadRequestError(f"explain takes one image per request, got {len(uploads)} files")
+        explanation = await explainer.explain(uploads[0], method, target, options)
+        return JSONResponse(explanation_body(explanation, model, 1000 * (time.perf_counter() - started)))
+
     @get_and_head("/healthz", summary="Liveness, and the model thread's counters")
     async def healthz() -> JSONResponse:
         alive = batcher.healthy
@@ -662,7 +811,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
                 "worker_restarts": batcher.worker_restarts, "variant": detector.variant.name,
                 "queue_depth": batcher.queue_depth, "batches": batcher.batches_run, "images": batcher.images_run,
                 "largest_batch": batcher.largest_batch, "failed_batches": batcher.failed_batches,
-                "decoding_pixels": decoder.budget.in_use}
+                "decoding_pixels": decoder.budget.in_use, "explanations_in_progress": explainer.admitted,
+                "explanations": explainer.explained}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     @get_and_head("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")

@@ -1,9 +1,14 @@
 "use strict";
 // The upload page: pick or drop an image, preview it, POST it to api/v1/predict, show the verdict or the error.
-// Relative URLs, so the page works wherever the app is mounted. body[data-state] tells tests where we are.
+// With "Show evidence" on, it also POSTs the image to api/v1/explain and lays the returned heat map over the
+// preview. Relative URLs, so the page works wherever the app is mounted. body[data-state] and
+// body[data-evidence] tell tests where we are.
 
 const $ = (id) => document.getElementById(id);
 let previewUrl = null;
+let currentFile = null;
+let evidence = null;  // the explain response for currentFile
+let evidenceRequest = 0;  // answers to an older request (another file, since) are dropped
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -59,22 +64,81 @@ function showError(message) {
   $("error").hidden = false;
 }
 
+function setEvidence(state) {
+  document.body.dataset.evidence = state;
+  $("evidence-busy").hidden = state !== "loading";
+  const shown = state === "shown";
+  $("heat").hidden = !shown;
+  $("legend").hidden = !shown;
+  if (state !== "error") $("evidence-error").hidden = true;
+}
+
+function showEvidence() {
+  const explanation = evidence.explanation;
+  const heatmap = explanation.heatmap;
+  $("heat").src = heatmap.png;
+  const last = heatmap.colours.length - 1;
+  const stops = heatmap.colours.map((colour, index) => `${colour} ${(100 * index / last).toFixed(1)}%`);
+  $("legend-bar").style.background = `linear-gradient(90deg, ${stops.join(", ")})`;
+  $("legend-max").textContent = heatmap.vmax.toPrecision(2);
+  $("legend-caption").textContent = explanation.heat_max > 0
+    ? `Evidence for ${explanation.target}: how much p(${explanation.target}) drops when a region is hidden `
+      + `(${explanation.method}, ${explanation.model_passes} passes, ${explanation.elapsed_ms.toFixed(0)} ms)`
+    : `No region's hiding lowers p(${explanation.target}): nothing to show`;
+  setEvidence("shown");
+}
+
+async function postImage(url, file, verb) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const response = await fetch(url, { method: "POST", body: form });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    const reason = body && body.error ? `${body.error.type}: ${body.error.message}` : response.statusText;
+    throw new Error(`Could not ${verb} ${file.name} (HTTP ${response.status}) — ${reason}`);
+  }
+  return body;
+}
+
+async function explain(file) {
+  const request = ++evidenceRequest;
+  setEvidence("loading");
+  try {
+    const body = await postImage("api/v1/explain?target=predicted", file, "explain");
+    if (request !== evidenceRequest) return;
+    evidence = body;  // kept even if the toggle went off meanwhile: turning it on again shows it at once
+    if ($("evidence").checked) showEvidence(); else setEvidence("off");
+  } catch (error) {
+    if (request !== evidenceRequest) return;
+    $("evidence-error").textContent = error.message;
+    $("evidence-error").hidden = false;
+    setEvidence("error");
+  }
+}
+
+function evidenceToggled() {
+  if (!$("evidence").checked) {
+    setEvidence("off");
+  } else if (evidence) {
+    showEvidence();
+  } else if (currentFile && document.body.dataset.state === "done" && document.body.dataset.evidence !== "loading") {
+    explain(currentFile);
+  }
+}
+
 async function classify(file) {
   $("result").hidden = true;
   $("error").hidden = true;
+  currentFile = file;
+  evidence = null;
+  evidenceRequest++;
+  setEvidence("off");
   showPreview(file);
   setState("loading");
-  const form = new FormData();
-  form.append("file", file, file.name);
   try {
-    const response = await fetch("api/v1/predict", { method: "POST", body: form });
-    const body = await response.json().catch(() => null);
-    if (!response.ok) {
-      const reason = body && body.error ? `${body.error.type}: ${body.error.message}` : response.statusText;
-      throw new Error(`Could not classify ${file.name} (HTTP ${response.status}) — ${reason}`);
-    }
-    showResult(body);
+    showResult(await postImage("api/v1/predict", file, "classify"));
     setState("done");
+    if ($("evidence").checked) explain(file);
   } catch (error) {
     showError(error.message);
     setState("error");
@@ -85,6 +149,7 @@ function setUp() {
   const input = $("file");
   $("preview").addEventListener("error", () => { $("preview").hidden = true; });  // not an image the browser shows
   $("preview").addEventListener("load", () => { $("preview").hidden = false; });
+  $("evidence").addEventListener("change", evidenceToggled);
   const zone = $("drop-zone");
   input.addEventListener("change", () => {
     if (input.files.length) classify(input.files[0]);

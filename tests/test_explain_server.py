@@ -1,0 +1,177 @@
+"""POST /api/v1/explain: round trips, bad images and hostile parameters as 4xx, and its own concurrency limit,
+which keeps explanations from holding up predictions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import sample_photos
+from PIL import Image
+from test_server import call  # requests through httpx's ASGI transport, as the predict tests send them
+
+from fastvit_detect import Detector
+from fastvit_detect.server import ServeSettings, create_app
+
+
+@pytest.fixture(scope="module")
+def detector(vit_package) -> Detector:
+    return Detector.load(vit_package, variant="fp32", threads=1)  # fp32: batching never changes its answers
+
+
+@pytest.fixture(scope="module")
+def app(detector):
+    app = create_app(detector, ServeSettings(max_upload_bytes=2_000_000, max_wait_ms=0, explain_max_passes=40))
+    yield app
+    app.state.batcher.close()
+    app.state.explainer.close()
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return sample_photos()[0].read_bytes()
+
+
+def test_explain_round_trip(app, detector, photo):
+    response = call(app, "POST", "/api/v1/explain?grid=3", files={"file": ("grace.jpg", photo)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = detector.predict(photo)
+    assert body["label"] == expected.label and body["probabilities"] == pytest.approx(dict(expected.probabilities))
+    explanation = body["explanation"]
+    assert explanation["method"] == "occlusion" and explanation["options"] == {"baseline": "blur", "grid": 3}
+    assert explanation["model_passes"] == 10 and explanation["target"] == "Fake"
+    heatmap = explanation["heatmap"]
+    header, _, data = heatmap["png"].partition(",")
+    assert header == "data:image/png;base64"
+    layer = Image.open(io.BytesIO(base64.b64decode(data)))
+    width, height = Image.open(io.BytesIO(photo)).size
+    assert layer.mode == "RGBA" and layer.size == (heatmap["width"], heatmap["height"]) and max(layer.size) == 512
+    assert layer.width / layer.height == pytest.approx(width / height, rel=0.01)  # stretches onto the photo
+    grid = heatmap["grid"]
+    assert max(len(grid), len(grid[0])) == 32 and len(grid[0]) / len(grid) == pytest.approx(width / height, rel=0.1)
+    assert heatmap["vmax"] > 0 and len(heatmap["colours"]) > 2
+
+
+def test_explain_raw_body_and_rise(app, detector, photo):
+    response = call(app, "POST", "/api/v1/explain?method=rise&samples=8&seed=3&target=predicted", content=photo)
+    assert response.status_code == 200, response.text
+    explanation = response.json()["explanation"]
+    assert explanation["options"] == {"baseline": "blur", "grid": 4, "samples": 8, "seed": 3}
+    assert explanation["target"] == detector.predict(photo).label
+
+
+@pytest.mark.parametrize(("name", "status", "error_type"), [
+    ("empty.jpg", 422, "EmptyImageError"), ("truncated.jpg", 415, "ImageDecodeError"),
+    ("text.jpg", 415, "ImageDecodeError"), ("bomb.png", 413, "ImageTooLargeError"),
+])
+def test_bad_images_get_the_status_predict_gives(app, bad_inputs, name, status, error_type):
+    upload = {"files": {"file": (name, bad_inputs[name].read_bytes())}}
+    predicted = call(app, "POST", "/api/v1/predict", **upload)
+    explained = call(app, "POST", "/api/v1/explain", **upload)
+    assert (explained.status_code, explained.json()["error"]["type"]) == (status, error_type)
+    assert predicted.status_code == explained.status_code
+
+
+@pytest.mark.parametrize("query", [
+    "grid=nan", "grid=inf", "grid=0", "grid=1", "grid=-4", "grid=1e300", "grid=4.0", "grid=" + "9" * 40, "grid=",
+    "grid=7",  # 50 passes: over this server's explain_max_passes
+    "method=rise&samples=3", "method=rise&samples=0", "method=rise&samples=100", "method=rise&seed=-1",
+    "method=gradcam", "baseline=black", "samples=8", "target=Deepfake", "target=" + "x" * 10_000, "colour=red",
+])
+def test_hostile_parameters_are_422(app, photo, query):
+    response = call(app, "POST", f"/api/v1/explain?{query}", files={"file": ("a.jpg", photo)})
+    assert response.status_code == 422, (query, response.text)
+    assert response.json()["error"]["type"] == "InvalidOptionError"
+
+
+def test_one_image_per_request(app, photo):
+    response = call(app, "POST", "/api/v1/explain", files=[("file", ("a.jpg", photo)), ("file", ("b.jpg", photo))])
+    assert response.status_code == 422 and "one image" in response.json()["error"]["message"]
+
+
+def test_explanations_have_their_own_limit_and_never_hold_up_predictions(detector, photo):
+    app = create_app(detector, ServeSettings(max_wait_ms=0, explain_concurrency=1, explain_queue=0))
+    explainer = app.state.explainer
+    running, gate = threading.Event(), threading.Event()
+    original = explainer.run
+
+    def held(*args):  # the one explanation slot stays busy until the test opens the gate
+        running.set()
+        assert gate.wait(30), "the test never opened the gate"
+        return original(*args)
+
+    explainer.run = held
+    upload = {"files": {"file": ("grace.jpg", photo)}}
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            slow = asyncio.create_task(client.post("/api/v1/explain", **upload))
+            assert await asyncio.to_thread(running.wait, 30)
+            predictions = await asyncio.wait_for(asyncio.gather(
+                *(client.post("/api/v1/predict", **upload) for _ in range(3))), timeout=60)
+            refused = await client.post("/api/v1/explain", **upload)
+            health = await client.get("/healthz")
+            gate.set()
+            return predictions, refused, health, await slow, await client.get("/healthz")
+
+    try:
+        predictions, refused, during, explained, after = asyncio.run(scenario())
+    finally:
+        gate.set()
+        app.state.batcher.close()
+        explainer.close()
+    assert [response.status_code for response in predictions] == [200, 200, 200]  # answered while it ran
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "ServerBusyError" and "explanations are busy" in refused.text
+    assert during.json()["explanations_in_progress"] == 1
+    assert explained.status_code == 200 and explained.json()["label"] == detector.predict(photo).label
+    assert after.json()["explanations_in_progress"] == 0 and after.json()["explanations"] == 1
+
+
+def test_a_client_leaving_keeps_its_slot_until_the_work_ends(detector, photo):
+    app = create_app(detector, ServeSettings(max_wait_ms=0, explain_concurrency=1, explain_queue=0))
+    explainer = app.state.explainer
+    running, gate = threading.Event(), threading.Event()
+    original = explainer.run
+
+    def held(*args):
+        running.set()
+        assert gate.wait(30)
+        return original(*args)
+
+    explainer.run = held
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            leaving = asyncio.create_task(client.post("/api/v1/explain", content=photo))
+            assert await asyncio.to_thread(running.wait, 30)
+            leaving.cancel()  # the client goes away; its explanation is still computing
+            await asyncio.sleep(0.05)
+            refused = await client.post("/api/v1/explain", content=photo)
+            gate.set()
+            deadline = time.monotonic() + 30
+            while explainer.admitted and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return refused, await client.post("/api/v1/explain?grid=2", content=photo)
+
+    try:
+        refused, later = asyncio.run(scenario())
+    finally:
+        gate.set()
+        app.state.batcher.close()
+        explainer.close()
+    assert refused.status_code == 503
+    assert later.status_code == 200
+
+
+def test_settings_are_validated():
+    for bad in ({"explain_concurrency": 0}, {"explain_queue": -1}, {"explain_max_passes": 1},
+                {"explain_concurrency": float("nan")}, {"explain_max_passes": 10**12}):
+        with pytest.raises(ValueError):
+            ServeSettings(**bad)
