@@ -19,6 +19,7 @@ from conftest import DEIT_PROCESSOR, VIT_PROCESSOR, sample_photos
 from PIL import Image
 
 from fastvit_detect import Detector, InvalidOptionError, Preprocessor
+from fastvit_detect.errors import ModelOutputError
 from fastvit_detect.cli import main
 from fastvit_detect.explain import Geometry, faithfulness, model_passes
 
@@ -27,8 +28,9 @@ onnx = pytest.importorskip("onnx")
 REFERENCE_ENERGY = 0.05  # p(Fake) = energy / (energy + this): 1/2 where the texture energy equals it
 
 
-def build_evidence_package(directory: Path, processor: dict, int8: bool = False) -> Path:
-    """config.json + preprocessor_config.json + model.onnx (and model_quantized.onnx): Optimum's layout."""
+def build_evidence_package(directory: Path, processor: dict, int8: bool = False, floor: float = 0.0) -> Path:
+    """config.json + preprocessor_config.json + model.onnx (and model_quantized.onnx): Optimum's layout.
+    ``floor`` > 0 makes a broken model: its Fake logit is log(energy - floor), NaN below the floor."""
     from onnx import TensorProto, helper, numpy_helper
 
     directory.mkdir(parents=True)
@@ -37,7 +39,7 @@ def build_evidence_package(directory: Path, processor: dict, int8: bool = False)
         "laplacian": laplacian,
         "channel": np.array([1], np.int64),
         "spatial": np.array([2, 3], np.int64),
-        "epsilon": np.array([1e-6], np.float32),
+        "epsilon": np.array([1e-6 - floor], np.float32),
         "to_fake": np.array([[1.0, 0.0]], np.float32),
         "real_column": np.array([0.0, math.log(REFERENCE_ENERGY)], np.float32),
     }.items()]
@@ -279,6 +281,24 @@ def test_deletion_of_the_heat_beats_random_deletion(evidence_packages):
         measured = faithfulness(detector, explanation, removal=removal, random_orders=4)
         assert measured.deletion[0] < measured.reference  # hiding the hottest 5 % already lowers p(Fake)
         assert measured.deletion_gap > 0.05 and measured.insertion_gap > 0.05, measured.to_dict()
+
+
+def test_a_model_that_answers_nan_gives_an_error_never_a_heat_map(evidence_packages, tmp_path, capsys):
+    image = with_noise(smooth_image(224, 224), (0, 0, 112, 112))
+    sound = Detector.load(evidence_packages["vit"], variant="fp32", threads=1)
+    logits = sound.predict(image).logits
+    energy = REFERENCE_ENERGY * math.exp(logits[0] - logits[1])  # by construction of the graph
+    # Broken just below this image's energy: the image itself gets a verdict, any copy with less texture NaN.
+    broken = build_evidence_package(tmp_path / "broken", VIT_PROCESSOR, floor=0.99 * energy)
+    detector = Detector.load(broken, threads=1)
+    assert np.isfinite(detector.predict(image).logits).all()  # a verdict for the image itself
+    with pytest.raises(ModelOutputError, match="non-finite"):
+        detector.explain(image)
+    path = tmp_path / "evidence.png"
+    Image.fromarray(image).save(path)
+    assert main(["explain", "--model", str(broken), str(path), "-o", str(tmp_path / "out")]) == 1
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["error"]["type"] == "ModelOutputError" and "explanation" not in record
 
 
 # --- bad input and hostile options --------------------------------------------------------------------------

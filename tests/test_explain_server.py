@@ -175,3 +175,19 @@ def test_settings_are_validated():
                 {"explain_concurrency": float("nan")}, {"explain_max_passes": 10**12}):
         with pytest.raises(ValueError):
             ServeSettings(**bad)
+
+
+@pytest.mark.parametrize("argv", [["--explain-concurrency", "0"], ["--explain-concurrency", "nan"],
+                                  ["--explain-queue", "-1"], ["--explain-max-passes", "1"],
+                                  ["--explain-max-passes", "inf"], ["--explain-max-passes", "1e300"]])
+def test_hostile_serve_options_are_usage_errors(vit_package, argv):
+    from fastvit_detect.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", str(vit_package), *argv])
+    assert exit_.value.code == 2
+
+
+def test_model_info_shows_the_explain_limits(app):
+    serving = call(app, "GET", "/api/v1/model").json()["serving"]
+    assert (serving["explain_concurrency"], serving["explain_queue"], serving["explain_max_passes"]) == (1, 2, 40)

@@ -21,7 +21,7 @@ from .detector import (
     choose_variant,
     unmet_cpu_requirement,
 )
-from .errors import FastVitDetectError, InputError, InvalidOptionError
+from .errors import FastVitDetectError, InputError, InvalidOptionError, ModelOutputError
 from .explain import (
     BASELINES,
     DEFAULT_METHOD,
@@ -293,7 +293,7 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if isinstance(result, Prediction):
                 try:
                     files[index] = str(writer.write(detector, image)[1])
-                except InputError as exc:  # readable a moment ago, not now (replaced on disk, say)
+                except (InputError, ModelOutputError) as exc:  # unreadable since predicted (replaced, say)
                     results[index] = exc
     if args.json:
         for image, result, file in zip(args.images, results, files):
@@ -379,7 +379,7 @@ def run_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for image in args.images:
         try:
             explanation, path = writer.write(detector, image)
-        except InputError as exc:
+        except (InputError, ModelOutputError) as exc:
             failed += 1
             record = result_record(image, exc)
         else:
