@@ -219,7 +219,7 @@ def run_cost(args: argparse.Namespace) -> dict[str, Any]:
                 lambda path, method=method, options=options: detector.explain(path, method=method, **options))
         log(f"{variant}: timing {', '.join(calls)} on {len(photos)} photos, {args.rounds} round(s)")
         measured = interleave(list(calls), photos, lambda key, photo: calls[key](photo), rounds=args.rounds,
-                              block=1, warmup=photos[:1])
+                              block=args.block, warmup=photos[:1])
         if measured.failures:
             raise SystemExit(f"timing failed: {measured.failures}")
         for key, samples in measured.samples.items():
@@ -233,7 +233,7 @@ def run_cost(args: argparse.Namespace) -> dict[str, Any]:
             results.append(row)
             log(f"  {key}: median {row['p50_ms']:.1f} ms ({row['vs_predict']:.1f}x predict)")
     return {"kind": "cost", "package": str(args.package), "threads": args.threads, "photos": [p.name for p in photos],
-            "rounds": args.rounds, "machine": machine.describe(), "rows": results}
+            "rounds": args.rounds, "block": args.block, "machine": machine.describe(), "rows": results}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -281,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cost.add_argument("--settings", nargs="*", help='e.g. "occlusion grid=3" "rise samples=16" (default: each '
                       "method at its defaults)")
     cost.add_argument("--rounds", type=int, default=3)
+    cost.add_argument("--block", type=int, default=3, help="photos per turn (each turn opens with an untimed call)")
     for sub in (faithful, cost):
         sub.add_argument("--threads", type=int, default=None)
         sub.add_argument("--output", type=Path, default=None, help="JSON results file")

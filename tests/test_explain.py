@@ -261,7 +261,7 @@ def test_explanation_holds_the_prediction_and_renders(vit_package):
 def test_colour_bar_shows_the_scale(evidence_packages):
     detector = Detector.load(evidence_packages["vit"], variant="fp32", threads=1)
     box = (0, 0, 112, 112)
-    explanation = detector.explain(with_noise(smooth_image(224, 224), box))
+    explanation = detector.explain(with_noise(smooth_image(224, 224), box), grid=4)  # cells end at the quadrant
     overlay = np.asarray(explanation.overlay(max_side=None)).astype(int)
     plain = np.asarray(explanation.overlay(max_side=None, colorbar=False)).astype(int)
     assert overlay.shape[1] > 224 and (overlay[:, :224] == plain).all()

@@ -57,10 +57,12 @@ METHODS = ("occlusion", "rise")
 BASELINES = ("blur", "grey")
 DEFAULT_METHOD = "occlusion"
 DEFAULT_TARGET = "fake"
-# Chosen by measuring cost against deletion/insertion faithfulness; the figures are in the README.
+# Chosen by measuring cost against deletion/insertion faithfulness (README "Explanations"): occlusion 3x3 is the
+# cheapest setting that beats random deletion on every measure there and stays under 10 predictions' cost; at
+# equal cost RISE is less faithful, so it is the second method, with the sample count where it catches up most.
 DEFAULT_OPTIONS: Mapping[str, Mapping[str, Any]] = {
-    "occlusion": {"grid": 4, "baseline": "blur"},
-    "rise": {"samples": 32, "grid": 4, "baseline": "blur", "seed": 0},
+    "occlusion": {"grid": 3, "baseline": "blur"},
+    "rise": {"samples": 16, "grid": 4, "baseline": "blur", "seed": 0},
 }
 MAX_GRID = 32
 MAX_SAMPLES = 4096
