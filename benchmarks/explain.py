@@ -216,10 +216,11 @@ def run_cost(args: argparse.Namespace) -> dict[str, Any]:
         calls = {"predict": detector.predict}
         for method, options in settings:
             calls[setting_name(method, options)] = (
-                lambda path, method=method, options=options: detector.explain(path, method=method, **options))
+                lambda path, method=method, options=options, detector=detector:
+                detector.explain(path, method=method, **options))
         log(f"{variant}: timing {', '.join(calls)} on {len(photos)} photos, {args.rounds} round(s)")
-        measured = interleave(list(calls), photos, lambda key, photo: calls[key](photo), rounds=args.rounds,
-                              block=args.block, warmup=photos[:1])
+        measured = interleave(list(calls), photos, lambda key, photo, calls=calls: calls[key](photo),
+                              rounds=args.rounds, block=args.block, warmup=photos[:1])
         if measured.failures:
             raise SystemExit(f"timing failed: {measured.failures}")
         for key, samples in measured.samples.items():
@@ -250,9 +251,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {row['variant']} | {row['call']} | {row['model_passes']} | {row['p50_ms']:.1f} | "
                          f"{row['p90_ms']:.1f} | {row['vs_predict']:.1f} |")
         return "\n".join(lines)
-    lines = ["| setting | passes | Test: deletion gap | Test: insertion gap | Test: deletion gap, grey | "
-             "spliced: deletion gap | spliced: insertion gap | spliced: heat in quadrant | "
-             "spliced: peak in quadrant | heat on top-25 % cues |",
+    lines = [("| setting | passes | Test: deletion gap | Test: insertion gap | Test: deletion gap, grey | "
+              "spliced: deletion gap | spliced: insertion gap | spliced: heat in quadrant | "
+              "spliced: peak in quadrant | heat on top-25 % cues |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["settings"]:
         lines.append(

@@ -21,7 +21,6 @@ sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout
 
 from benchmarks.artifacts import export_module
 from benchmarks.explain import make_dataset_module, spliced_image, test_images
-
 from fastvit_detect import Detector
 
 SPLICED_QUADRANT = 3  # bottom-right

@@ -19,8 +19,8 @@ from conftest import DEIT_PROCESSOR, VIT_PROCESSOR, sample_photos
 from PIL import Image
 
 from fastvit_detect import Detector, InvalidOptionError, Preprocessor
-from fastvit_detect.errors import ModelOutputError
 from fastvit_detect.cli import main
+from fastvit_detect.errors import ModelOutputError
 from fastvit_detect.explain import Geometry, faithfulness, model_passes
 
 onnx = pytest.importorskip("onnx")
@@ -316,7 +316,7 @@ def test_bad_images_raise_the_errors_predict_raises(vit_package, bad_inputs, nam
 
 HOSTILE_OPTIONS = [
     {"grid": 0}, {"grid": 1}, {"grid": -3}, {"grid": 10**9}, {"grid": float("nan")}, {"grid": float("inf")},
-    {"grid": 2.5}, {"grid": True}, {"grid": "4"}, {"grid": 1e300}, {"baseline": "black"}, {"samples": 8},
+    {"grid": 2.5}, {"grid": 4.0}, {"grid": True}, {"grid": "4"}, {"grid": 1e300}, {"baseline": "black"}, {"samples": 8},
     {"method": "rise", "samples": 0}, {"method": "rise", "samples": 7}, {"method": "rise", "samples": 10**12},
     {"method": "rise", "samples": float("nan")}, {"method": "rise", "seed": -1}, {"method": "gradcam"},
     {"method": None}, {"target": "Deepfake"}, {"target": 3}, {"batch_size": 0}, {"batch_size": float("inf")},

@@ -156,7 +156,7 @@ def test_a_client_leaving_keeps_its_slot_until_the_work_ends(detector, photo):
             refused = await client.post("/api/v1/explain", content=photo)
             gate.set()
             deadline = time.monotonic() + 30
-            while explainer.admitted and time.monotonic() < deadline:
+            while explainer.admitted and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, not an event
                 await asyncio.sleep(0.02)
             return refused, await client.post("/api/v1/explain?grid=2", content=photo)
 

@@ -75,13 +75,10 @@ BLUR_RADIUS_FRACTION = 1 / 56  # of the model input's shorter side: 4 px at 224,
 
 
 def option_int(name: str, value: object, low: int, high: int) -> int:
-    """``value`` as an int in [low, high], else :class:`InvalidOptionError` (bools and fractions included)."""
+    """``value`` as an int in [low, high], else :class:`InvalidOptionError`: floats (4.0, nan, inf), bools and
+    strings are refused, not rounded or parsed."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
-                and float(value).is_integer():
-            value = int(value)
-        else:
-            raise InvalidOptionError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        raise InvalidOptionError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
     number = int(value)
     if not low <= number <= high:
         raise InvalidOptionError(f"{name} must be from {low} to {high}, got {number}")

@@ -50,15 +50,6 @@ from .errors import (
     ServerBusyError,
     UploadTooLargeError,
 )
-from .httpapi import (
-    INTERNAL_ERROR,
-    SERVER_MAX_PIXELS,
-    error_body,
-    http_status,
-    missing_serve_modules,
-    named_image,
-    seed_request_image,
-)
 from .explain import (
     BASELINES,
     DEFAULT_METHOD,
@@ -70,6 +61,15 @@ from .explain import (
     explain_opened,
     model_passes,
     resolve_options,
+)
+from .httpapi import (
+    INTERNAL_ERROR,
+    SERVER_MAX_PIXELS,
+    error_body,
+    http_status,
+    missing_serve_modules,
+    named_image,
+    seed_request_image,
 )
 from .preprocess import open_image
 from .session import physical_core_count
