@@ -27,13 +27,13 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     data, checkpoint, package = base / "data", base / "checkpoint", base / "package"
     run = [sys.executable, str(ROOT / "train" / "make_dataset.py"), "--output", str(data), "--images", "1900",
            "--seed", "3"]
-    subprocess.run(run, check=True, timeout=300, capture_output=True)
+    subprocess.run(run, check=True, timeout=1800, capture_output=True)
     run = [sys.executable, str(ROOT / "train" / "finetune.py"), "--data", str(data), "--base", "tiny",
            "--output", str(checkpoint), "--epochs", "3", "--seed", "3"]
-    subprocess.run(run, check=True, timeout=600, capture_output=True)
+    subprocess.run(run, check=True, timeout=1800, capture_output=True)
     run = [sys.executable, str(ROOT / "export" / "export.py"), str(checkpoint), "--output", str(package),
            "--validation-images", str(data / "Test"), "--validation-limit", "100"]
-    subprocess.run(run, check=True, timeout=300, capture_output=True)
+    subprocess.run(run, check=True, timeout=1800, capture_output=True)
     return data, checkpoint, package
 
 
@@ -66,7 +66,7 @@ def test_static_int8_calibrated_on_training_images_keeps_accuracy(trained, tmp_p
     package = tmp_path / "static"
     run = [sys.executable, str(ROOT / "export" / "export.py"), str(checkpoint), "--output", str(package),
            "--quantize", "static", "--calibration", str(data / "Train"), "--calibration-limit", "64"]
-    subprocess.run(run, check=True, timeout=300, capture_output=True)
+    subprocess.run(run, check=True, timeout=1800, capture_output=True)
     assert main(["eval", "--model", str(package), "--data", str(data / "Test"), "--variant", "int8",
                  "--reference", str(checkpoint), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
