@@ -208,12 +208,18 @@ EXCLUDED_FORMATS = frozenset({"EPS"})
 
 
 def describe_source(image: object) -> str:
-    """A short human name for an input, used in error messages and reports."""
+    """A short human name for an input, used in error messages and reports. Never raises: it runs before the decode
+    boundary, on objects that may be hostile (a ``name`` property or ``__fspath__`` that raises, a released
+    memoryview); such an input is named by its type and fails later, inside the boundary, with a typed error."""
+    try:
+        return _describe(image)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return f"<{type(image).__name__}>"
+
+
+def _describe(image: object) -> str:
     if isinstance(image, (str, os.PathLike)):
-        try:
-            return os.fspath(image)
-        except TypeError:  # a PathLike whose __fspath__ returns garbage
-            return f"<{type(image).__name__}>"
+        return os.fsdecode(image)  # a bytes path that isn't UTF-8 keeps its bytes as lone surrogates
     if isinstance(image, (bytes, bytearray, memoryview)):
         return f"<{len(image)} bytes>"
     if isinstance(image, Image.Image):
