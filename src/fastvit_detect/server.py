@@ -46,6 +46,7 @@ from .errors import (
     FastVitDetectError,
     ImageDecodeError,
     InvalidOptionError,
+    ModelOutputError,
     RequestTimeoutError,
     ServerBusyError,
     UploadTooLargeError,
@@ -225,10 +226,12 @@ class MicroBatcher(Generic[Item, Result]):
                 self._jobs.put_nowait(job)
         return [job.future for job in jobs]
 
-    async def classify(self, items: Sequence[Item]) -> list[Result]:
-        """Submit items and await their results, in order. A cancelled caller's queued items are skipped."""
+    async def classify(self, items: Sequence[Item], return_exceptions: bool = False) -> list[Any]:
+        """Submit items and await their results, in order; with ``return_exceptions``, an item's failure stands in
+        its place instead of being raised. A cancelled caller's queued items are skipped."""
         futures = self.submit(items)
-        return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures)))
+        return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures),
+                                         return_exceptions=return_exceptions))
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new work, finish what is queued, stop the worker."""
@@ -748,8 +751,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def classify(uploads: Sequence[io.BytesIO]) -> list[ImageResult]:
         decoded = await decoder.decode_all(uploads)
         ready = [item for item in decoded if isinstance(item, DecodedImage)]
-        answers = iter(await batcher.classify(ready)) if ready else iter(())
-        return [next(answers) if isinstance(item, DecodedImage) else item for item in decoded]
+        answers = iter(await batcher.classify(ready, return_exceptions=True)) if ready else iter(())
+        return [_model_result(item, next(answers)) if isinstance(item, DecodedImage) else item for item in decoded]
 
     def get_and_head(path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """A GET route that answers HEAD too (FastAPI routes don't), documented once."""
@@ -821,6 +824,16 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
                 "serving": asdict(settings)}
 
     return app
+
+
+def _model_result(item: DecodedImage, result: ImageResult | BaseException) -> ImageResult:
+    """The model thread's answer for one image. Its failure (already logged there, with the traceback) becomes
+    this image's ModelOutputError: a 500 for this image alone, never for the other files of its request."""
+    if isinstance(result, FastVitDetectError | Prediction):
+        return result
+    if isinstance(result, Exception):
+        return ModelOutputError(f"{item.source}: inference failed ({type(result).__name__})", item.source)
+    raise result  # not a failure of this image's: a cancellation, say
 
 
 def _error_entry(error: FastVitDetectError) -> dict[str, Any]:
