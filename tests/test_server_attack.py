@@ -399,3 +399,64 @@ def test_a_poison_client_does_not_hurt_honest_clients(fault_server, honest):
     assert all("injected model failure" in end for end in tracebacks(log)), tracebacks(log)
     assert "retrying each image alone" in log, "no batch mixed the model poison with honest images"
     assert all(status != 500 or path == "/api/v1/predict" for _, path, status in access_lines(log))
+
+
+# --- 2. decompression bombs, concurrently -------------------------------------------------------------------
+
+
+def test_concurrent_bombs_neither_stall_others_nor_hold_memory(cli_server, honest):
+    """A dozen valid PNGs just under the pixel cap at once, and some just over it.
+
+    Bounds: the bombs just over the cap get 413 from their header, and a normal request is answered, each within a
+    quarter of the time the bombs take to decode (were either stuck behind the bombs, they would take about all of
+    it); the server's peak RSS stays within 8 bytes per pixel of the decode budget (RGBA plus its RGB copy is 7)
+    plus 100 MB above its RSS before the bombs; afterwards its RSS is back within 100 MB of that.
+    """
+    side = math.isqrt(BOMB_CAP)
+    under, over = rgba_png_bomb(side, side), rgba_png_bomb(side + 1, side + 1)
+    budget = BOMB_CAP * 3 // 2  # ServeSettings' default decode budget
+    before = cli_server.memory_mb()["VmRSS"]
+    bombs: list[Reply] = []
+    refused: list[Reply] = []
+    sampling, peak_rss = threading.Event(), [before]
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            peak_rss.append(cli_server.memory_mb()["VmRSS"])
+
+    threading.Thread(target=sample, daemon=True).start()
+    senders = [threading.Thread(target=lambda: bombs.append(post_image(cli_server, under, 180))) for _ in range(12)]
+    senders += [threading.Thread(target=lambda: refused.append(post_image(cli_server, over))) for _ in range(3)]
+    started = time.perf_counter()
+    for sender in senders:
+        sender.start()
+    assert wait_until(lambda: cli_server.health().json()["decoding_pixels"] > 0, 30), "no bomb started decoding"
+    normal: list[tuple[Reply, Honest, int]] = []  # and how many bombs were answered when it was
+    for turn in range(5):
+        image = honest[turn % len(honest)]
+        normal.append((post_image(cli_server, image.data), image, len(bombs)))
+    for sender in senders:
+        sender.join(240)
+    bombs_s = time.perf_counter() - started
+    sampling.set()
+    memory = cli_server.memory_mb()
+    peak = max(memory["VmHWM"], *peak_rss)
+    after = wait_until(lambda: cli_server.memory_mb()["VmRSS"] <= before + 100 and cli_server.memory_mb()["VmRSS"],
+                       5) or cli_server.memory_mb()["VmRSS"]
+
+    latencies = [reply.seconds for reply, _, _ in normal]
+    print(f"\nbombs: 12 x {side}x{side} RGBA PNG ({len(under) / 1e3:.0f} KB each, cap {BOMB_CAP / 1e6:g} MP, "
+          f"{DECODE_WORKERS} decode threads) decoded in {bombs_s:.1f} s; normal requests meanwhile "
+          f"{min(latencies) * 1e3:.0f}-{max(latencies) * 1e3:.0f} ms; over the cap: "
+          f"{', '.join(f'{reply.status} in {reply.seconds * 1e3:.0f} ms' for reply in refused)}; RSS before "
+          f"{before:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB")
+    assert len(bombs) == 12 and all(reply.status == 200 for reply in bombs), [reply.status for reply in bombs]
+    assert [reply.status for reply in refused] == [413] * 3
+    assert all(reply.json()["error"]["type"] == "ImageTooLargeError" for reply in refused)
+    assert max(reply.seconds for reply in refused) <= bombs_s / 4
+    assert all(check_verdict(reply, image) is None for reply, image, _ in normal), [r.body for r, _, _ in normal]
+    assert max(latencies) <= bombs_s / 4, (latencies, bombs_s)
+    assert normal[-1][2] < 12, "the bombs were all done before the normal requests: nothing was measured"
+    assert peak - before <= 8 * budget / 2**20 + 100, (before, peak)
+    assert after - before <= 100, (before, after)
+    assert "Traceback" not in cli_server.log()

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import io
 import logging
 import math
+import platform
 import queue
 import re
 import socket
@@ -384,10 +386,34 @@ class PixelBudget:
             changed.notify_all()
 
 
+MMAP_THRESHOLD_BYTES = 4 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def return_large_frees_to_the_os() -> bool:
+    """Make glibc hand every allocation of ``MMAP_THRESHOLD_BYTES`` or more back to the OS when it is freed.
+
+    Pillow allocates a decoded image in blocks of up to 16 MiB. glibc serves the first such blocks with mmap, but
+    its dynamic threshold then rises past them, so later ones come from the heap of whichever decode thread asked,
+    and each thread's heap keeps what its largest decode ever needed. The pixel budget bounds what decodes at
+    once; without this, RSS would still grow towards ``decode_workers`` times the largest image's decode. Fixing
+    the threshold turns the dynamic one off. Elsewhere than glibc, nothing to do: returns False.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 class DecodeStage:
     """Decodes uploads in a bounded thread pool, under the server's caps and pixel budget."""
 
     def __init__(self, detector: Detector, settings: ServeSettings) -> None:
+        return_large_frees_to_the_os()
         self.preprocessor = detector.preprocessor
         self.settings = settings
         self.budget = PixelBudget(settings.budget_pixels)
