@@ -460,3 +460,147 @@ def test_concurrent_bombs_neither_stall_others_nor_hold_memory(cli_server, hones
     assert peak - before <= 8 * budget / 2**20 + 100, (before, peak)
     assert after - before <= 100, (before, after)
     assert "Traceback" not in cli_server.log()
+
+
+# --- 3. slow and vanishing clients --------------------------------------------------------------------------
+
+
+def trickle(server: Server, at_once: bytes, trickled: bytes, pause: float = 0.25) -> tuple[bytes, float]:
+    """Send ``at_once``, then ``trickled`` a byte every ``pause`` seconds: what the server answered, and when it
+    closed the connection (seconds after connecting), or inf if it didn't within the timeouts and slack."""
+    sock = server.connect()
+    started, answer = time.monotonic(), b""
+    sock.settimeout(pause)
+    try:
+        sock.sendall(at_once)
+        for byte in trickled[: int((HEADER_TIMEOUT_S + BODY_TIMEOUT_S + CLOSE_SLACK_S) / pause)]:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:  # closed: keep what it said
+                break
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                return answer, time.monotonic() - started
+            answer += data
+        closed = closed_by_peer(sock, CLOSE_SLACK_S)
+        return answer, time.monotonic() - started if closed else math.inf
+    finally:
+        sock.close()
+
+
+def test_slow_clients_are_cut_off_and_others_served(cli_server, honest):
+    """Bounds: a connection trickling its headers (or sending nothing) is closed after the header timeout, and
+    one trickling its body gets 408 after the body timeout; each within CLOSE_SLACK_S of its timeout."""
+    mark = len(cli_server.log())
+    head = f"POST /api/v1/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n".encode()
+    cases = {  # (sent at once, trickled, the timeout that must end it)
+        "headers trickled": (b"", head + b"Content-Length: 100\r\n\r\n", HEADER_TIMEOUT_S),
+        "nothing sent": (b"", b"", HEADER_TIMEOUT_S),
+        "body trickled": (head + b"Content-Length: 5000\r\n\r\n", b"x" * 5000, BODY_TIMEOUT_S),
+        # a body no route reads: answered, then the rest trickles in as if it were the next request's headers
+        "body nobody reads": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", b"x" * 5000,
+                              HEADER_TIMEOUT_S),
+    }
+    outcomes: dict[str, tuple[bytes, float]] = {}
+
+    def attack(name: str) -> None:
+        at_once, trickled, _ = cases[name]
+        if not at_once + trickled:  # connect and say nothing
+            sock = cli_server.connect()
+            started = time.monotonic()
+            closed = closed_by_peer(sock, HEADER_TIMEOUT_S + CLOSE_SLACK_S)
+            outcomes[name] = (b"", time.monotonic() - started if closed else math.inf)
+            sock.close()
+        else:
+            outcomes[name] = trickle(cli_server, at_once, trickled)
+
+    attackers = [threading.Thread(target=attack, args=(name,)) for name in cases]
+    for attacker in attackers:
+        attacker.start()
+    served = []
+    for turn in range(6):  # meanwhile, the others
+        image = honest[turn % len(honest)]
+        served.append(check_verdict(post_image(cli_server, image.data), image))
+        time.sleep(0.2)
+    for attacker in attackers:
+        attacker.join(HEADER_TIMEOUT_S + BODY_TIMEOUT_S + 3 * CLOSE_SLACK_S)
+
+    print("\nslow clients: " + "; ".join(f"{name}: {answer.split(b' ', 2)[1].decode() if answer else 'closed'}"
+                                        f" after {seconds:.2f} s" for name, (answer, seconds) in outcomes.items()))
+    assert served == [None] * len(served), served
+    for name, (_, _, timeout) in cases.items():
+        assert timeout <= outcomes[name][1] <= timeout + CLOSE_SLACK_S, (name, outcomes[name])
+    assert outcomes["body trickled"][0].startswith(b"HTTP/1.1 408 "), outcomes
+    assert outcomes["body nobody reads"][0].startswith(b"HTTP/1.1 200 "), outcomes
+    assert not outcomes["headers trickled"][0] and not outcomes["nothing sent"][0], outcomes
+    log = cli_server.log()[mark:]
+    assert "Traceback" not in log and all(status != 500 for _, _, status in access_lines(log)), log
+
+
+def test_vanishing_clients_leave_no_trace(cli_server, honest):
+    """Clients that vanish mid-upload, while their image waits or decodes, and before their answer: no traceback,
+    no 500 in the log, the decode budget and the queue are given back (within 30 s), others are served."""
+    mark = len(cli_server.log())
+    side = math.isqrt(BOMB_CAP)
+    bomb = rgba_png_bomb(side, side)  # takes long enough to decode that its client is gone by the time it is
+    request = f"POST /api/v1/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n".encode()
+
+    def vanish(head: bytes, sent: bytes, abrupt: bool, after: float = 0.0) -> None:
+        sock = cli_server.connect()
+        sock.sendall(head + sent)
+        time.sleep(after)
+        reset(sock) if abrupt else sock.close()
+
+    for abrupt in (False, True):
+        vanish(request + b"Content-Length: 200000\r\n\r\n", honest[0].data[:1000], abrupt)  # mid-upload
+        vanish(request + f"Content-Length: {len(bomb)}\r\n\r\n".encode(), bomb, abrupt)  # waiting to decode
+        vanish(request + f"Content-Length: {len(bomb)}\r\n\r\n".encode(), bomb, abrupt, after=0.3)  # decoding
+        image = honest[1].data  # answered in milliseconds: gone just before or as the answer is written
+        vanish(request + f"Content-Length: {len(image)}\r\n\r\n".encode(), image, abrupt, after=0.01)
+
+    def idle() -> bool:
+        health = cli_server.health().json()
+        return health["decoding_pixels"] == 0 and health["queue_depth"] == 0
+
+    settled = wait_until(idle, 30, pause=0.2)
+    reply = post_image(cli_server, honest[2].data)
+    log = cli_server.log()[mark:]
+    statuses = Counter(status for _, _, status in access_lines(log))
+    print(f"\nvanishing clients: the server logged {dict(statuses)}")
+    assert settled, cli_server.health().json()
+    assert check_verdict(reply, honest[2]) is None
+    assert "Traceback" not in log and statuses[500] == 0, log
+    assert statuses[499] >= 2, log  # the two mid-upload ones at least, logged as nginx's "client closed request"
+
+
+def test_connections_beyond_the_cap_get_503(cli_server):
+    """--max-connections N: N connections at once are served, the next one gets 503; once they close, all is
+    well again (within 10 s)."""
+    held: list[socket.socket] = []
+
+    def hold_one() -> bytes:  # a kept-alive connection, idle after its request: it counts until it closes
+        sock = cli_server.connect(10)
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        held.append(sock)
+        return sock.recv(65536).split(b"\r\n", 1)[0]
+
+    def probe() -> int:
+        return cli_server.request("GET", "/healthz", timeout=10).status
+
+    try:
+        answers = [hold_one() for _ in range(MAX_CONNECTIONS - 1)]
+        with_room = probe()  # the N-th connection
+        answers.append(hold_one())
+        beyond = probe()  # the (N+1)-th
+    finally:
+        for sock in held:
+            sock.close()
+    recovered = wait_until(lambda: probe() == 200, 10, pause=0.2)
+    assert answers == [b"HTTP/1.1 200 OK"] * MAX_CONNECTIONS
+    assert (with_room, beyond) == (200, 503)
+    assert recovered

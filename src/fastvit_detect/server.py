@@ -957,10 +957,11 @@ def serve(
              ", ".join(detector.labels), settings)
 
     protocol = type("ConfiguredH11Protocol", (TimedH11Protocol,), {"header_timeout_s": settings.header_timeout_s})
-    # access_log off: log_request writes one line per request, with its latency.
+    # access_log off: log_request writes one line per request, with its latency. uvicorn refuses a request once
+    # its connections, that request's own included, reach limit_concurrency: max_connections + 1 serves that many.
     config = uvicorn.Config(app, host=host, port=port, http=protocol, access_log=False, log_level=log_level,
                             timeout_keep_alive=math.ceil(settings.keep_alive_s),
-                            limit_concurrency=settings.max_connections)
+                            limit_concurrency=settings.max_connections + 1)
     # uvicorn announces its address only for sockets it binds itself; scripts wait for this line.
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
