@@ -604,3 +604,89 @@ def test_connections_beyond_the_cap_get_503(cli_server):
     assert answers == [b"HTTP/1.1 200 OK"] * MAX_CONNECTIONS
     assert (with_room, beyond) == (200, 503)
     assert recovered
+
+
+# --- 4. the model thread dying ------------------------------------------------------------------------------
+
+
+def test_a_dying_worker_is_restarted_and_nothing_hangs(fault_server, honest):
+    """An image that kills the model thread (SystemExit): /healthz counts the restart, every request is answered
+    within 60 s (its batch-mates may get 500, never a hang) and the server carries on."""
+    restarts = fault_server.health().json()["worker_restarts"]
+    replies: list[tuple[Reply, Honest]] = []
+
+    def honest_client(index: int) -> None:
+        for turn in range(6):
+            image = honest[(index + turn) % len(honest)]
+            replies.append((post_image(fault_server, image.data, timeout=60), image))
+
+    clients = [threading.Thread(target=honest_client, args=(index,)) for index in range(3)]
+    for client in clients:
+        client.start()
+    killer = post_image(fault_server, png(solid(CYAN)), timeout=60)
+    for client in clients:
+        client.join(120)
+    health = fault_server.health()
+    after = post_image(fault_server, honest[0].data)
+
+    statuses = Counter(reply.status for reply, _ in replies)
+    print(f"\ndying worker: the killer got {killer.status}; honest requests meanwhile {dict(statuses)}; "
+          f"/healthz {health.status} {health.json()}")
+    assert killer.status == 500 and killer.json()["error"]["type"] == "InternalServerError"
+    assert len(replies) == 18, "a request hung"
+    assert all(check_verdict(reply, image) is None for reply, image in replies if reply.status != 500)
+    assert statuses[500] <= 7, "more failed than could share the killer's batch (max_batch 8)"
+    assert health.status == 200 and health.json()["worker_alive"] is True
+    assert health.json()["worker_restarts"] == restarts + 1
+    assert check_verdict(after, honest[0]) is None
+    ends = tracebacks(fault_server.log())
+    assert all("injected worker death" in end or "injected model failure" in end for end in ends), ends
+
+
+def test_a_worker_that_keeps_dying_is_reported_and_refused(vit_package, tmp_path, honest):
+    """A crash loop leaves the worker stopped: /healthz answers 503 and requests get 503 at once (PROMPT_S)."""
+    from fastvit_detect.server import RESTART_LIMIT
+
+    server = start_faulty_server(vit_package, tmp_path / "server.log")
+    try:
+        killers = [post_image(server, png(solid(CYAN)), timeout=60).status for _ in range(RESTART_LIMIT)]
+        health = server.health()
+        refused = [post_image(server, image.data, timeout=PROMPT_S * 2) for image in honest]
+    finally:
+        server.stop()
+    print(f"\ncrash loop: {RESTART_LIMIT} deaths answered {Counter(killers)}; then /healthz {health.status} "
+          f"{health.json()}; requests {Counter(reply.status for reply in refused)} in at most "
+          f"{max(reply.seconds for reply in refused) * 1e3:.0f} ms")
+    assert killers == [500] * RESTART_LIMIT
+    assert health.status == 503 and health.json()["worker_alive"] is False
+    assert health.json()["worker_restarts"] == RESTART_LIMIT - 1
+    for reply in refused:
+        assert reply.status == 503 and reply.headers["retry-after"] == "1" and reply.seconds <= PROMPT_S
+        assert reply.json()["error"]["type"] == "ServerBusyError"
+
+
+def test_a_batcher_left_stopped_refuses_work_while_its_thread_winds_down():
+    """After the last restart the dying thread still runs a moment; what is submitted then must fail, not wait
+    forever for a worker that will never come."""
+    from fastvit_detect.errors import ServerBusyError
+    from fastvit_detect.server import RESTART_LIMIT, MicroBatcher
+
+    class Lingering(MicroBatcher):
+        def _run(self) -> None:  # the OS may well deschedule a thread between its last lines
+            super()._run()
+            time.sleep(2)
+
+    def die(_items):
+        raise SystemExit("injected worker death")
+
+    batcher = Lingering(die, max_batch=1, max_wait_ms=0, queue_size=4)
+    try:
+        for _ in range(RESTART_LIMIT):
+            with pytest.raises(RuntimeError, match="SystemExit"):
+                batcher.submit(["doomed"])[0].result(10)
+        time.sleep(0.5)  # the last death has given up by now; its thread lingers
+        with pytest.raises(ServerBusyError):
+            batcher.submit(["late"])[0].result(1)
+        assert not batcher.healthy
+    finally:
+        batcher.close(timeout=5)

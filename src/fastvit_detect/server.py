@@ -190,6 +190,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._jobs: queue.Queue[_Job[Item, Result] | None] = queue.Queue(maxsize=queue_size)
         self._submit_lock = threading.Lock()
         self._closed = False
+        self._given_up = False  # the worker died too often: set while its thread may still be winding down
         self.batches_run = 0
         self.images_run = 0
         self.largest_batch = 0
@@ -209,14 +210,14 @@ class MicroBatcher(Generic[Item, Result]):
 
     @property
     def healthy(self) -> bool:
-        return self._worker.is_alive() and not self._closed
+        return self._worker.is_alive() and not self._closed and not self._given_up
 
     def submit(self, items: Sequence[Item]) -> list[Future[Result]]:
         """Queue items as one unit, all or none, so a multi-file request is never half-queued."""
         with self._submit_lock:  # only submitters add, so free space can't shrink between the check and the puts
             if self._closed:
                 raise ServerBusyError("the server is shutting down")
-            if not self._worker.is_alive():
+            if self._given_up or not self._worker.is_alive():
                 raise ServerBusyError("the inference worker has stopped (see the server log and /healthz)")
             free = self.queue_size - self._jobs.qsize()
             if len(items) > free:
@@ -270,6 +271,7 @@ class MicroBatcher(Generic[Item, Result]):
             if len(self._deaths) == RESTART_LIMIT and now - self._deaths[0] < RESTART_WINDOW_S:
                 log.critical("the inference worker died %d times in %.0f s: left stopped; /healthz answers 503",
                              RESTART_LIMIT, now - self._deaths[0])
+                self._given_up = True
                 self._fail_queued(ServerBusyError("the inference worker has stopped"))
                 return
             self.worker_restarts += 1
