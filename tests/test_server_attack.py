@@ -690,3 +690,48 @@ def test_a_batcher_left_stopped_refuses_work_while_its_thread_winds_down():
         assert not batcher.healthy
     finally:
         batcher.close(timeout=5)
+
+
+# --- 5. odd requests ----------------------------------------------------------------------------------------
+
+
+def test_head_answers_like_get_without_a_body(cli_server):
+    for path in ("/", "/healthz", "/api/v1/model"):
+        get, head = cli_server.request("GET", path), cli_server.request("HEAD", path)
+        assert (head.status, head.body) == (200, b""), (path, head)
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        if path != "/healthz":  # its counters move between the two
+            assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.body)), path
+
+
+def test_absurd_bodies_get_4xx_at_once(cli_server, honest):
+    """Each answered with its 4xx within PROMPT_S, no traceback, no 500; the server then still serves."""
+    mark = len(cli_server.log())
+    image = honest[0].data
+    as_json = {"Content-Type": "application/json"}
+    many_fields = multipart([(f"field{index}", None, b"x") for index in range(5000)] + [("file", "a.png", image)])
+    many_files = multipart([("file", f"{index}.png", image) for index in range(2000)])
+    cases = {  # name: (path, body, headers, status)
+        "5000-digit integer": ("/predict/", b'{"image": ' + b"9" * 5000 + b"}", as_json, 422),
+        "100k-deep nesting": ("/predict/", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", as_json, 422),
+        "image as a number": ("/predict/", b'{"image": 1e999}', as_json, 422),
+        "5000 fields": ("/api/v1/predict", *many_fields, 422),
+        "2000 files": ("/api/v1/predict", *many_files, 422),
+        "1 MB field name": ("/api/v1/predict", *multipart([("n" * 2**20, "a.png", image)]), 422),
+        "1 MB file name": ("/api/v1/predict", *multipart([("file", "n" * 2**20, image)]), 422),
+        "100k parts, no content": ("/api/v1/predict", b"--b\r\n\r\n\r\n" * 100_000 + b"--b--\r\n",
+                                   {"Content-Type": "multipart/form-data; boundary=b"}, 422),
+        "no boundary": ("/api/v1/predict", image, {"Content-Type": "multipart/form-data"}, 422),
+        "never-ending part": ("/api/v1/predict", b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n"
+                              + b"x" * 5_000_000, {"Content-Type": "multipart/form-data; boundary=b"}, 422),
+    }
+    replies = {name: cli_server.request("POST", path, body, headers)
+               for name, (path, body, headers, _) in cases.items()}
+    after = post_image(cli_server, image)
+    print("\nabsurd bodies: " + "; ".join(f"{name}: {reply.status} in {reply.seconds * 1e3:.0f} ms"
+                                          for name, reply in replies.items()))
+    assert {name: reply.status for name, reply in replies.items()} == {name: case[3] for name, case in cases.items()}
+    assert all(reply.seconds <= PROMPT_S for reply in replies.values()), replies
+    assert check_verdict(after, honest[0]) is None
+    log = cli_server.log()[mark:]
+    assert "Traceback" not in log and all(status != 500 for _, _, status in access_lines(log)), log
