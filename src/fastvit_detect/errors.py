@@ -157,3 +157,8 @@ class RequestTimeoutError(InputError):
 
 class ServerBusyError(FastVitDetectError):
     """The inference queue is full (or the server is stopping): retry later."""
+
+
+class WorkerCrashError(FastVitDetectError):
+    """A worker process (a Ray actor) died every time it classified this image on its own: a decoder crash or
+    the memory limit, most likely. Recorded in the image's place so one image can't stall a job forever."""

@@ -119,11 +119,14 @@ class ScanOutput:
             raise FastVitDetectError(f"{self.path}: can't read the earlier results to resume: {exc}") from exc
 
     def write(self, image: str, result: ImageResult) -> None:
-        record = result_record(image, result)
+        self.write_record(result_record(image, result))
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Write a record in :func:`result_record`'s shape, wherever it was made (the Ray engine's actors)."""
         if self._csv is None:
             self._handle.write(json.dumps(record) + "\n")  # ASCII: names that aren't UTF-8 come out as \udcXX
             return
-        row: dict[str, Any] = {"image": image}
+        row: dict[str, Any] = {"image": record["image"]}
         if "error" in record:
             row.update(error_type=record["error"]["type"], error_message=record["error"]["message"])
         else:
