@@ -11,5 +11,5 @@ fi
 # torch first and pinned: on this project's CPU machines torch==2.13.0 is a local CPU wheel, while an unpinned
 # torch (asked for by optimum or transformers) would pull a multi-GB CUDA build. Elsewhere set TORCH_VERSION.
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$VENV/bin/python" -m pip install -q -e ".[export,bench,serve,hub,dev]"
+"$VENV/bin/python" -m pip install -q -e ".[export,bench,serve,hub,ray,dev]"
 PY="$VENV/bin/python"

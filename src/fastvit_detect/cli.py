@@ -49,6 +49,7 @@ MiB = 1024 * 1024
 
 batch_size_type = whole_number(1, MAX_BATCH_SIZE)
 threads_type = whole_number(1, MAX_THREADS)
+actors_type = whole_number(1, 100_000)  # more than any Ray cluster runs; a typo beyond it fails here
 pixels_type = whole_number(1, 2**40)
 megabytes_type = finite_number(0, 64 * 1024, low_inclusive=False)
 EXPLAIN_OPTIONS = ("method", "target", "grid", "samples", "baseline", "seed")
@@ -131,11 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("folder", metavar="DIR", help="folder to scan")
     add_model_arguments(scan)
     scan.add_argument("--output", "-o", default="scan_results.jsonl", metavar="FILE",
-                      help="results file, a regular file; .csv for CSV, else JSON lines (default scan_results.jsonl)")
-    scan.add_argument("--format", choices=("jsonl", "csv"), help="override the format the file name implies")
+                      help="results file, a regular file; .csv for CSV, .parquet for a folder of Parquet files "
+                           "(--engine ray only), else JSON lines (default scan_results.jsonl)")
+    scan.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="override the format the file name implies")
     scan.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
                       help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
     scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
+    cluster = scan.add_argument_group("Ray (needs the ray extra)")
+    cluster.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")
+    cluster.add_argument("--address", default=None, metavar="ADDR",
+                         help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray on this machine)")
+    cluster.add_argument("--actors", type=actors_type, default=None, metavar="N",
+                         help="actors, one model each (default: the cluster's CPUs / threads per actor)")
+    cluster.add_argument("--threads-per-actor", type=threads_type, default=None, metavar="T",
+                         help=f"CPUs reserved and intra-op threads per actor, 1-{MAX_THREADS} (default 1)")
+    cluster.add_argument("--ship-model", action="store_true",
+                         help="send the package's files to the workers through Ray's object store, for workers "
+                              "that can't read --model's path")
     scan.set_defaults(handler=run_scan)
 
     info = commands.add_parser("info", help="describe a model package", description="Describe a model package.")
@@ -398,12 +412,45 @@ def run_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def run_scan(args: argparse.Namespace) -> int:
     from .scan import scan
 
+    if args.engine == "ray":
+        return run_ray_scan(args)
+    for option, value in (("--address", args.address), ("--actors", args.actors),
+                          ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model),
+                          ("--format parquet", args.format == "parquet")):
+        if value:
+            raise FastVitDetectError(f"{option} needs --engine ray")
     detector = load_detector(args)
     note_intended_use(detector.package)
     print(f"scanning {args.folder} with {detector.variant.name} into {args.output}", file=sys.stderr)
     summary = scan(detector, args.folder, args.output, batch_size=args.batch_size, fmt=args.format,
                    overwrite=args.overwrite, progress=stderr_progress(detector.variant.name))
     print(summary.describe(), file=sys.stderr)
+    return EXIT_IMAGE_FAILED if summary.failed else EXIT_OK
+
+
+def run_ray_scan(args: argparse.Namespace) -> int:
+    try:  # imported here: every other command works without Ray installed
+        from . import ray as engine
+    except ImportError as exc:
+        print(f"fastvit-detect: error: scan --engine ray needs the ray extra ({exc.name or exc} is missing); "
+              "install it with: pip install 'fastvit-detect[ray]'", file=sys.stderr)
+        return EXIT_USAGE
+    if args.threads is not None:
+        raise FastVitDetectError("--threads is the local scan's; with --engine ray use --threads-per-actor")
+    if not engine.is_uri(args.folder) and not os.path.isdir(args.folder):
+        raise FastVitDetectError(f"{args.folder}: not a directory to scan")
+    note_intended_use(ModelPackage.open(args.model))  # a bad package fails here, before Ray starts
+    with engine.connected(args.address) as seconds:
+        print(f"ray: {engine.describe_cluster()}, ready in {seconds:.1f}s; scanning {args.folder} into {args.output}",
+              file=sys.stderr)
+        summary = engine.classify(args.folder, args.model, args.output, fmt=args.format, overwrite=args.overwrite,
+                                  variant=args.variant, actors=args.actors, threads_per_actor=args.threads_per_actor,
+                                  batch_size=args.batch_size, max_pixels=args.max_pixels,
+                                  max_bytes=max(1, int(args.max_image_mb * MiB)), jpeg_draft=args.jpeg_draft,
+                                  ship_model=args.ship_model, progress=stderr_progress("ray"))
+    retried = f"; {summary.duplicates_dropped} record(s) of retried batches dropped" if summary.duplicates_dropped else ""
+    print(f"{summary.describe()}; {summary.actors} actor(s) x {args.threads_per_actor or 1} thread(s){retried}",
+          file=sys.stderr)
     return EXIT_IMAGE_FAILED if summary.failed else EXIT_OK
 
 

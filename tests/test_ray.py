@@ -1,0 +1,305 @@
+"""The Ray engine on a local Ray (2 CPUs): same records as the local scan, exactly once through actor deaths,
+interrupted drivers and resumes, bad images as error rows. One Ray instance serves the whole module."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import _noise, png_with_header
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from fastvit_detect import Detector  # noqa: E402
+from fastvit_detect.cli import main  # noqa: E402
+from fastvit_detect.errors import FastVitDetectError  # noqa: E402
+from fastvit_detect.scan import result_record, scan  # noqa: E402
+
+import fastvit_detect.ray as engine  # noqa: E402
+
+GOOD_IMAGES = 200
+# name -> error type the runtime gives it; made at the folder's top level
+BAD_IMAGES = {"empty.jpg": "EmptyImageError", "truncated.jpg": "ImageDecodeError",
+              "truncated.png": "ImageDecodeError", "text.jpg": "ImageDecodeError", "bomb.png": "ImageTooLargeError"}
+NOT_UTF8 = b"caf\xe9.png"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def encoded(array: np.ndarray, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """GOOD_IMAGES small photos-like images in nested folders, the bad ones, a FIFO and a name that isn't UTF-8."""
+    root = tmp_path_factory.mktemp("ray-images") / "photos"
+    for index in range(GOOD_IMAGES):
+        sub = root / f"part{index % 3}" / ("deeper" if index % 5 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        pixels = _noise(24 + index % 40, 30 + (7 * index) % 50, seed=index)
+        if index % 2:
+            (sub / f"img{index:03d}.jpg").write_bytes(encoded(pixels, "JPEG", quality=80))
+        else:
+            (sub / f"img{index:03d}.png").write_bytes(encoded(pixels, "PNG"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the actor must apply EXIF orientation as the local runtime does
+    (root / "rotated.jpg").write_bytes(encoded(_noise(40, 64, seed=999), "JPEG", exif=exif.tobytes()))
+    jpeg, png = encoded(_noise(80, 80, 1), "JPEG"), encoded(_noise(80, 80, 2), "PNG")
+    bad = {"empty.jpg": b"", "truncated.jpg": jpeg[: len(jpeg) // 3], "truncated.png": png[: len(png) // 2],
+           "text.jpg": b"not an image\n" * 20, "bomb.png": png_with_header(100_000, 100_000)}
+    for name, data in bad.items():
+        (root / name).write_bytes(data)
+    with open(os.path.join(os.fsencode(root), NOT_UTF8), "wb") as handle:
+        handle.write(encoded(_noise(30, 30, 3), "PNG"))
+    os.mkfifo(root / "pipe.png")  # not a regular file: never listed, never read
+    return root
+
+
+@pytest.fixture(scope="module")
+def expected(folder, vit_package) -> dict[str, dict]:
+    """The local scan's records for the folder: the reference every Ray run must reproduce."""
+    output = folder.parent / "local.jsonl"
+    scan(Detector.load(vit_package, variant="fp32"), folder, output, batch_size=8)
+    return {record["image"]: record for record in map(json.loads, output.read_text().splitlines())}
+
+
+def read_records(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        return [record for part in sorted(path.glob("part-*.parquet"))
+                for record in engine.table_records(pq.read_table(part))]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def as_parquet(expected: dict[str, dict]) -> dict[str, dict]:
+    """The records as Parquet holds them: names that aren't UTF-8 with their bytes escaped."""
+    stored = {}
+    for record in copy.deepcopy(list(expected.values())):
+        record["image"] = engine._parquet_text(record["image"])
+        if "error" in record:
+            record["error"]["message"] = engine._parquet_text(record["error"]["message"])
+        stored[record["image"]] = record
+    return stored
+
+
+def check_exactly_once(records: list[dict], expected: dict[str, dict]) -> dict[str, dict]:
+    names = [record["image"] for record in records]
+    assert len(names) == len(set(names)), "an image was written twice"
+    assert set(names) == set(expected), "images missing or extra"
+    return dict(zip(names, records))
+
+
+def check_same_as_local_scan(by_name: dict[str, dict], expected: dict[str, dict]) -> None:
+    for name, want in expected.items():
+        got = by_name[name]
+        if name.endswith(("caf\udce9.png", "caf\\xe9.png")):  # pyarrow opens UTF-8 names only: an error row
+            assert got["error"]["type"] == "ImageNotFoundError" and "UTF-8" in got["error"]["message"]
+        else:  # the same record, key for key: labels, probabilities, fp32 logits bit for bit, error type and text
+            assert got == want, name
+    bad = {Path(name).name: record["error"]["type"] for name, record in by_name.items() if "error" in record}
+    assert {name: bad[name] for name in BAD_IMAGES} == BAD_IMAGES
+
+
+def test_folder_to_json_lines_gives_the_local_scans_records(local_ray, folder, vit_package, expected, tmp_path):
+    output = tmp_path / "ray.jsonl"
+    summary = engine.classify(folder, vit_package, output, variant="fp32", actors=2, threads_per_actor=1,
+                              batch_size=8)
+    assert (summary.found, summary.already_done) == (len(expected), 0)
+    assert (summary.classified, summary.failed) == (GOOD_IMAGES + 1, len(BAD_IMAGES) + 1)
+    check_same_as_local_scan(check_exactly_once(read_records(output), expected), expected)
+    again = engine.classify(folder, vit_package, output, variant="fp32")  # all done: Ray isn't even asked
+    assert (again.already_done, again.classified, again.failed) == (len(expected), 0, 0)
+
+
+def test_parquet_stopped_half_way_then_resumed(local_ray, folder, vit_package, expected, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "PARQUET_ROWS_PER_FILE", 25)
+    output = tmp_path / "results.parquet"
+
+    def stop_half_way(done: int, total: int) -> None:
+        if done >= total // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.classify(folder, vit_package, output, variant="fp32", actors=1, threads_per_actor=2, batch_size=8,
+                        progress=stop_half_way)
+    first = read_records(output)
+    assert len(expected) // 2 <= len(first) < len(expected)
+    (output / ".part-000099.tmp").write_bytes(b"PAR1 torn")  # what a run killed mid-write leaves
+    resumed = engine.classify(folder, vit_package, output, variant="fp32", actors=2, threads_per_actor=1)
+    assert resumed.already_done == len(first) and resumed.classified + resumed.failed == len(expected) - len(first)
+    assert not list(output.glob(".part-*"))
+    stored = as_parquet(expected)
+    check_same_as_local_scan(check_exactly_once(read_records(output), stored), stored)
+
+
+def test_actor_killed_mid_job_and_an_image_that_kills_every_worker(local_ray, folder, vit_package, expected,
+                                                                    tmp_path):
+    poisoned = tmp_path / "photos"
+    shutil.copytree(folder, poisoned, ignore=lambda _dir, names: [name for name in names if name == "pipe.png"])
+    (poisoned / "poison.png").write_bytes(encoded(_noise(30, 30, 4), "PNG"))
+    killed_once = tmp_path / "killed-once"
+
+    class Dying(engine.BatchClassifier):  # a local class: Ray ships it by value with its closure
+        crashes_before_giving_up = 1
+        calls = 0
+
+        def __call__(self, batch):
+            Dying.calls += 1
+            if Dying.calls == 3:  # one actor, once, mid-job: SIGKILL, as the kernel's OOM killer would
+                try:
+                    os.close(os.open(killed_once, os.O_CREAT | os.O_EXCL))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                except FileExistsError:
+                    pass
+            return super().__call__(batch)
+
+        def _predict(self, data, paths):
+            if any(path.endswith("poison.png") for path in paths):  # a decoder that crashes the process
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super()._predict(data, paths)
+
+    output = tmp_path / "ray.jsonl"
+    summary = engine.classify(poisoned, vit_package, output, variant="fp32", actors=2, threads_per_actor=1,
+                              batch_size=8, classifier=Dying)
+    assert killed_once.exists()
+    records = read_records(output)
+    poison = [record for record in records if record["image"].endswith("poison.png")]
+    assert len(poison) == 1 and poison[0]["error"]["type"] == "WorkerCrashError"
+    moved = {}  # the local scan's records, as they'd read for the copied folder
+    for record in copy.deepcopy(list(expected.values())):
+        record["image"] = str(poisoned / Path(record["image"]).relative_to(folder))
+        if "error" in record:
+            record["error"]["message"] = record["error"]["message"].replace(str(folder), str(poisoned))
+        moved[record["image"]] = record
+    rest = [record for record in records if record is not poison[0]]
+    check_same_as_local_scan(check_exactly_once(rest, moved), moved)
+    assert summary.failed == len(BAD_IMAGES) + 2
+
+
+def test_cli_driver_killed_then_resumed(local_ray, folder, vit_package, expected, tmp_path, capsys):
+    output = tmp_path / "cli.jsonl"
+    scan_args = ["scan", str(folder), "--engine", "ray", "--model", str(vit_package), "--variant", "fp32",
+                 "-o", str(output), "--actors", "1", "--batch-size", "4"]
+    address = ray.get_runtime_context().gcs_address  # a second driver joins this module's Ray
+    driver = subprocess.Popen([sys.executable, "-m", "fastvit_detect", *scan_args, "--address", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 150
+    while driver.poll() is None and time.monotonic() < deadline:
+        if output.exists() and output.read_bytes().count(b"\n") >= 20:
+            break
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate(timeout=60)
+    written = output.read_bytes().count(b"\n")
+    assert 20 <= written < len(expected), "the driver should die mid-job"
+    with open(output, "ab") as handle:
+        handle.write(b'{"image": "torn')  # a record cut short by the kill
+    assert main(scan_args) in (0, 1)  # the same command in this process, on the Ray it already joined
+    assert f"{written} already in the output, skipped" in capsys.readouterr().err
+    check_same_as_local_scan(check_exactly_once(read_records(output), expected), expected)
+
+
+def test_records_round_trip_through_arrow(vit_package, folder):
+    detector = Detector.load(vit_package, variant="fp32")
+    images = [next(folder.rglob("img000.png")), folder / "text.jpg"]
+    records = [result_record(str(image), result)
+               for image, result in zip(images, detector.predict_batch(images, errors="return"))]
+    table = engine.records_table(records, detector.labels)
+    assert list(engine.table_records(table)) == records
+    assert [json.dumps(record) for record in engine.table_records(table)] == [json.dumps(r) for r in records]
+
+
+def test_listing(folder, tmp_path):
+    names = engine.list_images(folder)
+    assert names == [str(path) for path in sorted(folder.rglob("*")) if path.is_file()
+                     and path.suffix.lower() in {".jpg", ".png"}]
+    assert not any(name.endswith("pipe.png") for name in names)
+    one = names[3]
+    missing = str(tmp_path / "gone.jpg")
+    assert engine.list_images([one, folder, missing, os.path.relpath(one)]) == [one, *names[:3], *names[4:], missing]
+    assert engine.list_images(f"file://{folder / 'part0'}") == [f"file://{name}" for name in names
+                                                                 if name.startswith(str(folder / "part0") + "/")]
+    with pytest.raises(FastVitDetectError, match="can't list it"):  # pyarrow can't list a name that isn't UTF-8
+        engine.list_images(f"file://{folder}")
+    assert engine._unreadable(missing, None).__class__.__name__ == "ImageNotFoundError"
+    assert "not a regular file" in str(engine._unreadable(str(folder / "pipe.png"), None))
+    assert "exceeds the cap" in str(engine._unreadable(one, 10))
+    assert engine._unreadable(one, None) is None
+
+
+def test_explicit_files_and_uris_classify_like_a_folder(local_ray, folder, vit_package, expected, tmp_path):
+    chosen = sorted(name for name in expected if name.endswith(".jpg"))[:10]
+    text_uri, pipe, gone = f"file://{folder / 'text.jpg'}", str(folder / "pipe.png"), str(tmp_path / "gone.jpg")
+    output = tmp_path / "some.csv"
+    summary = engine.classify([*chosen, text_uri, pipe, gone], vit_package, output, variant="fp32", actors=1)
+    assert (summary.found, summary.classified) == (len(chosen) + 3, sum("error" not in expected[n] for n in chosen))
+    rows = {row["image"]: row for row in csv.DictReader(output.open(encoding="utf-8"))}
+    assert set(rows) == {*chosen, text_uri, pipe, gone}
+    for name in chosen:
+        want = expected[name]
+        assert rows[name]["label"] == want.get("label", "") and rows[name]["error_type"] == want.get(
+            "error", {}).get("type", "")
+    assert rows[text_uri]["error_type"] == "ImageDecodeError"
+    assert "not a regular file" in rows[pipe]["error_message"] and "no such file" in rows[gone]["error_message"]
+
+
+def test_outputs_of_another_kind_are_refused(tmp_path):
+    (tmp_path / "file.parquet").write_text("not a folder")
+    with pytest.raises(FastVitDetectError, match="not a directory"):
+        engine.open_output(tmp_path / "file.parquet", ["Fake", "Real"])
+    other = tmp_path / "other.parquet"
+    writer = engine.open_output(other, ["Cat", "Dog"])
+    writer.write_record({"image": "x.jpg", "error": {"type": "EmptyImageError", "message": "empty"}})
+    writer.close()
+    with pytest.raises(FastVitDetectError, match="aren't this model's"):
+        engine.open_output(other, ["Fake", "Real"])
+    with pytest.raises(FastVitDetectError, match="expected one of"):
+        engine.open_output(tmp_path / "x.jsonl", ["Fake", "Real"], fmt="xml")
+
+
+def test_engine_options_are_checked_before_ray_starts(vit_package, folder, tmp_path, capsys):
+    model = ["--model", str(vit_package)]
+    for argv in (["--actors", "2"], ["--format", "parquet"], ["--engine", "ray", "--threads", "2"],
+                 ["--ship-model"]):
+        assert main(["scan", str(folder), *model, "-o", str(tmp_path / "x.jsonl"), *argv]) == 2, argv
+    assert main(["scan", str(tmp_path / "missing"), *model, "--engine", "ray"]) == 2
+    assert "not a directory to scan" in capsys.readouterr().err
+    for bad in ("0", "-1", "inf", "nan", "1e9"):
+        with pytest.raises(SystemExit):
+            main(["scan", str(folder), *model, "--engine", "ray", "--actors", bad])
+
+
+def test_crash_ledger_counts_starts_that_never_finished():
+    ledger = engine.CrashLedger()
+    assert ledger.begin("batch") == 0
+    ledger.end("batch")
+    assert ledger.begin("batch") == 0  # finished work leaves no trace
+    assert ledger.begin("batch") == 1  # started again without finishing: its worker died
+    assert ledger.begin("batch") == 2
+    ledger.end("batch")
+    assert ledger.begin("batch") == 0 and ledger._crashes == {}
+    ledger.end("batch")
+    assert not ledger._running
