@@ -18,19 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import _noise, png_with_header
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
+import fastvit_detect.ray as engine  # noqa: E402
 from fastvit_detect import Detector  # noqa: E402
 from fastvit_detect.cli import main  # noqa: E402
 from fastvit_detect.errors import FastVitDetectError  # noqa: E402
 from fastvit_detect.scan import result_record, scan  # noqa: E402
-
-import fastvit_detect.ray as engine  # noqa: E402
 
 GOOD_IMAGES = 200
 # name -> error type the runtime gives it; made at the folder's top level

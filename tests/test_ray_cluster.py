@@ -8,18 +8,16 @@ import logging
 import shutil
 
 import pytest
-from PIL import Image
-
 from conftest import _noise
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 pq = pytest.importorskip("pyarrow.parquet")
 
+import fastvit_detect.ray as engine  # noqa: E402
 from fastvit_detect import Detector  # noqa: E402
 from fastvit_detect.cli import main  # noqa: E402
-
-import fastvit_detect.ray as engine  # noqa: E402
 
 IMAGES = 60
 

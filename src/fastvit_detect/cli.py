@@ -448,7 +448,8 @@ def run_ray_scan(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, max_pixels=args.max_pixels,
                                   max_bytes=max(1, int(args.max_image_mb * MiB)), jpeg_draft=args.jpeg_draft,
                                   ship_model=args.ship_model, progress=stderr_progress("ray"))
-    retried = f"; {summary.duplicates_dropped} record(s) of retried batches dropped" if summary.duplicates_dropped else ""
+    dropped = summary.duplicates_dropped
+    retried = f"; {dropped} record(s) of retried batches arrived twice, written once" if dropped else ""
     print(f"{summary.describe()}; {summary.actors} actor(s) x {args.threads_per_actor or 1} thread(s){retried}",
           file=sys.stderr)
     return EXIT_IMAGE_FAILED if summary.failed else EXIT_OK

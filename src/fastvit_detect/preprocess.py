@@ -351,14 +351,9 @@ def _read_path(image: str | os.PathLike, source: str, max_bytes: int | None) -> 
         cause = f"not a regular file ({kind})" if kind else f"can't read file: {getattr(exc, 'strerror', None) or exc}"
         raise ImageNotFoundError(f"{source}: {cause}", source) from exc
     try:
-        status = os.fstat(descriptor)
-        if stat.S_ISDIR(status.st_mode):
-            raise ImageNotFoundError(f"{source}: is a directory, not an image file", source)
-        if not stat.S_ISREG(status.st_mode):
-            raise ImageNotFoundError(f"{source}: not a regular file ({_file_kind(status.st_mode)}); only image "
-                                     "files are read", source)
-        if max_bytes is not None and status.st_size > max_bytes:
-            raise _too_many_bytes(source, status.st_size, max_bytes)
+        problem = file_status_problem(os.fstat(descriptor), source, max_bytes)
+        if problem is not None:
+            raise problem
     except BaseException:
         os.close(descriptor)
         raise
@@ -368,6 +363,19 @@ def _read_path(image: str | os.PathLike, source: str, max_bytes: int | None) -> 
         except OSError as exc:
             raise ImageNotFoundError(f"{source}: can't read file: {exc.strerror or exc}", source) from exc
     return _check_bytes(data, source, max_bytes)  # a file that grew after fstat
+
+
+def file_status_problem(status: os.stat_result, source: str, max_bytes: int | None) -> InputError | None:
+    """Why a file with this ``os.stat`` result isn't read as an image (not a regular file, over ``max_bytes``),
+    or None. Checked before reading: a FIFO would block a reader, /dev/zero never end."""
+    if stat.S_ISDIR(status.st_mode):
+        return ImageNotFoundError(f"{source}: is a directory, not an image file", source)
+    if not stat.S_ISREG(status.st_mode):
+        return ImageNotFoundError(f"{source}: not a regular file ({_file_kind(status.st_mode)}); only image "
+                                  "files are read", source)
+    if max_bytes is not None and status.st_size > max_bytes:
+        return _too_many_bytes(source, status.st_size, max_bytes)
+    return None
 
 
 def _read_file_object(handle: Any, source: str, max_bytes: int | None) -> bytes:

@@ -23,11 +23,10 @@ import hashlib
 import logging
 import os
 import re
-import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,13 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from .detector import DEFAULT_BATCH_SIZE, Detector, Prediction
-from .errors import FastVitDetectError, ImageNotFoundError, ImageTooLargeError, WorkerCrashError
+from .detector import DEFAULT_BATCH_SIZE, Detector
+from .errors import FastVitDetectError, ImageNotFoundError, WorkerCrashError
 from .httpapi import named_image
 from .package import ModelPackage
-from .preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, find_images
+from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
 from .progress import Progress
-from .scan import ScanOutput, ScanSummary, _identity, _repair_torn_line, result_record
+from .scan import ScanOutput, ScanSummary, _identity, result_record
 
 FORMATS = ("jsonl", "csv", "parquet")
 PARQUET_ROWS_PER_FILE = 10_000
@@ -104,13 +103,15 @@ class ShippedModel:
         files = {item.name: item.read_bytes() for item in paths}
         return cls(ray.put(files), chosen.name)
 
-    def load(self, **options: Any) -> Detector:
+    @contextmanager
+    def unpacked(self) -> Iterator[str]:
+        """The package in a private temporary folder, deleted on leaving the block: onnxruntime holds the graph
+        in memory once the session exists, so load it inside."""
         files: dict[str, bytes] = ray.get(self.files)
         with tempfile.TemporaryDirectory(prefix="fastvit-detect-model-") as folder:
             for name, data in files.items():
                 Path(folder, name).write_bytes(data)
-            # onnxruntime holds the graph in memory once the session exists: the files can go right away.
-            return Detector.load(folder, variant=self.variant, **options)
+            yield folder
 
 
 class CrashLedger:
@@ -140,7 +141,7 @@ class CrashLedger:
         self._crashes.pop(key, None)
 
 
-def start_crash_ledger() -> ray.actor.ActorHandle:
+def start_crash_ledger() -> Any:
     """A :class:`CrashLedger` actor for one job (no CPU reserved: it only counts)."""
     return ray.remote(num_cpus=0, max_restarts=-1)(CrashLedger).remote()
 
@@ -194,40 +195,45 @@ class BatchClassifier:
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
         jpeg_draft: bool = False,
         crash_ledger: ray.actor.ActorHandle | None = None,
     ) -> None:
         self.crash_ledger = crash_ledger
-        options = dict(threads=threads or _assigned_cpus(), max_pixels=max_pixels, jpeg_draft=jpeg_draft)
         if isinstance(model, ShippedModel):
-            self.detector = model.load(**options)
+            package: AbstractContextManager[str | os.PathLike[str]] = model.unpacked()
+            variant = model.variant
         else:
-            self.detector = Detector.load(model, variant=variant, **options)
+            package = nullcontext(model)
+        with package as path:
+            self.detector = Detector.load(path, variant=variant, threads=threads or _assigned_cpus(),
+                                          max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft)
         self.batch_size = batch_size
         self.labels = self.detector.labels
 
     def __call__(self, batch: Any) -> pa.Table:
         paths = [str(path) for path in _column(batch, "path")]
         data = _column(batch, "bytes")
-        if self.crash_ledger is None:
+        ledger = self.crash_ledger
+        if ledger is None:
             results = self._predict(data, paths)
         else:
             key = hashlib.sha256("\0".join(paths).encode("utf-8", "surrogatepass")).hexdigest()
-            if ray.get(self.crash_ledger.begin.remote(key)):
-                results = [self._predict_alone(data[index], paths[index]) for index in range(len(paths))]
+            if ray.get(ledger.begin.remote(key)):
+                results = [self._predict_alone(ledger, data[index], paths[index]) for index in range(len(paths))]
             else:
                 results = self._predict(data, paths)
-            ray.get(self.crash_ledger.end.remote(key))
+            ray.get(ledger.end.remote(key))
         return records_table([result_record(path, result) for path, result in zip(paths, results)], self.labels)
 
-    def _predict_alone(self, data: bytes | None, path: str) -> Any:
-        crashes = ray.get(self.crash_ledger.begin.remote(path))
+    def _predict_alone(self, ledger: Any, data: bytes | None, path: str) -> Any:
+        crashes = int(ray.get(ledger.begin.remote(path)))
         if crashes >= self.crashes_before_giving_up:
             result: Any = WorkerCrashError(f"{path}: the worker process died {crashes} times classifying this image "
                                            "on its own (a decoder crash or out of memory); not tried again")
         else:
             result = self._predict([data], [path])[0]
-        ray.get(self.crash_ledger.end.remote(path))
+        ray.get(ledger.end.remote(path))
         return result
 
     def _predict(self, data: Sequence[bytes | None], paths: Sequence[str]) -> list[Any]:
@@ -315,8 +321,9 @@ def _ray_path(name: str) -> str:
 
 
 def _unreadable(name: str, max_bytes: int | None) -> FastVitDetectError | None:
-    """Why the driver won't hand this local file to Ray: Ray reads a file whole, so a FIFO would hang a read task
-    and /dev/zero never end. URIs are left to the reader (object stores hold only regular objects)."""
+    """Why the driver won't hand this local file to Ray, or None: the runtime's own checks before a read (Ray
+    reads a file whole, so a FIFO would hang a read task and /dev/zero never end), and a name pyarrow can open.
+    URIs are left to the reader: object stores hold only regular objects, and the actor checks the size."""
     if is_uri(name):
         return None
     try:
@@ -330,13 +337,7 @@ def _unreadable(name: str, max_bytes: int | None) -> FastVitDetectError | None:
         return ImageNotFoundError(f"{name}: no such file", name)
     except OSError as exc:
         return ImageNotFoundError(f"{name}: can't read file: {exc.strerror or exc}", name)
-    if stat.S_ISDIR(status.st_mode):
-        return ImageNotFoundError(f"{name}: is a directory, not an image file", name)
-    if not stat.S_ISREG(status.st_mode):
-        return ImageNotFoundError(f"{name}: not a regular file; only image files are read", name)
-    if max_bytes is not None and status.st_size > max_bytes:
-        return ImageTooLargeError(f"{name}: {status.st_size:,} bytes exceeds the cap of {max_bytes:,}", name)
-    return None
+    return file_status_problem(status, name, max_bytes)
 
 
 # --- the dataset --------------------------------------------------------------------------------------------
@@ -361,6 +362,7 @@ def classify_dataset(
     threads_per_actor: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
     jpeg_draft: bool = False,
     runtime_env: dict[str, Any] | None = None,
     classifier: type[BatchClassifier] = BatchClassifier,
@@ -374,9 +376,8 @@ def classify_dataset(
     if not names:
         return Job(None, {}, 0, threads_per_actor)
     by_ray_path = {_ray_path(name): name for name in names}
-    environment = {"runtime_env": runtime_env} if runtime_env else {}
     dataset = ray.data.read_binary_files([_source(name) for name in names], include_paths=True, num_cpus=0,
-                                         **environment)
+                                         runtime_env=runtime_env)
     listed = set(dataset.input_files())
     if listed != set(by_ray_path):
         strange = sorted(listed ^ set(by_ray_path))[:3]
@@ -391,8 +392,9 @@ def classify_dataset(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=threads_per_actor or 1,
         fn_constructor_kwargs=dict(model=model, variant=variant, threads=threads_per_actor, batch_size=batch_size,
-                                   max_pixels=max_pixels, jpeg_draft=jpeg_draft, crash_ledger=crash_ledger),
-        **environment,
+                                   max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft,
+                                   crash_ledger=crash_ledger),
+        runtime_env=runtime_env,
     )
     return Job(dataset, by_ray_path, actors, threads_per_actor)
 
@@ -496,9 +498,7 @@ class _LineOutput:
     """scan's JSON-lines or CSV writer, seen through the interface the job needs."""
 
     def __init__(self, path: Path, labels: Sequence[str], fmt: str, overwrite: bool) -> None:
-        if not overwrite:
-            _repair_torn_line(path)
-        self._output = ScanOutput(path, labels, fmt, overwrite)
+        self._output = ScanOutput(path, labels, fmt, overwrite)  # cuts a record an interrupted run tore
         self.done = self._output.done
 
     def holds(self, _name: str, key: str) -> bool:
@@ -511,7 +511,6 @@ class _LineOutput:
         self._output.flush()
 
     def close(self) -> None:
-        self._output.flush()
         self._output.close()
 
 
@@ -546,7 +545,7 @@ def classify(
     threads_per_actor: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    max_bytes: int | None = None,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
     jpeg_draft: bool = False,
     ship_model: bool = False,
     runtime_env: dict[str, Any] | None = None,
@@ -558,8 +557,8 @@ def classify(
     ``sources``: folders, files or URIs (see :func:`list_images`). ``output``: ``.jsonl`` (default), ``.csv`` or
     a ``.parquet`` folder, or ``fmt``. ``model``: a package path every node can read, or with
     ``ship_model=True`` a path on the driver whose files go to the workers once through the object store.
-    ``max_bytes``: local files larger than this get an error record without being read. Connects to a running
-    Ray (``ray.init()``) or starts a local one if none is connected.
+    ``max_bytes``: larger local files get an error record without being read (larger objects from URIs, once
+    read at the actor). Connects to a running Ray (``ray.init()``) or starts a local one if none is connected.
     """
     package = ModelPackage.open(model)  # a bad package or variant fails here, not in every actor
     chosen = package.variant(variant)
@@ -588,7 +587,8 @@ def classify(
         model_source: str | ShippedModel = ShippedModel.put(model, chosen.name) if ship_model else str(model)
         job = classify_dataset(readable, model_source, variant=chosen.name, actors=actors,
                                threads_per_actor=threads_per_actor, batch_size=batch_size, max_pixels=max_pixels,
-                               jpeg_draft=jpeg_draft, runtime_env=runtime_env, classifier=classifier,
+                               max_bytes=max_bytes, jpeg_draft=jpeg_draft, runtime_env=runtime_env,
+                               classifier=classifier,
                                crash_ledger=start_crash_ledger() if readable else None)
         summary.actors = job.actors
         written: set[str] = set()
@@ -630,7 +630,7 @@ def connected(address: str | None = None) -> Iterator[float]:
     started = time.perf_counter()
     try:
         ray.init(address=address, logging_level=logging.WARNING)
-    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError: all an unusable address
+    except Exception as exc:
         raise FastVitDetectError(f"can't start or join Ray{f' at {address}' if address else ''}: {exc}") from exc
     # Our own progress line is on stderr; Ray Data's bars would fight it for the same terminal line.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -668,7 +668,7 @@ __all__ = [
     "list_images",
     "open_output",
     "record_schema",
-    "start_crash_ledger",
     "records_table",
+    "start_crash_ledger",
     "table_records",
 ]
