@@ -311,7 +311,10 @@ def _list_uri(uri: str) -> list[str]:
 
 
 def image_identity(name: str) -> str:
-    """What makes two names the same image: the resolved path locally, the URI as written otherwise."""
+    """What makes two names the same image: the resolved path for a local file (``file://`` URIs included),
+    the URI as written otherwise."""
+    if name.startswith("file://"):
+        return _identity(name[len("file://"):])
     return name if is_uri(name) else _identity(name)
 
 
@@ -376,6 +379,9 @@ def classify_dataset(
     if not names:
         return Job(None, {}, 0, threads_per_actor)
     by_ray_path = {_ray_path(name): name for name in names}
+    if len(by_ray_path) < len(names):  # list_images gives each file once: only mixed URI schemes get here
+        raise FastVitDetectError("two of the names are one file to Ray Data (the same path under two URI schemes?); "
+                                 "give each image once")
     dataset = ray.data.read_binary_files([_source(name) for name in names], include_paths=True, num_cpus=0,
                                          runtime_env=runtime_env)
     listed = set(dataset.input_files())
