@@ -50,6 +50,7 @@ FORMATS = ("jsonl", "csv", "parquet")
 PARQUET_ROWS_PER_FILE = 10_000
 _PREDICTION_KEYS = ("image", "label", "score", "probabilities", "fake_probability", "logits")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_PART = re.compile(r"part-\d{6,}\.parquet")  # the files ParquetOutput writes; any others are left alone
 
 
 # --- records as Arrow tables --------------------------------------------------------------------------------
@@ -436,17 +437,17 @@ class ParquetOutput:
     """
 
     def __init__(self, path: Path, labels: Sequence[str], overwrite: bool = False,
-                 rows_per_file: int = PARQUET_ROWS_PER_FILE) -> None:
+                 rows_per_file: int | None = None) -> None:
         self.path = path
         self.labels = list(labels)
         self.schema = record_schema(labels)
-        self.rows_per_file = rows_per_file
+        self.rows_per_file = rows_per_file or PARQUET_ROWS_PER_FILE
         if path.exists() and not path.is_dir():
             raise FastVitDetectError(f"{path}: not a directory; Parquet results are a folder of part files")
         path.mkdir(parents=True, exist_ok=True)
         for leftover in path.glob(".part-*.tmp"):  # a run killed while writing
             leftover.unlink()
-        parts = sorted(path.glob("part-*.parquet"))
+        parts = sorted(part for part in path.glob("part-*.parquet") if _PART.fullmatch(part.name))
         if overwrite:
             for part in parts:
                 part.unlink()
@@ -454,7 +455,7 @@ class ParquetOutput:
         self.done: set[str] = set()
         for part in parts:
             self.done.update(image_identity(name) for name in self._read_images(part))
-        self._next = 1 + max((int(part.stem.split("-")[1]) for part in parts), default=-1)
+        self._next = 1 + max((int(part.name[5:-8]) for part in parts), default=-1)
         self._pending: list[dict[str, Any]] = []
 
     def _read_images(self, part: Path) -> list[str]:
