@@ -35,6 +35,7 @@ from .errors import (
     UnsupportedInputError,
     UnsupportedPreprocessorError,
     VariantNotFoundError,
+    WorkerCrashError,
 )
 from .explain import Explanation
 from .package import ModelPackage
@@ -77,6 +78,7 @@ __all__ = [
     "UnsupportedInputError",
     "UnsupportedPreprocessorError",
     "VariantNotFoundError",
+    "WorkerCrashError",
     "__version__",
     "load_image",
 ]
