@@ -2,7 +2,7 @@
 
     python -m benchmarks --quick                      # ~5 min: the seeded ViT-B/16-224, batch 1 and 8, all cores
     python -m benchmarks                              # full: batch 1/8/32, 1 thread and all cores, more rounds
-    python -m benchmarks --model ./my_checkpoint --data ./dataset/Test --output bench-out
+    python -m benchmarks --model ./my_checkpoint --data ./dataset/Test --calibration ./dataset/Train --output bench-out
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, help="where built models and generated images are kept (default OUTPUT/cache)")
     parser.add_argument("--data", type=Path, help="labelled folder with Real/ and Fake/ sub-folders, for accuracy")
     parser.add_argument("--data-limit", type=int, default=200, help="about N images per label from --data, spread over it (default 200)")
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="images to calibrate static int8 on (OpenVINO's NNCF int8), as export.py --calibration; "
+                             "default: sample photos held out from every measured set")
+    parser.add_argument("--calibration-limit", type=int, metavar="N",
+                        help="at most N calibration images, spread over DIR (default: export.py's)")
     # Hidden knobs for tests and short experiments; they change what is measured, so results.json records them.
     hidden = argparse.SUPPRESS
     parser.add_argument("--preset", default="vit-base", help=hidden)
@@ -264,6 +269,7 @@ def phase_throughput(run: Run, plan: Plan, pool: list[Path], thread_counts: list
                 run.row("throughput", system, batch_size=batch_size, threads=threads,
                         images_per_s=batch_size / float(np.median(seconds)),
                         batch_latency=measure.percentiles_ms(seconds),
+                        samples_ms=[round(1000 * value, 3) for value in seconds],
                         **ratio_fields(result.samples, system.key, run.baseline))
             skip_inactive(run, "throughput", batch_size=batch_size, threads=threads)
 
@@ -331,9 +337,10 @@ def phase_compute(run: Run, macs: dict[str, Any], peak: dict[str, Any], threads:
         if key not in model_rows and key not in best:
             run.skip_row("compute", system, run.skipped.get(system.key, "no model-only or throughput figure"))
             continue
-        peak_value = peak["int8_gops"] if system.precision == "int8" else peak["fp32_gflops"]
-        fields: dict[str, Any] = {"threads": threads, "peak_g_per_s": peak_value,
-                                  "peak_kind": "int8 GOP/s" if system.precision == "int8" else "fp32 GFLOP/s"}
+        kind = {"int8": ("int8_gops", "int8 GOP/s"), "bf16": ("bf16_gflops", "bf16 GFLOP/s")}.get(
+            system.precision, ("fp32_gflops", "fp32 GFLOP/s"))
+        peak_value = peak.get(kind[0])
+        fields: dict[str, Any] = {"threads": threads, "peak_g_per_s": peak_value, "peak_kind": kind[1]}
         if key in model_rows:
             achieved = flops / (model_rows[key]["p50_ms"] / 1000) / 1e9
             fields.update(model_g_per_s=achieved, model_efficiency=achieved / peak_value if peak_value else None)
@@ -347,23 +354,59 @@ def phase_compute(run: Run, macs: dict[str, Any], peak: dict[str, Any], threads:
 
 
 def phase_accuracy(run: Run, data: Path, limit: int, labels: list[str]) -> None:
-    """Accuracy on DATA/<label>/ folders, found the way ``fastvit-detect eval`` finds them."""
+    """Accuracy on DATA/<label>/ folders, found the way ``fastvit-detect eval`` finds them, and each system's
+    agreement with PyTorch fp32 on the same images (random weights hide accuracy loss; a trained model doesn't)."""
     try:
         found = evaluate.find_labelled_images(data, labels, limit=limit * len(labels))
     except FastVitDetectError as exc:
         raise SystemExit(f"benchmarks: --data {exc}") from None
     log(f"accuracy on {data}: {len(found.paths)} images")
     paths = found.paths
+    probabilities: dict[str, np.ndarray] = {}
     for system in run.systems:
         if system.key in run.skipped:
             run.skip_row("accuracy", system, run.skipped[system.key])
             continue
         try:
-            probabilities = np.concatenate([system.predict_files(paths[i : i + 16]) for i in range(0, len(paths), 16)])
-            accuracy = float((probabilities.argmax(1) == found.targets).mean())
-            run.row("accuracy", system, data=str(data), images=len(paths), accuracy=accuracy)
+            probabilities[system.key] = np.concatenate(
+                [system.predict_files(paths[i : i + 16]) for i in range(0, len(paths), 16)])
         except Exception as exc:  # noqa: BLE001
             run.skip_row("accuracy", system, f"{type(exc).__name__}: {exc}")
+            continue
+        accuracy = float((probabilities[system.key].argmax(1) == found.targets).mean())
+        baseline = run.baseline  # listed first, so its probabilities are in by now
+        agreement = ({"reference": baseline.key, **fidelity.agreement(probabilities[baseline.key],
+                                                                      probabilities[system.key])}
+                     if baseline is not None and baseline.key in probabilities else {})
+        run.row("accuracy", system, data=str(data), accuracy=accuracy, **{"images": len(paths), **agreement})
+
+
+def versus_best_alternative(rows: Sequence[dict[str, Any]], ours: str = "fastvit-detect") -> list[dict[str, Any]]:
+    """For each speed figure measured side by side (latency at batch 1, throughput per batch size and thread
+    count): our fastest variant against the fastest other system, with the speed-up as the median of per-trial
+    time ratios (> 1: ours is faster), like every ratio against PyTorch."""
+    cells: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["figure"] in ("latency_e2e", "latency_model", "throughput") and row["status"] == "ok" \
+                and row.get("samples_ms"):
+            cells.setdefault((row["figure"], row["batch_size"], row["threads"]), []).append(row)
+    comparisons = []
+    for (figure, batch_size, threads), measured in cells.items():
+        def seconds(row: dict[str, Any]) -> float:
+            return float(np.median(row["samples_ms"]))
+
+        mine = [row for row in measured if row["system"] == ours]
+        others = [row for row in measured if row["system"] != ours]
+        if not mine or not others:
+            continue
+        best_ours, best_other = min(mine, key=seconds), min(others, key=seconds)
+        comparisons.append({
+            "figure": figure, "batch_size": batch_size, "threads": threads,
+            "ours": f"{best_ours['system']}/{best_ours['variant']}", "ours_ms": seconds(best_ours),
+            "alternative": f"{best_other['system']}/{best_other['variant']}", "alternative_ms": seconds(best_other),
+            "speedup": measure.paired_ratio(best_other["samples_ms"], best_ours["samples_ms"]),
+        })
+    return comparisons
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -372,6 +415,10 @@ def phase_accuracy(run: Run, data: Path, limit: int, labels: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = make_plan(args)
+    if args.calibration is not None and not args.calibration.is_dir():
+        raise SystemExit(f"benchmarks: --calibration {args.calibration}: not a directory")
+    if args.calibration_limit is not None and args.calibration_limit < 1:
+        raise SystemExit(f"benchmarks: --calibration-limit {args.calibration_limit}: must be at least 1")
     output = args.output.resolve()
     cache = (args.cache_dir or output / "cache").resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -381,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = machine_info["physical_cores"]
     thread_counts = resolve_threads(plan.thread_counts, cores)
 
-    built = artifacts_module.prepare(args.model, args.preset, cache)
+    built = artifacts_module.prepare(
+        args.model, args.preset, cache,
+        calibration_dir=(args.calibration or images.calibration_photos(cache)).resolve(),
+        calibration_limit=args.calibration_limit)
     config = built.config
     labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     image_set = images.image_set(plan.large_megapixels, cache)
@@ -421,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": asdict(plan) | {"threads_resolved": thread_counts},
         "model": {"source": built.source, "checkpoint": str(built.checkpoint), "package": str(built.package),
                   "optimum_dir": str(built.optimum_dir), "labels": labels, "model_type": config.get("model_type"),
-                  "macs": macs, "optimum_quantization": built.optimum_quantization},
+                  "macs": macs, "optimum_quantization": built.optimum_quantization,
+                  "calibration": {"dir": str(built.calibration_dir), "limit": built.calibration_limit}},
         "machine": machine_info,
         "foreign_load_cores": conditions,
         "foreign_load_warning_cores": FOREIGN_LOAD_WARNING,
@@ -431,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "status": "skipped" if s.key in run.skipped else "ok", "reason": run.skipped.get(s.key),
                      "notes": s.notes} for s in run.systems],
         "rows": run.rows,
+        "versus_best_alternative": versus_best_alternative(run.rows),
         "wall_s": round(elapsed(), 1),
     }
     (output / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

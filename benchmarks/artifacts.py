@@ -3,19 +3,23 @@
 * the checkpoint: ``--model`` (a local directory or a Hub id), else a seeded random-weight ViT-B/16-224 made
   offline by ``export/make_checkpoint.py`` (same shape and compute as the seed detectors);
 * the fastvit-detect package, made by ``export/export.py`` (fp32 + int8);
-* the Optimum export (``ORTModelForImageClassification(export=True)``) and its ``ORTQuantizer`` int8 twin.
+* the Optimum export (``ORTModelForImageClassification(export=True)``) and its ``ORTQuantizer`` int8 twin;
+* with the openvino extra, an NNCF int8 quantization of the package's fp32 graph for OpenVINO, made on first use.
 
 Everything is cached under the cache directory, keyed by the checkpoint, so a re-run skips straight to measuring.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import re
 import shutil
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -56,24 +60,37 @@ class Artifacts:
     package: Path  # fastvit-detect model package
     optimum_dir: Path  # Optimum export: model.onnx (fp32) and model_quantized.onnx (ORTQuantizer int8)
     optimum_quantization: dict[str, Any] = field(default_factory=dict)
+    openvino_dir: Path | None = None  # where the NNCF int8 model for OpenVINO is cached
+    calibration_dir: Path | None = None  # images the static int8 recipes calibrate on
+    calibration_limit: int | None = None  # None: the exporter's default
 
     @property
     def config(self) -> dict[str, Any]:
         return json.loads((self.checkpoint / CONFIG_FILE).read_text())
+
+    @property
+    def openvino_int8_xml(self) -> Path:
+        if self.openvino_dir is None:
+            raise ValueError("no OpenVINO cache directory was prepared")
+        return self.openvino_dir / "model.xml"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "model"
 
 
+def _files_key(anchor: Path, paths: Sequence[Path]) -> str:
+    """Changes when any of ``paths`` (or the set of them) does, judged by name, size and modification time."""
+    digest = hashlib.sha256(str(anchor.resolve()).encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(anchor)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
 def _checkpoint_key(directory: Path) -> str:
     """Changes when the checkpoint's configs or weights do, so a stale export is never reused."""
-    digest = hashlib.sha256(str(directory.resolve()).encode())
-    for path in sorted(directory.iterdir()):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:12]
+    return _files_key(directory, sorted(path for path in directory.iterdir() if path.is_file()))
 
 
 def resolve_checkpoint(model: str | None, preset: str, cache: Path) -> tuple[str, Path]:
@@ -153,7 +170,69 @@ def _current_package(directory: Path) -> bool:
         return False
 
 
-def prepare(model: str | None, preset: str, cache: Path) -> Artifacts:
+def openvino_int8(artifacts: Artifacts) -> dict[str, Any]:
+    """NNCF post-training int8 of the package's fp32 graph, saved as OpenVINO IR; built once, then reused while
+    its recipe (graph, calibration files, library versions) is unchanged. Returns the recipe and the build's facts.
+
+    The calibration is the exporter's ``--quantize static --calibration DIR``: the same files (at most
+    ``calibration_limit``, spread over DIR, by ``export.calibration_pixels`` with the package's preprocessor),
+    fed one image at a time, and the same range estimate, each activation's global min/max over them (the
+    exporter's default ``--calibration-method minmax``; NNCF's own default averages per-image extremes).
+    The rest is what NNCF documents for transformers, ``model_type=TRANSFORMER``: its mixed preset (symmetric
+    per-channel int8 weights, asymmetric int8 activations), SmoothQuant and fast bias correction.
+    """
+    import nncf
+    import openvino
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    from fastvit_detect import Detector
+    from fastvit_detect.preprocess import find_images
+
+    if artifacts.calibration_dir is None or artifacts.openvino_dir is None:
+        raise ValueError("openvino int8 needs a calibration directory and a cache directory")
+    limit = artifacts.calibration_limit or export_module().Int8Options.calibration_limit
+    source = artifacts.package / "model.onnx"
+    sources = sorted(artifacts.package.glob("model.onnx*"))  # the graph and its external weights
+    recipe = {
+        "tool": "nncf.quantize", "nncf": nncf.__version__, "openvino": openvino.get_version(),
+        "source": f"{source.name} of the package (fp32), key {_files_key(artifacts.package, sources)}",
+        "model_type": "TRANSFORMER", "preset": "MIXED (NNCF's default for TRANSFORMER)",
+        "activations_range_estimator": "MINMAX (global min/max, as the exporter's --calibration-method minmax)",
+        "calibration_dir": str(artifacts.calibration_dir),
+        "calibration_key": _files_key(artifacts.calibration_dir, find_images(artifacts.calibration_dir)),
+        "calibration_limit": limit,
+    }
+    settings_file = artifacts.openvino_dir / "benchmark_quantization.json"
+    if artifacts.openvino_int8_xml.is_file() and settings_file.is_file():
+        cached = json.loads(settings_file.read_text())
+        if cached.get("recipe") == recipe:
+            return cached
+    preprocessor = Detector.load(artifacts.package, variant="fp32", threads=1).preprocessor
+    pixels = export_module().calibration_pixels(artifacts.calibration_dir, limit, preprocessor,
+                                                lambda text: log(text.strip()))
+    log(f"quantizing the package's fp32 graph for OpenVINO with NNCF ({len(pixels)} calibration images)")
+    started = time.perf_counter()
+    parameters = AdvancedQuantizationParameters(
+        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: keep stdout for results
+        quantized = nncf.quantize(openvino.Core().read_model(str(source)),
+                                  nncf.Dataset([pixels[i : i + 1] for i in range(len(pixels))]),
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(pixels),
+                                  advanced_parameters=parameters)
+    partial = artifacts.openvino_dir.with_suffix(".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    openvino.save_model(quantized, str(partial / artifacts.openvino_int8_xml.name))
+    settings = {"recipe": recipe, "calibration_images": len(pixels), "subset_size": len(pixels),
+                "quantize_s": round(time.perf_counter() - started, 1)}
+    (partial / settings_file.name).write_text(json.dumps(settings, indent=2) + "\n")
+    shutil.rmtree(artifacts.openvino_dir, ignore_errors=True)
+    partial.rename(artifacts.openvino_dir)
+    return settings
+
+
+def prepare(model: str | None, preset: str, cache: Path, calibration_dir: Path | None = None,
+            calibration_limit: int | None = None) -> Artifacts:
     cache.mkdir(parents=True, exist_ok=True)
     source, checkpoint = resolve_checkpoint(model, preset, cache)
     key = f"{_slug(checkpoint.name if model is None else model)}-{_checkpoint_key(checkpoint)}"
@@ -164,4 +243,5 @@ def prepare(model: str | None, preset: str, cache: Path) -> Artifacts:
         export_module().export_package(str(checkpoint), package, log=lambda text: log(f"  export: {text}"))
     optimum_dir = cache / f"optimum-{key}"
     settings = build_optimum(checkpoint, optimum_dir)
-    return Artifacts(source, checkpoint, package, optimum_dir, settings)
+    return Artifacts(source, checkpoint, package, optimum_dir, settings, openvino_dir=cache / f"openvino-int8-{key}",
+                     calibration_dir=calibration_dir, calibration_limit=calibration_limit)

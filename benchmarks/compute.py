@@ -81,12 +81,22 @@ def cpu_peak() -> dict[str, Any]:
                        "OP/cycle/core whatever the machine has")
     if "amx_int8" in flags:
         assumptions.append("AMX present but not counted (onnxruntime's dynamic int8 kernels don't use it)")
+    if "avx512_bf16" in flags:
+        # VDPBF16PS: two bf16 products per fp32 lane, accumulated in fp32.
+        bf16_per_cycle = fp32_per_cycle * 2
+        assumptions.append("AVX512-BF16: bf16 dot products (VDPBF16PS) at 2x the fp32 FLOP rate"
+                           + ("; AMX-BF16 present but not counted" if "amx_bf16" in flags else ""))
+    else:
+        bf16_per_cycle = fp32_per_cycle
+        assumptions.append("no AVX512-BF16: bf16 counted at the fp32 rate" + (
+            " (AMX-BF16 present but not counted)" if "amx_bf16" in flags else ""))
     if mhz is None:
-        return {"fp32_gflops": None, "int8_gops": None, "int8_gops_avx2": None,
+        return {"fp32_gflops": None, "bf16_gflops": None, "int8_gops": None, "int8_gops_avx2": None,
                 "assumptions": assumptions + ["clock unknown: no peak"]}
     ghz = mhz / 1000
     return {
         "fp32_gflops": cores * ghz * fp32_per_cycle,
+        "bf16_gflops": cores * ghz * bf16_per_cycle,
         "int8_gops": cores * ghz * int8_per_cycle,
         "int8_gops_avx2": cores * ghz * AVX2_U8S8_OPS_PER_CYCLE,
         "fp32_flops_per_cycle_per_core": fp32_per_cycle,

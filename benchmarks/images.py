@@ -4,11 +4,14 @@
 * larger camera-sized JPEGs (2 to 12 MP) generated deterministically from one of those photos plus seeded
   sensor-like noise, so they decode like real photos (a flat synthetic image would compress to nothing and
   decode unrealistically fast);
-* optionally a labelled folder (``Real/`` and ``Fake/``) for accuracy.
+* optionally a labelled folder (``Real/`` and ``Fake/``) for accuracy;
+* calibration images for the static int8 recipes: other photos scikit-image ships, none of them measured, unless
+  ``--calibration DIR`` names a folder (a trained model's training split, say).
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,13 @@ from PIL import Image
 from .artifacts import export_module
 
 ASPECT = (4, 3)  # a phone camera's
+# Held out from every measured image set: calibrating on the fidelity images would flatter a static recipe.
+CALIBRATION_PHOTO_FILES = [
+    ("skimage", "data", name) for name in (
+        "brick.png", "cell.png", "clock_motion.png", "coins.png", "color.png", "grass.png", "gravel.png", "horse.png",
+        "ihc.png", "microaneurysms.png", "moon.png", "motorcycle_left.png", "motorcycle_right.png", "page.png",
+        "text.png", "chessboard_RGB.png")
+]
 
 
 def sample_photos() -> list[Path]:
@@ -64,6 +74,21 @@ def image_set(large_megapixels: Sequence[float], cache: Path) -> ImageSet:
     photos = sample_photos()
     generated = [large_jpeg(mp, cache / "images") for mp in large_megapixels]
     return ImageSet(latency=photos + generated, throughput=photos)
+
+
+def calibration_photos(cache: Path) -> Path:
+    """A folder of the held-out sample photos (copied once into the cache), for calibrating static int8."""
+    directory = cache / "calibration-photos"
+    photos = export_module().sample_photos(CALIBRATION_PHOTO_FILES)
+    if not photos:
+        raise SystemExit("benchmarks: no calibration photos found; install scikit-image (the dev extra) or pass "
+                         "--calibration DIR")
+    if sorted(path.name for path in directory.glob("*")) != sorted(path.name for path in photos):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        for path in photos:
+            shutil.copyfile(path, directory / path.name)
+    return directory
 
 
 def batches(pool: Sequence[Path], batch_size: int, count: int) -> list[list[Path]]:

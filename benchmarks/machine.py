@@ -16,7 +16,7 @@ from fastvit_detect.session import cpu_flags, cpuinfo, physical_core_count
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
                   "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
 LIBRARIES = ("numpy", "pillow", "onnxruntime", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
-             "fastvit-detect", "openvino", "matplotlib")
+             "fastvit-detect", "openvino", "nncf", "matplotlib")
 
 
 def physical_cores() -> int:
@@ -113,6 +113,17 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def scheduling() -> str:
+    """This process's priority as the scheduler sees it. With autogroup scheduling (Linux's default for desktop and
+    many VM kernels) ``nice`` only ranks processes within one session; between sessions the autogroup's nice
+    counts, so a timed run on a shared machine raises its own (setsid, then ``echo -20 > /proc/self/autogroup``)."""
+    try:
+        autogroup = open("/proc/self/autogroup").read().strip()
+    except OSError:
+        autogroup = "no autogroup"
+    return f"nice {os.nice(0)}, {autogroup}"
+
+
 def describe() -> dict[str, Any]:
     info = cpuinfo()
     first = info[0] if info else {}
@@ -140,6 +151,7 @@ def describe() -> dict[str, Any]:
         "caches": {key: lscpu[key] for key in ("L1d cache", "L2 cache", "L3 cache") if key in lscpu},
         "memory_gib": round(memory_kb / 2**20, 1),
         "load_average_at_start": [round(value, 2) for value in load],
+        "scheduling": scheduling(),
         "os": platform.platform(),
         "libraries": library_versions(),
     }

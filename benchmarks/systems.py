@@ -13,6 +13,7 @@ Libraries are imported inside ``load`` so that a missing one makes that system s
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import textwrap
 import warnings
@@ -35,12 +36,31 @@ class Unavailable(Exception):
     """The system can't run here (library not installed, mode excludes it); the message says why."""
 
 
-def require(*modules: str) -> list[Any]:
-    """Import ``modules``, or raise Unavailable naming the missing one: a system that can't load is skipped."""
+def require(*modules: str, extra: str | None = None) -> list[Any]:
+    """Import ``modules``, or raise Unavailable naming the missing one: a system that can't load is skipped.
+
+    ``extra``: the project extra that installs them, named in the reason instead of the bare module.
+    """
     try:
         return [importlib.import_module(name) for name in modules]
     except ImportError as exc:
-        raise Unavailable(f"not installed: {exc.name} (pip install {(exc.name or '').split('.')[0]})") from exc
+        missing = (exc.name or "").split(".")[0] or "?"
+        install = f'pip install "fastvit-detect[{extra}]"' if extra else f"pip install {missing}"
+        raise Unavailable(f"not installed: {missing} ({install})") from exc
+
+
+# Flags that give PyTorch's CPU kernels (oneDNN) native bf16 arithmetic; without them autocast still runs, on
+# conversions around fp32 arithmetic, so it measures an emulation nobody would deploy.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def bf16_unavailable_reason(flags: frozenset[str]) -> str | None:
+    """Why bf16 autocast isn't benchmarked on a CPU with these /proc/cpuinfo ``flags``, or None if it is."""
+    if not flags:
+        return "CPU flags unreadable here (no /proc/cpuinfo): can't tell whether bf16 runs natively"
+    if flags & set(BF16_FLAGS):
+        return None
+    return "this CPU has neither AMX-BF16 nor AVX512-BF16 (amx_bf16 / avx512_bf16 not in its flags): bf16 would be emulated"
 
 
 class System:
@@ -119,21 +139,23 @@ class TorchSystem(System):
 
         return [load_image(str(path)) for path in paths]  # what the pipeline does: EXIF transpose + RGB
 
+    def inference(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the model runs in: what the seed does, torch.no_grad()."""
+        return self.torch.no_grad()
+
     def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
         inputs = self.processor(self._images(paths), return_tensors="pt")
-        with self.torch.no_grad():
-            logits = self.model(**inputs).logits
-        return softmax(logits.numpy())
+        return softmax(self.predict_pixels(inputs["pixel_values"]).numpy())
 
     def prepare_pixels(self, paths: Sequence[Path]) -> Any:
         return self.processor(self._images(paths), return_tensors="pt")["pixel_values"]
 
     def predict_pixels(self, pixels: Any) -> Any:
-        with self.torch.no_grad():
-            return self.model(pixel_values=pixels).logits
+        with self.inference():
+            return self.model(pixel_values=pixels).logits.float()
 
     def coldstart_code(self) -> str:
-        return SEED_SCRIPT.format(setup="")
+        return SEED_SCRIPT.format(setup="", context="")
 
 
 SEED_SCRIPT = textwrap.dedent(
@@ -146,7 +168,7 @@ SEED_SCRIPT = textwrap.dedent(
     processor = AutoImageProcessor.from_pretrained(sys.argv[1], use_fast=False)
     model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
     {setup}
-    with torch.no_grad():
+    with torch.no_grad(){context}:
         logits = model(**processor(Image.open(sys.argv[2]).convert("RGB"), return_tensors="pt")).logits
     print(model.config.id2label[int(logits.argmax(-1))], flush=True)
     """
@@ -171,8 +193,8 @@ class TorchInt8System(TorchSystem):
 
     def coldstart_code(self) -> str:
         return SEED_SCRIPT.format(
-            setup="model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"
-        )
+            setup="model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)",
+            context="")
 
 
 class TorchCompileSystem(TorchSystem):
@@ -186,7 +208,35 @@ class TorchCompileSystem(TorchSystem):
         return self.torch.compile(model)
 
     def coldstart_code(self) -> str:
-        return SEED_SCRIPT.format(setup="model = torch.compile(model)")
+        return SEED_SCRIPT.format(setup="model = torch.compile(model)", context="")
+
+
+class TorchBf16System(TorchSystem):
+    """The fp32 model under torch.autocast("cpu", dtype=torch.bfloat16): PyTorch's one-line bf16 path."""
+
+    variant = "bf16"
+    precision = "bf16"
+    baseline = False
+
+    def load(self, threads: int) -> None:
+        from fastvit_detect.session import cpu_flags
+
+        flags = cpu_flags()
+        reason = bf16_unavailable_reason(flags)
+        if reason:
+            raise Unavailable(reason)
+        super().load(threads)
+        self.notes["autocast"] = 'torch.autocast("cpu", dtype=torch.bfloat16) inside torch.no_grad()'
+        self.notes["bf16_flags"] = ", ".join(flag for flag in BF16_FLAGS if flag in flags)
+
+    def inference(self) -> contextlib.AbstractContextManager[Any]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.torch.no_grad())
+        stack.enter_context(self.torch.autocast("cpu", dtype=self.torch.bfloat16))
+        return stack
+
+    def coldstart_code(self) -> str:
+        return SEED_SCRIPT.format(setup="", context=', torch.autocast("cpu", dtype=torch.bfloat16)')
 
 
 class PipelineSystem(TorchSystem):
@@ -366,24 +416,44 @@ class FastVitSystem(System):
         )
 
 
-# --- OpenVINO (optional) ------------------------------------------------------------------------------------
+# --- OpenVINO (optional: the openvino extra) ----------------------------------------------------------------
+
+OPENVINO_EXTRA = "openvino"
+# OpenVINO's names for the precisions it may pick, as this suite writes them.
+OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 class OpenVinoSystem(System):
-    """OpenVINO runtime on the fastvit-detect fp32 ONNX graph, with fastvit-detect's preprocessing."""
+    """OpenVINO runtime on the package's fp32 ONNX graph, with fastvit-detect's preprocessing, so the two differ
+    only in the runtime. OpenVINO picks the precision it computes in (bf16 where the CPU has it); ``precision``
+    and the notes say which it chose."""
 
     name = "openvino"
-    footprint_roots = ("openvino", "numpy", "pillow")
+    footprint_roots = ("openvino", "fastvit-detect")  # the scripts borrow fastvit-detect's preprocessing
+    modules: tuple[str, ...] = ("openvino",)
+
+    def graph_path(self) -> Path:
+        return self.artifacts.package / "model.onnx"
 
     def load(self, threads: int) -> None:
-        (self.ov,) = require("openvino")
+        (self.ov, *_) = require(*self.modules, extra=OPENVINO_EXTRA)
         from fastvit_detect import Detector
 
         self.core = self.ov.Core()
-        self.graph = self.core.read_model(str(self.artifacts.package / "model.onnx"))
+        self.graph = self.core.read_model(str(self.graph_path()))
         self.preprocessor = Detector.load(self.artifacts.package, variant="fp32", threads=1).preprocessor
         self.compiled: dict[int, Any] = {}
         self.set_threads(threads)
+        chosen = self.model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.notes["openvino"] = self.ov.get_version()
+        self.notes["inference_precision"] = (
+            f"{chosen} (OpenVINO's own choice: compiled_model.get_property('INFERENCE_PRECISION_HINT'); "
+            f"the CPU plugin's default is {self.core.get_property('CPU', 'INFERENCE_PRECISION_HINT').get_type_name()})")
+        self.notes["performance_hint"] = str(self.model.get_property("PERFORMANCE_HINT"))
+        self.choose_precision(OPENVINO_PRECISIONS.get(chosen, chosen))
+
+    def choose_precision(self, chosen: str) -> None:
+        self.precision = chosen
 
     def set_threads(self, threads: int) -> None:
         if threads not in self.compiled:
@@ -401,7 +471,7 @@ class OpenVinoSystem(System):
         return next(iter(self.model(pixels).values()))
 
     def coldstart_args(self) -> list[str]:
-        return [str(self.artifacts.package)]
+        return [str(self.artifacts.package), str(self.graph_path())]
 
     def coldstart_code(self) -> str:
         return textwrap.dedent(
@@ -411,12 +481,35 @@ class OpenVinoSystem(System):
             from fastvit_detect import Detector
 
             pre = Detector.load(sys.argv[1], variant="fp32", threads=1).preprocessor
-            model = openvino.Core().compile_model(sys.argv[1] + "/model.onnx", "CPU")
-            logits = next(iter(model(pre([sys.argv[2]])).values()))
+            model = openvino.Core().compile_model(sys.argv[2], "CPU")
+            logits = next(iter(model(pre([sys.argv[3]])).values()))
             labels = json.load(open(sys.argv[1] + "/config.json"))["id2label"]
             print(labels[str(int(np.argmax(logits)))], flush=True)
             """
         )
+
+
+class OpenVinoInt8System(OpenVinoSystem):
+    """OpenVINO on an NNCF post-training int8 quantization of the package's fp32 graph (built and cached by
+    ``artifacts.openvino_int8``), calibrated on the images and with the settings of the exporter's static int8."""
+
+    variant = "int8"
+    precision = "int8"
+    modules = ("openvino", "nncf")
+
+    def graph_path(self) -> Path:
+        return self.artifacts.openvino_int8_xml
+
+    def load(self, threads: int) -> None:
+        require(*self.modules, extra=OPENVINO_EXTRA)
+        from .artifacts import openvino_int8
+
+        self.notes["quantization"] = openvino_int8(self.artifacts)
+        super().load(threads)
+
+    def choose_precision(self, chosen: str) -> None:
+        # The quantized MatMuls run in int8 whatever the hint; it decides the precision of everything else.
+        self.notes["inference_precision"] = "int8 MatMuls; the rest in " + self.notes["inference_precision"]
 
 
 def all_systems(artifacts: Artifacts) -> list[System]:
@@ -429,8 +522,10 @@ def all_systems(artifacts: Artifacts) -> list[System]:
         PipelineSystem(artifacts),
         TorchInt8System(artifacts),
         TorchCompileSystem(artifacts),
+        TorchBf16System(artifacts),
         OptimumSystem(artifacts),
         OptimumInt8System(artifacts),
         *(FastVitSystem(artifacts, variant) for variant in package.variants),
         OpenVinoSystem(artifacts),
+        OpenVinoInt8System(artifacts),
     ]

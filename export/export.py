@@ -129,12 +129,12 @@ SAMPLE_PHOTO_FILES = [("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg")
 ]
 
 
-def sample_photos() -> list[Path]:
-    """The sample photos whose packages (matplotlib, scikit-image) are installed here."""
+def sample_photos(files: Sequence[tuple[str, str, str]] = SAMPLE_PHOTO_FILES) -> list[Path]:
+    """The sample photos (``files``: package, folder, name) whose packages are installed here."""
     import importlib.util
 
     found = []
-    for package, folder, name in SAMPLE_PHOTO_FILES:
+    for package, folder, name in files:
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.origin:
             path = Path(spec.origin).parent / folder / name

@@ -6,6 +6,7 @@ or skipped with a reason, and the report and plots exist.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -18,12 +19,27 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED_SYSTEMS = {
-    "pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "torch.compile/fp32", "optimum/fp32", "optimum/int8",
-    "fastvit-detect/fp32", "fastvit-detect/int8", "openvino/fp32",
+    "pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "torch.compile/fp32", "pytorch/bf16", "optimum/fp32",
+    "optimum/int8", "fastvit-detect/fp32", "fastvit-detect/int8", "openvino/fp32", "openvino/int8",
 }
-# Installed in the dev environment, so they must be measured, not skipped.
-MUST_RUN = {"pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "optimum/fp32", "optimum/int8",
-            "fastvit-detect/fp32", "fastvit-detect/int8"}
+OPENVINO_INSTALLED = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
+
+
+def must_run() -> set[str]:
+    """Installed in the dev environment (the openvino extra where it is), so they must be measured, not skipped."""
+    from benchmarks.systems import bf16_unavailable_reason
+    from fastvit_detect.session import cpu_flags
+
+    systems = {"pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "optimum/fp32", "optimum/int8",
+               "fastvit-detect/fp32", "fastvit-detect/int8"}
+    if OPENVINO_INSTALLED:
+        systems |= {"openvino/fp32", "openvino/int8"}
+    if bf16_unavailable_reason(cpu_flags()) is None:
+        systems.add("pytorch/bf16")
+    return systems
+
+
+MUST_RUN = must_run()
 FIGURES = {
     "latency_e2e": ("p50_ms", "p90_ms", "p99_ms", "samples_ms", "speedup_vs_baseline"),
     "latency_model": ("p50_ms", "p90_ms", "p99_ms"),
@@ -116,6 +132,51 @@ def test_ratios_are_against_the_pytorch_baseline(results):
             assert row["top1_agreement"] == 1.0 and row["max_abs_probability_diff"] == 0.0
 
 
+def test_the_fastest_alternative_is_named_with_our_paired_ratio_to_it(bench_run, results):
+    comparisons = results["versus_best_alternative"]
+    figures = {(c["figure"], c["batch_size"], c["threads"]) for c in comparisons}
+    assert ("latency_e2e", 1, results["machine"]["physical_cores"]) in figures
+    assert {("throughput", b, t) for b in BATCH_SIZES for t in results["plan"]["threads_resolved"]} <= figures
+    for comparison in comparisons:
+        rows = [r for r in results["rows"] if r["figure"] == comparison["figure"] and r["status"] == "ok"
+                and r["batch_size"] == comparison["batch_size"] and r["threads"] == comparison["threads"]]
+        others = {key(r): float(np.median(r["samples_ms"])) for r in rows if r["system"] != "fastvit-detect"}
+        ours = {key(r): float(np.median(r["samples_ms"])) for r in rows if r["system"] == "fastvit-detect"}
+        assert comparison["alternative"] == min(others, key=others.get)
+        assert comparison["ours"] == min(ours, key=ours.get)
+        assert comparison["speedup"]["pairs"] >= 1
+    report = (bench_run / "report.md").read_text()
+    headline = report[report.index("## Headline"):report.index("## End-to-end latency")]
+    assert "Against the fastest alternative" in headline
+    e2e = next(c for c in comparisons if c["figure"] == "latency_e2e")
+    assert f"{e2e['alternative']}: {e2e['alternative_ms']:.1f} ms" in headline
+    assert f"**{e2e['speedup']['median']:.2f}x**" in headline
+
+
+def test_accuracy_rows_carry_agreement_with_pytorch(results):
+    rows = {key(r): r for r in results["rows"] if r["figure"] == "accuracy" and r["status"] == "ok"}
+    assert rows["pytorch/fp32"]["top1_agreement"] == 1.0 and rows["pytorch/fp32"]["max_abs_probability_diff"] == 0
+    for name, row in rows.items():
+        assert row["reference"] == "pytorch/fp32" and 0 <= row["top1_agreement"] <= 1, name
+
+
+@pytest.mark.skipif(not OPENVINO_INSTALLED, reason="the openvino extra isn't installed")
+def test_openvino_reports_its_precision_and_int8_is_calibrated_like_static_int8(results):
+    from benchmarks.images import CALIBRATION_PHOTO_FILES
+
+    systems = {f"{s['system']}/{s['variant']}": s for s in results["systems"]}
+    chosen = systems["openvino/fp32"]["notes"]["inference_precision"]
+    assert chosen.split()[0] in ("f32", "bf16", "f16") and "INFERENCE_PRECISION_HINT" in chosen
+    assert systems["openvino/fp32"]["precision"] == {"f32": "fp32", "f16": "fp16"}.get(chosen.split()[0], "bf16")
+    quantization = systems["openvino/int8"]["notes"]["quantization"]
+    # The default calibration folder: every held-out photo, under the exporter's default limit of 64.
+    assert quantization["calibration_images"] == len(CALIBRATION_PHOTO_FILES) == quantization["subset_size"]
+    assert quantization["recipe"]["calibration_limit"] == 64
+    assert results["model"]["calibration"]["dir"] == quantization["recipe"]["calibration_dir"]
+    fidelity = next(r for r in results["rows"] if r["figure"] == "fidelity" and key(r) == "openvino/int8")
+    assert fidelity["max_abs_probability_diff"] < 0.05  # the exporter's own bound for an int8 variant
+
+
 def test_machine_model_and_peak_are_recorded(results):
     machine = results["machine"]
     for field in ("cpu_model", "physical_cores", "flags", "libraries", "clock_mhz"):
@@ -188,3 +249,91 @@ def test_vit_base_mac_count_matches_the_published_figure():
     assert peak["assumptions"]
     if peak["fp32_gflops"] is not None:
         assert peak["int8_gops"] > peak["fp32_gflops"] > 0
+
+
+def test_bf16_is_benchmarked_only_where_the_cpu_computes_in_bf16(monkeypatch):
+    from benchmarks.artifacts import Artifacts
+    from benchmarks.systems import TorchBf16System, Unavailable, bf16_unavailable_reason
+
+    assert bf16_unavailable_reason(frozenset({"avx2", "avx512f", "avx512_bf16"})) is None
+    assert bf16_unavailable_reason(frozenset({"avx2", "amx_tile", "amx_bf16"})) is None
+    reason = bf16_unavailable_reason(frozenset({"avx2", "avx512f", "avx512_vnni", "amx_int8"}))
+    assert "AMX-BF16" in reason and "AVX512-BF16" in reason
+    assert "unreadable" in bf16_unavailable_reason(frozenset())
+    # The system asks before it imports anything: a CPU without bf16 skips it with that reason.
+    monkeypatch.setattr("fastvit_detect.session.cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    system = TorchBf16System(Artifacts("none", Path("/nonexistent"), Path("/nonexistent"), Path("/nonexistent")))
+    with pytest.raises(Unavailable, match="neither AMX-BF16 nor AVX512-BF16"):
+        system.load(1)
+
+
+@pytest.mark.parametrize("hidden", ["openvino", "nncf"])
+def test_openvino_systems_are_skipped_naming_the_extra_when_not_installed(monkeypatch, tmp_path, hidden):
+    from benchmarks.__main__ import Plan, Run, load_systems
+    from benchmarks.artifacts import Artifacts
+    from benchmarks.systems import OpenVinoInt8System, OpenVinoSystem
+
+    # Without the extra at all, openvino is the first import to fail whatever is hidden.
+    missing = hidden if importlib.util.find_spec("openvino") else "openvino"
+    monkeypatch.setitem(sys.modules, hidden, None)  # import fails as if the package weren't installed
+    artifacts = Artifacts("none", tmp_path, tmp_path, tmp_path, openvino_dir=tmp_path, calibration_dir=tmp_path)
+    systems = [OpenVinoInt8System(artifacts)] + ([OpenVinoSystem(artifacts)] if hidden == "openvino" else [])
+    run = Run(systems)
+    load_systems(run, Plan.for_mode(quick=True), 1)
+    for system in systems:
+        assert run.skipped[system.key] == f'not installed: {missing} (pip install "fastvit-detect[openvino]")'
+
+
+def test_versus_best_alternative_pairs_our_fastest_variant_with_the_fastest_other_system():
+    from benchmarks.__main__ import versus_best_alternative
+
+    def row(system, variant, samples, figure="latency_e2e", status="ok"):
+        return {"figure": figure, "system": system, "variant": variant, "batch_size": 1, "threads": 2,
+                "status": status, "samples_ms": samples}
+
+    rows = [row("pytorch", "fp32", [200.0, 220.0, 210.0]), row("openvino", "int8", [50.0, 60.0, 40.0]),
+            row("fastvit-detect", "fp32", [150.0, 160.0, 140.0]), row("fastvit-detect", "int8", [60.0, 60.0, 60.0]),
+            row("optimum", "int8", [1.0], status="skipped"), row("pytorch", "fp32", [100.0], figure="fidelity")]
+    (comparison,) = versus_best_alternative(rows)
+    assert comparison["ours"] == "fastvit-detect/int8" and comparison["alternative"] == "openvino/int8"
+    # Per-trial ratios 50/60, 60/60, 40/60: median 5/6, we're slower.
+    assert comparison["speedup"]["median"] == pytest.approx(5 / 6) and comparison["speedup"]["pairs"] == 3
+    assert comparison["ours_ms"] == 60.0 and comparison["alternative_ms"] == 50.0
+    assert versus_best_alternative([r for r in rows if r["system"] != "fastvit-detect"]) == []
+
+
+def test_calibration_options_are_checked_before_anything_is_built(tmp_path, capsys):
+    from benchmarks.__main__ import main
+
+    not_a_dir = tmp_path / "file.png"
+    not_a_dir.write_bytes(b"x")
+    for argv, message in ((["--calibration", str(tmp_path / "missing")], "not a directory"),
+                          (["--calibration", str(not_a_dir)], "not a directory"),
+                          (["--calibration-limit", "0"], "at least 1")):
+        with pytest.raises(SystemExit, match=message):
+            main([*argv, "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not OPENVINO_INSTALLED, reason="the openvino extra isn't installed")
+def test_openvino_int8_is_rebuilt_when_calibration_changes_and_refuses_an_empty_folder(bench_run, tmp_path):
+    import shutil
+
+    from benchmarks.artifacts import Artifacts, export_module, openvino_int8
+
+    results = json.loads((bench_run / "results.json").read_text())
+    package = Path(results["model"]["package"])
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    artifacts = Artifacts("tiny", package, package, package, openvino_dir=tmp_path / "ov", calibration_dir=calibration)
+    with pytest.raises(export_module().ExportError, match="no images found"):
+        openvino_int8(artifacts)  # an empty folder, as export.py --calibration refuses it
+    photos = sorted(Path(results["model"]["calibration"]["dir"]).iterdir())
+    shutil.copyfile(photos[0], calibration / photos[0].name)
+    first = openvino_int8(artifacts)
+    assert first["calibration_images"] == 1 and artifacts.openvino_int8_xml.is_file()
+    assert openvino_int8(artifacts) == first  # unchanged recipe: the cached model is reused
+    shutil.copyfile(photos[1], calibration / photos[1].name)
+    second = openvino_int8(artifacts)
+    assert second["calibration_images"] == 2 and second["recipe"]["calibration_key"] != first["recipe"]["calibration_key"]
+
