@@ -337,3 +337,20 @@ def test_openvino_int8_is_rebuilt_when_calibration_changes_and_refuses_an_empty_
     second = openvino_int8(artifacts)
     assert second["calibration_images"] == 2 and second["recipe"]["calibration_key"] != first["recipe"]["calibration_key"]
 
+
+def test_int8_profiles_of_both_runtimes_line_up_by_layer_and_by_what_the_ops_compute():
+    from benchmarks.profile_int8 import ATTENTION, LINEAR, by_category, layer_kind
+
+    # Node names as onnxruntime's profiler and OpenVINO's get_profiling_info() report them.
+    assert layer_kind("/vit/encoder/layer.11/attention/attention/query/MatMul_quant_kernel_time") == \
+        "attention/attention/query"
+    assert layer_kind("/vit/encoder/layer.0/attention/output/dense/MatMul") == "attention/output/dense"
+    assert layer_kind("/vit/encoder/layer.3/output/dense/MatMul") == "output/dense"
+    assert layer_kind("/vit/encoder/layer.3/attention/attention/MatMul_1") == "attention/attention/MatMul_1"
+    assert layer_kind("/vit/layernorm/LayerNormalization") is None
+    # onnxruntime's int8 GEMMs and OpenVINO's FullyConnected are one class; its fused attention Subgraph and
+    # onnxruntime's separate MatMuls and Softmax another; unknown node types land in "other", never dropped.
+    categories = by_category({"MatMulIntegerToFloat": 1.0, "FullyConnected": 2.0, "Subgraph": 3.0, "Softmax": 0.5,
+                              "FusedMatMul": 0.25, "SomethingNew": 0.125})
+    assert categories == {ATTENTION: 3.75, LINEAR: 3.0, "elementwise, transposes, reshapes, other": 0.125}
+    assert list(categories) == [ATTENTION, LINEAR, "elementwise, transposes, reshapes, other"]  # largest first
