@@ -123,27 +123,24 @@ def by_category(by_type: dict[str, float]) -> dict[str, float]:
 
 
 def nncf_qdq_onnx(artifacts: artifacts_module.Artifacts, directory: Path) -> Path:
-    """NNCF's ONNX backend on the package's fp32 graph with the benchmark's NNCF settings: a QDQ .onnx file."""
+    """NNCF's ONNX backend on the package's fp32 graph with the benchmark's NNCF recipe: a QDQ .onnx file."""
     import nncf
     import onnx
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     target = directory / "model_qdq.onnx"
-    if target.is_file():
+    recipe_file = directory / "recipe.json"
+    recipe = json.dumps(artifacts_module.NNCF_RECIPE, sort_keys=True)
+    if target.is_file() and recipe_file.is_file() and recipe_file.read_text() == recipe:
         return target
-    preprocessor = Detector.load(artifacts.package, variant="fp32", threads=1).preprocessor
-    limit = artifacts.calibration_limit or artifacts_module.export_module().Int8Options.calibration_limit
-    pixels = artifacts_module.export_module().calibration_pixels(artifacts.calibration_dir, limit, preprocessor, log)
+    pixels = artifacts_module.calibration_pixels(
+        artifacts, Detector.load(artifacts.package, variant="fp32", threads=1).preprocessor)
     log(f"quantizing with NNCF's ONNX backend ({len(pixels)} calibration images)")
-    quantized = nncf.quantize(
-        onnx.load(str(artifacts.package / "model.onnx")),
-        nncf.Dataset([{"pixel_values": pixels[i : i + 1]} for i in range(len(pixels))]),
-        model_type=nncf.ModelType.TRANSFORMER, subset_size=len(pixels),
-        advanced_parameters=AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
+    quantized = nncf.quantize(onnx.load(str(artifacts.package / "model.onnx")),
+                              nncf.Dataset([{"pixel_values": pixels[i : i + 1]} for i in range(len(pixels))]),
+                              **artifacts_module.nncf_quantize_kwargs(pixels))
     directory.mkdir(parents=True, exist_ok=True)
     onnx.save(quantized, str(target))
+    recipe_file.write_text(recipe)
     return target
 
 

@@ -332,6 +332,14 @@ def test_openvino_int8_is_rebuilt_when_calibration_changes_and_refuses_an_empty_
     shutil.copyfile(photos[0], calibration / photos[0].name)
     first = openvino_int8(artifacts)
     assert first["calibration_images"] == 1 and artifacts.openvino_int8_xml.is_file()
+    import openvino
+
+    # Quantized like the exporter's static int8: MatMuls (their inputs behind FakeQuantize), not the patch
+    # embedding's convolution, whose input is the pixels themselves.
+    ops = openvino.Core().read_model(str(artifacts.openvino_int8_xml)).get_ops()
+    convolution = next(op for op in ops if op.get_type_name() == "Convolution")
+    assert convolution.input_value(0).get_node().get_type_name() == "Parameter"
+    assert any(op.get_type_name() == "FakeQuantize" for op in ops)
     assert openvino_int8(artifacts) == first  # unchanged recipe: the cached model is reused
     shutil.copyfile(photos[1], calibration / photos[1].name)
     second = openvino_int8(artifacts)
