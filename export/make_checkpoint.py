@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,13 @@ def build_checkpoint(
     seed: int = 0,
     safetensors: bool = True,
     classifier_gain: float = 1.0,
+    adjust: Callable[[Any], None] | None = None,
 ) -> Path:
     """Save a seeded random-weight classifier and ``processor`` (a name in PROCESSORS, or a config dict).
 
     ``classifier_gain`` scales the head's weights: random init gives near-zero logits, which makes every label a
-    coin toss; a gain spreads them so labels are decisive (handy for tests).
+    coin toss; a gain spreads them so labels are decisive (handy for tests). ``adjust(model)`` may then rewire
+    the weights in place before they are saved (the tests give their checkpoints known verdicts that way).
     """
     import torch
     from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
@@ -70,6 +72,8 @@ def build_checkpoint(
     if classifier_gain != 1.0:
         with torch.no_grad():
             model.classifier.weight.mul_(classifier_gain)
+    if adjust is not None:
+        adjust(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=safetensors)

@@ -1,16 +1,25 @@
-"""Shared fixtures: tiny checkpoints made at test time, their exported packages, and test images.
+"""Shared fixtures: tiny checkpoints made at test time, their exported packages, PyTorch's answers, test images.
 
-No network: checkpoints are random-weight ViT/DeiT models saved with ``save_pretrained``; real photos come from
-matplotlib's and scikit-image's bundled sample data.
+No network: checkpoints are tiny ViT/DeiT models saved with ``save_pretrained``, wired so that an image's
+brightness decides their verdict (fixture_models.py), so verdicts differ from image to image; real photos come
+from matplotlib's and scikit-image's bundled sample data. Expected labels and probabilities come from PyTorch
+(``reference``), never from the runtime under test.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import io
+import json
+import os
 import shutil
 import struct
 import sys
+import tempfile
 import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +28,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `benchmarks` is a top-level folder of the repo, not an installed package
+
+from fixture_models import brightness_decides
 
 from benchmarks.artifacts import checkpoint_maker, export_module
 
@@ -53,24 +64,129 @@ def make_checkpoint(directory: Path, processor: dict, labels=("Fake", "Real"), m
                                              classifier_gain=20.0)
 
 
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory, exporter):
-    """Checkpoints covering the processor and label variants the seed models use."""
-    base = tmp_path_factory.mktemp("checkpoints")
-    return {
-        "vit": make_checkpoint(base / "vit", VIT_PROCESSOR),
-        "deit": make_checkpoint(base / "deit", DEIT_PROCESSOR, labels=("Real", "Fake"), seed=1),
-        "legacy-vit": make_checkpoint(base / "legacy-vit", LEGACY_VIT_PROCESSOR, seed=2),
-        "deit-arch": make_checkpoint(base / "deit-arch", LEGACY_DEIT_PROCESSOR, model_type="deit", seed=3),
-    }
+@dataclass(frozen=True)
+class FixtureModel:
+    """A test checkpoint whose verdict the image's brightness decides (see fixture_models.py)."""
+
+    processor: dict
+    labels: tuple[str, ...]
+    slopes: tuple[int, ...]  # per label: its logit rises (+1) or falls (-1) with brightness, or stays (0)
+    thresholds: tuple[float, ...]  # brightness statistics where the winning label changes
+    model_type: str = "vit"
+    seed: int = 0
+
+
+# Every family of preprocessing, both label orders, both architectures, and more than two labels. On the sample
+# photos and odd images about half of each two-label model's verdicts are each label (tests/test_fixtures.py).
+FIXTURE_MODELS = {
+    "vit": FixtureModel(VIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.2,)),
+    # id2label {0: Real, 1: Fake}: not alphabetical, so a label looked up by sorted name or by index is caught.
+    "deit": FixtureModel(DEIT_PROCESSOR, ("Real", "Fake"), (-1, 1), (-0.15,), seed=1),
+    "legacy-vit": FixtureModel(LEGACY_VIT_PROCESSOR, ("Fake", "Real"), (1, -1), (-0.2,), seed=2),
+    "deit-arch": FixtureModel(LEGACY_DEIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.15,), model_type="deit", seed=3),
+    # Three labels, none where sorting would put it: dark -> Real, middling -> Unsure, bright -> Fake.
+    "multi": FixtureModel(VIT_PROCESSOR, ("Real", "Unsure", "Fake"), (-1, 0, 1), (-0.5, 0.25), seed=4),
+}
+
+# Exported fixture packages are cached here when set (the mutation check points it at a fresh temporary folder and
+# runs pytest dozens of times); unset, every session builds its own. Keyed by content: the fixture's spec, the
+# build-side code and the library versions, not by src/ (the runtime under test doesn't shape a package).
+CACHE_ENVIRONMENT = "FASTVIT_TEST_CACHE"
+_BUILD_FILES = (ROOT / "export" / "export.py", ROOT / "export" / "make_checkpoint.py",
+                Path(__file__).resolve().with_name("fixture_models.py"))
+_BUILD_LIBRARIES = ("torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "pillow", "numpy")
+
+
+def _fixture_key(kind: str) -> str:
+    digest = hashlib.sha256(json.dumps([kind, asdict(FIXTURE_MODELS[kind])], sort_keys=True).encode())
+    for path in _BUILD_FILES:
+        digest.update(path.read_bytes())
+    for library in _BUILD_LIBRARIES:
+        try:
+            digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{library} absent".encode())
+    return digest.hexdigest()[:16]
+
+
+def _build_fixture(kind: str, directory: Path) -> None:
+    """``directory/kind`` (the checkpoint: its folder name is what the server shows as the model's name) and
+    ``directory/package``."""
+    pytest.importorskip("torch")
+    model = FIXTURE_MODELS[kind]
+    checkpoint = CHECKPOINT_MAKER.build_checkpoint(
+        directory / kind, model.processor, preset="tiny", labels=model.labels, model_type=model.model_type,
+        seed=model.seed, adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds))
+    EXPORT.export_package(str(checkpoint), directory / "package", log=lambda _text: None)
+
+
+def _cached_fixture(kind: str, cache: Path) -> Path:
+    entry = cache / f"{kind}-{_fixture_key(kind)}"
+    if not entry.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache))
+        _build_fixture(kind, staging)
+        try:
+            staging.rename(entry)  # atomic: a concurrent session either finds it whole or builds its own
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return entry
+
+
+class FixtureBuilds(dict):
+    """kind -> (checkpoint, package), built on first use: a run that needs two fixture models builds two.
+
+    With a cache the session gets its own copies: tests may damage what they're given, never the shared cache.
+    """
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
+        cache = os.environ.get(CACHE_ENVIRONMENT)
+        self.cache = Path(cache) if cache else None
+
+    def __missing__(self, kind: str) -> tuple[Path, Path]:
+        if kind not in FIXTURE_MODELS:
+            raise KeyError(kind)
+        if self.cache is not None:
+            shutil.copytree(_cached_fixture(kind, self.cache), self.base / kind)
+        else:
+            _build_fixture(kind, self.base / kind)
+        self[kind] = (self.base / kind / kind, self.base / kind / "package")
+        return self[kind]
+
+
+class _Part(Mapping):
+    """One side of FixtureBuilds (checkpoints or packages) as a read-only, lazily built mapping."""
+
+    def __init__(self, builds: FixtureBuilds, side: int) -> None:
+        self.builds, self.side = builds, side
+
+    def __getitem__(self, kind: str) -> Path:
+        return self.builds[kind][self.side]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FIXTURE_MODELS)
+
+    def __len__(self) -> int:
+        return len(FIXTURE_MODELS)
 
 
 @pytest.fixture(scope="session")
-def packages(tmp_path_factory, exporter, checkpoints):
-    base = tmp_path_factory.mktemp("packages")
-    for name, checkpoint in checkpoints.items():
-        exporter.export_package(str(checkpoint), base / name, log=lambda _text: None)
-    return {name: base / name for name in checkpoints}
+def fixture_builds(tmp_path_factory) -> FixtureBuilds:
+    return FixtureBuilds(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture(scope="session")
+def checkpoints(fixture_builds) -> Mapping[str, Path]:
+    """Checkpoints covering the processor and label variants the seed models use (FIXTURE_MODELS)."""
+    return _Part(fixture_builds, 0)
+
+
+@pytest.fixture(scope="session")
+def packages(fixture_builds) -> Mapping[str, Path]:
+    """The checkpoints exported with export/export.py: fp32 and dynamic int8."""
+    return _Part(fixture_builds, 1)
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +215,55 @@ def torch_logits(checkpoint: Path, images) -> np.ndarray:
         return model(**processor(pictures, return_tensors="pt")).logits.numpy()
 
 
+class Reference:
+    """PyTorch's answers for the fixture models on image files: the expected values of the tests.
+
+    Computed by ``torch_logits``, outside the runtime under test; remembered per session, and on disk beside the
+    cached packages when FASTVIT_TEST_CACHE is set (so the mutation check needn't import torch per run).
+    """
+
+    def __init__(self, checkpoints: Mapping[str, Path], cache: Path | None) -> None:
+        self.checkpoints = checkpoints
+        self.cache = cache
+        self._memo: dict[str, np.ndarray] = {}
+
+    def logits(self, kind: str, images: Sequence[Path]) -> np.ndarray:
+        digest = hashlib.sha256(_fixture_key(kind).encode())
+        for image in images:
+            digest.update(hashlib.sha256(Path(image).read_bytes()).digest())
+        key = f"{kind}-{digest.hexdigest()[:20]}"
+        if key not in self._memo:
+            stored = self.cache / "reference" / f"{key}.npy" if self.cache else None
+            if stored is not None and stored.is_file():
+                self._memo[key] = np.load(stored)
+            else:
+                self._memo[key] = torch_logits(self.checkpoints[kind], [Path(image) for image in images])
+                if stored is not None:
+                    stored.parent.mkdir(parents=True, exist_ok=True)
+                    partial = stored.with_name(f".{stored.name}.{os.getpid()}.npy")
+                    np.save(partial, self._memo[key])
+                    partial.replace(stored)
+        return self._memo[key]
+
+    def probabilities(self, kind: str, images: Sequence[Path]) -> np.ndarray:
+        logits = self.logits(kind, images).astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def labels(self, kind: str, images: Sequence[Path]) -> list[str]:
+        names = FIXTURE_MODELS[kind].labels
+        return [names[index] for index in self.logits(kind, images).argmax(axis=1)]
+
+    def label(self, kind: str, image: Path) -> str:
+        return self.labels(kind, [image])[0]
+
+
+@pytest.fixture(scope="session")
+def reference(checkpoints) -> Reference:
+    cache = os.environ.get(CACHE_ENVIRONMENT)
+    return Reference(checkpoints, Path(cache) if cache else None)
+
+
 # --- images -------------------------------------------------------------------------------------------------
 
 
@@ -109,13 +274,16 @@ def sample_photos() -> list[Path]:
     return photos
 
 
-def _noise(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
+DARK, BRIGHT = 64, 192  # the fixture checkpoints' verdicts follow brightness: odd images come in both kinds
+
+
+def noise_image(height: int, width: int, seed: int, channels: int = 3, level: int = DARK) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    smooth = (np.sin(x / 7.0) + np.cos(y / 11.0))[..., None] * 60 + 128
+    smooth = (np.sin(x / 7.0) + np.cos(y / 11.0))[..., None] * 30 + level
     shape = (height, width, channels) if channels > 1 else (height, width)
     noisy = smooth if channels > 1 else smooth[..., 0]
-    return np.clip(noisy + rng.normal(0, 30, shape), 0, 255).astype(np.uint8)
+    return np.clip(noisy + rng.normal(0, 25, shape), 0, 255).astype(np.uint8)
 
 
 def png_with_header(width: int, height: int) -> bytes:
@@ -130,7 +298,7 @@ def png_with_header(width: int, height: int) -> bytes:
 def odd_images(tmp_path_factory) -> dict[str, Path]:
     """Images in the modes and shapes that break naive pipelines."""
     out = tmp_path_factory.mktemp("odd-images")
-    rgb = Image.fromarray(_noise(120, 90, 0))
+    rgb = Image.fromarray(noise_image(120, 90, 0))
     made: dict[str, Path] = {}
 
     def save(name: str, image: Image.Image, **options) -> None:
@@ -138,23 +306,25 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
         image.save(made[name], **options)
 
     save("cmyk.jpg", rgb.convert("CMYK"), quality=90)
-    save("gray16.png", Image.fromarray((_noise(80, 100, 1, 1).astype(np.uint16) * 257)))
+    save("gray16.png", Image.fromarray((noise_image(80, 100, 1, 1).astype(np.uint16) * 257)))  # I;16: bright in RGB
     palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
     save("palette-transparent.png", palette, transparency=3)
-    save("gray-alpha.png", Image.fromarray(_noise(64, 64, 2, 1)).convert("LA"))
-    save("rgba.png", Image.fromarray(np.dstack([_noise(64, 96, 3), _noise(64, 96, 4, 1)])))
-    save("bilevel.png", Image.fromarray(_noise(50, 70, 5, 1)).convert("1"))
+    save("gray-alpha.png", Image.fromarray(noise_image(64, 64, 2, 1, BRIGHT)).convert("LA"))
+    save("rgba.png", Image.fromarray(np.dstack([noise_image(64, 96, 3, level=BRIGHT), noise_image(64, 96, 4, 1)])))
+    save("bilevel.png", Image.fromarray(noise_image(50, 70, 5, 1, BRIGHT)).convert("1"))
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     save("exif-rotated.jpg", rgb, exif=exif.tobytes(), quality=95)
-    save("one-by-n.png", Image.fromarray(_noise(1, 300, 6)))
-    save("n-by-one.png", Image.fromarray(_noise(300, 1, 7)))
-    save("wide.png", Image.fromarray(_noise(20, 2000, 8)))
-    save("single-pixel.png", Image.fromarray(_noise(1, 1, 9)))
-    save("large.jpg", Image.fromarray(_noise(1500, 2000, 10)), quality=85)
-    frames = [Image.fromarray(_noise(40, 60, 11 + i)) for i in range(3)]
+    save("one-by-n.png", Image.fromarray(noise_image(1, 300, 6, level=BRIGHT)))
+    save("n-by-one.png", Image.fromarray(noise_image(300, 1, 7)))
+    save("wide.png", Image.fromarray(noise_image(20, 2000, 8, level=BRIGHT)))
+    save("single-pixel.png", Image.fromarray(noise_image(1, 1, 9, level=BRIGHT)))
+    save("large.jpg", Image.fromarray(noise_image(1500, 2000, 10)), quality=85)
+    frames = [Image.fromarray(noise_image(40, 60, 11 + i, level=BRIGHT if i == 0 else DARK)) for i in range(3)]
     made["animated.gif"] = out / "animated.gif"
     frames[0].save(made["animated.gif"], save_all=True, append_images=frames[1:], duration=50)
+    made["animated.webp"] = out / "animated.webp"  # lossless: its first frame decodes to exactly frames[0]
+    frames[0].save(made["animated.webp"], save_all=True, append_images=frames[1:], duration=50, lossless=True)
     save("webp.webp", rgb, quality=80)
     save("uppercase-ext.JPG", rgb)
     save("png-named.jpg", rgb, format="PNG")  # wrong extension: content decides
@@ -165,10 +335,10 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
 def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("bad-inputs")
     buffer = io.BytesIO()
-    Image.fromarray(_noise(200, 200, 0)).save(buffer, format="JPEG")
+    Image.fromarray(noise_image(200, 200, 0)).save(buffer, format="JPEG")
     jpeg = buffer.getvalue()
     buffer = io.BytesIO()
-    Image.fromarray(_noise(200, 200, 0)).save(buffer, format="PNG")
+    Image.fromarray(noise_image(200, 200, 0)).save(buffer, format="PNG")
     png = buffer.getvalue()
     files = {
         "empty.jpg": b"",
