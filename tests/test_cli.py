@@ -6,22 +6,29 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import sample_photos
 
 from fastvit_detect.cli import main
 
 
-def test_predict_table(vit_package, capsys):
-    photos = [str(path) for path in sample_photos()[:3]]
-    assert main(["predict", "--model", str(vit_package), *photos]) == 0
+def test_predict_table(vit_package, reference, capsys):
+    photos = sample_photos()
+    assert main(["predict", "--model", str(vit_package), *map(str, photos)]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0].split() == ["image", "label", "score", "p(fake)"]
-    assert len(lines) == 4 and all(line.split()[1] in ("Fake", "Real") for line in lines[1:])
-    assert "3 image(s), 0 failed; variant int8" in err
+    rows = [line.split() for line in lines[1:]]
+    assert all(row[0].endswith(photo.name) for row, photo in zip(rows, photos)) and len(rows) == len(photos)
+    assert [row[1] for row in rows] == reference.labels("vit", photos)
+    # int8 against PyTorch: within 0.05 on these models (test_detector); the table prints 4 decimals.
+    expected = reference.probabilities("vit", photos)
+    assert [float(row[3]) for row in rows] == pytest.approx(expected[:, 0], abs=0.05)
+    assert [float(row[2]) for row in rows] == pytest.approx(expected.max(1), abs=0.05)
+    assert f"{len(photos)} image(s), 0 failed; variant int8" in err
 
 
-def test_predict_json_lines_with_a_bad_image(vit_package, bad_inputs, capsys):
+def test_predict_json_lines_with_a_bad_image(vit_package, bad_inputs, reference, capsys):
     photo = str(sample_photos()[0])
     code = main(["predict", "--model", str(vit_package), "--variant", "fp32", "--json", photo,
                  str(bad_inputs["truncated.jpg"]), photo])
@@ -31,6 +38,8 @@ def test_predict_json_lines_with_a_bad_image(vit_package, bad_inputs, capsys):
     good = records[0]
     assert set(good) == {"image", "label", "score", "probabilities", "fake_probability", "logits"}
     assert good["score"] == max(good["probabilities"].values()) and len(good["logits"]) == 2
+    assert good["label"] == reference.label("vit", sample_photos()[0])
+    assert good["logits"] == pytest.approx(reference.logits("vit", sample_photos()[:1])[0], abs=1e-4)
     assert records[1]["error"]["type"] == "ImageDecodeError" and "truncated" in records[1]["error"]["message"]
     assert records[2]["logits"] == good["logits"]
 

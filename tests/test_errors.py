@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header
+from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header, sample_photos
 from PIL import Image
 
 import fastvit_detect as fd
@@ -39,6 +41,32 @@ def test_missing_file(vit_package, tmp_path):
         fd.Detector.load(vit_package).predict(tmp_path / "nope.jpg")
 
 
+def unreadable_files(tmp_path) -> list[Path]:
+    """Regular files that can't be read: /proc/self/mem opens but fails to read (its first page is unmapped:
+    EIO); a file of mode 000 can't be opened, except by root, whom permissions don't bind."""
+    files = [Path("/proc/self/mem")]
+    if os.geteuid() != 0:
+        files.append(tmp_path / "secret.jpg")
+        Image.new("RGB", (8, 8)).save(files[-1])
+        files[-1].chmod(0)
+    return files
+
+
+def test_unreadable_file(vit_package, tmp_path):
+    paths = unreadable_files(tmp_path)
+    results = fd.Detector.load(vit_package).predict_batch(paths, errors="return")
+    for path, result in zip(paths, results):
+        assert type(result) is fd.ImageNotFoundError and result.source == str(path)
+        assert f"{path}: can't read file" in str(result)
+
+
+def test_unconvertible_mode(vit_package):
+    # "La" (luminance with premultiplied alpha) is a mode Pillow can hold but not convert to RGB.
+    with pytest.raises(fd.ImageDecodeError, match="can't convert mode La") as info:
+        fd.Detector.load(vit_package).predict(Image.new("La", (16, 16)))
+    assert "PIL.Image La 16x16" in str(info.value)
+
+
 def test_bad_bytes_and_file_objects(vit_package, bad_inputs):
     detector = fd.Detector.load(vit_package)
     with pytest.raises(fd.EmptyImageError, match="<0 bytes>"):
@@ -47,14 +75,17 @@ def test_bad_bytes_and_file_objects(vit_package, bad_inputs):
         detector.predict(io.BytesIO(bad_inputs["truncated.jpg"].read_bytes()))
 
 
-def test_pixel_cap_is_configurable(vit_package, tmp_path):
+def test_pixel_cap_is_configurable(vit_package, tmp_path, reference):
     path = tmp_path / "big.png"
-    Image.new("RGB", (400, 300)).save(path)
+    Image.new("RGB", (400, 300), (230, 230, 230)).save(path)
     with pytest.raises(fd.ImageTooLargeError, match="120,000 pixels exceeds the cap of 100,000"):
         fd.Detector.load(vit_package, max_pixels=100_000).predict(path)
     with pytest.raises(fd.ImageTooLargeError):  # arrays and PIL images are held to the cap too
         fd.Detector.load(vit_package, max_pixels=100_000).predict(Image.new("RGB", (400, 300)))
-    assert fd.Detector.load(vit_package, max_pixels=None).predict(path).label in ("Fake", "Real")
+    assert fd.Detector.load(vit_package, max_pixels=None).predict(path).label == reference.label("vit", path)
+    assert fd.Detector.load(vit_package, max_pixels=120_000).predict(path).label == reference.label("vit", path)
+    with pytest.raises(fd.ImageTooLargeError):
+        fd.Detector.load(vit_package, max_pixels=119_999).predict(path)
 
 
 def test_header_bomb_is_refused_before_decoding(vit_package):
@@ -63,10 +94,13 @@ def test_header_bomb_is_refused_before_decoding(vit_package):
         fd.Detector.load(vit_package).predict(png_with_header(50_000, 3_000))
 
 
-def test_corrupt_exif_still_classifies(vit_package, tmp_path):
+@pytest.mark.parametrize("level", [40, 220])
+def test_corrupt_exif_still_classifies(vit_package, tmp_path, reference, level):
     path = tmp_path / "bad-exif.jpg"
-    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(path, exif=b"Exif\x00\x00MM\x00*\xff\xff\xff\xff")
-    assert fd.Detector.load(vit_package).predict(path).label in ("Fake", "Real")
+    Image.fromarray(np.full((32, 32, 3), level, np.uint8)).save(path, exif=b"Exif\x00\x00MM\x00*\xff\xff\xff\xff")
+    same_pixels = tmp_path / "same-pixels.png"  # what the JPEG decodes to, without the EXIF: PyTorch's input
+    Image.open(path).convert("RGB").save(same_pixels)
+    assert fd.Detector.load(vit_package).predict(path).label == reference.label("vit", same_pixels)
 
 
 # --- packages -----------------------------------------------------------------------------------------------
@@ -124,7 +158,7 @@ def test_weights_file_the_manifest_does_not_vouch_for_is_refused(package_copy):
         fd.Detector.load(package_copy)
 
 
-def test_format_1_manifest_without_weights_files_still_loads(package_copy):
+def test_format_1_manifest_without_weights_files_still_loads(package_copy, reference):
     """Packages written before weights moved to data files: one self-contained graph per variant."""
     import onnx
 
@@ -138,16 +172,18 @@ def test_format_1_manifest_without_weights_files_still_loads(package_copy):
         del entry["data_sha256"], entry["data_size_bytes"]
         entry.update(file=single.name, sha256=file_sha256(single), size_bytes=single.stat().st_size)
     (package_copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    photos = sample_photos()
     for name in ("fp32", "int8"):
         detector = fd.Detector.load(package_copy, variant=name)
         assert detector.variant.data_path is None and detector.variant.path.name == f"{name}-single.onnx"
-        assert detector.predict(np.zeros((40, 30, 3), np.uint8)).label in ("Fake", "Real")
+        assert [p.label for p in detector.predict_batch(photos)] == reference.labels("vit", photos)
 
 
 def test_truncated_model_is_refused_by_size(package_copy):
     model = package_copy / "model.onnx"
     model.write_bytes(model.read_bytes()[:1000])
-    with pytest.raises(fd.ChecksumMismatchError, match="truncated"):
+    # The message's own words: the test's temporary path has "truncated" in it too.
+    with pytest.raises(fd.ChecksumMismatchError, match="model.onnx is 1,000 bytes, the manifest says .*truncated"):
         fd.Detector.load(package_copy, variant="fp32")
 
 
@@ -203,6 +239,21 @@ def test_not_an_onnx_file(package_copy):
 def test_unavailable_provider(vit_package):
     with pytest.raises(fd.ProviderError, match="NoSuchExecutionProvider"):
         fd.Detector.load(vit_package, providers=["NoSuchExecutionProvider"])
+
+
+def test_package_errors_share_one_base_class(package_copy, tmp_path):
+    package_errors = [fd.PackageNotFoundError, fd.MissingFileError, fd.InvalidPackageError, fd.ChecksumMismatchError,
+                      fd.VariantNotFoundError, fd.IncompatibleModelError, fd.UnsupportedPreprocessorError]
+    for error in package_errors:
+        assert issubclass(error, fd.ModelPackageError) and not issubclass(error, fd.InputError), error
+    assert issubclass(fd.ModelPackageError, fd.FastVitDetectError)
+    flip_byte(package_copy / "model.onnx_data", 0.5, 0x01)
+    for path, variant, error in [(tmp_path / "absent", "auto", fd.PackageNotFoundError),
+                                 (package_copy, "fp16", fd.VariantNotFoundError),
+                                 (package_copy, "fp32", fd.ChecksumMismatchError)]:
+        with pytest.raises(fd.ModelPackageError) as info:
+            fd.Detector.load(path, variant=variant)
+        assert type(info.value) is error
 
 
 def test_one_base_class_catches_everything(vit_package, bad_inputs, tmp_path):

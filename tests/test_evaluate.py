@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import sample_photos
 
 from fastvit_detect.cli import main
-from fastvit_detect.errors import UnsupportedInputError
-from fastvit_detect.evaluate import auroc, confusion_matrix, find_labelled_images, macro_f1
+from fastvit_detect.errors import InputError, UnsupportedInputError
+from fastvit_detect.evaluate import (
+    LabelledImages,
+    VariantRun,
+    auroc,
+    confusion_matrix,
+    find_labelled_images,
+    macro_f1,
+    variant_metrics,
+)
 
 
 def test_metrics_on_known_values():
@@ -25,6 +34,53 @@ def test_metrics_on_known_values():
     assert auroc(positive, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
     assert auroc(positive, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)  # ties count half
     assert auroc(np.array([True, True]), np.array([0.1, 0.2])) is None
+
+
+def pairwise_auroc(positive, scores) -> float:
+    """AUROC by definition: the share of (positive, negative) pairs the scores order rightly, ties counting half."""
+    pairs = [(p, n) for p in scores[positive] for n in scores[~positive]]
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+
+
+def hand_case(labels: list[str], fake_column: int) -> tuple[VariantRun, LabelledImages]:
+    """Six images: three real ones with p(fake) 0.2, 0.7, 0.1 and three fake ones with 0.8, 0.3, 0.4."""
+    real = labels.index("Real")
+    targets = np.array([real, real, real, fake_column, fake_column, fake_column])
+    p_fake = np.array([0.2, 0.7, 0.1, 0.8, 0.3, 0.4])
+    probabilities = np.zeros((6, len(labels)))
+    probabilities[:, fake_column] = p_fake
+    probabilities[:, real] = 1 - p_fake
+    images = LabelledImages([Path(f"{i}.png") for i in range(6)], targets, labels)
+    return VariantRun("hand", probabilities, seconds=2.0), images
+
+
+@pytest.mark.parametrize("labels", [["Fake", "Real"], ["Real", "Fake"], ["Real", "Unsure", "Fake"]])
+def test_variant_metrics_on_a_hand_computed_case(labels):
+    run, images = hand_case(labels, labels.index("Fake"))
+    metrics = variant_metrics(run, images)
+    # Predicted (argmax): real, fake, real | fake, real, real. Rows true, columns predicted, in the labels' order.
+    expected = {("Real", "Real"): 2, ("Real", "Fake"): 1, ("Fake", "Fake"): 1, ("Fake", "Real"): 2}
+    assert metrics["confusion_matrix"] == [[expected.get((true, predicted), 0) for predicted in labels]
+                                           for true in labels]
+    assert metrics["accuracy"] == pytest.approx(3 / 6)
+    # F1 = 2TP / (2TP + FP + FN). Real: TP 2, FP 2, FN 1 -> 4/7; Fake: TP 1, FP 1, FN 2 -> 2/5. A label with no
+    # image (Unsure) doesn't count.
+    assert metrics["macro_f1"] == pytest.approx((4 / 7 + 2 / 5) / 2)
+    # Fake scores 0.8, 0.3, 0.4 against real 0.2, 0.7, 0.1: 0.8 beats three, 0.3 and 0.4 two each -> 7 of 9 pairs.
+    assert metrics["auroc"] == pytest.approx(7 / 9) == pytest.approx(
+        pairwise_auroc(images.targets == labels.index("Fake"), run.probabilities[:, labels.index("Fake")]))
+    assert metrics["auroc_positive_label"] == "Fake"
+    assert (metrics["images"], metrics["skipped"], metrics["images_per_second"]) == (6, 0, 3.0)
+
+
+def test_variant_metrics_skip_unreadable_images():
+    run, images = hand_case(["Fake", "Real"], 0)
+    run.probabilities[1] = np.nan  # the real image scored 0.7 couldn't be read
+    run.errors[1] = InputError("1.png: unreadable", "1.png")
+    metrics = variant_metrics(run, images)
+    assert metrics["confusion_matrix"] == [[1, 2], [0, 2]]  # rows Fake, Real
+    assert (metrics["images"], metrics["skipped"]) == (5, 1)
+    assert metrics["auroc"] == 1.0  # without 0.7, every fake score beats every real one
 
 
 @pytest.fixture()
@@ -48,22 +104,31 @@ def test_find_labelled_images(labelled_dir):
         find_labelled_images(labelled_dir, ["Cat", "Dog"])
 
 
-def test_eval_command_reports_every_variant_and_skips_bad_images(vit_package, checkpoints, labelled_dir, capsys):
+def test_eval_command_reports_every_variant_and_skips_bad_images(vit_package, checkpoints, labelled_dir, reference,
+                                                                 capsys):
     assert main(["eval", "--model", str(vit_package), "--data", str(labelled_dir), "--json",
                  "--reference", str(checkpoints["vit"])]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = {row["variant"]: row for row in report["variants"]}
     assert set(rows) == {"fp32", "int8", "pytorch-fp32"}
-    photos = len(sample_photos())
+    # What every row must say, counted from the folders (the truth) and PyTorch's answers (the predictions).
+    photos = sample_photos()
+    truth = ["Fake" if index % 2 else "Real" for index in range(len(photos))]
+    predicted = reference.labels("vit", photos)
+    matrix = [[sum(t == true and p == guess for t, p in zip(truth, predicted)) for guess in ("Fake", "Real")]
+              for true in ("Fake", "Real")]
+    assert 0 < matrix[0][0] + matrix[1][1] < len(photos)  # some right, some wrong: a real test of the counting
+    p_fake = reference.probabilities("vit", photos)[:, 0]
+    area = pairwise_auroc(np.array(truth) == "Fake", p_fake)
     for row in rows.values():
-        assert row["images"] == photos and row["skipped"] == 1
-        assert np.sum(row["confusion_matrix"]) == photos
-        assert 0 <= row["accuracy"] <= 1 and row["auroc_positive_label"] == "Fake"
-    # fp32 ONNX and PyTorch are the same function: identical metrics and labels.
-    assert rows["fp32"]["confusion_matrix"] == rows["pytorch-fp32"]["confusion_matrix"]
+        assert (row["images"], row["skipped"]) == (len(photos), 1)
+        assert row["confusion_matrix"] == matrix
+        assert row["accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / len(photos))
+        assert row["auroc"] == pytest.approx(area, abs=1e-9) and row["auroc_positive_label"] == "Fake"
     pairs = {tuple(pair["pair"]): pair for pair in report["agreement"]}
     assert pairs[("fp32", "pytorch-fp32")]["label_agreement"] == 1.0
     assert pairs[("fp32", "pytorch-fp32")]["max_abs_probability_diff"] < 1e-4
+    assert pairs[("fp32", "int8")]["label_agreement"] == 1.0
     assert list(report["skipped"]) == [str(labelled_dir / "Fake" / "broken.jpg")]
 
 

@@ -39,6 +39,12 @@ def test_manifest_records_files_hashes_and_validation(vit_package):
     assert json.loads((vit_package / "preprocessor_config.json").read_text()) == VIT_PROCESSOR
 
 
+@pytest.mark.parametrize("kind", ["vit", "deit-arch"])
+def test_hf_configs_are_copied_byte_for_byte(kind, checkpoints, packages):
+    for name in ("config.json", "preprocessor_config.json"):
+        assert (packages[kind] / name).read_bytes() == (checkpoints[kind] / name).read_bytes(), name
+
+
 def test_batch_axis_is_dynamic_and_image_axes_fixed(vit_package):
     import onnx
 

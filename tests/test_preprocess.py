@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
+    BRIGHT,
     DEIT_PROCESSOR,
     LEGACY_DEIT_PROCESSOR,
     LEGACY_VIT_PROCESSOR,
     VIT_PROCESSOR,
+    noise_image,
     sample_photos,
 )
 from PIL import Image
@@ -25,8 +27,6 @@ from fastvit_detect import (
     load_image,
 )
 from fastvit_detect.preprocess import PreprocessConfig
-
-transformers = pytest.importorskip("transformers")
 
 PROCESSOR_CONFIGS = {
     "vit": VIT_PROCESSOR,
@@ -44,6 +44,7 @@ PROCESSOR_CONFIGS = {
 
 def hf_processor(config: dict, tmp_path: Path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    transformers = pytest.importorskip("transformers")  # here, not at import: the other tests run without it
     return transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
 
 
@@ -82,6 +83,16 @@ def test_exif_orientation_is_applied(odd_images):
 def test_animated_gif_uses_first_frame(odd_images):
     first = Image.open(odd_images["animated.gif"]).convert("RGB")
     np.testing.assert_array_equal(np.asarray(load_image(odd_images["animated.gif"])), np.asarray(first))
+
+
+def test_animated_webp_uses_first_frame(odd_images):
+    # Lossless WebP: the first frame decodes to exactly the array it was made from (a bright one; the others
+    # are dark, so the fixture models' verdict on the file tells the frames apart too).
+    first, second = (noise_image(40, 60, 11, level=BRIGHT), noise_image(40, 60, 12))
+    decoded = np.asarray(load_image(odd_images["animated.webp"]))
+    np.testing.assert_array_equal(decoded, first)
+    assert not np.array_equal(decoded, second)
+    assert Image.open(odd_images["animated.webp"]).n_frames == 3
 
 
 def test_every_input_kind_gives_the_same_pixels(tmp_path):

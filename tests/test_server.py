@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import queue
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from conftest import sample_photos
+from PIL import Image
 
 from fastvit_detect import Detector
 from fastvit_detect.errors import ServerBusyError
@@ -56,8 +58,26 @@ def call(app, method: str, url: str, **kwargs) -> httpx.Response:
     return response
 
 
-def expected(detector: Detector, image: bytes):
-    return detector.predict(image)
+PROBABILITY_TOLERANCE = 1e-5  # fp32 ONNX against PyTorch
+
+
+def assert_matches_reference(body: dict, reference, path) -> None:
+    """A prediction body against PyTorch's answer for the image file it was made from."""
+    (row,) = reference.probabilities("vit", [path])
+    assert body["label"] == reference.label("vit", path)
+    assert body["probabilities"] == pytest.approx(dict(zip(["Fake", "Real"], row)), abs=PROBABILITY_TOLERANCE)
+    assert body["score"] == pytest.approx(row.max(), abs=PROBABILITY_TOLERANCE)
+    assert body["fake_probability"] == pytest.approx(row[0], abs=PROBABILITY_TOLERANCE)
+
+
+def split_photos(reference) -> list:
+    """Sample photos PyTorch calls Fake and Real, alternating: a constant answer can't pass."""
+    photos = sample_photos()
+    labels = reference.labels("vit", photos)
+    fake = [photo for photo, label in zip(photos, labels) if label == "Fake"]
+    real = [photo for photo, label in zip(photos, labels) if label == "Real"]
+    assert fake and real
+    return [photo for pair in zip(fake, real) for photo in pair]
 
 
 # --- endpoints ----------------------------------------------------------------------------------------------
@@ -86,41 +106,44 @@ def test_docs_need_no_cdn(app):
     assert "multipart/form-data" in schema["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]
 
 
-def test_predict_multipart(app, detector, photos):
-    response = call(app, "POST", "/api/v1/predict", files={"file": ("photo.jpg", photos[0], "image/jpeg")})
-    assert response.status_code == 200
-    body = response.json()
-    assert set(body) == PREDICTION_KEYS
-    reference = expected(detector, photos[0])
-    assert body["label"] == reference.label
-    assert body["probabilities"] == pytest.approx(dict(reference.probabilities), abs=1e-6)
-    assert body["fake_probability"] == pytest.approx(reference.fake_probability, abs=1e-6)
-    assert body["model"]["variant"] == "fp32" and body["elapsed_ms"] > 0
+def test_predict_multipart(app, reference):
+    for photo in split_photos(reference)[:2]:
+        response = call(app, "POST", "/api/v1/predict", files={"file": ("photo.jpg", photo.read_bytes(), "image/jpeg")})
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == PREDICTION_KEYS
+        assert_matches_reference(body, reference, photo)
+        assert body["model"]["variant"] == "fp32" and body["elapsed_ms"] > 0
 
 
-def test_predict_raw_body(app, detector, photos):
-    response = call(app, "POST", "/api/v1/predict", content=photos[1], headers={"content-type": "image/png"})
-    assert response.status_code == 200
-    assert response.json()["label"] == expected(detector, photos[1]).label
+def test_predict_raw_body(app, reference):
+    for photo in split_photos(reference)[:2]:
+        response = call(app, "POST", "/api/v1/predict", content=photo.read_bytes(),
+                        headers={"content-type": "image/png"})
+        assert response.status_code == 200
+        assert_matches_reference(response.json(), reference, photo)
 
 
-def test_several_files_give_a_list_in_order_with_errors_in_place(app, detector, photos):
-    files = [("file", ("a.jpg", photos[0])), ("file", ("notes.txt", b"not an image")), ("file", ("c.png", photos[2]))]
+def test_several_files_give_a_list_in_order_with_errors_in_place(app, reference):
+    first_photo, second_photo = split_photos(reference)[:2]
+    files = [("file", ("a.jpg", first_photo.read_bytes())), ("file", ("notes.txt", b"not an image")),
+             ("file", ("c.png", second_photo.read_bytes()))]
     response = call(app, "POST", "/api/v1/predict", files=files)
     assert response.status_code == 200
     first, bad, third = response.json()
     assert [first["filename"], bad["filename"], third["filename"]] == ["a.jpg", "notes.txt", "c.png"]
-    assert first["label"] == expected(detector, photos[0]).label
-    assert third["probabilities"] == pytest.approx(dict(expected(detector, photos[2]).probabilities), abs=1e-6)
+    assert_matches_reference({key: first[key] for key in PREDICTION_KEYS}, reference, first_photo)
+    assert_matches_reference({key: third[key] for key in PREDICTION_KEYS}, reference, second_photo)
     assert bad["error"]["type"] == "ImageDecodeError" and "notes.txt" in bad["error"]["message"]
 
 
 @pytest.mark.parametrize("prefix", ["", "data:image/jpeg;base64,"])
-def test_seed_endpoint(app, detector, photos, prefix):
-    encoded = base64.encodebytes(photos[0]).decode()  # line-wrapped, as Python's encodebytes writes it
-    response = call(app, "POST", "/predict/", json={"image": prefix + encoded})
-    assert response.status_code == 200
-    assert response.json() == {"result": expected(detector, photos[0]).label}
+def test_seed_endpoint(app, reference, prefix):
+    for photo in split_photos(reference)[:4]:
+        encoded = base64.encodebytes(photo.read_bytes()).decode()  # line-wrapped, as Python's encodebytes writes it
+        response = call(app, "POST", "/predict/", json={"image": prefix + encoded})
+        assert response.status_code == 200
+        assert response.json() == {"result": reference.label("vit", photo)}
 
 
 def test_health_and_model_info(app, detector):
@@ -220,7 +243,7 @@ def test_upload_limit_is_enforced_while_reading(detector):
 
     async def endless() -> AsyncIterator[bytes]:
         nonlocal sent
-        for _ in range(100_000):  # 800 MB if the server read it all
+        for _ in range(2_000):  # 16 MB, 300 times the limit, if the server read it all
             sent += len(chunk)
             yield chunk
 
@@ -235,22 +258,50 @@ def test_upload_limit_is_enforced_while_reading(detector):
 # --- micro-batching -----------------------------------------------------------------------------------------
 
 
-def test_concurrent_requests_are_batched_and_answered_in_order(app, detector, photos, odd_images):
-    images = photos + [path.read_bytes() for path in list(odd_images.values())[:6]]
-    before = call(app, "GET", "/healthz").json()
-    responses = asyncio.run(post_many(app, [
-        {"method": "POST", "url": "/api/v1/predict", "files": {"file": (f"{index}.img", image)}}
-        for index, image in enumerate(images)
-    ]))
-    for image, response in zip(images, responses):
+def test_concurrent_requests_are_batched_and_answered_in_order(detector, reference, odd_images):
+    images = sample_photos() + list(odd_images.values())[:6]  # 15
+    # The first request holds the worker until the other 14 are queued: then they go in full batches of 4.
+    gated = GatedDetector(detector)
+    app = create_app(gated, ServeSettings(max_batch=4, max_wait_ms=20))  # type: ignore[arg-type]
+    batcher = app.state.batcher
+    session_calls: list[int] = []
+    run = detector.session.run
+
+    def counted_run(pixel_values):
+        session_calls.append(len(pixel_values))
+        return run(pixel_values)
+
+    requests = [{"method": "POST", "url": "/api/v1/predict", "files": {"file": (f"{index}.img", path.read_bytes())}}
+                for index, path in enumerate(images)]
+
+    async def scenario() -> tuple[dict, list[httpx.Response], dict]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            before = (await client.get("/healthz")).json()
+            held = asyncio.create_task(client.request(**requests[0]))
+            assert await asyncio.to_thread(gated.entered.wait, 10)
+            rest = [asyncio.create_task(client.request(**request)) for request in requests[1:]]
+            deadline = time.monotonic() + 30
+            while batcher.queue_depth < len(rest) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            gated.gate.set()
+            responses = list(await asyncio.gather(held, *rest))
+            return before, responses, (await client.get("/healthz")).json()
+
+    detector.session.run = counted_run
+    try:
+        before, responses, after = asyncio.run(scenario())
+    finally:
+        gated.gate.set()
+        del detector.session.run
+        batcher.close()
+        app.state.decoder.close()
+    for path, response in zip(images, responses):
         assert response.status_code == 200
-        reference = expected(detector, image)
-        assert response.json()["label"] == reference.label
-        assert response.json()["probabilities"] == pytest.approx(dict(reference.probabilities), abs=1e-5)
-    after = call(app, "GET", "/healthz").json()
-    assert after["images"] - before["images"] == len(images)
-    assert after["batches"] - before["batches"] < len(images)  # some requests shared a session call
-    assert 1 < after["largest_batch"] <= 4
+        assert_matches_reference(response.json(), reference, path)
+    assert (before["batches"], before["images"], before["largest_batch"]) == (0, 0, 0)
+    assert [len(batch) for batch in gated.batches] == [1, 4, 4, 4, 2]
+    assert session_calls == [1, 4, 4, 4, 2]  # one session call per batch
+    assert (after["batches"], after["images"], after["largest_batch"]) == (5, 15, 4)
 
 
 class GatedDetector:
@@ -323,7 +374,7 @@ def test_a_model_failure_fails_its_batch_only():
         batcher.close()
 
 
-def test_a_model_failure_is_a_json_500_and_the_server_carries_on(detector, photos):
+def test_a_model_failure_is_a_json_500_and_the_server_carries_on(detector, photos, reference):
     gated = GatedDetector(detector, fail=True)
     gated.gate.set()
     broken = create_app(gated, ServeSettings(max_wait_ms=0))  # type: ignore[arg-type]
@@ -340,7 +391,7 @@ def test_a_model_failure_is_a_json_500_and_the_server_carries_on(detector, photo
         broken.state.batcher.close()
     assert failed.status_code == 500 and failed.json()["error"]["type"] == "InternalServerError"
     assert "model crashed" not in failed.text  # internals stay in the server's log
-    assert recovered.status_code == 200 and recovered.json()["label"] == detector.predict(photos[0]).label
+    assert recovered.status_code == 200 and recovered.json()["label"] == reference.label("vit", sample_photos()[0])
 
 
 def test_submission_is_all_or_nothing():
@@ -398,7 +449,7 @@ def test_settings_are_validated():
 # --- the serve command --------------------------------------------------------------------------------------
 
 
-def test_serve_command_runs_uvicorn(vit_package, photos):
+def test_serve_command_runs_uvicorn(vit_package, reference):
     command = [sys.executable, "-m", "fastvit_detect", "serve", "--model", str(vit_package), "--port", "0",
                "--threads", "1", "--max-batch", "2"]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
@@ -415,8 +466,9 @@ def test_serve_command_runs_uvicorn(vit_package, photos):
         assert address, "".join(log)
         with httpx.Client(base_url=address, timeout=30) as client:
             assert client.get("/healthz").json()["variant"] == "int8"
-            assert client.post("/predict/", json={"image": base64.b64encode(photos[0]).decode()}).json()[
-                "result"] in ("Fake", "Real")
+            for photo in split_photos(reference)[:2]:
+                answer = client.post("/predict/", json={"image": base64.b64encode(photo.read_bytes()).decode()})
+                assert answer.json() == {"result": reference.label("vit", photo)}
     finally:
         server.terminate()  # SIGTERM: uvicorn shuts down gracefully
         rest = server.communicate(timeout=30)[1]
@@ -465,3 +517,51 @@ def test_unknown_routes_and_methods_use_the_error_shape(app):
 def test_absurdly_nested_json_is_a_client_error(app):
     response = call(app, "POST", "/predict/", content=b"[" * 100_000, headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"]["type"] == "BadRequestError"
+
+
+def test_image_over_the_servers_pixel_cap_is_413(vit_package, reference, tmp_path):
+    """The server's own --max-pixels, far below Pillow's limit: refused from the header, 413, before decoding."""
+    capped = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings(max_pixels=10_000))
+    over, at_cap = tmp_path / "over.png", tmp_path / "at-cap.png"
+    Image.new("RGB", (200, 100), (230, 230, 230)).save(over)  # 20,000 pixels
+    Image.new("RGB", (100, 100), (230, 230, 230)).save(at_cap)  # 10,000: allowed
+    try:
+        for url, request in [("/api/v1/predict", {"files": {"file": ("over.png", over.read_bytes())}}),
+                             ("/api/v1/predict", {"content": over.read_bytes()}),
+                             ("/predict/", {"json": {"image": base64.b64encode(over.read_bytes()).decode()}})]:
+            response = call(capped, "POST", url, **request)
+            assert response.status_code == 413, url
+            error = response.json()["error"]
+            assert error["type"] == "ImageTooLargeError"
+            assert "20,000 pixels exceeds the cap of 10,000" in error["message"]
+        response = call(capped, "POST", "/predict/", json={"image": base64.b64encode(at_cap.read_bytes()).decode()})
+        assert response.json() == {"result": reference.label("vit", at_cap)}
+    finally:
+        capped.state.batcher.close()
+        capped.state.decoder.close()
+
+
+def test_a_batch_waits_at_most_max_wait_for_company(monkeypatch):
+    """--max-wait-ms is an upper bound: the worker never asks the queue for more than that after a batch's first."""
+    from fastvit_detect import server
+
+    waits: list[float | None] = []
+
+    class RecordingQueue(queue.Queue):
+        def get(self, block=True, timeout=None):
+            waits.append(timeout)
+            return super().get(block, timeout)
+
+    gated = GatedDetector()
+    gated.gate.set()
+    with monkeypatch.context() as patch:
+        patch.setattr(server.queue, "Queue", RecordingQueue)
+        batcher = MicroBatcher(gated.run, max_batch=4, max_wait_ms=40, queue_size=8)
+    try:
+        assert batcher.submit(["alone"])[0].result(10) == "alone"
+        assert [future.result(10) for future in batcher.submit(["a", "b"])] == ["a", "b"]
+    finally:
+        batcher.close()
+    bounded = [wait for wait in waits if wait is not None]
+    assert bounded and all(0 <= wait <= 0.040 for wait in bounded), waits
+    assert [len(batch) for batch in gated.batches] == [1, 2]

@@ -3,15 +3,18 @@ huggingface_hub (the hub extra) until a model is fetched from the Hub."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
 
 from conftest import sample_photos
 
-BLOCKER = textwrap.dedent(
+# Imports of torch, transformers and optimum fail in the child process, as on a server without them.
+BLOCK_TORCH = textwrap.dedent(
     """
-    import importlib, importlib.util, pkgutil, sys
+    import sys
 
     class Block:
         def find_spec(self, name, path=None, target=None):
@@ -20,6 +23,12 @@ BLOCKER = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, Block())
+    """
+)
+
+BLOCKER = BLOCK_TORCH + textwrap.dedent(
+    """
+    import importlib, importlib.util, pkgutil
     import fastvit_detect
     for module in pkgutil.walk_packages(fastvit_detect.__path__, "fastvit_detect."):
         if module.name == "fastvit_detect.ray" and importlib.util.find_spec("ray") is None:
@@ -38,12 +47,12 @@ BLOCKER = textwrap.dedent(
 )
 
 
-def test_runtime_and_cli_work_with_torch_blocked(vit_package):
+def test_runtime_and_cli_work_with_torch_blocked(vit_package, reference):
     result = subprocess.run([sys.executable, "-c", BLOCKER, str(vit_package), str(sample_photos()[0])],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "LOADED [] EXIT 0" in result.stdout
-    assert result.stdout.splitlines()[0] in ("Fake", "Real")
+    assert result.stdout.splitlines()[0] == reference.label("vit", sample_photos()[0])
 
 
 WITHOUT_RAY = textwrap.dedent(
@@ -74,6 +83,15 @@ WITHOUT_RAY = textwrap.dedent(
 )
 
 
+EVAL_BLOCKED = BLOCK_TORCH + textwrap.dedent(
+    """
+    from fastvit_detect.cli import main
+    code = main(["eval", "--model", sys.argv[1], "--data", sys.argv[2], "--variant", "fp32", "--json", *sys.argv[3:]])
+    print("EXIT", code)
+    """
+)
+
+
 def test_runtime_works_without_ray_and_the_ray_engine_names_its_extra(vit_package, tmp_path):
     result = subprocess.run([sys.executable, "-c", WITHOUT_RAY, str(vit_package), str(sample_photos()[0]),
                              str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -81,3 +99,21 @@ def test_runtime_works_without_ray_and_the_ray_engine_names_its_extra(vit_packag
     assert "LOADED [] PREDICT 0 SCAN 2" in result.stdout
     assert "needs the ray extra" in result.stdout and "pip install 'fastvit-detect[ray]'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_eval_imports_torch_only_for_the_reference(vit_package, checkpoints, tmp_path):
+    for index, photo in enumerate(sample_photos()[:4]):
+        folder = tmp_path / ("Fake" if index % 2 else "Real")
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(photo, folder / photo.name)
+
+    def blocked_eval(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", EVAL_BLOCKED, str(vit_package), str(tmp_path), *extra],
+                              capture_output=True, text=True, timeout=120)
+
+    plain = blocked_eval()
+    assert plain.stdout.splitlines()[-1] == "EXIT 0", plain.stderr
+    assert json.loads(plain.stdout.splitlines()[0])["variants"][0]["images"] == 4
+    with_reference = blocked_eval("--reference", str(checkpoints["vit"]))
+    assert with_reference.stdout.splitlines()[-1] == "EXIT 2"
+    assert "needs torch and transformers" in with_reference.stderr and "Traceback" not in with_reference.stderr
