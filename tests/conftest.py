@@ -74,6 +74,7 @@ class FixtureModel:
     thresholds: tuple[float, ...]  # brightness statistics where the winning label changes
     model_type: str = "vit"
     seed: int = 0
+    gain: float = 1.0  # the head's: wider margins, more saturated probabilities (fixture_models.py)
 
 
 # Every family of preprocessing, both label orders, both architectures, and more than two labels. On the sample
@@ -85,7 +86,7 @@ FIXTURE_MODELS = {
     "legacy-vit": FixtureModel(LEGACY_VIT_PROCESSOR, ("Fake", "Real"), (1, -1), (-0.2,), seed=2),
     "deit-arch": FixtureModel(LEGACY_DEIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.15,), model_type="deit", seed=3),
     # Three labels, none where sorting would put it: dark -> Real, middling -> Unsure, bright -> Fake.
-    "multi": FixtureModel(VIT_PROCESSOR, ("Real", "Unsure", "Fake"), (-1, 0, 1), (-0.5, 0.25), seed=4),
+    "multi": FixtureModel(VIT_PROCESSOR, ("Real", "Unsure", "Fake"), (-1, 0, 1), (-0.5, 0.25), seed=4, gain=2.0),
 }
 
 # Exported fixture packages are cached here when set (the mutation check points it at a fresh temporary folder and
@@ -116,7 +117,7 @@ def _build_fixture(kind: str, directory: Path) -> None:
     model = FIXTURE_MODELS[kind]
     checkpoint = CHECKPOINT_MAKER.build_checkpoint(
         directory / kind, model.processor, preset="tiny", labels=model.labels, model_type=model.model_type,
-        seed=model.seed, adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds))
+        seed=model.seed, adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds, model.gain))
     EXPORT.export_package(str(checkpoint), directory / "package", log=lambda _text: None)
 
 

@@ -11,8 +11,10 @@ brightness to the classifier with a large gain:
 * the first layer's attention averages dimensions 0-1 over all tokens into the class token (value and output
   projections are the identity there; the random query and key weights are small, so attention is near uniform);
   no other layer writes to dimensions 0-3, so the average reaches the final LayerNorm untouched;
-* the head reads dimension 0 minus dimension 1 with gain ``GAIN``, one slope per label, and a bias per label that
-  places the thresholds.
+* the head reads dimension 0 minus dimension 1 with a gain, one slope per label, and a bias per label that places
+  the thresholds. The gain keeps the margins wide enough for int8 but the probabilities short of 1: a verdict
+  saturated at p = 1 - 1e-9 would leave nothing for an explanation (the drop in p when a region is hidden) to
+  measure.
 
 With two labels the verdict flips where the brightness statistic crosses ``thresholds[0]``; with three, the
 middle label wins between two thresholds (the upper envelope of three lines). The expected labels in tests still
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 
 PATCH_BIAS = 0.5  # the brightness at which a patch's soft sign is at 0.71 of its full swing
 CLASS_TOKEN_BIAS = 2.0  # keeps the final LayerNorm's scale bounded when the average is near zero
-GAIN = 4.0
+GAIN = 1.0
 RANDOM_PATCH_SCALE = 0.1  # the random patch-embedding weights, kept small beside the brightness channels
 
 
@@ -41,7 +43,7 @@ def _final_feature(statistic: float) -> float:
     return 4.0 * mean / math.sqrt(mean * mean + CLASS_TOKEN_BIAS**2)
 
 
-def brightness_decides(model, slopes: Sequence[float], thresholds: Sequence[float]) -> None:
+def brightness_decides(model, slopes: Sequence[float], thresholds: Sequence[float], gain: float = GAIN) -> None:
     """Rewire a tiny ViT/DeiT classifier (hidden size 32) in place, as the module docstring describes.
 
     ``slopes``: per label, how its logit grows with brightness (-1, 0 or +1). ``thresholds``: the brightness
@@ -79,13 +81,13 @@ def brightness_decides(model, slopes: Sequence[float], thresholds: Sequence[floa
         classifier.weight[:, 0:4] = 0.0  # the rest keeps its small random init: every dimension still counts
         features = [_final_feature(threshold) for threshold in thresholds]
         for label, slope in enumerate(slopes):
-            classifier.weight[label, 0] = GAIN * slope
-            classifier.weight[label, 1] = -GAIN * slope
-        # Logit of label k at final feature F: 2 * GAIN * slope_k * F + bias_k. Biases chosen so neighbouring
+            classifier.weight[label, 0] = gain * slope
+            classifier.weight[label, 1] = -gain * slope
+        # Logit of label k at final feature F: 2 * gain * slope_k * F + bias_k. Biases chosen so neighbouring
         # labels (sorted by slope) tie exactly at their threshold.
         order = sorted(range(len(slopes)), key=lambda label: slopes[label])
         biases = [0.0] * len(slopes)
         for lower, upper, feature in zip(order, order[1:], features):
-            biases[upper] = biases[lower] + 2 * GAIN * (slopes[lower] - slopes[upper]) * feature
+            biases[upper] = biases[lower] + 2 * gain * (slopes[lower] - slopes[upper]) * feature
         classifier.bias.copy_(torch.tensor(biases))
     assert hidden == 32, "the construction assumes the tiny preset"
