@@ -199,7 +199,7 @@ MUTANTS: tuple[Mutant, ...] = (
            nodes("test_cli_flags.py", "test_overwrite_flag_starts_afresh"),
            "scan --overwrite resumes instead of starting afresh"),
     Mutant("scan-format-flag-ignored", "cli.py",
-           "fmt=args.format,", "fmt=None,",
+           "batch_size=args.batch_size, fmt=args.format,", "batch_size=args.batch_size, fmt=None,",
            nodes("test_cli_flags.py", "test_format_flag_overrides_the_file_name"),
            "scan --format has no effect"),
     # --- caps -----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ to Chromium with ``websocket-client``. Screenshots land in the test's tmp dir an
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 import shutil
@@ -246,7 +247,15 @@ def test_show_evidence_draws_the_heat_map_over_the_preview(browser, server_url, 
     plain = np.asarray(Image.open(without_heat).convert("RGB"), dtype=np.int16)
     assert shown.shape == plain.shape
     changed = np.abs(shown - plain).max(axis=2) > 24
-    assert 0.02 < changed.mean() < 0.98, changed.mean()  # the heat covers part of the photo, not all or nothing
+    # What the server's heat layer, stretched over the photo and blended by its alpha, should change: the fixture
+    # model reads the whole photo's brightness, so its heat may cover all of it (a mask, not a share, to compare).
+    layer_url = explained(server_url, photo)["explanation"]["heatmap"]["png"]
+    layer = Image.open(io.BytesIO(base64.b64decode(layer_url.split(",", 1)[1]))).convert("RGBA")
+    layer = np.asarray(layer.resize((shown.shape[1], shown.shape[0]), Image.BILINEAR), dtype=np.float64)
+    alpha = layer[..., 3:] / 255
+    expected = np.abs(layer[..., :3] * alpha + plain * (1 - alpha) - plain).max(axis=2) > 24
+    assert changed.mean() > 0.02, changed.mean()  # the heat is drawn
+    assert (changed == expected).mean() > 0.9, ((changed == expected).mean(), changed.mean(), expected.mean())
 
     browser.evaluate("document.getElementById('evidence').click()")  # on again: the answer is reused
     browser.wait_for("document.body.dataset.evidence === 'shown'")

@@ -14,8 +14,10 @@ from conftest import FIXTURE_MODELS, sample_photos
 
 from fastvit_detect import Detector
 
-# Logit gap between PyTorch's best and second-best label: int8 drifts by a few tenths on these models.
-MIN_GAP = 2.0
+# Logit gap between PyTorch's best and second-best label: int8 drifts by a few tenths on these models, so a gap
+# of 1 keeps every int8 verdict (checked below); a wider one would need a gain that saturates the probabilities
+# at 1 - 1e-9, leaving explanations nothing to measure (fixture_models.py).
+MIN_GAP = 1.0
 
 
 def fixture_images(odd_images) -> list:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _noise, png_with_header
+from conftest import noise_image, png_with_header
 from PIL import Image
 
 ray = pytest.importorskip("ray")
@@ -62,21 +62,21 @@ def folder(tmp_path_factory) -> Path:
     for index in range(GOOD_IMAGES):
         sub = root / f"part{index % 3}" / ("deeper" if index % 5 == 0 else "")
         sub.mkdir(parents=True, exist_ok=True)
-        pixels = _noise(24 + index % 40, 30 + (7 * index) % 50, seed=index)
+        pixels = noise_image(24 + index % 40, 30 + (7 * index) % 50, seed=index)
         if index % 2:
             (sub / f"img{index:03d}.jpg").write_bytes(encoded(pixels, "JPEG", quality=80))
         else:
             (sub / f"img{index:03d}.png").write_bytes(encoded(pixels, "PNG"))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated: the actor must apply EXIF orientation as the local runtime does
-    (root / "rotated.jpg").write_bytes(encoded(_noise(40, 64, seed=999), "JPEG", exif=exif.tobytes()))
-    jpeg, png = encoded(_noise(80, 80, 1), "JPEG"), encoded(_noise(80, 80, 2), "PNG")
+    (root / "rotated.jpg").write_bytes(encoded(noise_image(40, 64, seed=999), "JPEG", exif=exif.tobytes()))
+    jpeg, png = encoded(noise_image(80, 80, 1), "JPEG"), encoded(noise_image(80, 80, 2), "PNG")
     bad = {"empty.jpg": b"", "truncated.jpg": jpeg[: len(jpeg) // 3], "truncated.png": png[: len(png) // 2],
            "text.jpg": b"not an image\n" * 20, "bomb.png": png_with_header(100_000, 100_000)}
     for name, data in bad.items():
         (root / name).write_bytes(data)
     with open(os.path.join(os.fsencode(root), NOT_UTF8), "wb") as handle:
-        handle.write(encoded(_noise(30, 30, 3), "PNG"))
+        handle.write(encoded(noise_image(30, 30, 3), "PNG"))
     os.mkfifo(root / "pipe.png")  # not a regular file: never listed, never read
     return root
 
@@ -194,7 +194,7 @@ def test_actor_killed_mid_job_and_an_image_that_kills_every_worker(local_ray, fo
                                                                     tmp_path):
     poisoned = tmp_path / "photos"
     shutil.copytree(folder, poisoned, ignore=lambda _dir, names: [name for name in names if name == "pipe.png"])
-    (poisoned / "poison.png").write_bytes(encoded(_noise(30, 30, 4), "PNG"))
+    (poisoned / "poison.png").write_bytes(encoded(noise_image(30, 30, 4), "PNG"))
     killed_once = tmp_path / "killed-once"
 
     class Dying(engine.BatchClassifier):  # a local class: Ray ships it by value with its closure

@@ -8,7 +8,7 @@ import logging
 import shutil
 
 import pytest
-from conftest import _noise
+from conftest import noise_image
 from PIL import Image
 
 ray = pytest.importorskip("ray")
@@ -40,7 +40,7 @@ def two_nodes():
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster-images")
     for index in range(IMAGES):
-        Image.fromarray(_noise(32 + index % 9, 40, seed=index)).save(root / f"img{index:02d}.png")
+        Image.fromarray(noise_image(32 + index % 9, 40, seed=index)).save(root / f"img{index:02d}.png")
     (root / "empty.png").write_bytes(b"")
     return root
 
