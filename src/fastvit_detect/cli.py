@@ -35,12 +35,13 @@ from .explain import (
 )
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
+from .layout import MAX_WORKERS, Layout, cache_path, choose_layout, read_calibration
 from .options import finite_number, positive_int, whole_number
 from .package import ModelPackage, Variant
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig
 from .progress import stderr_progress
 from .scan import result_record
-from .session import MAX_THREADS
+from .session import MAX_THREADS, physical_core_count
 
 __all__ = ["EXIT_IMAGE_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "positive_int"]
 
@@ -50,6 +51,7 @@ MiB = 1024 * 1024
 batch_size_type = whole_number(1, MAX_BATCH_SIZE)
 threads_type = whole_number(1, MAX_THREADS)
 actors_type = whole_number(1, 100_000)  # more than any Ray cluster runs; a typo beyond it fails here
+workers_type = whole_number(1, MAX_WORKERS)
 pixels_type = whole_number(1, 2**40)
 megabytes_type = finite_number(0, 64 * 1024, low_inclusive=False)
 EXPLAIN_OPTIONS = ("method", "target", "grid", "samples", "baseline", "seed")
@@ -155,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a model package", description="Describe a model package.")
     info.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.add_argument("--calibrate", action="store_true",
+                      help="time the candidate throughput layouts on this machine (about a minute on 16 cores) and "
+                           "cache the fastest for this variant: predict, scan, eval and serve then use it")
+    info.add_argument("--variant", default="auto", help="the variant --calibrate times (default: auto)")
     info.set_defaults(handler=run_info)
 
     serve = commands.add_parser(
@@ -220,7 +226,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "au
     parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--variant", default=variant_default, help=variant_help)
     parser.add_argument("--threads", type=threads_type, default=None,
-                        help=f"intra-op threads, 1-{MAX_THREADS} (default: physical cores)")
+                        help=f"cores to use, 1-{MAX_THREADS} (default: the physical cores)")
+    parser.add_argument("--workers", type=workers_type, default=None, metavar="N",
+                        help="batches classified at once, each on its own session (default: chosen for the cores; "
+                             "see info)")
+    parser.add_argument("--threads-per-worker", type=threads_type, default=None, metavar="N",
+                        help="intra-op threads of each worker's session (default: chosen for the cores)")
     parser.add_argument(
         "--max-pixels", type=pixels_type, default=max_pixels_default,
         help=f"refuse images with more pixels than this, checked before decoding (default {max_pixels_default:,})",
@@ -251,9 +262,13 @@ def load_detector(args: argparse.Namespace, variant: str | None = None,
                   package: ModelPackage | None = None) -> Detector:
     """The Detector the model arguments describe: from ``package`` if it's open already, else from the Hub id or
     directory ``--model`` names."""
+    if args.workers and args.threads_per_worker and args.workers * args.threads_per_worker > MAX_THREADS:
+        raise FastVitDetectError(f"--workers {args.workers} x --threads-per-worker {args.threads_per_worker} is over "
+                                 f"{MAX_THREADS} threads")
     options: dict[str, Any] = dict(variant=variant or args.variant, threads=args.threads,
                                    max_pixels=args.max_pixels, max_bytes=max(1, int(args.max_image_mb * MiB)),
-                                   jpeg_draft=args.jpeg_draft)
+                                   jpeg_draft=args.jpeg_draft, workers=args.workers,
+                                   threads_per_worker=args.threads_per_worker)
     reference = parse_model_reference(args.model) if package is None else None
     if reference is not None:
         return Detector.from_pretrained(reference.repo_id, revision=reference.revision, **options)
@@ -557,6 +572,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    if args.calibrate:  # from the Hub, the variant's graph is fetched to be timed
+        return run_calibrate(open_package(args.model, args.variant), args.variant, out)
     package = open_package(args.model)
     manifest = package.manifest
     if args.json:
@@ -576,6 +593,7 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     lines.append(f"labels       {', '.join(f'{i}={label}' for i, label in enumerate(package.labels))}")
     lines.append(f"preprocess   {describe_preprocessing(PreprocessConfig.from_hf(package.preprocessor_config))}")
     lines.append(f"default      {package.default_variant}")
+    lines.append(f"layout       {describe_layout(package, package.default_variant)}")
     lines.append("variants")
     local = parse_model_reference(args.model) is None  # from the Hub, info fetches no graphs
     for name, variant in package.variants.items():
@@ -591,6 +609,33 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if entry is not None and entry.validation is not None:
             lines.append(f"           validation   {format_validation(entry.validation)}")
     print("\n".join(lines), file=out)
+    return EXIT_OK
+
+
+def layout_for(package: ModelPackage, variant: str) -> Layout:
+    """The batch layout a Detector.load of ``variant`` without layout arguments would choose here."""
+    cores = physical_core_count()
+    sha256 = package.lookup(variant).sha256  # from the manifest: the graph needn't be here
+    return choose_layout(cores, calibrated=read_calibration(cache_path(sha256), cores) if sha256 else None)
+
+
+def describe_layout(package: ModelPackage, variant: str) -> str:
+    return f"{layout_for(package, variant).describe()} on {physical_core_count()} cores for batch work"
+
+
+def run_calibrate(package: ModelPackage, variant: str, out: TextIO) -> int:
+    from .pool import calibrate_layout
+
+    chosen = package.variant(choose_variant(package, variant).name)
+    if not chosen.sha256:
+        raise FastVitDetectError(f"{package.root}: variant {chosen.name!r} has no sha256 in a manifest, so a "
+                                 "calibration couldn't be told apart from another model's; pass --workers instead")
+    package.verify(chosen)
+    print(f"timing throughput layouts for {chosen.name} on {physical_core_count()} cores ...", file=sys.stderr)
+    layout, figures, path = calibrate_layout(chosen.path, chosen.sha256)
+    for key, rate in sorted(figures.items(), key=lambda item: -item[1]):
+        print(f"  {key:>8}  {rate:7.1f} images/s (model only)", file=out)
+    print(f"chosen: {layout.describe()}; cached in {path}", file=out)
     return EXIT_OK
 
 

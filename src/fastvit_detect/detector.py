@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import warnings
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -21,7 +23,9 @@ from .errors import (
     ModelOutputError,
 )
 from .hub import fetch
+from .layout import Layout, cache_path, check_layout_arguments, choose_layout, read_calibration
 from .package import AUTO_PREFERENCE, ModelPackage, Variant
+from .pool import SessionPool, ordered_pipeline
 from .preprocess import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -29,7 +33,7 @@ from .preprocess import (
     Preprocessor,
     describe_source,
 )
-from .session import OnnxSession, cpu_flags
+from .session import OnnxSession, cpu_flags, physical_core_count
 
 if TYPE_CHECKING:
     from .explain import Explanation
@@ -138,9 +142,17 @@ def choose_variant(package: ModelPackage, variant: str = "auto") -> Variant:
 
 
 class Detector:
-    """A loaded deepfake detector. Thread-safe: share one instance between request handlers."""
+    """A loaded deepfake detector. Thread-safe: share one instance between request handlers.
 
-    def __init__(self, package: ModelPackage, variant: Variant, session: OnnxSession, preprocessor: Preprocessor):
+    Two ways to use the cores: :meth:`predict` runs one image on ``session``, with every core; batch work
+    (:meth:`predict_batch`, :meth:`predict_iter`, :meth:`classify_pixels`, so scan, eval and the server) runs on
+    ``layout.workers`` sessions of ``layout.threads_per_worker`` threads each, opened at the first such call.
+    """
+
+    def __init__(self, package: ModelPackage, variant: Variant, session: OnnxSession, preprocessor: Preprocessor,
+                 layout: Layout | None = None, session_factory: Callable[[int], OnnxSession] | None = None):
+        """``session_factory(threads)`` opens another session of the same graph, for a layout of several
+        workers; without one the layout is the given session alone."""
         self.package = package
         self.variant = variant
         self.session = session
@@ -148,6 +160,12 @@ class Detector:
         self.labels = package.labels
         self._fake_index, self._real_index = fake_label_index(self.labels)
         session.check_compatible(preprocessor.output_size, len(self.labels), _model_image_size(package.config))
+        if layout is None or session_factory is None:
+            layout = Layout(1, session.threads, "caller", "one session")
+        self.layout = layout
+        self._session_factory = session_factory
+        self._pool: SessionPool | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -162,13 +180,19 @@ class Detector:
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         session_options: ort.SessionOptions | None = None,
         provider_options: Sequence[Mapping[str, Any]] | None = None,
+        workers: int | None = None,
+        threads_per_worker: int | None = None,
     ) -> Detector:
         """Open a model package (a directory, or a :class:`ModelPackage` already open) and start an onnxruntime
         session on one of its variants.
 
         ``variant``: "auto" (the package's recommendation, else int8 when present), "fp32", "int8", ...
-        ``threads``: intra-op threads, default the physical cores. ``providers``: onnxruntime execution
-        providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None: Pillow's own limit only).
+        ``threads``: the cores to use, default the physical cores: :meth:`predict` runs one session with that many
+        intra-op threads. ``workers`` x ``threads_per_worker``: the layout of batch work, default chosen for
+        ``threads`` (a calibration cached for this machine and variant, else the rule in
+        :mod:`fastvit_detect.layout`); give one and the other follows from ``threads``. ``providers``:
+        onnxruntime execution providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None:
+        Pillow's own limit only).
         ``max_bytes``: cap on an encoded image's size, checked before it is read (None: no cap).
         ``session_options``: onnxruntime SessionOptions replacing fastvit-detect's tuned defaults (``threads``, when
         given, still sets the intra-op threads); ``provider_options``: one dict per provider, as onnxruntime takes
@@ -177,6 +201,7 @@ class Detector:
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
         """
+        check_layout_arguments(workers, threads_per_worker)  # a typo fails before seconds of loading
         package = path if isinstance(path, ModelPackage) else ModelPackage.open(path)
         chosen = package.variant(choose_variant(package, variant).name)
         if verify:  # first: a corrupt file is best reported as such
@@ -186,7 +211,33 @@ class Detector:
                                             max_bytes=max_bytes)
         session = OnnxSession(chosen.path, threads=threads, providers=providers, options=session_options,
                               provider_options=provider_options)
-        return cls(package, chosen, session, preprocessor)
+        cores = threads if threads is not None else physical_core_count()
+        calibrated = None
+        if workers is None and threads_per_worker is None and chosen.sha256:
+            calibrated = read_calibration(cache_path(chosen.sha256), cores)
+        layout = choose_layout(cores, workers, threads_per_worker, calibrated)
+
+        def open_session(count: int) -> OnnxSession:
+            return OnnxSession(chosen.path, threads=count, providers=providers, options=session_options,
+                               provider_options=provider_options)
+
+        return cls(package, chosen, session, preprocessor, layout, open_session)
+
+    @property
+    def pool(self) -> SessionPool:
+        """The sessions of :attr:`layout`, opened at the first batch call (``predict`` never needs them)."""
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = self._open_pool()
+        return self._pool
+
+    def _open_pool(self) -> SessionPool:
+        layout = self.layout
+        reuse = self.session if self.session.threads == layout.threads_per_worker else None
+        if self._session_factory is None or (layout.workers == 1 and reuse is not None):
+            return SessionPool(layout, [self.session])
+        return SessionPool.build(layout, self._session_factory, first=reuse)
 
     @classmethod
     def from_pretrained(
@@ -220,8 +271,9 @@ class Detector:
             return cls.load(fetched.package, variant=fetched.selected[0].name, **load_options)
 
     def predict(self, image: ImageInput) -> Prediction:
-        """Classify one image (path, bytes, binary file, PIL image or uint8 numpy array)."""
-        return self.predict_batch([image])[0]
+        """Classify one image (path, bytes, binary file, PIL image or uint8 numpy array), with every core."""
+        (result,) = self._classify_chunk([image], "raise", self.session.run)
+        return result  # type: ignore[return-value]  # "raise" returns predictions only
 
     @overload
     def predict_batch(
@@ -246,9 +298,17 @@ class Detector:
         """
         _check_count(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
         _check_errors(errors)
+        workers = self.layout.workers
+        if workers > 1:
+            items = list(images)
+            if len(items) >= workers:  # enough to give every worker a share; fewer run faster on all cores
+                size = min(batch_size, math.ceil(len(items) / workers))
+                return list(chain.from_iterable(self._pipeline(items, size, 1, errors)))
+            images = items
+        run = self.pool.run if workers == 1 else self.session.run
         results: list[ImageResult] = []
         for chunk in _chunks(images, batch_size):
-            results.extend(self._classify_chunk(chunk, errors))
+            results.extend(self._classify_chunk(chunk, errors, run))
         return results
 
     def predict_iter(
@@ -263,7 +323,9 @@ class Detector:
         ``errors`` as in :meth:`predict_batch`: ``"raise"`` (the default) raises a failed image's error when the
         stream reaches it, ``"return"`` yields the error in its place. While the model runs on one batch, a
         background thread decodes the next ``prefetch`` batches: Pillow releases the GIL while it decodes and
-        resizes, so file reading overlaps inference. ``prefetch=0`` decodes in the calling thread.
+        resizes, so file reading overlaps inference. ``prefetch=0`` decodes in the calling thread. With a layout
+        of several workers, that many batches run at once and decode threads keep ``prefetch`` more ready per
+        worker; results still come in input order.
         """
         # Checked here, not in the generator, so bad arguments fail at the call.
         _check_count(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
@@ -274,9 +336,14 @@ class Detector:
     def _stream(
         self, images: Iterable[ImageInput], batch_size: int, prefetch: int, errors: str
     ) -> Generator[ImageResult, None, None]:
+        if self.layout.workers > 1:
+            for results in self._pipeline(images, batch_size, prefetch, errors):
+                yield from results
+            return
+        run = self.pool.run
         if prefetch == 0:
             for chunk in _chunks(images, batch_size):
-                yield from self._results(chunk, *self.preprocessor.batch_pixels(chunk), errors=errors)
+                yield from self._results(chunk, *self.preprocessor.batch_pixels(chunk), errors=errors, run=run)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastvit-decode") as decoder:
             pending: deque[tuple[list[ImageInput], Future[tuple[np.ndarray, list[InputError | None]]]]] = deque()
@@ -284,22 +351,40 @@ class Detector:
                 pending.append((chunk, decoder.submit(self.preprocessor.batch_pixels, chunk)))
                 if len(pending) > prefetch:
                     chunk_done, decoded = pending.popleft()
-                    yield from self._results(chunk_done, *decoded.result(), errors=errors)
+                    yield from self._results(chunk_done, *decoded.result(), errors=errors, run=run)
             while pending:
                 chunk_done, decoded = pending.popleft()
-                yield from self._results(chunk_done, *decoded.result(), errors=errors)
+                yield from self._results(chunk_done, *decoded.result(), errors=errors, run=run)
 
-    def _classify_chunk(self, chunk: Sequence[ImageInput], errors: str) -> list[ImageResult]:
-        pixels, failures = self.preprocessor.batch_pixels(chunk)
+    def _pipeline(self, images: Iterable[ImageInput], batch_size: int, prefetch: int,
+                  errors: str) -> Generator[list[ImageResult], None, None]:
+        """Batches decoded ahead and classified by every worker of the layout at once, in input order."""
+        pool, workers = self.pool, self.layout.workers
+
+        def classify(chunk: list[ImageInput], decoded: tuple[np.ndarray, list[InputError | None]]) -> list[
+                ImageResult]:
+            return self._classify_decoded(chunk, *decoded, errors=errors, run=pool.run)
+
+        return ordered_pipeline(_chunks(images, batch_size), self.preprocessor.batch_pixels, classify,
+                                workers=workers, decoders=workers, ahead=workers + prefetch)
+
+    def _classify_chunk(self, chunk: Sequence[ImageInput], errors: str,
+                        run: Callable[[np.ndarray], np.ndarray]) -> list[ImageResult]:
+        return self._classify_decoded(chunk, *self.preprocessor.batch_pixels(chunk), errors=errors, run=run)
+
+    def _classify_decoded(self, chunk: Sequence[ImageInput], pixels: np.ndarray,
+                          failures: Sequence[InputError | None], errors: str,
+                          run: Callable[[np.ndarray], np.ndarray]) -> list[ImageResult]:
         if errors == "raise":  # before the model runs: nothing to lose
             for failure in failures:
                 if failure is not None:
                     raise failure
-        return self._results(chunk, pixels, failures, errors)
+        return self._results(chunk, pixels, failures, errors, run)
 
     def _results(self, chunk: Sequence[ImageInput], pixels: np.ndarray, failures: Sequence[InputError | None],
-                 errors: str) -> list[ImageResult]:
-        results = self.classify_pixels(pixels, failures, [describe_source(image) for image in chunk])
+                 errors: str, run: Callable[[np.ndarray], np.ndarray] | None = None) -> list[ImageResult]:
+        results = self._classify_pixels(pixels, failures, [describe_source(image) for image in chunk],
+                                        run or self.session.run)
         if errors == "raise":
             for result in results:
                 if isinstance(result, FastVitDetectError):
@@ -310,29 +395,35 @@ class Detector:
                         sources: Sequence[str] | None = None) -> list[ImageResult]:
         """Classify a decoded uint8 NHWC batch; images with a failure keep it in their place.
 
-        One session call for the whole batch. Should that call fail, each image is run alone, so only the image
-        that makes the model fail gets the error; an image whose logits aren't finite gets a
-        :class:`ModelOutputError`, never a verdict.
+        One session call for the whole batch, on a free worker of :attr:`layout`: up to ``layout.workers``
+        threads may call this at once (the server's model threads do). Should that call fail, each image is run
+        alone, so only the image that makes the model fail gets the error; an image whose logits aren't finite
+        gets a :class:`ModelOutputError`, never a verdict.
         """
+        return self._classify_pixels(pixels, failures, sources, self.pool.run)
+
+    def _classify_pixels(self, pixels: np.ndarray, failures: Sequence[FastVitDetectError | None] | None,
+                         sources: Sequence[str] | None, run: Callable[[np.ndarray], np.ndarray]) -> list[ImageResult]:
         failures = list(failures) if failures is not None else [None] * len(pixels)
         names = list(sources) if sources is not None else [f"image #{index + 1}" for index in range(len(pixels))]
         good = [index for index, failure in enumerate(failures) if failure is None]
         results: list[ImageResult | None] = list(failures)
         if good:
             batch = pixels if len(good) == len(failures) else pixels[good]
-            for index, row in zip(good, self._logit_rows(batch, [names[index] for index in good])):
+            for index, row in zip(good, self._logit_rows(batch, [names[index] for index in good], run)):
                 results[index] = row if isinstance(row, FastVitDetectError) else self._prediction(row)
         return results  # type: ignore[return-value]
 
-    def _logit_rows(self, pixels: np.ndarray, names: Sequence[str]) -> list[np.ndarray | ModelOutputError]:
+    def _logit_rows(self, pixels: np.ndarray, names: Sequence[str],
+                    run: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray | ModelOutputError]:
         try:
-            logits = self.run_logits(self.preprocessor.normalize(pixels))
+            logits = self._checked_logits(run(self.preprocessor.normalize(pixels)), len(pixels))
         except ModelOutputError as exc:
             if len(pixels) == 1:
                 return [ModelOutputError(f"{names[0]}: {exc}", names[0])]
             rows: list[np.ndarray | ModelOutputError] = []
             for index in range(len(pixels)):  # find the image that fails the batch; the others still get answers
-                rows.extend(self._logit_rows(pixels[index:index + 1], names[index:index + 1]))
+                rows.extend(self._logit_rows(pixels[index:index + 1], names[index:index + 1], run))
             return rows
         finite = np.isfinite(logits).all(axis=1)
         return [row if ok else ModelOutputError(
@@ -353,12 +444,14 @@ class Detector:
         return explain(self, image, method=method, target=target, **options)
 
     def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:
-        """Raw logits for an already preprocessed float32 NCHW batch."""
-        logits = self.session.run(pixel_values)
-        if logits.ndim != 2 or logits.shape != (len(pixel_values), len(self.labels)):
+        """Raw logits for an already preprocessed float32 NCHW batch, on the all-cores session."""
+        return self._checked_logits(self.session.run(pixel_values), len(pixel_values))
+
+    def _checked_logits(self, logits: np.ndarray, images: int) -> np.ndarray:
+        if logits.ndim != 2 or logits.shape != (images, len(self.labels)):
             raise IncompatibleModelError(
-                f"{self.variant.path}: model returned logits of shape {logits.shape} for {len(pixel_values)} "
-                f"image(s), expected ({len(pixel_values)}, {len(self.labels)})"
+                f"{self.variant.path}: model returned logits of shape {logits.shape} for {images} "
+                f"image(s), expected ({images}, {len(self.labels)})"
             )
         return logits
 
@@ -392,5 +485,6 @@ class Detector:
     def __repr__(self) -> str:
         return (
             f"Detector({str(self.package.root)!r}, variant={self.variant.name!r}, labels={self.labels}, "
-            f"threads={self.session.threads}, providers={self.session.providers})"
+            f"threads={self.session.threads}, layout={self.layout.workers}x{self.layout.threads_per_worker}, "
+            f"providers={self.session.providers})"
         )

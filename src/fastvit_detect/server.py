@@ -12,11 +12,12 @@ A request goes through three stages, so that no single client can stall the othe
 1. the event loop reads the body, within the upload limit and the body timeout;
 2. a bounded pool of decode threads reads the image header, checks the server's own pixel cap, waits for room in
    a shared pixel budget (what decodes at once is bounded, so is its memory), then decodes, resizes and crops;
-3. one model thread takes up to ``max_batch`` decoded images, waiting at most ``max_wait_ms`` after the first, and
-   classifies them in one session call. Should that call fail, each image is retried alone, so only the image
-   that breaks the model gets the error. The queue is bounded: a request that doesn't fit gets 503 at once.
+3. a model thread per worker of the detector's layout takes up to ``max_batch`` decoded images, waiting at most
+   ``max_wait_ms`` after the first, and classifies them in one call of its own session; with several workers,
+   concurrent requests run in parallel batches. Should a call fail, each image is retried alone, so only the
+   image that breaks the model gets the error. The queue is bounded: a request that doesn't fit gets 503 at once.
 
-The model thread is supervised: if it ever dies it is restarted and ``/healthz`` counts it; a thread that keeps
+Each model thread is supervised: if it ever dies it is restarted and ``/healthz`` counts it; a thread that keeps
 dying makes ``/healthz`` answer 503 and requests get 503 at once, never a hang. Connections are capped and timed
 out: headers must arrive within ``header_timeout_s``, the body within ``body_timeout_s``.
 """
@@ -171,18 +172,20 @@ RESTART_WINDOW_S = 60.0
 
 
 class MicroBatcher(Generic[Item, Result]):
-    """Runs queued items through ``run_batch`` on one worker thread, in batches of at most ``max_batch``.
+    """Runs queued items through ``run_batch`` on ``workers`` threads, in batches of at most ``max_batch``.
 
-    A batch starts with the oldest queued item and takes whatever else arrives within ``max_wait_ms``. The model
-    runs on this thread only, so onnxruntime's intra-op threads have the cores to themselves. A failing batch is
-    retried item by item, so only the item that fails gets the error; the worker itself is supervised.
+    Each worker's batch starts with the oldest queued item and takes whatever else arrives within ``max_wait_ms``;
+    with several workers, concurrent requests are classified in parallel batches (one per worker of the detector's
+    layout, so each has its session and its cores). A failing batch is retried item by item, so only the item
+    that fails gets the error; every worker is supervised on its own.
     """
 
     def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch: int = 8,
-                 max_wait_ms: float = 5.0, queue_size: int = 64):
+                 max_wait_ms: float = 5.0, queue_size: int = 64, workers: int = 1):
         _check_range("max_batch", max_batch, 1, 4096, True)
         _check_range("queue_size", queue_size, 1, 100_000, True)
         _check_range("max_wait_ms", max_wait_ms, 0, 10_000, False)
+        _check_range("workers", workers, 1, 256, True)
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
@@ -196,11 +199,13 @@ class MicroBatcher(Generic[Item, Result]):
         self.largest_batch = 0
         self.failed_batches = 0
         self.worker_restarts = 0
-        self._deaths: deque[float] = deque(maxlen=RESTART_LIMIT)
-        self._worker = self._start_worker()
+        self._counts_lock = threading.Lock()
+        self._deaths: list[deque[float]] = [deque(maxlen=RESTART_LIMIT) for _ in range(workers)]
+        self._workers = [self._start_worker(index) for index in range(workers)]
 
-    def _start_worker(self) -> threading.Thread:
-        worker = threading.Thread(target=self._run, name="fastvit-detect-batcher", daemon=True)
+    def _start_worker(self, index: int) -> threading.Thread:
+        worker = threading.Thread(target=self._run, args=(index,), name=f"fastvit-detect-batcher-{index}",
+                                  daemon=True)
         worker.start()
         return worker
 
@@ -209,16 +214,25 @@ class MicroBatcher(Generic[Item, Result]):
         return self._jobs.qsize()
 
     @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    @property
+    def workers_alive(self) -> int:
+        return sum(worker.is_alive() for worker in self._workers)
+
+    @property
     def healthy(self) -> bool:
-        return self._worker.is_alive() and not self._closed and not self._given_up
+        """Every worker running: one left dead by repeated crashes means something is wrong for all of them."""
+        return not self._closed and not self._given_up and self.workers_alive == len(self._workers)
 
     def submit(self, items: Sequence[Item]) -> list[Future[Result]]:
         """Queue items as one unit, all or none, so a multi-file request is never half-queued."""
         with self._submit_lock:  # only submitters add, so free space can't shrink between the check and the puts
             if self._closed:
                 raise ServerBusyError("the server is shutting down")
-            if self._given_up or not self._worker.is_alive():
-                raise ServerBusyError("the inference worker has stopped (see the server log and /healthz)")
+            if self._given_up or self.workers_alive < len(self._workers):
+                raise ServerBusyError("an inference worker has stopped (see the server log and /healthz)")
             free = self.queue_size - self._jobs.qsize()
             if len(items) > free:
                 raise ServerBusyError(
@@ -242,12 +256,15 @@ class MicroBatcher(Generic[Item, Result]):
             if self._closed:
                 return
             self._closed = True
-        if self._worker.is_alive():
-            self._jobs.put(_STOP)  # blocks only while the queue is full, and the worker is draining it
-            self._worker.join(timeout)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:  # one stop each: a worker takes one, finishes its batch and exits
+            if worker.is_alive():
+                self._jobs.put(_STOP)  # blocks only while the queue is full, and the workers are draining it
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
         self._fail_queued(ServerBusyError("the server is shutting down"))
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         batch: list[_Job[Item, Result]] = []
         try:
             stopping = False
@@ -256,26 +273,27 @@ class MicroBatcher(Generic[Item, Result]):
                 self._classify(batch)
                 batch = []
         except BaseException as exc:  # the worker must never die silently and leave requests hanging
-            log.critical("the inference worker died", exc_info=exc)
+            log.critical("inference worker %d died", index, exc_info=exc)
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
-            self._restart_after_death()
+            self._restart_after_death(index)
 
-    def _restart_after_death(self) -> None:
+    def _restart_after_death(self, index: int) -> None:
         with self._submit_lock:
             if self._closed:
                 return
             now = time.monotonic()
-            self._deaths.append(now)
-            if len(self._deaths) == RESTART_LIMIT and now - self._deaths[0] < RESTART_WINDOW_S:
-                log.critical("the inference worker died %d times in %.0f s: left stopped; /healthz answers 503",
-                             RESTART_LIMIT, now - self._deaths[0])
+            deaths = self._deaths[index]
+            deaths.append(now)
+            if len(deaths) == RESTART_LIMIT and now - deaths[0] < RESTART_WINDOW_S:
+                log.critical("inference worker %d died %d times in %.0f s: left stopped; /healthz answers 503",
+                             index, RESTART_LIMIT, now - deaths[0])
                 self._given_up = True
-                self._fail_queued(ServerBusyError("the inference worker has stopped"))
+                self._fail_queued(ServerBusyError("an inference worker has stopped"))
                 return
             self.worker_restarts += 1
-            self._worker = self._start_worker()
+            self._workers[index] = self._start_worker(index)
 
     def _fail_queued(self, error: Exception) -> None:
         while True:
@@ -314,7 +332,8 @@ class MicroBatcher(Generic[Item, Result]):
             if len(results) != len(live):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
         except Exception as exc:
-            self.failed_batches += 1
+            with self._counts_lock:
+                self.failed_batches += 1
             if len(live) > 1:  # find the culprit: the others still get their answers
                 log.warning("a batch of %d failed (%s: %s); retrying each image alone", len(live),
                             type(exc).__name__, exc)
@@ -339,9 +358,10 @@ class MicroBatcher(Generic[Item, Result]):
         job.future.set_result(result)
 
     def _count(self, images: int) -> None:
-        self.batches_run += 1
-        self.images_run += images
-        self.largest_batch = max(self.largest_batch, images)
+        with self._counts_lock:  # several workers count at once
+            self.batches_run += 1
+            self.images_run += images
+            self.largest_batch = max(self.largest_batch, images)
 
 
 # --- the decode stage ---------------------------------------------------------------------------------------
@@ -711,9 +731,11 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
 def create_app(detector: Detector, settings: ServeSettings | None = None) -> FastAPI:
     """The ASGI app over a loaded detector. Its decode pool and model thread start now and stop with the app."""
     settings = settings or ServeSettings()
+    detector.pool  # noqa: B018 - the layout's sessions open now, not during the first request
     decoder = DecodeStage(detector, settings)
     batcher: MicroBatcher[DecodedImage, ImageResult] = MicroBatcher(
-        classify_decoded(detector), settings.max_batch, settings.max_wait_ms, settings.queue_size)
+        classify_decoded(detector), settings.max_batch, settings.max_wait_ms, settings.queue_size,
+        workers=detector.layout.workers)
     model = model_summary(detector)
     static = StaticFiles(packages=[STATIC_PACKAGE])
     index_page, found = static.lookup_path("index.html")
@@ -839,6 +861,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def healthz() -> JSONResponse:
         alive = batcher.healthy
         body = {"status": "ok" if alive else "unavailable", "worker_alive": alive,
+                "workers": batcher.workers, "workers_alive": batcher.workers_alive,
+                "layout": detector.layout.to_dict(),
                 "worker_restarts": batcher.worker_restarts, "variant": detector.variant.name,
                 "queue_depth": batcher.queue_depth, "batches": batcher.batches_run, "images": batcher.images_run,
                 "largest_batch": batcher.largest_batch, "failed_batches": batcher.failed_batches,
@@ -849,7 +873,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     @get_and_head("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")
     async def model_info() -> dict[str, Any]:
         return {**model, "labels": list(detector.labels), "manifest": public_manifest(detector),
-                "serving": asdict(settings)}
+                "serving": asdict(settings), "layout": detector.layout.to_dict()}
 
     return app
 
