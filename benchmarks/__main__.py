@@ -3,6 +3,7 @@
     python -m benchmarks --quick                      # ~5 min: the seeded ViT-B/16-224, batch 1 and 8, all cores
     python -m benchmarks                              # full: batch 1/8/32, 1 thread and all cores, more rounds
     python -m benchmarks --model ./my_checkpoint --data ./dataset/Test --calibration ./dataset/Train --output bench-out
+    python -m benchmarks --scaling-only               # images/s against cores and layout (benchmarks/scaling.py)
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: sample photos held out from every measured set")
     parser.add_argument("--calibration-limit", type=int, metavar="N",
                         help="at most N calibration images, spread over DIR (default: export.py's)")
+    parser.add_argument("--scaling", action="store_true", help="also measure images/s against cores and layout into OUTPUT/scaling")
+    parser.add_argument("--scaling-only", action="store_true", help="only the scaling section (benchmarks/scaling.py)")
     # Hidden knobs for tests and short experiments; they change what is measured, so results.json records them.
     hidden = argparse.SUPPRESS
     parser.add_argument("--preset", default="vit-base", help=hidden)
@@ -432,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model, args.preset, cache,
         calibration_dir=(args.calibration or images.calibration_photos(cache)).resolve(),
         calibration_limit=args.calibration_limit)
+    if args.scaling_only:
+        from . import scaling
+
+        scaling.run(built.package, built.checkpoint, output / "scaling", log=log)
+        return 0
     config = built.config
     labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     image_set = images.image_set(plan.large_megapixels, cache)
@@ -489,6 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = plots.draw(results, output)
     (output / "report.md").write_text(report.render(results, figures))
     log(f"done in {elapsed():.0f}s: {output / 'report.md'}, results.json, {len(figures)} plot(s)")
+    if args.scaling:
+        from . import scaling
+
+        scaling.run(built.package, built.checkpoint, output / "scaling", log=log)
     return 0
 
 
