@@ -233,9 +233,12 @@ def unpack_bundle(bundle: Path, directory: Path) -> tuple[Path, Path]:
 # --- one cell, in its own process ---------------------------------------------------------------------------
 
 
-def steady_rate(results: Iterator[Any], skip: int, seconds: float) -> tuple[float, int, int]:
+def steady_rate(results: Iterator[Any], skip: int, seconds: float, batch: int) -> tuple[float, int, int]:
     """Images/s over a window that opens after ``skip`` results (the pipeline filled, kernels warm) and closes
-    at the first result after ``seconds``; also the images counted and how many failed."""
+    at the end of the first batch finished after ``seconds``; also the images counted and how many failed.
+
+    Results arrive a batch at a time, so the window opens and closes on batch boundaries (``skip`` is a
+    multiple of ``batch``): closing inside a burst would count one image for a whole batch's time."""
     failed = 0
     for _ in range(skip):
         next(results)
@@ -244,7 +247,7 @@ def steady_rate(results: Iterator[Any], skip: int, seconds: float) -> tuple[floa
     for result in results:
         count += 1
         failed += not hasattr(result, "label")
-        if time.perf_counter() - started >= seconds:
+        if count % batch == 0 and time.perf_counter() - started >= seconds:
             break
     return count / (time.perf_counter() - started), count, failed
 
@@ -281,7 +284,7 @@ def fastvit_cell(cell: Cell, package: Path, images: list[Path], seconds: float) 
     detector.pool  # noqa: B018 - opened before the clock starts, as a server does
     stream = detector.predict_iter(itertools.cycle(images), batch_size=cell.batch, errors="return")
     try:
-        rate, count, failed = steady_rate(stream, 2 * detector.layout.workers * cell.batch, seconds)
+        rate, count, failed = steady_rate(stream, 2 * detector.layout.workers * cell.batch, seconds, cell.batch)
     finally:
         stream.close()
     return {"images_per_s": rate, "images": count, "failed": failed, "layout_used": detector.layout.describe(),
@@ -311,7 +314,7 @@ def torch_cell(cell: Cell, checkpoint: Path, images: list[Path], seconds: float)
             for label in labels.tolist():
                 yield type("Result", (), {"label": label})()
 
-    rate, count, failed = steady_rate(results(), 2 * cell.batch, seconds)
+    rate, count, failed = steady_rate(results(), 2 * cell.batch, seconds, cell.batch)
     return {"images_per_s": rate, "images": count, "failed": failed, "processor": type(processor).__name__,
             "torch": torch.__version__, "transformers": transformers.__version__}
 
@@ -333,6 +336,10 @@ def cell_main(spec: dict[str, Any]) -> None:
 
 
 def spawn_cell(cell: Cell, plan: Plan, cpus: Sequence[int], cache: Path) -> subprocess.Popen[str]:
+    """``cache``: the calibration cache directory; only a ``calibrated`` cell reads the one calibrate_once wrote,
+    every other cell gets an empty one, so "default" is the rule's layout."""
+    if cell.layout != "calibrated":
+        cache = cache / "empty"
     spec = {"cell": asdict(cell), "cpus": list(cpus), "images": [str(path) for path in plan.images],
             "package": str(plan.package), "checkpoint": str(plan.checkpoint), "seconds": plan.seconds}
     environment = {**os.environ, "FASTVIT_DETECT_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(
