@@ -521,7 +521,8 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     left.set(xlabel="physical cores used", ylabel="images/s (640x480 JPEG files, end to end)",
              title="Throughput against cores (default layout)")
     left.grid(alpha=0.3)
-    left.legend()
+    if left.get_lines():
+        left.legend()
     layout_rows = [row for row in rows if row["axis"] == "layout"]
     labels = [f"{row['system'].replace('fastvit-', '')} {row['layout']}" + (f" b{row['batch']}" if row['batch']
               != BATCH else "") for row in layout_rows]
@@ -540,7 +541,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
 
 def run(package: Path, checkpoint: Path | None, output: Path, *, seconds: float = 6.0, rounds: int = 2,
         budget_s: float = 1800.0, cores_wanted: Sequence[int] = (1, 2, 4, 8), torch: bool = True,
-        log: Any = print) -> dict[str, Any]:
+        log: Any = print, only: Sequence[str] = ()) -> dict[str, Any]:
     """The sweep, written to ``output``/scaling.json, scaling.md and scaling.png; returns the results."""
     output.mkdir(parents=True, exist_ok=True)
     available = len(core_cpus())
@@ -548,7 +549,8 @@ def run(package: Path, checkpoint: Path | None, output: Path, *, seconds: float 
     if torch and checkpoint is not None:
         torch_systems = ["pytorch-fp32", *(["pytorch-bf16"] if has_bf16() else [])]
     plan = Plan(package, checkpoint, make_images(output / "images"), seconds, rounds, budget_s)
-    plan.cells = plan_cells(available, torch_systems, cores_wanted)
+    plan.cells = [cell for cell in plan_cells(available, torch_systems, cores_wanted)
+                  if not only or any(part in cell.key for part in only)]
     log(f"scaling: {len(plan.cells)} cells x {rounds} round(s) on {available} cores, budget {budget_s:.0f} s")
     rows = sweep(plan, log)
     results = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -575,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=1800.0, help="stop starting cells after this (default 1800)")
     parser.add_argument("--cores", default="1,2,4,8", help="core counts below all to measure (default 1,2,4,8)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch systems")
+    parser.add_argument("--only", help="measure only the cells whose key contains one of these comma-separated "
+                                       "parts, e.g. 'layout/fastvit-int8' (keys are in scaling.json)")
     args = parser.parse_args(argv)
     if args.cell:
         cell_main(json.loads(args.cell))
@@ -595,7 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         built = prepare(None, "vit-base", args.output / "cache")
         package, checkpoint = built.package, built.checkpoint
     run(package, checkpoint, args.output, seconds=args.seconds, rounds=args.rounds, budget_s=args.budget_s,
-        cores_wanted=[int(value) for value in args.cores.split(",") if value], torch=not args.no_torch, log=log)
+        cores_wanted=[int(value) for value in args.cores.split(",") if value], torch=not args.no_torch, log=log,
+        only=[part for part in (args.only or "").split(",") if part])
     return 0
 
 
