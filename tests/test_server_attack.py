@@ -672,8 +672,8 @@ def test_a_batcher_left_stopped_refuses_work_while_its_thread_winds_down():
     from fastvit_detect.server import RESTART_LIMIT, MicroBatcher
 
     class Lingering(MicroBatcher):
-        def _run(self) -> None:  # the OS may well deschedule a thread between its last lines
-            super()._run()
+        def _run(self, index: int) -> None:  # the OS may well deschedule a thread between its last lines
+            super()._run(index)
             time.sleep(2)
 
     def die(_items):
