@@ -217,7 +217,7 @@ MUTANTS: tuple[Mutant, ...] = (
            nodes("test_cli_flags.py", "test_max_pixels_flag"),
            "predict --max-pixels has no effect"),
     Mutant("cli-jpeg-draft-ignored", "cli.py",
-           "jpeg_draft=args.jpeg_draft)", "jpeg_draft=False)",
+           "jpeg_draft=args.jpeg_draft, workers=args.workers,", "jpeg_draft=False, workers=args.workers,",
            nodes("test_cli_flags.py", "test_jpeg_draft_flag"),
            "predict --jpeg-draft has no effect"),
     Mutant("cli-batch-size-ignored", "cli.py",
