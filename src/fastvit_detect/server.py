@@ -274,10 +274,12 @@ class MicroBatcher(Generic[Item, Result]):
                 batch = []
         except BaseException as exc:  # the worker must never die silently and leave requests hanging
             log.critical("inference worker %d died", index, exc_info=exc)
+            # Count the death (and give up, if it's one too many) before answering its batch: a client that has
+            # its 500 must find /healthz and the next request already knowing.
+            self._restart_after_death(index)
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
-            self._restart_after_death(index)
 
     def _restart_after_death(self, index: int) -> None:
         with self._submit_lock:
