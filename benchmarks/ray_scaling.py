@@ -149,7 +149,7 @@ def main() -> int:
     # actors against the local scan, which runs at this process's priority.
     os.environ.setdefault("RAY_worker_niceness", "0")
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     ray_start = time.perf_counter() - started
     ray.data.DataContext.get_current().enable_progress_bars = False
 

@@ -40,10 +40,10 @@ NOT_UTF8 = b"caf\xe9.png"
 @pytest.fixture(scope="module")
 def local_ray():
     try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     except Exception:  # noqa: BLE001 - Ray gives a raylet 30 s to register: once more on a crowded machine
         ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
