@@ -38,7 +38,7 @@ from .hub import fetch, parse_model_reference
 from .layout import MAX_WORKERS, Layout, cache_path, choose_layout, read_calibration
 from .options import finite_number, positive_int, whole_number
 from .package import ModelPackage, Variant
-from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig
+from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig, check_formats, server_formats
 from .progress import stderr_progress
 from .scan import result_record
 from .session import MAX_THREADS, physical_core_count
@@ -55,6 +55,17 @@ workers_type = whole_number(1, MAX_WORKERS)
 pixels_type = whole_number(1, 2**40)
 megabytes_type = finite_number(0, 64 * 1024, low_inclusive=False)
 EXPLAIN_OPTIONS = ("method", "target", "grid", "samples", "baseline", "seed")
+
+
+def formats_type(text: str) -> tuple[str, ...] | None:
+    """``--formats``: comma-separated Pillow format names, or "any" (every format Pillow opens but EPS)."""
+    if text.strip().lower() in ("any", "all"):
+        return None
+    try:
+        formats = check_formats([name.strip() for name in text.split(",") if name.strip()])
+    except InvalidOptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return formats
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=whole_number(0, 65535), default=8000,
                        help="port to listen on; 0 picks a free one (default 8000)")
+    serve.add_argument("--formats", type=formats_type, default=server_formats(), metavar="LIST",
+                       help="image formats to open, comma-separated, or 'any' for every format Pillow opens but EPS "
+                            f"(default {','.join(server_formats())}: photo formats with decoders in C)")
     serve.add_argument("--max-upload-mb", type=megabytes_type, default=20.0, metavar="N",
                        help="largest request body in MB (default 20)")
     serve.add_argument("--max-batch", type=whole_number(1, 4096), default=8,
@@ -553,7 +567,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_pixels=args.max_pixels,
             max_connections=args.max_connections, header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout, explain_concurrency=args.explain_concurrency,
-            explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes,
+            explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes, formats=args.formats,
             **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)

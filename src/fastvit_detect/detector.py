@@ -182,6 +182,7 @@ class Detector:
         provider_options: Sequence[Mapping[str, Any]] | None = None,
         workers: int | None = None,
         threads_per_worker: int | None = None,
+        formats: Sequence[str] | None = None,
     ) -> Detector:
         """Open a model package (a directory, or a :class:`ModelPackage` already open) and start an onnxruntime
         session on one of its variants.
@@ -194,6 +195,8 @@ class Detector:
         onnxruntime execution providers, default CPU. ``max_pixels``: decompression-bomb cap per image (None:
         Pillow's own limit only).
         ``max_bytes``: cap on an encoded image's size, checked before it is read (None: no cap).
+        ``formats``: the image formats to open, e.g. ``fastvit_detect.preprocess.SERVER_FORMATS`` for images from
+        strangers; others get ``UnsupportedInputError`` naming their format (None: every format Pillow opens but EPS).
         ``session_options``: onnxruntime SessionOptions replacing fastvit-detect's tuned defaults (``threads``, when
         given, still sets the intra-op threads); ``provider_options``: one dict per provider, as onnxruntime takes
         them (for users who tune onnxruntime themselves).
@@ -208,7 +211,7 @@ class Detector:
             package.verify(chosen)
         package.check_graph(chosen)
         preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft,
-                                            max_bytes=max_bytes)
+                                            max_bytes=max_bytes, formats=formats)
         session = OnnxSession(chosen.path, threads=threads, providers=providers, options=session_options,
                               provider_options=provider_options)
         cores = threads if threads is not None else physical_core_count()

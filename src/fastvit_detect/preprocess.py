@@ -16,9 +16,10 @@ bit-identical to HF's while costing one lookup per channel instead of several fl
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from .errors import (
     ImageNotFoundError,
     ImageTooLargeError,
     InputError,
+    InvalidOptionError,
     UnsupportedInputError,
     UnsupportedPreprocessorError,
 )
@@ -206,6 +208,58 @@ huge file (or a device that never ends) from being read whole."""
 EXCLUDED_FORMATS = frozenset({"EPS"})
 """Formats Pillow could open that are refused anyway: decoding EPS runs Ghostscript, an external interpreter."""
 
+SERVER_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+"""The formats a server opens from strangers (``formats=`` of :func:`open_image`, ``serve --formats``): photos as
+cameras, phones, browsers and social networks write them. Pillow opens some 40 formats; many of its decoders are
+pure Python and slow per pixel (a fuzz campaign measured QOI 0.75 us/pixel, DDS 0.96, BLP 0.3, BMP RLE 0.11),
+so a small file declaring many pixels would hold a decode thread for seconds.
+"MPO" is what Pillow calls a JPEG with extra frames (phones write them). The library's own default accepts every
+format Pillow opens except :data:`EXCLUDED_FORMATS`."""
+
+DECODE_COST = {"WEBP": 2.0, "AVIF": 1.5}
+"""Memory cost of decoding a pixel of these formats, as a multiple of a pixel of the formats that decode straight
+into their image (JPEG, PNG, GIF, BMP, TIFF: at most about 8 bytes, an RGBA PNG with its RGB copy); others 1.
+Measured with ``python benchmarks/decode_memory.py`` (peak RSS, VmHWM, of a fresh process decoding one image with
+``open_image`` + ``decode_opened`` + the resize; Pillow 13, 1.5/16/36 MP): RGBA PNG 8.2-8.8 bytes/pixel; WebP,
+lossy or lossless, RGB or RGBA, 16.1-18.7 (libwebp's RGBA canvas and Pillow's copies of it: ratio 2.0-2.1);
+AVIF 9.3-15.8 (1.1-1.8). A server's decode budget and pixel cap count ``pixels x cost``
+(:attr:`OpenedImage.cost`)."""
+
+
+def check_formats(formats: Any) -> tuple[str, ...] | None:
+    """``formats`` as :func:`open_image` takes it: None (every format Pillow opens but :data:`EXCLUDED_FORMATS`)
+    or names of Pillow formats, in upper case. A name Pillow doesn't know, or an excluded one, is refused."""
+    if formats is None:
+        return None
+    if isinstance(formats, (str, bytes)) or not isinstance(formats, Iterable):
+        raise InvalidOptionError(f"formats must be a list of format names or None, got {formats!r}")
+    known = openable_formats()
+    names = []
+    for name in formats:
+        upper = name.upper() if isinstance(name, str) else name
+        if upper in EXCLUDED_FORMATS:
+            raise InvalidOptionError(f"{upper} images are never opened (decoding them runs an external interpreter)")
+        if upper not in known:
+            raise InvalidOptionError(f"unknown image format {name!r} in formats; Pillow here opens "
+                                     f"{', '.join(sorted(known))}")
+        if upper not in names:
+            names.append(upper)
+    if not names:
+        raise InvalidOptionError("formats must name at least one image format (None accepts them all)")
+    return tuple(names)
+
+
+def server_formats() -> tuple[str, ...]:
+    """:data:`SERVER_FORMATS` that this Pillow opens (AVIF needs Pillow 11.2+ built with libavif)."""
+    known = openable_formats()
+    return tuple(name for name in SERVER_FORMATS if name in known)
+
+
+def openable_formats() -> frozenset[str]:
+    """Every format name :func:`open_image` may be limited to: Pillow's, plus "MPO" (JPEG's factory makes those)."""
+    Image.init()
+    return frozenset(Image.OPEN) - EXCLUDED_FORMATS | {"MPO"}
+
 
 def describe_source(image: object) -> str:
     """A short human name for an input, used in error messages and reports. Never raises: it runs before the decode
@@ -248,6 +302,11 @@ class OpenedImage:
     def pixels(self) -> int:
         return self.image.width * self.image.height
 
+    @property
+    def cost(self) -> int:
+        """What decoding it costs, in pixels of a JPEG or PNG: ``pixels`` times the format's :data:`DECODE_COST`."""
+        return math.ceil(self.pixels * DECODE_COST.get(self.image.format or "", 1.0))
+
 
 @contextmanager
 def decode_boundary(source: str) -> Iterator[None]:
@@ -273,12 +332,19 @@ def decode_boundary(source: str) -> Iterator[None]:
 
 
 def open_image(
-    image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_BYTES
+    image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_BYTES,
+    formats: Sequence[str] | None = None,
 ) -> OpenedImage:
     """Read an input's bytes and header and check them against ``max_bytes`` and ``max_pixels``; decode nothing.
 
+    ``formats``: the image formats to open (names as :data:`SERVER_FORMATS`, which a server uses); an image in
+    another format is refused with :class:`~fastvit_detect.errors.UnsupportedInputError` naming it, before any of
+    its decoders runs. None: every format Pillow opens except :data:`EXCLUDED_FORMATS`. It applies to encoded
+    images (paths, bytes, files); PIL images and arrays are decoded already.
+
     Raises a subclass of :class:`~fastvit_detect.errors.InputError` naming the input and the cause.
     """
+    formats = check_formats(formats)
     source = describe_source(image)
     with decode_boundary(source):
         if isinstance(image, np.ndarray):
@@ -298,7 +364,7 @@ def open_image(
                 "a PIL.Image or a numpy array",
                 source,
             )
-        opened = _open_bytes(data, source)
+        opened = _open_bytes(data, source, formats)
         _check_pixels(opened, max_pixels, source)
         return OpenedImage(opened, source, owned=True)
 
@@ -323,6 +389,7 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """Decode any accepted input into an upright RGB PIL image, as ``transformers.image_utils.load_image`` does.
 
@@ -332,7 +399,7 @@ def load_image(
 
     Raises a subclass of :class:`~fastvit_detect.errors.InputError` naming the input and the cause.
     """
-    return decode_opened(open_image(image, max_pixels, max_bytes), draft_size)
+    return decode_opened(open_image(image, max_pixels, max_bytes, formats), draft_size)
 
 
 def _read_path(image: str | os.PathLike, source: str, max_bytes: int | None) -> bytes:
@@ -417,14 +484,54 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
-def _open_bytes(data: bytes, source: str) -> Image.Image:
+def _open_bytes(data: bytes, source: str, formats: tuple[str, ...] | None = None) -> Image.Image:
     if not data:
         raise EmptyImageError(f"{source}: empty input (0 bytes)", source)
-    image = Image.open(io.BytesIO(data))
+    if formats is None:
+        image = Image.open(io.BytesIO(data))
+    else:  # only the allowed formats' plugins look at the bytes; "MPO" is JPEG's factory's result, not a plugin
+        try:
+            image = Image.open(io.BytesIO(data), formats=[name for name in formats if name in Image.OPEN])
+        except UnidentifiedImageError:
+            other = _identify_other_format(data, formats)
+            if other is not None:
+                raise _format_refused(source, other, formats) from None
+            raise ImageDecodeError(f"{source}: not an image in an accepted format (accepted: {', '.join(formats)})",
+                                   source) from None
+        if image.format not in formats:
+            raise _format_refused(source, str(image.format), formats)
     if image.format in EXCLUDED_FORMATS:
         raise ImageDecodeError(f"{source}: {image.format} images aren't accepted (decoding them runs an external "
                                "interpreter)", source)
     return image
+
+
+def _identify_other_format(data: bytes, formats: tuple[str, ...]) -> str | None:
+    """The format, outside ``formats``, of an image that none of theirs opened, to name in the refusal; None if
+    it's no image Pillow knows. Only plugins whose signature check (a comparison of the first bytes) claims the
+    data read its header, so a format they share a signature with isn't misnamed; none decodes a pixel."""
+    prefix = data[:16]
+    claimed = []
+    for name in Image.ID:
+        _factory, accept = Image.OPEN[name]
+        try:
+            claim = accept is not None and accept(prefix)
+        except Exception:  # noqa: BLE001 - a signature check that can't read these bytes doesn't claim them
+            continue
+        if claim and not isinstance(claim, str) and name not in formats and name not in EXCLUDED_FORMATS:
+            claimed.append(name)  # a str is Pillow's "maybe", with a warning
+    if not claimed:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=claimed) as image:
+            return str(image.format)
+    except Exception:  # noqa: BLE001 - no plugin could read its header: not an image of theirs after all
+        return None
+
+
+def _format_refused(source: str, name: str, formats: tuple[str, ...]) -> UnsupportedInputError:
+    return UnsupportedInputError(f"{source}: {name} images aren't accepted here (accepted: {', '.join(formats)})",
+                                 source)
 
 
 def _draft(image: Image.Image, size: tuple[int, int]) -> None:
@@ -550,12 +657,14 @@ class Preprocessor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         jpeg_draft: bool = False,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
+        formats: Sequence[str] | None = None,
     ) -> None:
         if config.output_size is None:  # images of every size can't share one batch tensor
             raise UnsupportedPreprocessorError("the preprocessor config sets neither a resize nor a crop size")
         self.config = config
         self.max_pixels = _cap(max_pixels, "max_pixels")
         self.max_bytes = _cap(max_bytes, "max_bytes")
+        self.formats = check_formats(formats)
         # Drafting needs a resize step to absorb the reduced decode; a crop-only config must see full pixels.
         self.draft_size = (config.resize[1], config.resize[0]) if jpeg_draft and config.resize else None
         self.transforms: list[Callable[[Image.Image], Image.Image]] = []
@@ -574,8 +683,10 @@ class Preprocessor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         jpeg_draft: bool = False,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
+        formats: Sequence[str] | None = None,
     ) -> Preprocessor:
-        return cls(PreprocessConfig.from_hf(config), max_pixels=max_pixels, jpeg_draft=jpeg_draft, max_bytes=max_bytes)
+        return cls(PreprocessConfig.from_hf(config), max_pixels=max_pixels, jpeg_draft=jpeg_draft, max_bytes=max_bytes,
+                   formats=formats)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -585,7 +696,7 @@ class Preprocessor:
 
     def open(self, image: ImageInput) -> OpenedImage:
         """Read and check an image's header against this preprocessor's caps; decode nothing yet."""
-        return open_image(image, self.max_pixels, self.max_bytes)
+        return open_image(image, self.max_pixels, self.max_bytes, self.formats)
 
     def opened_to_pixels(self, opened: OpenedImage) -> np.ndarray:
         """Decode, resize and crop an opened image: HxWx3 uint8, before normalisation."""

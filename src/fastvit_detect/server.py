@@ -10,8 +10,10 @@ CDN, and nothing this server sends may make the browser fetch from elsewhere.
 A request goes through three stages, so that no single client can stall the others:
 
 1. the event loop reads the body, within the upload limit and the body timeout;
-2. a bounded pool of decode threads reads the image header, checks the server's own pixel cap, waits for room in
-   a shared pixel budget (what decodes at once is bounded, so is its memory), then decodes, resizes and crops;
+2. a bounded pool of decode threads reads the image header, opens only the formats of ``formats`` (by default
+   ``SERVER_FORMATS``: photo formats whose decoders are in C), checks the server's own pixel cap, waits for room
+   in a shared pixel budget (what decodes at once is bounded, so is its memory; a format that costs more memory
+   per pixel, such as WebP, counts for more), then decodes, resizes and crops;
 3. a model thread per worker of the detector's layout takes up to ``max_batch`` decoded images, waiting at most
    ``max_wait_ms`` after the first, and classifies them in one call of its own session; with several workers,
    concurrent requests run in parallel batches. Should a call fail, each image is retried alone, so only the
@@ -48,6 +50,7 @@ from .errors import (
     BadRequestError,
     FastVitDetectError,
     ImageDecodeError,
+    ImageTooLargeError,
     InvalidOptionError,
     ModelOutputError,
     RequestTimeoutError,
@@ -75,7 +78,7 @@ from .httpapi import (
     named_image,
     seed_request_image,
 )
-from .preprocess import open_image
+from .preprocess import DECODE_COST, OpenedImage, check_formats, open_image, server_formats
 from .session import physical_core_count
 
 try:
@@ -123,7 +126,7 @@ class ServeSettings:
     max_batch: int = 8
     max_wait_ms: float = 5.0
     queue_size: int = 64  # images waiting for the model; more get 503. Also the most files one request may send
-    max_pixels: int = SERVER_MAX_PIXELS  # per image, checked from the header before decoding
+    max_pixels: int = SERVER_MAX_PIXELS  # per image, checked from the header before decoding, x DECODE_COST
     decode_workers: int = field(default_factory=lambda: max(2, physical_core_count()))
     decode_budget_pixels: int | None = None  # pixels decoding at once; None: 1.5 x max_pixels
     max_connections: int = 128  # more are answered 503 at once by uvicorn
@@ -133,6 +136,7 @@ class ServeSettings:
     explain_concurrency: int = 1  # explanations computed at once, each on its own thread, off the model thread
     explain_queue: int = 2  # explanations that may wait for a free slot; more get 503 at once
     explain_max_passes: int = 128  # the most model passes one explanation may ask for (grid**2 or samples, + 1)
+    formats: tuple[str, ...] | None = field(default_factory=server_formats)  # None: all Pillow opens but EPS
 
     # (name, low, high, whole number?) — every numeric option is finite and in range: inf, nan, 1e300 and
     # negative values are an operator's mistake, refused before anything starts.
@@ -148,10 +152,25 @@ class ServeSettings:
             _check_range(name, getattr(self, name), low, high, whole)
         if self.decode_budget_pixels is not None:
             _check_range("decode_budget_pixels", self.decode_budget_pixels, self.max_pixels, 1 << 34, True)
+        object.__setattr__(self, "formats", check_formats(self.formats))  # upper case, known to Pillow
 
     @property
     def budget_pixels(self) -> int:
         return self.decode_budget_pixels or self.max_pixels * 3 // 2
+
+
+def open_upload(upload: io.BytesIO, settings: ServeSettings) -> OpenedImage:
+    """An upload's header read and held to the server's caps: bytes, formats, and pixels weighted by what its
+    format costs to decode (``DECODE_COST``: a WebP pixel counts twice), so the decode budget counts memory."""
+    opened = open_image(upload, settings.max_pixels, settings.max_upload_bytes, settings.formats)
+    if opened.cost > settings.max_pixels:
+        image = opened.image
+        message = (f"{opened.source}: a {image.width}x{image.height} {image.format} image costs as much to decode "
+                   f"as {opened.cost:,} pixels of a JPEG or PNG ({DECODE_COST.get(str(image.format), 1):g} x "
+                   f"{opened.pixels:,}), over the cap of {settings.max_pixels:,} (raise max_pixels to accept it)")
+        image.close()
+        raise ImageTooLargeError(message, opened.source)
+    return opened
 
 
 # --- the model thread ---------------------------------------------------------------------------------------
@@ -381,8 +400,9 @@ class PixelBudget:
     """How many pixels may be decoding at once, across all requests: a weighted semaphore on the event loop.
 
     Decoding memory and time grow with the pixel count, so holding it to a budget bounds both, whatever clients
-    send. An image waits here, not in a decode thread, so waiting bombs never occupy the pool that small images
-    need; an image that fits goes ahead of larger ones queued before it.
+    send. A pixel counts as its format's ``DECODE_COST`` (a WebP pixel as two), so the budget bounds memory. An
+    image waits here, not in a decode thread, so waiting bombs never occupy the pool that small images need; an
+    image that fits goes ahead of larger ones queued before it.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -446,17 +466,17 @@ class DecodeStage:
     async def decode(self, upload: io.BytesIO) -> DecodedImage:
         """Raises the image's InputError; never blocks the event loop, never runs on the model thread."""
         loop = asyncio.get_running_loop()
-        opened = await loop.run_in_executor(self.pool, open_image, upload, self.settings.max_pixels,
-                                            self.settings.max_upload_bytes)
-        await self.budget.acquire(opened.pixels)
+        opened = await loop.run_in_executor(self.pool, open_upload, upload, self.settings)
+        cost = opened.cost
+        await self.budget.acquire(cost)
         try:
             work = loop.run_in_executor(self.pool, self.preprocessor.opened_to_pixels, opened)
         except BaseException:
-            await self.budget.release(opened.pixels)
+            await self.budget.release(cost)
             raise
         # The budget is returned when the decode ends, not when its request does: a client that disconnects
         # mid-decode must not free room that its decode still uses.
-        work.add_done_callback(lambda _done: loop.create_task(self.budget.release(opened.pixels)))
+        work.add_done_callback(lambda _done: loop.create_task(self.budget.release(cost)))
         pixels = await asyncio.shield(work)
         return DecodedImage(pixels, opened.source)
 
@@ -506,7 +526,7 @@ class ExplainStage:
         self.explained = 0
 
         def run(upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> Explanation:
-            opened = open_image(upload, settings.max_pixels, settings.max_upload_bytes)
+            opened = open_upload(upload, settings)
             return explain_opened(detector, opened, method, target, **options)
 
         self.run: ExplainRun = run
