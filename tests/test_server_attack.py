@@ -462,6 +462,56 @@ def test_concurrent_bombs_neither_stall_others_nor_hold_memory(cli_server, hones
     assert "Traceback" not in cli_server.log()
 
 
+def webp_bomb(width: int, height: int) -> bytes:
+    """A lossless WebP of one colour: a few hundred bytes, and about 16 bytes a pixel of memory to decode."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, format="WEBP", lossless=True)
+    return buffer.getvalue()
+
+
+def test_webp_bombs_are_charged_their_decoding_memory(cli_server, honest):
+    """A dozen tiny lossless WebPs just under the cap at their decode cost (2 x pixels: 6 MP) at once, and some
+    just over it. Each costs about 16 bytes a pixel to decode, twice a PNG's; charged as PNGs, three would decode at
+    once and peak RSS would pass the bound. Bounds: the PNG bombs' (8 bytes per pixel of the budget plus 100 MB
+    above the RSS before); those over the cap get 413 from their header, normal requests get their verdicts."""
+    side = math.isqrt(BOMB_CAP // 2)
+    under, over = webp_bomb(side, side), webp_bomb(side + 1, side + 1)
+    budget = BOMB_CAP * 3 // 2
+    before = cli_server.memory_mb()["VmRSS"]
+    bombs: list[Reply] = []
+    refused: list[Reply] = []
+    sampling, peak_rss = threading.Event(), [before]
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            peak_rss.append(cli_server.memory_mb()["VmRSS"])
+
+    threading.Thread(target=sample, daemon=True).start()
+    senders = [threading.Thread(target=lambda: bombs.append(post_image(cli_server, under, 180))) for _ in range(12)]
+    senders += [threading.Thread(target=lambda: refused.append(post_image(cli_server, over))) for _ in range(3)]
+    started = time.perf_counter()
+    for sender in senders:
+        sender.start()
+    normal = [(post_image(cli_server, image.data), image) for image in honest[:3]]
+    for sender in senders:
+        sender.join(240)
+    bombs_s = time.perf_counter() - started
+    sampling.set()
+    peak = max(peak_rss)  # sampled: VmHWM still holds the PNG bombs' peak, this server having taken them first
+    latencies = [reply.seconds for reply, _ in normal]
+    print(f"\nwebp bombs: 12 x {side}x{side} lossless WebP ({len(under)} bytes each, charged 2 x "
+          f"{side * side / 1e6:.1f} MP against a {BOMB_CAP / 1e6:g} MP cap) decoded in {bombs_s:.1f} s; normal "
+          f"requests meanwhile {min(latencies) * 1e3:.0f}-{max(latencies) * 1e3:.0f} ms; over the cap: "
+          f"{', '.join(f'{reply.status} in {reply.seconds * 1e3:.0f} ms' for reply in refused)}; RSS before "
+          f"{before:.0f} MB, peak {peak:.0f} MB")
+    assert len(bombs) == 12 and all(reply.status == 200 for reply in bombs), [reply.status for reply in bombs]
+    assert [reply.status for reply in refused] == [413] * 3
+    assert all("costs as much to decode" in reply.json()["error"]["message"] for reply in refused)
+    assert all(check_verdict(reply, image) is None for reply, image in normal), [r.body for r, _ in normal]
+    assert peak - before <= 8 * budget / 2**20 + 100, (before, peak)
+    assert "Traceback" not in cli_server.log()
+
+
 # --- 3. slow and vanishing clients --------------------------------------------------------------------------
 
 
