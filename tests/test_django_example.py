@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import django
 import pytest
 from conftest import ROOT, sample_photos
 from django.test import Client, override_settings
+from PIL import Image
 
 # The mutation check (scripts/mutation.py) points this at a copy of the site with one line broken.
 SITE = Path(os.environ.get("FASTVIT_DJANGO_SITE") or ROOT / "examples" / "django_app")
@@ -66,6 +68,15 @@ def test_detector_is_loaded_once_and_shared_between_threads(client, reference):
     assert apps.get_app_config("detection").detector is shared
 
 
+def qoi_image() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, format="QOI")  # a pure-Python decoder: not on a public page
+    return buffer.getvalue()
+
+
+QOI = qoi_image()
+
+
 @pytest.mark.parametrize(
     "body, status, error_type, cause",
     [
@@ -73,7 +84,9 @@ def test_detector_is_loaded_once_and_shared_between_threads(client, reference):
         (json.dumps({"picture": "abc"}).encode(), 422, "BadRequestError", '{"image": "<base64>"}'),
         (json.dumps({"image": "%%%"}).encode(), 422, "BadRequestError", "isn't valid base64"),
         (json.dumps({"image": base64.b64encode(b"plain text").decode()}).encode(), 415, "ImageDecodeError",
-         "not a recognised image format"),
+         "not an image in an accepted format"),
+        (json.dumps({"image": base64.b64encode(QOI).decode()}).encode(), 415, "UnsupportedInputError",
+         "QOI images aren't accepted here"),
         (json.dumps({"image": ""}).encode(), 422, "EmptyImageError", "empty input"),
     ],
 )

@@ -6,6 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from fastvit_detect import Detector
 from fastvit_detect.httpapi import SERVER_MAX_PIXELS
+from fastvit_detect.preprocess import server_formats
 
 
 class DetectionConfig(AppConfig):
@@ -17,8 +18,9 @@ class DetectionConfig(AppConfig):
         # for loading the model.
         if not settings.FASTVIT_MODEL_DIR:
             raise ImproperlyConfigured("set FASTVIT_MODEL_DIR to a fastvit-detect model package directory")
-        # A public page decodes what strangers send: the server's pixel cap, not the library's batch-job one.
+        # A public page decodes what strangers send: the server's pixel cap and photo formats, not the library's
+        # batch-job defaults (slow pure-Python decoders such as QOI or DDS get 415).
         self.detector = Detector.load(
             settings.FASTVIT_MODEL_DIR, variant=settings.FASTVIT_VARIANT, threads=settings.FASTVIT_THREADS,
-            max_pixels=SERVER_MAX_PIXELS, max_bytes=settings.FASTVIT_MAX_UPLOAD_BYTES,
+            max_pixels=SERVER_MAX_PIXELS, max_bytes=settings.FASTVIT_MAX_UPLOAD_BYTES, formats=server_formats(),
         )
