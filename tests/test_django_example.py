@@ -84,7 +84,7 @@ QOI = qoi_image()
         (json.dumps({"picture": "abc"}).encode(), 422, "BadRequestError", '{"image": "<base64>"}'),
         (json.dumps({"image": "%%%"}).encode(), 422, "BadRequestError", "isn't valid base64"),
         (json.dumps({"image": base64.b64encode(b"plain text").decode()}).encode(), 415, "ImageDecodeError",
-         "not an image in an accepted format"),
+         "not a recognised image format (accepted: JPEG"),
         (json.dumps({"image": base64.b64encode(QOI).decode()}).encode(), 415, "UnsupportedInputError",
          "QOI images aren't accepted here"),
         (json.dumps({"image": ""}).encode(), 422, "EmptyImageError", "empty input"),

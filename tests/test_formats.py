@@ -86,7 +86,7 @@ def test_no_pixel_of_a_refused_format_is_decoded(monkeypatch):
 def test_an_mpo_needs_its_own_name_and_unknown_data_names_the_allowlist():
     with pytest.raises(UnsupportedInputError, match="MPO images aren't accepted"):
         open_image(mpo(), formats=["JPEG"])
-    with pytest.raises(ImageDecodeError, match=r"not an image in an accepted format \(accepted: PNG\)"):
+    with pytest.raises(ImageDecodeError, match=r"not a recognised image format \(accepted: PNG\)"):
         open_image(b"neither an image nor empty", formats=["png"])
 
 

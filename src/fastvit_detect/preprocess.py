@@ -496,7 +496,7 @@ def _open_bytes(data: bytes, source: str, formats: tuple[str, ...] | None = None
             other = _identify_other_format(data, formats)
             if other is not None:
                 raise _format_refused(source, other, formats) from None
-            raise ImageDecodeError(f"{source}: not an image in an accepted format (accepted: {', '.join(formats)})",
+            raise ImageDecodeError(f"{source}: not a recognised image format (accepted: {', '.join(formats)})",
                                    source) from None
         if image.format not in formats:
             raise _format_refused(source, str(image.format), formats)
