@@ -19,6 +19,7 @@ kills a worker that overruns a case's CPU time, wall time or RSS limit, and coun
 A larger run, from the repository root (exit status 1 when any case failed)::
 
     python tests/fuzzing.py --cases 20000 --workers 2 [--package DIR] [--seed 0] [--json report.json]
+    python tests/fuzzing.py --cases 20000 --workers 2 --formats server   # the server's allowlist
     python tests/fuzzing.py --replay 1234            # one case, in this process, with its traceback
     python tests/fuzzing.py --save 1234 case.bin     # one case's bytes (file-like cases only)
 
@@ -59,7 +60,7 @@ from PIL import Image
 
 import fastvit_detect
 from fastvit_detect import FastVitDetectError, ImageTooLargeError, Preprocessor
-from fastvit_detect.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
+from fastvit_detect.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, server_formats
 
 # ============================================================================================================
 # Seed images
@@ -1957,18 +1958,20 @@ def _reset_peak_rss() -> bool:
 class Runner:
     """Runs cases in this process: the worker's side of the harness, also used by ``--replay``."""
 
-    def __init__(self, seed: int, package: str | None, scratch: Path):
+    def __init__(self, seed: int, package: str | None, scratch: Path, formats: list[str] | None = None):
+        """``formats``: open only these image formats (a server's allowlist), as every call's ``formats=``."""
         self.seed = seed
+        self.formats = formats
         self.preprocessors = {
-            "vit": Preprocessor(PreprocessConfig.from_hf(VIT_CONFIG)),
-            "deit": Preprocessor(PreprocessConfig.from_hf(DEIT_CONFIG)),
-            "draft": Preprocessor(PreprocessConfig.from_hf(VIT_CONFIG), jpeg_draft=True),
+            "vit": Preprocessor(PreprocessConfig.from_hf(VIT_CONFIG), formats=formats),
+            "deit": Preprocessor(PreprocessConfig.from_hf(DEIT_CONFIG), formats=formats),
+            "draft": Preprocessor(PreprocessConfig.from_hf(VIT_CONFIG), jpeg_draft=True, formats=formats),
         }
         seed_corpus()
         self.ctx = Context(saved(picture(seed=11), "PNG"), saved(picture(seed=12), "JPEG"), scratch)
         self.detector = None
         if package:
-            self.detector = fastvit_detect.Detector.load(package, variant="fp32", threads=1)
+            self.detector = fastvit_detect.Detector.load(package, variant="fp32", threads=1, formats=formats)
             self.neighbours = [np.asarray(picture(64, 48, seed=21)), np.asarray(picture(30, 70, seed=22))]
             self.alone = [self.detector.predict_batch([image])[0].logits for image in self.neighbours]
 
@@ -2031,7 +2034,7 @@ class Runner:
             if call in ("predict_batch", "predict_iter"):
                 return self._predict(call, case)
             if call == "load_image":
-                image = fastvit_detect.load_image(case.input)
+                image = fastvit_detect.load_image(case.input, formats=self.formats)
                 return {"outcome": "ok", "decoded": list(image.size)}
             preprocessor = self.preprocessors["draft" if call == "to_pixels_draft" else
                                               ("deit" if case.plan.index % 3 == 0 else "vit")]
@@ -2112,7 +2115,7 @@ def worker_main(options: dict[str, Any]) -> None:
     warnings.simplefilter("ignore")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fuzz-worker-") as scratch:
-        runner = Runner(options["seed"], options.get("package"), Path(scratch))
+        runner = Runner(options["seed"], options.get("package"), Path(scratch), options.get("formats"))
         baseline = _status_kb("VmRSS")
         if options.get("address_space_kb"):  # a backstop: the parent's RSS polling is the real limit
             limit = (_status_kb("VmSize") + options["address_space_kb"]) * 1024
@@ -2147,6 +2150,7 @@ class Settings:
     extra: tuple[int, ...] = ()  # case indices run besides start..start+cases-1
     workers: int = 2
     package: str | None = None
+    formats: list[str] | None = None  # open only these formats (a server's allowlist); None: the library's default
     cpu_limit_s: float = 60.0  # per case: a decoder spinning; CPU time, so a busy machine doesn't trip it
     wall_limit_s: float = 300.0  # per case: a decoder blocked without spinning
     rss_budget_kb: int = field(default_factory=default_rss_budget_kb)  # how far one case may raise a worker's RSS
@@ -2170,7 +2174,7 @@ class Pool:
 
     def _spawn(self) -> _Worker:
         options = {"seed": self.settings.seed, "package": self.settings.package, "selftest": self.settings.selftest,
-                   "address_space_kb": 8 * 1024 * 1024}
+                   "address_space_kb": 8 * 1024 * 1024, "formats": self.settings.formats}
         log = open(self.log_dir / f"worker-{self.spawned}.log", "wb")  # noqa: SIM115 - closed with the worker
         self.spawned += 1
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -2454,8 +2458,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", type=int, metavar="INDEX", help="run one case in this process and show it")
     parser.add_argument("--save", nargs=2, metavar=("INDEX", "FILE"), help="write one case's bytes to FILE")
     parser.add_argument("--list-seeds", action="store_true", help="list the seed images and exit")
+    parser.add_argument("--formats", help="open only these formats, comma-separated, or 'server' for the server's "
+                        "allowlist (default: every format, the library's default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    formats = None
+    if args.formats:
+        formats = list(server_formats() if args.formats == "server" else args.formats.split(","))
     if args.worker:
         worker_main(json.loads(args.worker))
         return 0
@@ -2480,11 +2489,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.replay is not None:
         with tempfile.TemporaryDirectory() as scratch:
-            runner = Runner(args.seed, args.package, Path(scratch))
+            runner = Runner(args.seed, args.package, Path(scratch), formats)
             print(json.dumps(runner.run(args.replay), indent=2))
         return 0
     settings = Settings(cases=args.cases, start=args.start, seed=args.seed, workers=args.workers, package=args.package,
-                        extra=tuple(coverage_indices()) if args.coverage else (),
+                        formats=formats, extra=tuple(coverage_indices()) if args.coverage else (),
                         cpu_limit_s=args.cpu_limit, wall_limit_s=args.wall_limit)
     if args.rss_budget_mb:
         settings.rss_budget_kb = int(args.rss_budget_mb * 1024)

@@ -73,6 +73,22 @@ def test_the_campaign_reaches_every_outcome_and_format(campaign):
     assert {"ok", "ImageDecodeError"} <= {r["outcome"] for r in campaign.results if r["family"] == "mutate"}
 
 
+SERVER_CASES = 150
+
+
+def test_the_servers_allowlist_under_fuzzing(tmp_path):
+    """The server opens only its formats (``--formats server``): other formats' files and splices are refused by
+    name or as unrecognised, never escaping, hanging or blowing the memory limit; its own formats still decode."""
+    settings = fuzzing.Settings(cases=SERVER_CASES, seed=SEED, workers=min(2, os.cpu_count() or 1),
+                                formats=list(fastvit_detect.preprocess.server_formats()))
+    report = fuzzing.run_campaign(settings, log_dir=tmp_path)
+    failed = [result for result in report.results if result["outcome"].startswith(fuzzing.FAILURES_PREFIXES)]
+    assert not failed, listing(report, failed)
+    refused = [r for r in report.results if r["outcome"] == "UnsupportedInputError" and "accepted here" in r["message"]]
+    assert {r["format"] for r in refused} - set(settings.formats), "no file of another format was refused by name"
+    assert {r["format"] for r in report.results if r["outcome"] == "ok"} & {"JPEG", "PNG", "WEBP"}
+
+
 def test_the_harness_notices_hangs_memory_escapes_and_crashes(tmp_path):
     settings = fuzzing.Settings(cases=2, extra=(-1, -2, -3, -4), workers=2, wall_limit_s=5, rss_budget_kb=100 * 1024,
                                 selftest=True)
