@@ -90,7 +90,7 @@ def test_an_mpo_needs_its_own_name_and_unknown_data_names_the_allowlist():
         open_image(b"neither an image nor empty", formats=["png"])
 
 
-@pytest.mark.parametrize("bad", ["PNG", [], ["PNG", "NOPE"], ["EPS"], [3], 5])
+@pytest.mark.parametrize("bad", ["PNG", [], ["PNG", "NOPE"], ["EPS"], [3], [["PNG"]], 5])
 def test_formats_must_be_known_names(bad):
     with pytest.raises(InvalidOptionError):
         open_image(encoded("PNG"), formats=bad)

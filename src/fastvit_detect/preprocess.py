@@ -236,7 +236,9 @@ def check_formats(formats: Any) -> tuple[str, ...] | None:
     known = openable_formats()
     names = []
     for name in formats:
-        upper = name.upper() if isinstance(name, str) else name
+        if not isinstance(name, str):
+            raise InvalidOptionError(f"formats must be a list of format names or None, got {formats!r}")
+        upper = name.upper()
         if upper in EXCLUDED_FORMATS:
             raise InvalidOptionError(f"{upper} images are never opened (decoding them runs an external interpreter)")
         if upper not in known:
@@ -338,8 +340,8 @@ def open_image(
     """Read an input's bytes and header and check them against ``max_bytes`` and ``max_pixels``; decode nothing.
 
     ``formats``: the image formats to open (names as :data:`SERVER_FORMATS`, which a server uses); an image in
-    another format is refused with :class:`~fastvit_detect.errors.UnsupportedInputError` naming it, before any of
-    its decoders runs. None: every format Pillow opens except :data:`EXCLUDED_FORMATS`. It applies to encoded
+    another format is refused with :class:`~fastvit_detect.errors.UnsupportedInputError` naming it, before a
+    pixel of it is decoded. None: every format Pillow opens except :data:`EXCLUDED_FORMATS`. It applies to encoded
     images (paths, bytes, files); PIL images and arrays are decoded already.
 
     Raises a subclass of :class:`~fastvit_detect.errors.InputError` naming the input and the cause.
