@@ -83,6 +83,13 @@ def test_no_pixel_of_a_refused_format_is_decoded(monkeypatch):
         load_image(data)
 
 
+def test_a_refused_format_declaring_too_many_pixels_for_pillow_is_still_named():
+    """A QOI header declaring 65535 x 65535: Pillow's bomb check stops reading it, the refusal still names QOI."""
+    header = b"qoif" + (65535).to_bytes(4, "big") * 2 + b"\x03\x00" + b"\xfe\x10\x20\x30" + b"\x00" * 7 + b"\x01"
+    with pytest.raises(UnsupportedInputError, match="QOI images aren't accepted here"):
+        open_image(header, formats=SERVER_FORMATS)
+
+
 def test_an_mpo_needs_its_own_name_and_unknown_data_names_the_allowlist():
     with pytest.raises(UnsupportedInputError, match="MPO images aren't accepted"):
         open_image(mpo(), formats=["JPEG"])

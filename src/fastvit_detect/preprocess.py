@@ -522,13 +522,15 @@ def _identify_other_format(data: bytes, formats: tuple[str, ...]) -> str | None:
             continue
         if claim and not isinstance(claim, str) and name not in formats and name not in EXCLUDED_FORMATS:
             claimed.append(name)  # a str is Pillow's "maybe", with a warning
-    if not claimed:
-        return None
-    try:
-        with Image.open(io.BytesIO(data), formats=claimed) as image:
-            return str(image.format)
-    except Exception:  # noqa: BLE001 - no plugin could read its header: not an image of theirs after all
-        return None
+    for name in claimed:
+        try:
+            with Image.open(io.BytesIO(data), formats=[name]) as image:
+                return str(image.format)
+        except Image.DecompressionBombError:  # its header parsed, declaring more pixels than Pillow opens
+            return name
+        except Exception:  # noqa: BLE001 - this plugin can't read the header: not an image of its format
+            continue
+    return None
 
 
 def _format_refused(source: str, name: str, formats: tuple[str, ...]) -> UnsupportedInputError:
