@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="port to listen on; 0 picks a free one (default 8000)")
     serve.add_argument("--formats", type=formats_type, default=server_formats(), metavar="LIST",
                        help="image formats to open, comma-separated, or 'any' for every format Pillow opens but EPS "
-                            f"(default {','.join(server_formats())}: photo formats with decoders in C)")
+                            f"(default {','.join(server_formats())}: photo formats)")
     serve.add_argument("--max-upload-mb", type=megabytes_type, default=20.0, metavar="N",
                        help="largest request body in MB (default 20)")
     serve.add_argument("--max-batch", type=whole_number(1, 4096), default=8,

@@ -11,9 +11,9 @@ A request goes through three stages, so that no single client can stall the othe
 
 1. the event loop reads the body, within the upload limit and the body timeout;
 2. a bounded pool of decode threads reads the image header, opens only the formats of ``formats`` (by default
-   ``SERVER_FORMATS``: photo formats whose decoders are in C), checks the server's own pixel cap, waits for room
-   in a shared pixel budget (what decodes at once is bounded, so is its memory; a format that costs more memory
-   per pixel, such as WebP, counts for more), then decodes, resizes and crops;
+   ``SERVER_FORMATS``: photo formats, not Pillow's slow pure-Python decoders), checks the server's own pixel cap,
+   waits for room in a shared pixel budget (what decodes at once is bounded, so is its memory; a format that costs
+   more memory per pixel, such as WebP, counts for more), then decodes, resizes and crops;
 3. a model thread per worker of the detector's layout takes up to ``max_batch`` decoded images, waiting at most
    ``max_wait_ms`` after the first, and classifies them in one call of its own session; with several workers,
    concurrent requests run in parallel batches. Should a call fail, each image is retried alone, so only the
