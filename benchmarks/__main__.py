@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 
 from fastvit_detect import FastVitDetectError, evaluate
+from fastvit_detect.build import timing as measure
+from fastvit_detect.fidelity import probability_agreement
 
 from . import artifacts as artifacts_module
 from . import (
     coldstart,
     compute,
-    fidelity,
     footprint,
     images,
     machine,
-    measure,
     plots,
     report,
 )
@@ -220,7 +220,7 @@ def phase_fidelity(run: Run, outputs: dict[str, dict[Path, np.ndarray]], paths: 
         else:
             reference = np.stack([outputs[baseline.key][path] for path in paths])
             candidate = np.stack([outputs[system.key][path] for path in paths])
-            run.row("fidelity", system, reference=baseline.key, **fidelity.agreement(reference, candidate))
+            run.row("fidelity", system, reference=baseline.key, **probability_agreement(reference, candidate))
 
 
 def phase_model_only(run: Run, plan: Plan, path: Path, threads: int) -> None:
@@ -378,7 +378,7 @@ def phase_accuracy(run: Run, data: Path, limit: int, labels: list[str]) -> None:
             continue
         accuracy = float((probabilities[system.key].argmax(1) == found.targets).mean())
         baseline = run.baseline  # listed first, so its probabilities are in by now
-        agreement = ({"reference": baseline.key, **fidelity.agreement(probabilities[baseline.key],
+        agreement = ({"reference": baseline.key, **probability_agreement(probabilities[baseline.key],
                                                                       probabilities[system.key])}
                      if baseline is not None and baseline.key in probabilities else {})
         run.row("accuracy", system, data=str(data), accuracy=accuracy, **{"images": len(paths), **agreement})

@@ -1,8 +1,8 @@
 """The model files every system loads, all made from one checkpoint so every system runs the same weights.
 
 * the checkpoint: ``--model`` (a local directory or a Hub id), else a seeded random-weight ViT-B/16-224 made
-  offline by ``export/make_checkpoint.py`` (same shape and compute as the seed detectors);
-* the fastvit-detect package, made by ``export/export.py`` (fp32 + int8);
+  offline by ``fastvit_detect.build.seeded`` (same shape and compute as the seed detectors);
+* the fastvit-detect package, made by ``fastvit_detect.build.export`` (fp32 + int8);
 * the Optimum export (``ORTModelForImageClassification(export=True)``) and its ``ORTQuantizer`` int8 twin;
 * with the openvino extra, an NNCF int8 quantization of the package's fp32 graph for OpenVINO, made on first use.
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
@@ -22,7 +21,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from .progress import log
@@ -30,27 +28,6 @@ from .progress import log
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-
-
-def load_script(name: str, path: Path) -> ModuleType:
-    """Import a top-level script (export/export.py, ...) as a module; they aren't part of an installed package."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"can't import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def export_module() -> ModuleType:
-    return load_script("fastvit_export", ROOT / "export" / "export.py")
-
-
-def checkpoint_maker() -> ModuleType:
-    return load_script("fastvit_make_checkpoint", ROOT / "export" / "make_checkpoint.py")
 
 
 @dataclass(frozen=True)
@@ -101,13 +78,17 @@ def resolve_checkpoint(model: str | None, preset: str, cache: Path) -> tuple[str
             log(f"building the seeded {preset} checkpoint (random weights, offline) in {directory}")
             partial = directory.with_suffix(".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            checkpoint_maker().build_checkpoint(partial, "vit", preset=preset, seed=0)
+            from fastvit_detect.build.seeded import build_checkpoint
+
+            build_checkpoint(partial, "vit", preset=preset, seed=0)
             partial.rename(directory)
         return f"seeded {preset} (export/make_checkpoint.py, seed 0, random weights)", directory
-    exporter = export_module()
+    from fastvit_detect.build import ExportError
+    from fastvit_detect.build.checkpoint import resolve_checkpoint as resolve
+
     try:
-        checkpoint = exporter.resolve_checkpoint(model, None, False, log)
-    except exporter.ExportError as exc:
+        checkpoint = resolve(model, None, False, log)
+    except ExportError as exc:
         raise SystemExit(f"benchmarks: {exc}") from None
     return model, checkpoint.directory
 
@@ -119,10 +100,10 @@ def optimum_quantization_config() -> tuple[Any, dict[str, Any]]:
     """
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    from .machine import cpu_flags
+    from fastvit_detect.session import cpu_flags
 
     flags = cpu_flags()
-    if "avx512_vnni" in flags:
+    if "avx512_vnni" in flags:  # Optimum's presets are named by instruction set, the most specific first
         name, config = "avx512_vnni", AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
     elif "avx512f" in flags:
         name, config = "avx512", AutoQuantizationConfig.avx512(is_static=False, per_channel=False)
@@ -205,11 +186,12 @@ def openvino_int8(artifacts: Artifacts) -> dict[str, Any]:
     import openvino
 
     from fastvit_detect import Detector
+    from fastvit_detect.build.quantize import Int8Options
     from fastvit_detect.preprocess import find_images
 
     if artifacts.calibration_dir is None or artifacts.openvino_dir is None:
         raise ValueError("openvino int8 needs a calibration directory and a cache directory")
-    limit = artifacts.calibration_limit or export_module().Int8Options.calibration_limit
+    limit = artifacts.calibration_limit or Int8Options.calibration_limit
     source = artifacts.package / "model.onnx"
     sources = sorted(artifacts.package.glob("model.onnx*"))  # the graph and its external weights
     recipe = {
@@ -248,23 +230,28 @@ def calibration_pixels(artifacts: Artifacts, preprocessor: Any) -> Any:
     """The calibration batch, chosen and preprocessed the way the exporter's static int8 does it."""
     if artifacts.calibration_dir is None:
         raise ValueError("no calibration directory was prepared")
-    limit = artifacts.calibration_limit or export_module().Int8Options.calibration_limit
-    return export_module().calibration_pixels(artifacts.calibration_dir, limit, preprocessor,
-                                              lambda text: log(text.strip()))
+    from fastvit_detect.build.quantize import Int8Options
+    from fastvit_detect.build.quantize import calibration_pixels as choose_and_preprocess
+
+    limit = artifacts.calibration_limit or Int8Options.calibration_limit
+    return choose_and_preprocess(artifacts.calibration_dir, limit, preprocessor, lambda text: log(text.strip()))
 
 
 def prepare(model: str | None, preset: str, cache: Path, calibration_dir: Path | None = None,
             calibration_limit: int | None = None) -> Artifacts:
+    from fastvit_detect.build.export import ExportSettings, export_package
+    from fastvit_detect.build.quantize import Int8Options
+
     cache.mkdir(parents=True, exist_ok=True)
     source, checkpoint = resolve_checkpoint(model, preset, cache)
     key = f"{_slug(checkpoint.name if model is None else model)}-{_checkpoint_key(checkpoint)}"
     package = cache / f"package-{key}"
     if not _current_package(package):
-        log(f"exporting the fastvit-detect package (export/export.py) into {package}")
+        log(f"exporting the fastvit-detect package (fastvit_detect.build.export) into {package}")
         shutil.rmtree(package, ignore_errors=True)
-        export_module().export_package(str(checkpoint), package, log=lambda text: log(f"  export: {text}"))
+        export_package(ExportSettings(str(checkpoint), package), log=lambda text: log(f"  export: {text}"))
     optimum_dir = cache / f"optimum-{key}"
     settings = build_optimum(checkpoint, optimum_dir)
     return Artifacts(source, checkpoint, package, optimum_dir, settings, openvino_dir=cache / f"openvino-int8-{key}",
                      calibration_dir=calibration_dir,
-                     calibration_limit=calibration_limit or export_module().Int8Options.calibration_limit)
+                     calibration_limit=calibration_limit or Int8Options.calibration_limit)

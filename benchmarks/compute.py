@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastvit_detect.session import VNNI_FLAGS
+from fastvit_detect.session import has_vnni
 
 from .machine import clock_mhz, cpu_flags, physical_cores
 
@@ -69,7 +69,7 @@ def cpu_peak() -> dict[str, Any]:
         lanes, units = 4, 1
         assumptions.append("no AVX2/FMA found: SSE, 4 fp32 lanes, 1 unit (a rough guess)")
     fp32_per_cycle = lanes * units * 2  # FMA = 2 FLOPs per lane
-    if flags & set(VNNI_FLAGS):
+    if has_vnni(flags):
         # VPDPBUSD: 4 u8*s8 MACs per 32-bit lane in one instruction, i.e. 4x the fp32 MAC rate.
         int8_per_cycle = fp32_per_cycle * 4
         assumptions.append("VNNI: int8 dot products (VPDPBUSD) at 4x the fp32 MAC rate")

@@ -15,7 +15,7 @@
   most (make_dataset.render_image_with_cues; chance: 25 %).
 
 ``cost``: per-image latency of ``predict(path)`` and of ``explain(path)`` at each method's defaults, per variant,
-interleaved on the same images (benchmarks.measure), and their ratio.
+interleaved on the same images (fastvit_detect.build.timing), and their ratio.
 
 Results go to --output as JSON; ``report FILE`` prints the tables the README quotes.
 """
@@ -36,11 +36,11 @@ import numpy as np
 from PIL import Image
 
 from fastvit_detect import Detector
+from fastvit_detect.build.timing import interleave, percentiles_ms
 from fastvit_detect.explain import DEFAULT_OPTIONS, METHODS, RemovalTest, model_passes
 
 from . import machine
-from .artifacts import ROOT, load_script
-from .measure import interleave, percentiles_ms
+from .artifacts import ROOT
 from .progress import log
 
 # (method, options) compared on faithfulness; each method's defaults are among them.
@@ -69,7 +69,9 @@ def setting_name(method: str, options: dict[str, Any]) -> str:
 
 
 def make_dataset_module():  # type: ignore[no-untyped-def]
-    return load_script("train_make_dataset", ROOT / "train" / "make_dataset.py")
+    from train import make_dataset
+
+    return make_dataset
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,9 @@ def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def run_cost(args: argparse.Namespace) -> dict[str, Any]:
-    photos = load_script("fastvit_export", ROOT / "export" / "export.py").sample_photos()
+    from fastvit_detect.build.samples import sample_photos
+
+    photos = sample_photos()
     settings = [parse_setting(text) for text in args.settings] if args.settings else [(m, {}) for m in METHODS]
     results = []
     for variant in args.variants or ["int8", "fp32"]:

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .artifacts import export_module
-
 ASPECT = (4, 3)  # a phone camera's
 # Held out from every measured image set: calibrating on the fidelity images would flatter a static recipe.
 CALIBRATION_PHOTO_FILES = [
@@ -32,7 +30,9 @@ CALIBRATION_PHOTO_FILES = [
 
 
 def sample_photos() -> list[Path]:
-    photos = export_module().sample_photos()
+    from fastvit_detect.build.samples import sample_photos as installed_sample_photos
+
+    photos = installed_sample_photos()
     if not photos:
         raise SystemExit("benchmarks: no sample photos found; install matplotlib and scikit-image (the dev extra)")
     return photos
@@ -79,7 +79,9 @@ def image_set(large_megapixels: Sequence[float], cache: Path) -> ImageSet:
 def calibration_photos(cache: Path) -> Path:
     """A folder of the held-out sample photos (copied once into the cache), for calibrating static int8."""
     directory = cache / "calibration-photos"
-    photos = export_module().sample_photos(CALIBRATION_PHOTO_FILES)
+    from fastvit_detect.build.samples import sample_photos as installed_sample_photos
+
+    photos = installed_sample_photos(CALIBRATION_PHOTO_FILES)
     if not photos:
         raise SystemExit("benchmarks: no calibration photos found; install scikit-image (the dev extra) or pass "
                          "--calibration DIR")

@@ -5,7 +5,7 @@
 On the benchmark's own artifacts (the same cache: seeded ViT-B/16 package, NNCF int8 model), on one preprocessed
 batch:
 
-* **timing**, unprofiled, in settled turns (benchmarks/measure.py): onnxruntime on the package's int8 graph (what
+* **timing**, unprofiled, in settled turns (fastvit_detect.build.timing): onnxruntime on the package's int8 graph (what
   fastvit-detect runs), OpenVINO on the NNCF model, and the prototypes below;
 * **op by op**, from each runtime's own profiler: onnxruntime's ``SessionOptions.enable_profiling`` (kernel time per
   node, summed by op type) and OpenVINO's ``PERF_COUNT`` / ``get_profiling_info()`` (real time per executed node,
@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from fastvit_detect import Detector
+from fastvit_detect.build import timing as measure
 from fastvit_detect.session import physical_core_count, session_options
 
 from . import artifacts as artifacts_module
-from . import images, machine, measure
+from . import images, machine
 from .progress import log
 
 # Node types -> what they compute in a ViT encoder, so both runtimes' tables line up.

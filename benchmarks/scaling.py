@@ -42,7 +42,6 @@ IMAGE_SIZE = (640, 480)
 IMAGE_COUNT = 48  # distinct files, cycled: enough that the page cache and not one file's bytes is measured
 BATCH = 8
 CELL_TIMEOUT_S = 300
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 TORCH_SYSTEMS = ("pytorch-fp32", "pytorch-bf16")
 
 
@@ -98,12 +97,6 @@ def core_cpus() -> list[int]:
 
 def core_counts(available: int, wanted: Sequence[int] = (1, 2, 4, 8)) -> list[int]:
     return sorted({count for count in wanted if count < available} | {available})
-
-
-def has_bf16() -> bool:
-    from fastvit_detect.session import cpu_flags
-
-    return any(flag in cpu_flags() for flag in BF16_FLAGS)
 
 
 def layout_cells(cores: int) -> list[Cell]:
@@ -196,7 +189,9 @@ def tile_weights(checkpoint: Path, seed: int = 0) -> None:
 def build_bundle(directory: Path) -> Path:
     """A seeded ViT-B/16 checkpoint with tiled weights, its fastvit-detect package (fp32 + int8, the exporter's
     defaults), packed as one .tar.xz small enough to carry to another machine. Needs the export extra."""
-    from .artifacts import checkpoint_maker, export_module
+    from fastvit_detect.build.export import ExportSettings, export_package
+    from fastvit_detect.build.seeded import build_checkpoint
+
     from .progress import log
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -204,10 +199,10 @@ def build_bundle(directory: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         checkpoint = Path(scratch) / "checkpoint"
         log("building the seeded ViT-B/16 checkpoint with tiled weights")
-        checkpoint_maker().build_checkpoint(checkpoint, "vit", preset="vit-base", seed=0)
+        build_checkpoint(checkpoint, "vit", preset="vit-base", seed=0)
         tile_weights(checkpoint)
-        log("exporting its package (export/export.py, dynamic int8 defaults)")
-        export_module().export_package(str(checkpoint), Path(scratch) / "package", log=lambda text: log(f"  {text}"))
+        log("exporting its package (fastvit_detect.build.export, dynamic int8 defaults)")
+        export_package(ExportSettings(str(checkpoint), Path(scratch) / "package"), log=lambda text: log(f"  {text}"))
         log(f"compressing into {bundle}")
         partial = bundle.with_suffix(".partial")
         with tarfile.open(partial, "w:xz", preset=1) as archive:  # tiled weights: a small dictionary does
@@ -547,7 +542,9 @@ def run(package: Path, checkpoint: Path | None, output: Path, *, seconds: float 
     available = len(core_cpus())
     torch_systems: list[str] = []
     if torch and checkpoint is not None:
-        torch_systems = ["pytorch-fp32", *(["pytorch-bf16"] if has_bf16() else [])]
+        from fastvit_detect.session import has_native_bf16
+
+        torch_systems = ["pytorch-fp32", *(["pytorch-bf16"] if has_native_bf16() else [])]
     plan = Plan(package, checkpoint, make_images(output / "images"), seconds, rounds, budget_s)
     plan.cells = [cell for cell in plan_cells(available, torch_systems, cores_wanted)
                   if not only or any(part in cell.key for part in only)]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fastvit_detect.detector import softmax
+from fastvit_detect.session import BF16_FLAGS, has_native_bf16
 
 from .artifacts import Artifacts
 
@@ -49,17 +50,14 @@ def require(*modules: str, extra: str | None = None) -> list[Any]:
         raise Unavailable(f"not installed: {missing} ({install})") from exc
 
 
-# Flags that give PyTorch's CPU kernels (oneDNN) native bf16 arithmetic; without them autocast still runs, on
-# conversions around fp32 arithmetic, so it measures an emulation nobody would deploy.
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def bf16_unavailable_reason(flags: frozenset[str]) -> str | None:
     """Why bf16 autocast isn't benchmarked on a CPU with these /proc/cpuinfo ``flags``, or None if it is."""
     if not flags:
         return "CPU flags unreadable here (no /proc/cpuinfo): can't tell whether bf16 runs natively"
-    if flags & set(BF16_FLAGS):
-        return None
+    if has_native_bf16(flags):
+        return None  # without native bf16, autocast measures an emulation nobody would deploy
     return "this CPU has neither AMX-BF16 nor AVX512-BF16 (amx_bf16 / avx512_bf16 not in its flags): bf16 would be emulated"
 
 
@@ -120,9 +118,11 @@ class TorchSystem(System):
     def load(self, threads: int) -> None:
         self.torch, transformers = require("torch", "transformers")
         transformers.logging.set_verbosity_error()
-        self.processor = transformers.AutoImageProcessor.from_pretrained(self.artifacts.checkpoint, use_fast=False)
-        self.model = self.make_model(
-            transformers.AutoModelForImageClassification.from_pretrained(self.artifacts.checkpoint).eval())
+        from fastvit_detect.build.reference import TorchReference
+
+        self.reference = TorchReference.load(self.artifacts.checkpoint)
+        self.processor = self.reference.processor
+        self.model = self.make_model(self.reference.model)
         self.notes["processor"] = type(self.processor).__name__
         self.set_threads(threads)
 
@@ -135,20 +135,17 @@ class TorchSystem(System):
         self.threads = threads
 
     def _images(self, paths: Sequence[Path]) -> list[Any]:
-        from transformers.image_utils import load_image
-
-        return [load_image(str(path)) for path in paths]  # what the pipeline does: EXIF transpose + RGB
+        return [self.reference.load_image(path) for path in paths]  # what the pipeline does: EXIF transpose + RGB
 
     def inference(self) -> contextlib.AbstractContextManager[Any]:
         """The context the model runs in: what the seed does, torch.no_grad()."""
         return self.torch.no_grad()
 
     def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
-        inputs = self.processor(self._images(paths), return_tensors="pt")
-        return softmax(self.predict_pixels(inputs["pixel_values"]).numpy())
+        return softmax(self.predict_pixels(self.prepare_pixels(paths)).numpy())
 
     def prepare_pixels(self, paths: Sequence[Path]) -> Any:
-        return self.processor(self._images(paths), return_tensors="pt")["pixel_values"]
+        return self.reference.pixel_values(self._images(paths))
 
     def predict_pixels(self, pixels: Any) -> Any:
         with self.inference():
@@ -312,9 +309,9 @@ class OptimumSystem(System):
         self.threads = threads
 
     def _images(self, paths: Sequence[Path]) -> list[Any]:
-        from transformers.image_utils import load_image
+        from fastvit_detect.build.reference import TorchReference
 
-        return [load_image(str(path)) for path in paths]
+        return [TorchReference.load_image(path) for path in paths]  # as the pipeline opens files
 
     def predict_files(self, paths: Sequence[Path]) -> np.ndarray:
         inputs = self.processor(self._images(paths), return_tensors="pt")

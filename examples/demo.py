@@ -24,11 +24,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # benchmarks/ (the timing and the script loader) is a folder of the checkout
+from fastvit_detect.build.export import ExportSettings, export_package
+from fastvit_detect.build.reference import TorchReference
+from fastvit_detect.build.samples import sample_photos
+from fastvit_detect.build.seeded import build_checkpoint
+from fastvit_detect.build.timing import interleave
 
-from benchmarks.artifacts import checkpoint_maker, export_module
-from benchmarks.measure import interleave
+ROOT = Path(__file__).resolve().parent.parent  # train/ holds scripts run from the checkout
 
 
 def run_step(title: str, command: list[str]) -> None:
@@ -48,7 +50,7 @@ def accuracy_part(workdir: Path) -> None:
                   str(checkpoint)])
     if not (package / "fastvit_manifest.json").is_file():
         run_step(f"exporting it to {package}",
-                 [str(ROOT / "export" / "export.py"), str(checkpoint), "--output", str(package), "--overwrite",
+                 ["-m", "fastvit_detect", "export", str(checkpoint), "--output", str(package), "--overwrite",
                   "--validation-images", str(data / "Test"), "--validation-limit", "200",
                   "--description", "tiny ViT fine-tuned by the fastvit-detect demo on its synthetic real/fake set",
                   "--intended-use", ("demo only: trained on synthetic images, its verdicts on real photos mean "
@@ -67,23 +69,21 @@ def main() -> int:
     if not args.skip_training:
         accuracy_part(args.workdir)
 
-    make_checkpoint = checkpoint_maker()
-    exporter = export_module()
     checkpoint, package = args.workdir / "checkpoint", args.workdir / "package"
 
     if not (checkpoint / "model.safetensors").is_file():
         print(f"\n[demo] building a seeded ViT-B/16 checkpoint in {checkpoint}", flush=True)
-        make_checkpoint.build_checkpoint(checkpoint, "vit", preset="vit-base", seed=0)
+        build_checkpoint(checkpoint, "vit", preset="vit-base", seed=0)
     if not (package / "fastvit_manifest.json").is_file():
         print(f"[demo] exporting it to {package}", flush=True)
-        exporter.export_package(str(checkpoint), package, overwrite=True,
-                                description="ViT-B/16 with seeded random weights (the real model's shape)",
-                                intended_use="timing only: random weights, its labels mean nothing",
-                                log=lambda text: print(f"[export] {text}", flush=True))
+        settings = ExportSettings(str(checkpoint), package, overwrite=True,
+                                  description="ViT-B/16 with seeded random weights (the real model's shape)",
+                                  intended_use="timing only: random weights, its labels mean nothing")
+        export_package(settings, log=lambda text: print(f"[export] {text}", flush=True))
 
     from fastvit_detect import Detector
 
-    photos = exporter.sample_photos()
+    photos = sample_photos()
     if not photos:
         print("no sample photos found: install matplotlib and scikit-image (the dev extra)", file=sys.stderr)
         return 1
@@ -94,17 +94,12 @@ def main() -> int:
 
     print("\n[demo] loading PyTorch the way the seed project serves it", flush=True)
     import torch
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-    from transformers.image_utils import load_image
 
     torch.set_num_threads(detectors["fp32"].session.threads)
-    processor = AutoImageProcessor.from_pretrained(checkpoint, use_fast=False)
-    model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
+    reference = TorchReference.load(checkpoint)
 
     def pytorch_label(path: Path) -> str:
-        with torch.no_grad():
-            logits = model(**processor(load_image(str(path)), return_tensors="pt")).logits
-        return model.config.id2label[int(logits.argmax(-1))]
+        return reference.labels[int(reference.logits([path]).argmax(-1)[0])]
 
     systems = {"PyTorch fp32 (seed)": pytorch_label,
                "fastvit-detect fp32": lambda path: detectors["fp32"].predict(path).label,
@@ -112,7 +107,7 @@ def main() -> int:
     for predict in systems.values():  # warm-up: first calls allocate and pick kernels
         predict(photos[0])
     # The benchmark suite's timing: systems take turns over the photos, each turn opened by an untimed call, so
-    # one system's spinning threads and cache misses aren't charged to the next (see benchmarks/measure.py).
+    # one system's spinning threads and cache misses aren't charged to the next (see fastvit_detect.build.timing).
     print(f"[demo] timing file -> label, batch 1, {args.rounds} rounds over the photos, systems taking turns",
           flush=True)
     measured = interleave(list(systems), photos, lambda name, photo: systems[name](photo), rounds=args.rounds,

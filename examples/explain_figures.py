@@ -1,6 +1,8 @@
 """The README's example overlays: a sample photo, and a synthetic image whose fake cues sit in one quadrant.
 
-    python examples/explain_figures.py [--package artifacts/demo/trained-package] [--output docs/explain]
+    python -m examples.explain_figures [--package artifacts/demo/trained-package] [--output docs/explain]
+
+Run it as a module from the checkout's root: it borrows the explanation benchmark's image helpers (benchmarks/).
 
 Needs the trained tiny detector and its data set (``bash scripts/demo.sh`` builds both into artifacts/demo).
 Writes grace_hopper.png (matplotlib's sample photo), spliced.png (a Real rendering of a Test scene whose
@@ -16,12 +18,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout
-
-from benchmarks.artifacts import export_module
 from benchmarks.explain import make_dataset_module, spliced_image, test_images
 from fastvit_detect import Detector
+from fastvit_detect.build.samples import sample_photos
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SPLICED_QUADRANT = 3  # bottom-right
 
@@ -41,7 +42,7 @@ def main() -> int:
     detector = Detector.load(args.package)
     written = []
 
-    photo = next(path for path in export_module().sample_photos() if path.name == "grace_hopper.jpg")
+    photo = next(path for path in sample_photos() if path.name == "grace_hopper.jpg")
     explanation = detector.explain(photo, target="predicted")
     explanation.overlay(max_side=448).save(args.output / "grace_hopper.png", optimize=True)
     written.append(("grace_hopper.png", explanation))

@@ -12,7 +12,6 @@ from this machine through Ray's object store.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,13 +25,13 @@ import fastvit_detect.ray as engine
 
 def offline_inputs(workdir: Path) -> tuple[Path, Path]:
     """A tiny seeded ViT package (needs the export extra: torch) and 64 generated images, with 2 broken files."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is a folder of the checkout
-    from benchmarks.artifacts import checkpoint_maker, export_module
+    from fastvit_detect.build.export import ExportSettings, export_package
+    from fastvit_detect.build.seeded import build_checkpoint
 
     package = workdir / "package"
     if not (package / "fastvit_manifest.json").is_file():
-        checkpoint = checkpoint_maker().build_checkpoint(workdir / "checkpoint", "vit", preset="tiny", seed=0)
-        export_module().export_package(str(checkpoint), package, log=lambda _text: None)
+        checkpoint = build_checkpoint(workdir / "checkpoint", "vit", preset="tiny", seed=0)
+        export_package(ExportSettings(str(checkpoint), package), log=lambda _text: None)
     images = workdir / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

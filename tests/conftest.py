@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,19 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixture_models import brightness_decides
 from PIL import Image
 
+import fastvit_detect.build.export as EXPORT  # imports no torch until it exports
+from fastvit_detect.build import samples, seeded
+from fastvit_detect.build.reference import TorchReference
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # `benchmarks` is a top-level folder of the repo, not an installed package
-
-from fixture_models import brightness_decides
-
-from benchmarks.artifacts import checkpoint_maker, export_module
-
-CHECKPOINT_MAKER = checkpoint_maker()
-VIT_PROCESSOR = CHECKPOINT_MAKER.PROCESSORS["vit"]
-DEIT_PROCESSOR = CHECKPOINT_MAKER.PROCESSORS["deit"]
-EXPORT = export_module()  # imports no torch until it exports
+BUILD = Path(EXPORT.__file__).parent  # the build package under test (the mutation check runs a copy)
+VIT_PROCESSOR = seeded.PROCESSORS["vit"]
+DEIT_PROCESSOR = seeded.PROCESSORS["deit"]
 
 # Legacy configs as older checkpoints on the Hub store them: integer sizes, no do_rescale key.
 LEGACY_VIT_PROCESSOR = {
@@ -59,7 +56,7 @@ def exporter():
 def make_checkpoint(directory: Path, processor: dict, labels=("Fake", "Real"), model_type="vit",
                     image_size=224, seed=0, safetensors=True) -> Path:
     """A tiny random-weight classifier saved the way a fine-tuned Hub checkpoint is; labels made decisive."""
-    return CHECKPOINT_MAKER.build_checkpoint(directory, processor, preset="tiny", labels=labels, model_type=model_type,
+    return seeded.build_checkpoint(directory, processor, preset="tiny", labels=labels, model_type=model_type,
                                              image_size=image_size, seed=seed, safetensors=safetensors,
                                              classifier_gain=20.0)
 
@@ -93,8 +90,7 @@ FIXTURE_MODELS = {
 # runs pytest dozens of times); unset, every session builds its own. Keyed by content: the fixture's spec, the
 # build-side code and the library versions, not by src/ (the runtime under test doesn't shape a package).
 CACHE_ENVIRONMENT = "FASTVIT_TEST_CACHE"
-_BUILD_FILES = (ROOT / "export" / "export.py", ROOT / "export" / "make_checkpoint.py",
-                Path(__file__).resolve().with_name("fixture_models.py"))
+_BUILD_FILES = (*sorted(BUILD.glob("*.py")), Path(__file__).resolve().with_name("fixture_models.py"))
 _BUILD_LIBRARIES = ("torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "pillow", "numpy")
 
 
@@ -115,10 +111,10 @@ def _build_fixture(kind: str, directory: Path) -> None:
     ``directory/package``."""
     pytest.importorskip("torch")
     model = FIXTURE_MODELS[kind]
-    checkpoint = CHECKPOINT_MAKER.build_checkpoint(
+    checkpoint = seeded.build_checkpoint(
         directory / kind, model.processor, preset="tiny", labels=model.labels, model_type=model.model_type,
         seed=model.seed, adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds, model.gain))
-    EXPORT.export_package(str(checkpoint), directory / "package", log=lambda _text: None)
+    EXPORT.export_package(EXPORT.ExportSettings(str(checkpoint), directory / "package"), log=lambda _text: None)
 
 
 def _cached_fixture(kind: str, cache: Path) -> Path:
@@ -195,7 +191,7 @@ def vit_package(packages) -> Path:
     return packages["vit"]
 
 
-@pytest.fixture()
+@pytest.fixture
 def package_copy(vit_package, tmp_path) -> Path:
     """A copy of the tiny ViT package a test may damage."""
     copy = tmp_path / "package"
@@ -204,16 +200,8 @@ def package_copy(vit_package, tmp_path) -> Path:
 
 
 def torch_logits(checkpoint: Path, images) -> np.ndarray:
-    """The reference: transformers' load_image + slow processor + PyTorch fp32."""
-    import torch
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-    from transformers.image_utils import load_image
-
-    processor = AutoImageProcessor.from_pretrained(checkpoint, use_fast=False)
-    model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
-    pictures = [load_image(str(image) if isinstance(image, Path) else image) for image in images]
-    with torch.inference_mode():
-        return model(**processor(pictures, return_tensors="pt")).logits.numpy()
+    """The reference: transformers' load_image + slow processor + PyTorch fp32, all images in one batch."""
+    return TorchReference.load(checkpoint).logits(list(images))
 
 
 class Reference:
@@ -270,8 +258,8 @@ def reference(checkpoints) -> Reference:
 
 def sample_photos() -> list[Path]:
     """The real photos the exporter validates on; the dev extra installs the packages that ship them."""
-    photos = EXPORT.sample_photos()
-    assert len(photos) == len(EXPORT.SAMPLE_PHOTO_FILES), "install the dev extra: matplotlib and scikit-image"
+    photos = samples.sample_photos()
+    assert len(photos) == len(samples.SAMPLE_PHOTO_FILES), "install the dev extra: matplotlib and scikit-image"
     return photos
 
 
@@ -307,7 +295,7 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
         image.save(made[name], **options)
 
     save("cmyk.jpg", rgb.convert("CMYK"), quality=90)
-    save("gray16.png", Image.fromarray((noise_image(80, 100, 1, 1).astype(np.uint16) * 257)))  # I;16: bright in RGB
+    save("gray16.png", Image.fromarray(noise_image(80, 100, 1, 1).astype(np.uint16) * 257))  # I;16: bright in RGB
     palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
     save("palette-transparent.png", palette, transparency=3)
     save("gray-alpha.png", Image.fromarray(noise_image(64, 64, 2, 1, BRIGHT)).convert("LA"))

@@ -213,7 +213,7 @@ def test_report_and_plots_are_written(bench_run, results):
 
 
 def test_interleave_takes_turns_in_settled_blocks_and_isolates_failures():
-    from benchmarks.measure import interleave, paired_ratio
+    from fastvit_detect.build.timing import interleave, paired_ratio
 
     calls: list[tuple[str, int]] = []
 
@@ -319,14 +319,15 @@ def test_calibration_options_are_checked_before_anything_is_built(tmp_path, caps
 def test_openvino_int8_is_rebuilt_when_calibration_changes_and_refuses_an_empty_folder(bench_run, tmp_path):
     import shutil
 
-    from benchmarks.artifacts import Artifacts, export_module, openvino_int8
+    from benchmarks.artifacts import Artifacts, openvino_int8
+    from fastvit_detect.build import ExportError
 
     results = json.loads((bench_run / "results.json").read_text())
     package = Path(results["model"]["package"])
     calibration = tmp_path / "calibration"
     calibration.mkdir()
     artifacts = Artifacts("tiny", package, package, package, openvino_dir=tmp_path / "ov", calibration_dir=calibration)
-    with pytest.raises(export_module().ExportError, match="no images found"):
+    with pytest.raises(ExportError, match="no images found"):
         openvino_int8(artifacts)  # an empty folder, as export.py --calibration refuses it
     photos = sorted(Path(results["model"]["calibration"]["dir"]).iterdir())
     shutil.copyfile(photos[0], calibration / photos[0].name)

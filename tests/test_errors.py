@@ -224,7 +224,8 @@ def test_label_count_mismatch(package_copy):
 
 def test_another_models_onnx_with_another_input_size(package_copy, exporter, tmp_path):
     small = make_checkpoint(tmp_path / "small", {**VIT_PROCESSOR, "size": {"height": 32, "width": 32}}, image_size=32)
-    exporter.export_package(str(small), tmp_path / "small-package", quantize="none", log=lambda _t: None)
+    exporter.export_package(exporter.ExportSettings(str(small), tmp_path / "small-package", quantize="none"),
+                            log=lambda _t: None)
     shutil.copyfile(tmp_path / "small-package" / "model.onnx", package_copy / "model.onnx")
     with pytest.raises(fd.IncompatibleModelError, match="input height is 32"):
         fd.Detector.load(package_copy, variant="fp32", verify=False)

@@ -1,4 +1,5 @@
-"""export/export.py: the package it writes, and every way it refuses a bad checkpoint."""
+"""fastvit_detect.build.export (export/export.py, fastvit-detect export): the package it writes, and every way it
+refuses a bad checkpoint."""
 
 from __future__ import annotations
 
@@ -56,15 +57,17 @@ def test_pickle_weights_are_refused_unless_trusted(exporter, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "pickled", VIT_PROCESSOR, safetensors=False)
     assert (checkpoint / "pytorch_model.bin").is_file()
     with pytest.raises(exporter.ExportError, match="--trust-pickle"):
-        exporter.export_package(str(checkpoint), tmp_path / "out", log=quiet)
+        exporter.export_package(exporter.ExportSettings(str(checkpoint), tmp_path / "out"), log=quiet)
     assert not (tmp_path / "out").exists()
-    exporter.export_package(str(checkpoint), tmp_path / "out", quantize="none", trust_pickle=True, log=quiet)
+    settings = exporter.ExportSettings(str(checkpoint), tmp_path / "out", quantize="none", trust_pickle=True)
+    exporter.export_package(settings, log=quiet)
     assert (tmp_path / "out" / MANIFEST_FILE).is_file()
 
 
 def test_validation_images_from_a_folder(exporter, checkpoints, odd_images, tmp_path):
-    manifest = exporter.export_package(str(checkpoints["vit"]), tmp_path / "out", quantize="none", log=quiet,
+    settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "out", quantize="none",
                                        validation_dirs=[next(iter(odd_images.values())).parent])
+    manifest = exporter.export_package(settings, log=quiet).to_dict()
     assert "cmyk.jpg" in manifest["validation"]["images"]
 
 
@@ -73,9 +76,10 @@ def test_existing_output_is_kept_unless_overwrite(exporter, checkpoints, tmp_pat
     output.mkdir()
     (output / "precious.txt").write_text("keep me")
     with pytest.raises(exporter.ExportError, match="--overwrite"):
-        exporter.export_package(str(checkpoints["vit"]), output, log=quiet)
+        exporter.export_package(exporter.ExportSettings(str(checkpoints["vit"]), output), log=quiet)
     assert (output / "precious.txt").read_text() == "keep me"
-    exporter.export_package(str(checkpoints["vit"]), output, quantize="none", overwrite=True, log=quiet)
+    settings = exporter.ExportSettings(str(checkpoints["vit"]), output, quantize="none", overwrite=True)
+    exporter.export_package(settings, log=quiet)
     assert not (output / "precious.txt").exists() and (output / "model.onnx").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging directory left behind
 
@@ -93,7 +97,7 @@ def test_missing_preprocessor_config(exporter, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "ckpt", VIT_PROCESSOR)
     (checkpoint / "preprocessor_config.json").unlink()
     with pytest.raises(exporter.ExportError, match="preprocessor_config.json is missing"):
-        exporter.export_package(str(checkpoint), tmp_path / "out", log=quiet)
+        exporter.export_package(exporter.ExportSettings(str(checkpoint), tmp_path / "out"), log=quiet)
 
 
 def test_unsupported_architecture(exporter, tmp_path):
@@ -103,18 +107,18 @@ def test_unsupported_architecture(exporter, tmp_path):
     ConvNextForImageClassification(ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8])).save_pretrained(checkpoint)
     (checkpoint / "preprocessor_config.json").write_text(json.dumps(VIT_PROCESSOR))
     with pytest.raises(exporter.ExportError, match="model_type 'convnext' isn't supported"):
-        exporter.export_package(str(checkpoint), tmp_path / "out", log=quiet)
+        exporter.export_package(exporter.ExportSettings(str(checkpoint), tmp_path / "out"), log=quiet)
 
 
 def test_missing_weights_and_bad_sources(exporter, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(exporter.ExportError, match="no model weights"):
-        exporter.export_package(str(tmp_path / "empty"), tmp_path / "out", log=quiet)
+        exporter.export_package(exporter.ExportSettings(str(tmp_path / "empty"), tmp_path / "out"), log=quiet)
     with pytest.raises(exporter.ExportError, match="not a Hub id"):
-        exporter.export_package(str(tmp_path / "nowhere"), tmp_path / "out", log=quiet)
+        exporter.export_package(exporter.ExportSettings(str(tmp_path / "nowhere"), tmp_path / "out"), log=quiet)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(exporter.ExportError, match="can't download .* Offline"):
-        exporter.export_package("nobody-here/no-such-model", tmp_path / "out", log=quiet)
+        exporter.export_package(exporter.ExportSettings("nobody-here/no-such-model", tmp_path / "out"), log=quiet)
 
 
 def test_unusable_preprocessor_config_and_bad_limits_exit_cleanly(exporter, tmp_path, capsys):
@@ -147,8 +151,9 @@ def test_static_int8_is_calibrated_and_independent_of_batch_companions(exporter,
                                                                         tmp_path):
     import fastvit_detect as fd
 
-    manifest = exporter.export_package(str(checkpoints["vit"]), tmp_path / "static", quantize="static",
-                                       calibration_dir=calibration_dir, calibration_method="percentile", log=quiet)
+    export_settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "static", quantize="static",
+                                              calibration_dir=calibration_dir, calibration_method="percentile")
+    manifest = exporter.export_package(export_settings, log=quiet).to_dict()
     settings = manifest["variants"]["int8"]["quantization"]
     assert settings["method"] == "static" and settings["calibration_method"] == "percentile"
     assert settings["calibration_images"] == len(sample_photos())  # the unreadable file was skipped
@@ -165,8 +170,9 @@ def test_optimize_auto_times_candidates_and_records_the_choice(exporter, checkpo
     import fastvit_detect as fd
 
     lines: list[str] = []
-    manifest = exporter.export_package(str(checkpoints["vit"]), tmp_path / "auto", optimize="auto",
-                                       calibration_dir=calibration_dir, log=lines.append)
+    settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "auto", optimize="auto",
+                                       calibration_dir=calibration_dir)
+    manifest = exporter.export_package(settings, log=lines.append).to_dict()
     selection = manifest["variants"]["int8"]["quantization"]["selection"]
     names = [row["candidate"] for row in selection["candidates"]]
     assert len(names) == 3 and any(name.startswith("static") for name in names)  # 2 dynamic + 1 calibrated
@@ -186,8 +192,9 @@ def test_optimize_auto_times_candidates_and_records_the_choice(exporter, checkpo
 
 def test_optimize_auto_with_static_chooses_among_calibration_methods(exporter, checkpoints, calibration_dir,
                                                                       tmp_path):
-    manifest = exporter.export_package(str(checkpoints["vit"]), tmp_path / "auto", quantize="static",
-                                       optimize="auto", calibration_dir=calibration_dir, log=quiet)
+    settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "auto", quantize="static",
+                                       optimize="auto", calibration_dir=calibration_dir)
+    manifest = exporter.export_package(settings, log=quiet).to_dict()
     quantization = manifest["variants"]["int8"]["quantization"]
     tried = {row["quantization"]["calibration_method"] for row in quantization["selection"]["candidates"]}
     assert tried == {"minmax", "percentile", "entropy"}
@@ -207,28 +214,31 @@ def test_optimize_auto_with_static_chooses_among_calibration_methods(exporter, c
 ])
 def test_int8_option_errors(exporter, checkpoints, tmp_path, options, message):
     with pytest.raises(exporter.ExportError, match=message):
-        exporter.export_package(str(checkpoints["vit"]), tmp_path / "out", log=quiet, **options)
+        settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "out", **options)
+        exporter.export_package(settings, log=quiet)
     assert not (tmp_path / "out").exists()
 
 
 def test_cpu_specific_candidates_only_where_this_cpu_has_vnni(exporter, monkeypatch):
-    options = exporter.Int8Options(optimize="auto", cpu_specific=True)
-    monkeypatch.setattr(exporter, "cpu_flags", lambda: frozenset({"avx2", "avx_vnni"}))
-    assert any("8-bit" in name for name in exporter.int8_candidates(options, has_calibration=False))
-    monkeypatch.setattr(exporter, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert not any("8-bit" in name for name in exporter.int8_candidates(options, has_calibration=False))
-    static = exporter.Int8Options(method="static", optimize="auto", cpu_specific=True)
-    assert len(exporter.int8_candidates(static, has_calibration=True)) == 3  # the calibration methods only
+    from fastvit_detect.build.quantize import Int8Options, int8_candidates
+
+    options = Int8Options(optimize="auto", cpu_specific=True)
+    monkeypatch.setattr("fastvit_detect.session.cpu_flags", lambda: frozenset({"avx2", "avx_vnni"}))
+    assert any("8-bit" in name for name in int8_candidates(options, has_calibration=False))
+    monkeypatch.setattr("fastvit_detect.session.cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert not any("8-bit" in name for name in int8_candidates(options, has_calibration=False))
+    static = Int8Options(method="static", optimize="auto", cpu_specific=True)
+    assert len(int8_candidates(static, has_calibration=True)) == 3  # the calibration methods only
 
 
 def test_full_8bit_weights_are_refused_on_a_cpu_without_vnni(exporter, checkpoints, calibration_dir, tmp_path,
                                                              monkeypatch, capsys):
-    from fastvit_detect.cli import main
-
     import fastvit_detect as fd
     import fastvit_detect.detector as detector_module
+    from fastvit_detect.cli import main
 
-    exporter.export_package(str(checkpoints["vit"]), tmp_path / "full", reduce_range=False, log=quiet)
+    settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "full", reduce_range=False)
+    exporter.export_package(settings, log=quiet)
     monkeypatch.setattr(detector_module, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     with pytest.raises(fd.IncompatibleModelError, match="avx512_vnni or avx_vnni"):
         fd.Detector.load(tmp_path / "full", variant="int8")

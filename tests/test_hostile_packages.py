@@ -294,8 +294,8 @@ def test_variant_must_be_a_name(vit_package):
 def test_export_honours_the_umask(exporter, checkpoints, tmp_path, umask, directory_mode, file_mode):
     previous = os.umask(umask)
     try:
-        exporter.export_package(str(checkpoints["vit"]), tmp_path / "package", quantize="dynamic",
-                                log=lambda _text: None)
+        settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "package", quantize="dynamic")
+        exporter.export_package(settings, log=lambda _text: None)
     finally:
         os.umask(previous)
     package = tmp_path / "package"

@@ -10,9 +10,7 @@ import shutil
 
 from conftest import ROOT
 
-from benchmarks.artifacts import load_script
-
-mutation = load_script("fastvit_mutation", ROOT / "scripts" / "mutation.py")
+from scripts import mutation
 
 
 def test_every_mutant_applies_exactly_once_and_names_existing_tests():

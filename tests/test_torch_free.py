@@ -1,5 +1,6 @@
 """The runtime never imports torch, transformers or optimum: servers embed it without them. Nor does it import
-huggingface_hub (the hub extra) until a model is fetched from the Hub."""
+huggingface_hub (the hub extra) until a model is fetched from the Hub, nor the build package (fastvit_detect.build)
+at all: build-time code imports the runtime, never the other way round."""
 
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ BLOCKER = BLOCK_TORCH + textwrap.dedent(
     """
     import importlib, importlib.util, pkgutil
     import fastvit_detect
-    for module in pkgutil.walk_packages(fastvit_detect.__path__, "fastvit_detect."):
+    for module in pkgutil.walk_packages(fastvit_detect.__path__, "fastvit_detect.", onerror=lambda name: None):
         if module.name == "fastvit_detect.ray" and importlib.util.find_spec("ray") is None:
             continue  # the ray extra's module: checked when Ray is installed, guarded below when it isn't
+        if module.name.startswith("fastvit_detect.build"):
+            continue  # build time: the export extra's (see test_no_runtime_module_imports_the_build_package)
         if module.name != "fastvit_detect.__main__":
             importlib.import_module(module.name)
     from fastvit_detect import Detector
@@ -117,3 +120,40 @@ def test_eval_imports_torch_only_for_the_reference(vit_package, checkpoints, tmp
     with_reference = blocked_eval("--reference", str(checkpoints["vit"]))
     assert with_reference.stdout.splitlines()[-1] == "EXIT 2"
     assert "needs torch and transformers" in with_reference.stderr and "Traceback" not in with_reference.stderr
+
+
+# Every runtime module imported with fastvit_detect.build unimportable: none may need it, directly or not.
+WITHOUT_BUILD = textwrap.dedent(
+    """
+    import importlib, importlib.util, pkgutil, sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "fastvit_detect.build" or name.startswith("fastvit_detect.build."):
+                raise ImportError(f"blocked import of {name}")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import fastvit_detect
+    imported = []
+    for module in pkgutil.walk_packages(fastvit_detect.__path__, "fastvit_detect.", onerror=lambda name: None):
+        if module.name.startswith("fastvit_detect.build") or module.name == "fastvit_detect.__main__":
+            continue
+        if module.name == "fastvit_detect.ray" and importlib.util.find_spec("ray") is None:
+            continue
+        importlib.import_module(module.name)
+        imported.append(module.name)
+    from fastvit_detect.cli import main
+    code = main(["info", sys.argv[1]])
+    print("IMPORTED", len(imported), "BUILD", sorted(n for n in sys.modules if n.startswith("fastvit_detect.build")),
+          "EXIT", code)
+    """
+)
+
+
+def test_no_runtime_module_imports_the_build_package(vit_package):
+    result = subprocess.run([sys.executable, "-c", WITHOUT_BUILD, str(vit_package)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "BUILD [] EXIT 0" in result.stdout
+    assert int(result.stdout.split("IMPORTED ")[1].split()[0]) >= 15  # the walk found the runtime's modules

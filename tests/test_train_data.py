@@ -1,12 +1,12 @@
 """Tests for the build-time training tools: train/make_dataset.py and train/finetune.py.
 
-The scripts live in a top-level ``train/`` directory (not a package), so they
-are imported from their file paths.  The fine-tuning tests need torch and
-transformers and are skipped without them.
+``train`` is a folder of the checkout importable from its root (pytest's ``pythonpath``), as ``benchmarks`` is.
+The fine-tuning tests need torch and transformers and are skipped without them.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -19,8 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.artifacts import load_script
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DIR = REPO_ROOT / "train"
 
@@ -30,7 +28,7 @@ def load_train_script(name: str) -> ModuleType:
     # process; don't let them leak into subprocesses started by other tests.
     environment = dict(os.environ)
     try:
-        return load_script(f"train_{name}", TRAIN_DIR / f"{name}.py")
+        return importlib.import_module(f"train.{name}")
     finally:
         os.environ.clear()
         os.environ.update(environment)

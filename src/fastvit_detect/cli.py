@@ -21,7 +21,7 @@ from .detector import (
     choose_variant,
     unmet_cpu_requirement,
 )
-from .errors import FastVitDetectError, InputError, InvalidOptionError, ModelOutputError
+from .errors import FastVitDetectError, InputError, InvalidOptionError, MissingExtraError, ModelOutputError
 from .explain import (
     BASELINES,
     DEFAULT_METHOD,
@@ -71,8 +71,11 @@ def formats_type(text: str) -> tuple[str, ...] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0: done; 1: some images failed (the rest were classified); 2: nothing could run (bad model, bad
     arguments, or an unexpected failure). Never a traceback: set FASTVIT_DETECT_DEBUG=1 to see one."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["export"]:  # the build package's own parser reads the rest: one definition of its options
+        return run_export(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         return int(args.handler(args))
     except FastVitDetectError as exc:
@@ -211,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the most model passes one explanation may ask for (default 128)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=run_serve)
+
+    # Listed here for --help; main() hands its arguments to the build package's parser (run_export).
+    export = commands.add_parser(
+        "export", add_help=False,
+        help="turn a Hugging Face ViT/DeiT checkpoint into a model package (needs the export extra)",
+        description="Export, quantize and validate a checkpoint: fastvit-detect export MODEL -o DIR [options].")
+    export.add_argument("arguments", nargs=argparse.REMAINDER)
 
     push = commands.add_parser(
         "push", help="publish a model package on the Hugging Face Hub (needs the hub extra)",
@@ -546,6 +556,26 @@ def print_eval_report(report: dict[str, Any], out: TextIO) -> None:
 
 def _figure(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+# --- export -------------------------------------------------------------------------------------------------
+
+
+def run_export(arguments: Sequence[str]) -> int:
+    """Exit 0: package written; 1: the export failed; 2: bad arguments or the export extra missing."""
+    try:  # imported here: the runtime never needs the build package, and it needs torch
+        from .build.export import main as export_main
+    except ImportError as exc:
+        reason = str(exc) if isinstance(exc, MissingExtraError) else f"{exc.name or exc} is missing"
+        print(f"fastvit-detect: error: export needs the export extra ({reason}); install it with: "
+              "pip install 'fastvit-detect[export]'", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return export_main(arguments, prog="fastvit-detect export")
+    except SystemExit as exit_:  # argparse: --help (0) or bad arguments (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
 
 
 # --- serve --------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The folder holds one sub-folder per label, named like the model's labels (case-insensitive), as the seed
 project's data set does: ``Test/Real/*.jpg``, ``Test/Fake/*.jpg``. Torch-free; only the optional PyTorch
-reference (``reference_probabilities``) imports torch, and only when it's called.
+reference (``load_reference``) imports the build package, and with it torch, and only when it's called.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 
 from .detector import Detector, Prediction, fake_label_index, softmax
 from .errors import FastVitDetectError, InputError, UnsupportedInputError
+from .fidelity import probability_agreement
 from .preprocess import find_images
 from .progress import Progress
 
@@ -86,23 +87,22 @@ def run_detector(detector: Detector, images: LabelledImages, batch_size: int = 1
 
 @dataclass(frozen=True)
 class Reference:
-    """A PyTorch checkpoint loaded the way the seed serves it, ready to classify images."""
+    """A PyTorch checkpoint loaded the way the seed serves it (fastvit_detect.build.reference), ready to classify."""
 
     checkpoint: str
-    processor: Any
-    model: Any
+    pytorch: Any  # a fastvit_detect.build.reference.TorchReference
 
 
 def load_reference(checkpoint: str | Path, labels: Sequence[str]) -> Reference:
     """Load the PyTorch reference up front, so a missing extra or a bad checkpoint fails before any work.
 
-    Needs the ``export`` extra (torch, transformers): the only runtime path that imports them, and only here.
+    Needs the ``export`` extra (torch, transformers): the only runtime path that reaches the build package, and
+    only here, when the user asks for the reference.
     """
     name = str(checkpoint)
     try:
-        import torch  # noqa: F401 - imported first: its absence is the common case and the clearest message
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-    except ImportError as exc:
+        from .build.reference import TorchReference
+    except ImportError as exc:  # the build package names what is missing
         raise FastVitDetectError(
             f"the PyTorch reference {name} needs torch and transformers: pip install 'fastvit-detect[export]'"
         ) from exc
@@ -110,15 +110,14 @@ def load_reference(checkpoint: str | Path, labels: Sequence[str]) -> Reference:
     if path.exists() and not path.is_dir():
         raise FastVitDetectError(f"reference {name}: not a directory; expected a Hugging Face checkpoint directory")
     try:
-        processor = AutoImageProcessor.from_pretrained(name, use_fast=False)
-        model = AutoModelForImageClassification.from_pretrained(name).eval()
-        model_labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        model = TorchReference.load(name)
+        model_labels = model.labels
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad input
         raise FastVitDetectError(f"reference {name}: can't load it as a PyTorch image classifier: "
                                  f"{type(exc).__name__}: {str(exc)[:300]}") from exc
     if [label.lower() for label in model_labels] != [label.lower() for label in labels]:
         raise FastVitDetectError(f"reference {name}: labels {model_labels} differ from the package's {list(labels)}")
-    return Reference(name, processor, model)
+    return Reference(name, model)
 
 
 def reference_probabilities(reference: Reference | str | Path, images: LabelledImages, batch_size: int = 16,
@@ -126,28 +125,22 @@ def reference_probabilities(reference: Reference | str | Path, images: LabelledI
     """PyTorch fp32 as the seed serves it (load_image + slow processor). Needs the ``export`` extra."""
     if not isinstance(reference, Reference):
         reference = load_reference(reference, images.labels)
-    import torch
-    from transformers.image_utils import load_image
-
     total = len(images.paths)
     probabilities = np.full((total, len(images.labels)), np.nan)
     errors: dict[int, FastVitDetectError] = {}
     started = time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, total, batch_size):
-            loaded, indices = [], []
-            for index in range(start, min(start + batch_size, total)):
-                try:
-                    loaded.append(load_image(str(images.paths[index])))
-                    indices.append(index)
-                except Exception as exc:  # noqa: BLE001 - the reference reports, never stops the run
-                    errors[index] = InputError(f"{images.paths[index]}: {exc}", str(images.paths[index]))
-            if loaded:
-                inputs = reference.processor(loaded, return_tensors="pt")
-                logits = reference.model(**inputs).logits.numpy()
-                probabilities[indices] = softmax(logits)
-            if progress:
-                progress(min(start + batch_size, total), total)
+    for start in range(0, total, batch_size):
+        loaded, indices = [], []
+        for index in range(start, min(start + batch_size, total)):
+            try:
+                loaded.append(reference.pytorch.load_image(images.paths[index]))
+                indices.append(index)
+            except Exception as exc:  # noqa: BLE001 - the reference reports, never stops the run
+                errors[index] = InputError(f"{images.paths[index]}: {exc}", str(images.paths[index]))
+        if loaded:
+            probabilities[indices] = softmax(reference.pytorch.run(reference.pytorch.pixel_values(loaded)))
+        if progress:
+            progress(min(start + batch_size, total), total)
     return VariantRun("pytorch-fp32", probabilities, time.perf_counter() - started, errors)
 
 
@@ -212,12 +205,12 @@ def variant_metrics(run: VariantRun, images: LabelledImages) -> dict[str, Any]:
 
 def agreement(first: VariantRun, second: VariantRun) -> dict[str, Any]:
     both = first.valid & second.valid
-    a, b = first.probabilities[both], second.probabilities[both]
+    figures = probability_agreement(first.probabilities[both], second.probabilities[both]) if both.any() else {}
     return {
         "pair": [first.name, second.name],
         "images": int(both.sum()),
-        "label_agreement": float((a.argmax(1) == b.argmax(1)).mean()) if both.any() else None,
-        "max_abs_probability_diff": float(np.abs(a - b).max()) if both.any() else None,
+        "label_agreement": figures.get("top1_agreement"),
+        "max_abs_probability_diff": figures.get("max_abs_probability_diff"),
     }
 
 

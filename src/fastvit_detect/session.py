@@ -64,6 +64,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(processors[0].get("flags", "").split()) if processors else frozenset()
 
 
+# Flags that give PyTorch's CPU kernels (oneDNN) native bf16 arithmetic; without them bf16 is emulated around fp32
+# arithmetic. The runtime doesn't use bf16; the benchmark asks this before measuring PyTorch's autocast.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def has_vnni(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU (or one with ``flags``) can run full 8-bit int8 weights without saturating."""
+    return bool((cpu_flags() if flags is None else flags) & set(VNNI_FLAGS))
+
+
+def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU (or one with ``flags``) does bf16 arithmetic natively."""
+    return bool((cpu_flags() if flags is None else flags) & set(BF16_FLAGS))
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     # One request runs one graph: parallelism belongs inside the operators, on the physical cores.

@@ -1,4 +1,5 @@
-"""Timing: interleaved measurement in blocks, percentiles, and paired ratios.
+"""Timing: interleaved measurement in blocks, percentiles, and paired ratios. The exporter's --optimize auto times
+its int8 candidates with it, and the benchmark its systems.
 
 The machine is shared and noisy (other processes, turbo, thermal drift). Measuring system A for a minute and then
 system B would fold that drift into the A/B ratio, so systems take turns in short blocks, in an order that rotates
@@ -6,10 +7,9 @@ from block to block, and a ratio is the median of per-trial ratios, in which slo
 
 Turns are blocks, not single calls, and each block opens with an untimed settling call, because systems that share
 a process disturb each other: after a call, onnxruntime's and OpenMP's thread pools keep spinning on the cores for
-a while, and the next system's weights must be pulled back into the cache. Measured on ViT-B/16 int8 with four
-onnxruntime sessions alternating call by call, the same graph took 87 ms instead of the 53 ms it takes alone; the
-first call of a block still pays ~30 ms, the calls after it match the alone figure. A deployment runs one model
-over and over, which is what the timed calls now see.
+a while, and the next system's weights must be pulled back into the cache. With sessions alternating call by
+call, a graph runs far slower than alone; within a block only the first call pays that, the calls after it match
+the alone figure. A deployment runs one model over and over, which is what the timed calls see.
 """
 
 from __future__ import annotations
