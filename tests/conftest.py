@@ -113,7 +113,8 @@ def _build_fixture(kind: str, directory: Path) -> None:
     model = FIXTURE_MODELS[kind]
     checkpoint = seeded.build_checkpoint(
         directory / kind, model.processor, preset="tiny", labels=model.labels, model_type=model.model_type,
-        seed=model.seed, adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds, model.gain))
+        seed=model.seed,
+        adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds, model.gain))
     EXPORT.export_package(EXPORT.ExportSettings(str(checkpoint), directory / "package"), log=lambda _text: None)
 
 
@@ -280,7 +281,8 @@ def png_with_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,12 @@ refuses a bad checkpoint."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import VIT_PROCESSOR, make_checkpoint, sample_photos
+from conftest import ROOT, VIT_PROCESSOR, make_checkpoint, sample_photos
 
 from fastvit_detect.package import MANIFEST_FILE, file_sha256
 
@@ -104,7 +106,8 @@ def test_unsupported_architecture(exporter, tmp_path):
     from transformers import ConvNextConfig, ConvNextForImageClassification
 
     checkpoint = tmp_path / "convnext"
-    ConvNextForImageClassification(ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8])).save_pretrained(checkpoint)
+    config = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8])
+    ConvNextForImageClassification(config).save_pretrained(checkpoint)
     (checkpoint / "preprocessor_config.json").write_text(json.dumps(VIT_PROCESSOR))
     with pytest.raises(exporter.ExportError, match="model_type 'convnext' isn't supported"):
         exporter.export_package(exporter.ExportSettings(str(checkpoint), tmp_path / "out"), log=quiet)
@@ -213,8 +216,8 @@ def test_optimize_auto_with_static_chooses_among_calibration_methods(exporter, c
     ({"optimize": "auto", "max_probability_diff": 2.0}, "between 0 and 1"),
 ])
 def test_int8_option_errors(exporter, checkpoints, tmp_path, options, message):
+    settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "out", **options)
     with pytest.raises(exporter.ExportError, match=message):
-        settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "out", **options)
         exporter.export_package(settings, log=quiet)
     assert not (tmp_path / "out").exists()
 
@@ -251,3 +254,45 @@ def test_full_8bit_weights_are_refused_on_a_cpu_without_vnni(exporter, checkpoin
     assert "skipping variant 'int8' needs a CPU with avx512_vnni or avx_vnni" in captured.err
     monkeypatch.setattr(detector_module, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
     assert fd.Detector.load(tmp_path / "full").variant.name == "int8"
+
+
+# --- fastvit-detect export: the same exporter from the installed command -------------------------------------
+
+# What may differ between two exports of one checkpoint: when they ran and how long they took.
+TIMESTAMPS = ("created", "export_seconds")
+
+
+def package_contents(package) -> tuple[dict, dict[str, bytes]]:
+    """The manifest less its timestamps, and every other file's bytes."""
+    manifest = json.loads((package / MANIFEST_FILE).read_text())
+    files = {path.name: path.read_bytes() for path in sorted(package.iterdir()) if path.name != MANIFEST_FILE}
+    return {key: value for key, value in manifest.items() if key not in TIMESTAMPS}, files
+
+
+def test_cli_export_and_the_checkout_script_write_byte_identical_packages(exporter, checkpoints, tmp_path):
+    from fastvit_detect.cli import main
+
+    checkpoint = str(checkpoints["vit"])
+    assert main(["export", checkpoint, "-o", str(tmp_path / "cli"), "--description", "seeded tiny ViT"]) == 0
+    script = subprocess.run([sys.executable, str(ROOT / "export" / "export.py"), checkpoint, "--output",
+                             str(tmp_path / "script"), "--description", "seeded tiny ViT"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert script.returncode == 0, script.stderr
+    cli_manifest, cli_files = package_contents(tmp_path / "cli")
+    script_manifest, script_files = package_contents(tmp_path / "script")
+    assert sorted(cli_files) == ["config.json", "model.onnx", "model.onnx_data", "model_quantized.onnx",
+                                 "model_quantized.onnx_data", "preprocessor_config.json"]
+    for name, data in cli_files.items():
+        assert data == script_files[name], f"{name} differs between two exports of the same checkpoint"
+    assert cli_manifest == script_manifest
+    assert cli_manifest["description"] == "seeded tiny ViT"
+
+
+def test_cli_export_help_and_usage_errors(capsys):
+    from fastvit_detect.cli import main
+
+    assert main(["export", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fastvit-detect export") and "--optimize" in out and "--calibration" in out
+    assert main(["export", "some/model"]) == 2  # --output is required
+    assert "the following arguments are required: --output" in capsys.readouterr().err

@@ -157,3 +157,20 @@ def test_no_runtime_module_imports_the_build_package(vit_package):
     assert result.returncode == 0, result.stderr
     assert "BUILD [] EXIT 0" in result.stdout
     assert int(result.stdout.split("IMPORTED ")[1].split()[0]) >= 15  # the walk found the runtime's modules
+
+
+EXPORT_BLOCKED = BLOCK_TORCH + textwrap.dedent(
+    """
+    from fastvit_detect.cli import main
+    print("EXIT", main(["export", "some/model", "--output", sys.argv[1]]))
+    """
+)
+
+
+def test_export_without_the_extra_names_it(tmp_path):
+    result = subprocess.run([sys.executable, "-c", EXPORT_BLOCKED, str(tmp_path / "out")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == "EXIT 2", result.stderr
+    assert "export needs the export extra" in result.stderr and "torch" in result.stderr
+    assert "pip install 'fastvit-detect[export]'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -44,7 +44,8 @@ def resolve_checkpoint(model: str, revision: str | None, trust_pickle: bool, log
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - the export extra installs it
-        raise ExportError("downloading from the Hub needs huggingface_hub (pip install 'fastvit-detect[export]')") from exc
+        raise ExportError("downloading from the Hub needs huggingface_hub "
+                          "(pip install 'fastvit-detect[export]')") from exc
     patterns = ["*.json", "*.safetensors"] + (["*.bin"] if trust_pickle else [])
     log(f"downloading {model} (revision {revision or 'main'}) from the Hugging Face Hub")
     try:
@@ -114,7 +115,8 @@ def load_checkpoint(model: str, revision: str | None, trust_pickle: bool, log: L
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ExportError(f"{model}: model_type {config.model_type!r} isn't supported (supported: vit, deit)")
     if getattr(config, "image_size", image_size[0]) != image_size[0]:
-        raise ExportError(f"{model}: the model expects {config.image_size}px images, the preprocessor makes {image_size}")
+        raise ExportError(f"{model}: the model expects {config.image_size}px images, the preprocessor makes "
+                          f"{image_size}")
     torch_model = AutoModelForImageClassification.from_pretrained(
         checkpoint.directory, use_safetensors=use_safetensors
     ).eval()

@@ -237,8 +237,9 @@ def select_int8(source: Path, destination: Path, options: Int8Options, calibrati
             fidelity[name] = logit_agreement(expected, logits)
         seconds = time_graphs(sessions, pixels)
         sessions.clear()  # before moving the kept file: no session may hold it open
-        figures: list[dict[str, Any]] = [{"candidate": name, "latency_ms": round(1000 * seconds[name], 2), **fidelity[name],
-                    "quantization": settings[name]} for name in candidates]
+        figures: list[dict[str, Any]] = [
+            {"candidate": name, "latency_ms": round(1000 * seconds[name], 2), **fidelity[name],
+             "quantization": settings[name]} for name in candidates]
         for row in figures:
             log(f"           {row['candidate']}: {row['latency_ms']:.1f} ms, max |dp| "
                 f"{row['max_abs_probability_diff']:.4f}, agreement {row['top1_agreement']:.3f}")

@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..preprocess import find_images
 from . import ExportError
 
-
 # Real photos shipped inside PyPI packages: (package, folder inside it, file). From 451x300 to 1411x1411,
 # RGB, grayscale (camera) and RGBA (logo).
 SAMPLE_PHOTO_FILES = [("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg")] + [

@@ -83,11 +83,13 @@ def build_checkpoint(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make_checkpoint.py", description="Build a seeded random-weight ViT classifier checkpoint offline.")
+    parser = argparse.ArgumentParser(prog="make_checkpoint.py",
+                                     description="Build a seeded random-weight ViT classifier checkpoint offline.")
     parser.add_argument("--output", "-o", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="vit-base", help="model size (default vit-base)")
     parser.add_argument("--processor", choices=sorted(PROCESSORS), default="vit",
-                        help="preprocessing: vit (224 bilinear, mean/std 0.5) or deit (256 bicubic, crop 224, ImageNet)")
+                        help="preprocessing: vit (224 bilinear, mean/std 0.5) or deit (256 bicubic, crop 224, "
+                             "ImageNet)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     build_checkpoint(args.output, args.processor, preset=args.preset, seed=args.seed)

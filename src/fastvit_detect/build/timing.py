@@ -50,9 +50,9 @@ def interleave(
     The trials of all rounds are cut into blocks of ``block`` trials; for each block every key runs an untimed
     settling call on the block's first trial, then the block's trials timed, keys in an order that rotates from
     block to block, starting ``rotation`` places in (give successive calls different rotations so that a phase
-    made of one-block calls still varies who goes first). ``warmup`` trials run first, untimed (first-call allocations, lazy initialisation,
-    compilation). A key whose call raises is dropped from then on, its error kept in ``failures``: one broken
-    system mustn't stop the run.
+    made of one-block calls still varies who goes first). ``warmup`` trials run first, untimed (first-call
+    allocations, lazy initialisation, compilation). A key whose call raises is dropped from then on, its error
+    kept in ``failures``: one broken system mustn't stop the run.
     """
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -35,10 +36,8 @@ def apply_umask(directory: Path) -> None:
 def library_versions() -> dict[str, str]:
     versions = {"fastvit_detect": __version__, "python": platform.python_version()}
     for name in ("torch", "transformers", "optimum", "onnx", "onnxruntime"):
-        try:
+        with contextlib.suppress(ImportError, AttributeError):  # a library not installed isn't recorded
             versions[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            pass
     return versions
 
 
