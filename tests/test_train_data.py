@@ -390,6 +390,26 @@ def test_training_preprocessing_matches_the_slow_vit_image_processor(finetune: M
     assert (ours - reference).abs().max().item() == 0.0
 
 
+def test_training_finds_and_reads_images_as_the_runtime_does(finetune: ModuleType, tmp_path: Path) -> None:
+    from fastvit_detect import Preprocessor
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 80, 3), dtype=np.uint8))
+    for label in ("Real", "Fake"):
+        (tmp_path / "Train" / label / "phone").mkdir(parents=True)
+        rgb.save(tmp_path / "Train" / label / f"{label}.PNG")  # an upper-case suffix
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rotated = tmp_path / "Train" / "Real" / "phone" / "rotated.jpg"  # in a sub-folder
+    rgb.save(rotated, exif=exif.tobytes(), quality=95)
+    split = finetune.find_split(tmp_path, "Train")
+    assert sorted(path.name for path in split.paths) == ["Fake.PNG", "Real.PNG", "rotated.jpg"]
+    runtime = Preprocessor.from_hf(finetune.make_image_processor().to_dict())
+    # EXIF orientation applied, as at serving time: the model trains on the pixels it will be shown.
+    np.testing.assert_array_equal(finetune.load_resized(rotated), runtime.to_pixels(rotated))
+    upright = Image.open(rotated).resize((224, 224), resample=Image.Resampling.BILINEAR)
+    assert np.abs(finetune.load_resized(rotated).astype(int) - np.asarray(upright.convert("RGB"), int)).mean() > 5
+
+
 def test_augmentation(finetune: ModuleType, small_dataset: Path) -> None:
     import torch
 

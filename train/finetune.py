@@ -8,10 +8,12 @@ Usage::
 
 ``--data`` has the seed project's layout ``{Train,Validation,Test}/{Real,Fake}/*``
 (as written by ``train/make_dataset.py``).  The minority class of the Train split
-is over-sampled to balance it, as the seed project did.  Training uses exactly
-the preprocessing of the saved ``ViTImageProcessor`` (slow processor semantics:
-PIL bilinear resize to 224x224, rescale by 1/255, normalise with mean = std =
-0.5), with random horizontal flips and a small colour jitter on top.
+is over-sampled to balance it, as the seed project did.  Training feeds the
+model through the runtime's own preprocessing for the saved ``ViTImageProcessor``
+(fastvit_detect.preprocess: EXIF orientation, PIL bilinear resize to 224x224,
+rescale by 1/255, normalise with mean = std = 0.5), with random horizontal flips
+and a small colour jitter on top, and finds images as the runtime does
+(sub-folders included, suffixes in any case).
 
 The output directory receives ``model.safetensors`` + ``config.json``
 (``id2label = {0: "Fake", 1: "Real"}``), ``preprocessor_config.json`` and
@@ -54,7 +56,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from PIL import Image
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -65,7 +66,7 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from fastvit_detect.preprocess import IMAGE_SUFFIXES  # the file types the runtime reads
+from fastvit_detect.preprocess import Preprocessor, find_images
 
 ID2LABEL = {0: "Fake", 1: "Real"}
 LABEL2ID = {label: index for index, label in ID2LABEL.items()}
@@ -109,25 +110,23 @@ def make_image_processor() -> ViTImageProcessor:
     )
 
 
+# The runtime's preprocessing for the processor saved with the checkpoint: the model trains on exactly the pixels
+# it will be served (EXIF orientation applied, any mode to RGB, the HF resize), not on a look-alike.
+PREPROCESSOR = Preprocessor.from_hf(make_image_processor().to_dict())
+
+
 def load_resized(path: Path) -> np.ndarray:
-    """Decode to RGB and resize like the slow ViTImageProcessor (PIL bilinear); uint8 (224, 224, 3)."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        resized = rgb.resize((MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), resample=Image.Resampling.BILINEAR)
-        return np.asarray(resized, dtype=np.uint8)
+    """Decode and resize like the runtime (and the slow ViTImageProcessor); uint8 (224, 224, 3)."""
+    return PREPROCESSOR.to_pixels(path)
 
 
-# The processor rescales in float64 and casts to float32, then normalises in
-# float32; a lookup table over the 256 byte values gives bit-identical results.
-_RESCALED = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
-RESCALE_TABLE = torch.from_numpy(_RESCALED)
-NORMALISE_TABLE = torch.from_numpy((_RESCALED - np.float32(NORMALISE_MEAN)) / np.float32(NORMALISE_STD))
+# Augmentation works on [0, 1] values: the processor's rescale (float64, cast to float32) as a lookup table.
+RESCALE_TABLE = torch.from_numpy((np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32))
 
 
 def to_pixel_values(batch: np.ndarray) -> torch.Tensor:
-    """uint8 (B, 224, 224, 3) -> normalised float32 (B, 3, 224, 224), as the processor computes it."""
-    indices = torch.from_numpy(batch).long()
-    return NORMALISE_TABLE[indices].permute(0, 3, 1, 2).contiguous()
+    """uint8 (B, 224, 224, 3) -> normalised float32 (B, 3, 224, 224), as the runtime computes it."""
+    return torch.from_numpy(PREPROCESSOR.normalize(batch))
 
 
 @dataclass(frozen=True)
@@ -202,7 +201,7 @@ def find_split(data_dir: Path, split: str) -> ImageSplit:
         class_dir = data_dir / split / label
         if not class_dir.is_dir():
             raise TrainingError(f"missing directory {class_dir} (expected {{Train,Validation,Test}}/{{Real,Fake}})")
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = find_images(class_dir)  # as the runtime finds them: sub-folders too, any case of suffix
         paths += files
         labels += [class_id] * len(files)
     if not paths:
@@ -524,7 +523,7 @@ def train(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "threads": args.threads,
         "images": {name: split.class_counts() for name, split in splits.items()},
-        "train_images_after_oversampling": int(len(balanced_indices)),
+        "train_images_after_oversampling": len(balanced_indices),
         "steps": step,
         "epochs_completed": final_epoch,
         "chosen_epoch": chosen_epoch,
