@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from fastvit_detect import FastVitDetectError, evaluate
 from fastvit_detect.build import timing as measure
+from fastvit_detect.build.chatter import library_warnings_hidden
 from fastvit_detect.fidelity import probability_agreement
 
 from . import artifacts as artifacts_module
@@ -66,17 +66,22 @@ class Plan:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0].strip("`"))
     parser.add_argument("--quick", action="store_true", help="a ~5 minute run: fewer rounds, batch 1 and 8, all cores")
-    parser.add_argument("--model", help="HF checkpoint directory or Hub id (default: a seeded random-weight ViT-B/16-224)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"results directory (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--cache-dir", type=Path, help="where built models and generated images are kept (default OUTPUT/cache)")
+    parser.add_argument("--model",
+                        help="HF checkpoint directory or Hub id (default: a seeded random-weight ViT-B/16-224)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"results directory (default {DEFAULT_OUTPUT})")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where built models and generated images are kept (default OUTPUT/cache)")
     parser.add_argument("--data", type=Path, help="labelled folder with Real/ and Fake/ sub-folders, for accuracy")
-    parser.add_argument("--data-limit", type=int, default=200, help="about N images per label from --data, spread over it (default 200)")
+    parser.add_argument("--data-limit", type=int, default=200,
+                        help="about N images per label from --data, spread over it (default 200)")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help="images to calibrate static int8 on (OpenVINO's NNCF int8), as export.py --calibration; "
                              "default: sample photos held out from every measured set")
     parser.add_argument("--calibration-limit", type=int, metavar="N",
                         help="at most N calibration images, spread over DIR (default: export.py's)")
-    parser.add_argument("--scaling", action="store_true", help="also measure images/s against cores and layout into OUTPUT/scaling")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also measure images/s against cores and layout into OUTPUT/scaling")
     parser.add_argument("--scaling-only", action="store_true", help="only the scaling section (benchmarks/scaling.py)")
     # Hidden knobs for tests and short experiments; they change what is measured, so results.json records them.
     hidden = argparse.SUPPRESS
@@ -158,8 +163,7 @@ def load_systems(run: Run, plan: Plan, threads: int) -> None:
             continue
         log(f"loading {system.key}")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with library_warnings_hidden():
                 system.load(threads)
         except Unavailable as exc:
             run.skipped[system.key] = str(exc)
@@ -295,7 +299,8 @@ def phase_coldstart(run: Run, plan: Plan, image: Path) -> None:
                 log(f"  {system.key}: cold start failed: {errors[system.key]}")
                 continue
             runs[system.key].append(result)
-            log(f"  {system.key}: first label after {result.first_label_s:.2f}s, peak RSS {result.peak_rss_mib:.0f} MiB")
+            log(f"  {system.key}: first label after {result.first_label_s:.2f}s, "
+                f"peak RSS {result.peak_rss_mib:.0f} MiB")
     for system in run.systems:
         if system.key in run.skipped:
             run.skip_row("coldstart", system, run.skipped[system.key])
@@ -327,7 +332,8 @@ def phase_footprint(run: Run) -> None:
 
 def phase_compute(run: Run, macs: dict[str, Any], peak: dict[str, Any], threads: int) -> None:
     """Achieved GFLOP/s from model-only batch-1 latency and from the best end-to-end throughput."""
-    model_rows = {(r["system"], r["variant"]): r for r in run.rows if r["figure"] == "latency_model" and r["status"] == "ok"}
+    model_rows = {(r["system"], r["variant"]): r for r in run.rows
+                  if r["figure"] == "latency_model" and r["status"] == "ok"}
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in run.rows:
         if r["figure"] == "throughput" and r["status"] == "ok" and r["threads"] == threads:
@@ -427,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     log(f"benchmarks ({plan.mode} mode) -> {output}")
     machine_info = machine.describe()
-    log(f"machine: {machine_info['cpu_model']}, {machine_info['physical_cores']} cores, {', '.join(machine_info['flags'])}")
+    log(f"machine: {machine_info['cpu_model']}, {machine_info['physical_cores']} cores, "
+        f"{', '.join(machine_info['flags'])}")
     cores = machine_info["physical_cores"]
     thread_counts = resolve_threads(plan.thread_counts, cores)
 

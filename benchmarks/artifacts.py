@@ -117,18 +117,18 @@ def optimum_quantization_config() -> tuple[Any, dict[str, Any]]:
 
 def build_optimum(checkpoint: Path, directory: Path) -> dict[str, Any]:
     """Optimum's own export and dynamic quantization, the way its documentation shows them."""
-    import warnings
 
     from optimum.onnxruntime import ORTModelForImageClassification, ORTQuantizer
 
     settings_file = directory / "benchmark_quantization.json"
-    if (directory / "model.onnx").is_file() and (directory / "model_quantized.onnx").is_file() and settings_file.is_file():
+    if all(path.is_file() for path in (directory / "model.onnx", directory / "model_quantized.onnx", settings_file)):
         return json.loads(settings_file.read_text())
     log(f"exporting with Optimum (ORTModelForImageClassification, export=True) into {directory}")
     partial = directory.with_suffix(".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from fastvit_detect.build.chatter import library_warnings_hidden
+
+    with library_warnings_hidden():
         model = ORTModelForImageClassification.from_pretrained(checkpoint, export=True)
         model.save_pretrained(partial)
         shutil.copyfile(checkpoint / PREPROCESSOR_FILE, partial / PREPROCESSOR_FILE)

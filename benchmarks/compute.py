@@ -92,7 +92,7 @@ def cpu_peak() -> dict[str, Any]:
             " (AMX-BF16 present but not counted)" if "amx_bf16" in flags else ""))
     if mhz is None:
         return {"fp32_gflops": None, "bf16_gflops": None, "int8_gops": None, "int8_gops_avx2": None,
-                "assumptions": assumptions + ["clock unknown: no peak"]}
+                "assumptions": [*assumptions, "clock unknown: no peak"]}
     ghz = mhz / 1000
     return {
         "fp32_gflops": cores * ghz * fp32_per_cycle,

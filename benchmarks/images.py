@@ -40,8 +40,8 @@ def sample_photos() -> list[Path]:
 
 def large_jpeg(megapixels: float, directory: Path, seed: int = 0) -> Path:
     """A deterministic ``megapixels`` MP 4:3 JPEG (quality 90), generated once and cached."""
-    width = int(round((megapixels * 1e6 * ASPECT[0] / ASPECT[1]) ** 0.5))
-    height = int(round(width * ASPECT[1] / ASPECT[0]))
+    width = round((megapixels * 1e6 * ASPECT[0] / ASPECT[1]) ** 0.5)
+    height = round(width * ASPECT[1] / ASPECT[0])
     path = directory / f"generated-{width}x{height}-q90.jpg"
     if path.is_file():
         return path

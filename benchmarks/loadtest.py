@@ -80,7 +80,8 @@ class Server:
     """``fastvit-detect serve`` in a subprocess on 127.0.0.1, port chosen by the OS (read from its log)."""
 
     def __init__(self, model: str, max_batch: int, extra: list[str]) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="loadtest-server-", suffix=".log", delete=False)
+        # Open for the server's lifetime; closed in stop().
+        self.log = tempfile.NamedTemporaryFile(prefix="loadtest-server-", suffix=".log", delete=False)  # noqa: SIM115
         command = [sys.executable, "-m", "fastvit_detect", "serve", "--model", model, "--host", "127.0.0.1",
                    "--port", "0", "--max-batch", str(max_batch), *extra]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from fastvit_detect.session import cpu_flags, cpuinfo, physical_core_count
@@ -118,7 +119,7 @@ def scheduling() -> str:
     many VM kernels) ``nice`` only ranks processes within one session; between sessions the autogroup's nice
     counts, so a timed run on a shared machine raises its own (setsid, then ``echo -20 > /proc/self/autogroup``)."""
     try:
-        autogroup = open("/proc/self/autogroup").read().strip()
+        autogroup = Path("/proc/self/autogroup").read_text().strip()
     except OSError:
         autogroup = "no autogroup"
     return f"nice {os.nice(0)}, {autogroup}"
@@ -131,7 +132,8 @@ def describe() -> dict[str, Any]:
     mhz, mhz_source = clock_mhz()
     flags = cpu_flags()
     try:
-        memory_kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        memory_kb = int(next(line.split()[1] for line in meminfo if line.startswith("MemTotal")))
     except (OSError, StopIteration, ValueError):
         memory_kb = 0
     try:
@@ -172,7 +174,7 @@ class ForeignLoad:
     def _sample() -> tuple[float, float, float]:
         ticks = os.sysconf("SC_CLK_TCK")
         try:
-            fields = open("/proc/stat").readline().split()[1:]
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
             user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
             busy = (user + nice + system + irq + softirq + steal) / ticks
         except (OSError, ValueError):

@@ -42,7 +42,8 @@ ATTENTION = "attention: QK^T, softmax, PV"
 CATEGORIES = {
     # onnxruntime (int8 graph after its graph optimizations)
     "MatMulIntegerToFloat": LINEAR, "DynamicQuantizeMatMul": LINEAR, "MatMulInteger": LINEAR,
-    "QLinearMatMul": LINEAR, "DynamicQuantizeLinear": "quantize / dequantize", "QuantizeLinear": "quantize / dequantize",
+    "QLinearMatMul": LINEAR, "DynamicQuantizeLinear": "quantize / dequantize",
+    "QuantizeLinear": "quantize / dequantize",
     "DequantizeLinear": "quantize / dequantize", "MatMul": ATTENTION, "FusedMatMul": ATTENTION, "Softmax": ATTENTION,
     "LayerNormalization": "layernorm", "SkipLayerNormalization": "layernorm", "Gelu": "gelu", "BiasGelu": "gelu",
     "FastGelu": "gelu", "Conv": "patch embedding",
@@ -90,7 +91,8 @@ def ort_profile(path: Path, threads: int, pixels: np.ndarray, calls: int, warmup
             if kind:
                 by_layer[f"{kind} [{event['args']['op_name']}]"] += event["dur"] / 1000 / calls
     return {"by_type": dict(by_type), "by_layer": dict(sorted(by_layer.items())),
-            "model_run_ms": float(np.median([e["dur"] / 1000 for e in events if e.get("name") == "model_run"][warmup:]))}
+            "model_run_ms": float(np.median([e["dur"] / 1000 for e in events
+                                             if e.get("name") == "model_run"][warmup:]))}
 
 
 def ov_profile(compiled: Any, pixels: np.ndarray, calls: int, warmup: int) -> dict[str, Any]:
@@ -223,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "openvino int8": {**ov_figures, "by_category": by_category(ov_figures["by_type"])}}
         if "qdq" in paths:
             qdq_figures = ort_profile(paths["qdq"], threads, pixels, args.profile_calls, warmup=2)
-            profiles["onnxruntime on NNCF's QDQ onnx"] = {**qdq_figures, "by_category": by_category(qdq_figures["by_type"])}
+            profiles["onnxruntime on NNCF's QDQ onnx"] = {**qdq_figures,
+                                                          "by_category": by_category(qdq_figures["by_type"])}
         results["profiles"][batch_size] = profiles
         for name, figures in profiles.items():
             total = sum(figures["by_type"].values())

@@ -61,9 +61,9 @@ def headline(results: dict[str, Any]) -> str:
     cold, size, fid = lookup("coldstart"), lookup("footprint"), lookup("fidelity")
     through = {}
     for r in _rows(results, "throughput"):
-        if r["status"] == "ok" and r["threads"] == cores:
-            if _name(r) not in through or r["images_per_s"] > through[_name(r)]["images_per_s"]:
-                through[_name(r)] = r
+        best = through.get(_name(r))
+        if r["status"] == "ok" and r["threads"] == cores and (best is None or r["images_per_s"] > best["images_per_s"]):
+            through[_name(r)] = r
     lines = []
     for system in results["systems"]:
         name = f"{system['system']}/{system['variant']}"
@@ -79,7 +79,8 @@ def headline(results: dict[str, Any]) -> str:
             f"{_num(cold[name]['first_label_s'], 2)} s" if name in cold else "–",
             f"{_num(cold[name]['peak_rss_mib'], 0)} MiB" if name in cold else "–",
             f"{_num(size[name]['total_mb'], 0)} MB" if name in size else "–",
-            (f"{fid[name]['top1_agreement']:.3f} / {fid[name]['max_abs_probability_diff']:.2g}" if name in fid else "–"),
+            (f"{fid[name]['top1_agreement']:.3f} / {fid[name]['max_abs_probability_diff']:.2g}"
+             if name in fid else "–"),
         ])
     return _table(["system", "e2e p50", "e2e speed-up vs PyTorch", "model p50", f"best img/s ({cores} thr)",
                    "cold start", "peak RSS", "install", "top-1 agree / max \\|Δp\\|"], lines)
@@ -155,11 +156,14 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
     libraries = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items() if v)
     sections = [
         "# fastvit-detect benchmark\n",
-        f"Mode **{plan['mode']}**, {results['created']}, {results['wall_s']} s wall. Command: `{results['command']}`\n",
-        f"**Model**: {model['source']} — {model['model_type']}, labels {model['labels']}, "
-        f"{model['macs']['gmacs']:.2f} GMAC/image ({model['macs']['tokens']} tokens). All systems load these weights.\n",
+        (f"Mode **{plan['mode']}**, {results['created']}, {results['wall_s']} s wall. "
+         f"Command: `{results['command']}`\n"),
+        (f"**Model**: {model['source']} — {model['model_type']}, labels {model['labels']}, "
+         f"{model['macs']['gmacs']:.2f} GMAC/image ({model['macs']['tokens']} tokens). "
+         "All systems load these weights.\n"),
         f"**Machine**: {machine['cpu_model']} ({machine['vendor']}, family/model/stepping "
-        f"{machine['family_model_stepping']}{', ' + machine['hypervisor'] + ' guest' if machine['hypervisor'] else ''}), "
+        f"{machine['family_model_stepping']}"
+        f"{', ' + machine['hypervisor'] + ' guest' if machine['hypervisor'] else ''}), "
         f"{machine['physical_cores']} physical cores / {machine['logical_cpus']} logical, {machine['clock_mhz']} MHz "
         f"({machine['clock_source']}), {machine['memory_gib']} GiB RAM; flags: {', '.join(machine['flags'])}; "
         f"load average at start {machine['load_average_at_start']}"
@@ -167,8 +171,8 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
         f"**Libraries**: {libraries}.\n",
         conditions(results),
         "## Headline\n",
-        "Speed-ups are medians of per-trial ratios measured in turns with the PyTorch fp32 baseline "
-        "(p10–p90 in brackets); > 1 means faster than PyTorch.\n",
+        ("Speed-ups are medians of per-trial ratios measured in turns with the PyTorch fp32 baseline "
+         "(p10–p90 in brackets); > 1 means faster than PyTorch.\n"),
         headline(results),
         "\n### Against the fastest alternative\n",
         versus(results),
@@ -209,8 +213,9 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
                  _table(["system"] + [f"b={b}, {t} thr" for t, b in cells], lines)]
 
     sections += ["\n## Cold start (fresh process -> first printed label) and its peak memory\n",
-                 "Each system's own minimal script (in results.json), on grace_hopper.jpg, page cache warm; "
-                 "peak RSS is the process's VmHWM (its own high-water mark; see coldstart.py for why not ru_maxrss).\n",
+                 ("Each system's own minimal script (in results.json), on grace_hopper.jpg, page cache warm; "
+                  "peak RSS is the process's VmHWM (its own high-water mark; see coldstart.py for why not "
+                  "ru_maxrss).\n"),
                  _table(["system", "first label s (median)", "max s", "exit s", "peak RSS MiB", "runs"],
                         _per_system(_rows(results, "coldstart"), lambda r: [
                             _num(r["first_label_s"], 2), _num(r["first_label_s_max"], 2), _num(r["total_s"], 2),
@@ -241,13 +246,13 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
                                 _num(r.get("max_abs_probability_diff"), 3), str(r["images"])], 4))]
 
     sections += ["\n## Compute efficiency\n",
-                 f"{model['macs']['gmacs']:.2f} GMAC = {2 * model['macs']['gmacs']:.1f} GFLOP per image "
-                 f"({100 * model['macs']['linear_share']:.0f}% in the linear layers int8 quantizes). Peak: "
-                 f"{_num(peak['fp32_gflops'], 0)} fp32 GFLOP/s, {_num(peak.get('bf16_gflops'), 0)} bf16 GFLOP/s, "
-                 f"{_num(peak['int8_gops'], 0)} int8 GOP/s with the "
-                 f"widest instruction set present; {_num(peak.get('int8_gops_avx2'), 0)} int8 GOP/s on the AVX2 "
-                 "u8×s8 yardstick (no VNNI; above 100 % means the machine has more than AVX2). "
-                 f"Assumptions: {'; '.join(peak['assumptions'])}.\n",
+                 (f"{model['macs']['gmacs']:.2f} GMAC = {2 * model['macs']['gmacs']:.1f} GFLOP per image "
+                  f"({100 * model['macs']['linear_share']:.0f}% in the linear layers int8 quantizes). Peak: "
+                  f"{_num(peak['fp32_gflops'], 0)} fp32 GFLOP/s, {_num(peak.get('bf16_gflops'), 0)} bf16 GFLOP/s, "
+                  f"{_num(peak['int8_gops'], 0)} int8 GOP/s with the "
+                  f"widest instruction set present; {_num(peak.get('int8_gops_avx2'), 0)} int8 GOP/s on the AVX2 "
+                  "u8×s8 yardstick (no VNNI; above 100 % means the machine has more than AVX2). "
+                  f"Assumptions: {'; '.join(peak['assumptions'])}.\n"),
                  _table(["system", "peak", "model-only G/s", "% of peak", "% of AVX2 u8×s8", "best e2e G/s",
                          "% of peak"],
                         _per_system(_rows(results, "compute"), lambda r: [
@@ -261,13 +266,13 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
              for s in results["systems"] if s["notes"]]
     sections += ["\n## Systems\n", "\n".join(notes) + "\n" if notes else "",
                  "\n## Method\n",
-                 "- Every figure is measured interleaved: systems take turns in short blocks of trials (images or "
-                 "batches) in a rotating order, so drift on this shared machine hits all systems alike; a speed-up "
-                 "is the median of per-trial time ratios.\n"
-                 "- Each turn opens with an untimed settling call: systems sharing a process disturb the next one "
-                 "(spinning thread pools, weights evicted from cache), and a deployment runs one model over and over. "
-                 "One untimed warm-up call per system precedes each phase; p99 over few samples is close to the "
-                 "maximum.\n"
-                 "- onnxruntime and PyTorch keep their default spin-waiting thread pools, as users get them.\n"]
+                 ("- Every figure is measured interleaved: systems take turns in short blocks of trials (images or "
+                  "batches) in a rotating order, so drift on this shared machine hits all systems alike; a speed-up "
+                  "is the median of per-trial time ratios.\n"
+                  "- Each turn opens with an untimed settling call: systems sharing a process disturb the next one "
+                  "(spinning thread pools, weights evicted from cache), and a deployment runs one model over and "
+                  "over. One untimed warm-up call per system precedes each phase; p99 over few samples is close to "
+                  "the maximum.\n"
+                  "- onnxruntime and PyTorch keep their default spin-waiting thread pools, as users get them.\n")]
     sections += [f"\n![{name}]({name})\n" for name in figures]
     return "\n".join(section for section in sections if section)

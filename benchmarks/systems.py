@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import textwrap
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,8 @@ def bf16_unavailable_reason(flags: frozenset[str]) -> str | None:
         return "CPU flags unreadable here (no /proc/cpuinfo): can't tell whether bf16 runs natively"
     if has_native_bf16(flags):
         return None  # without native bf16, autocast measures an emulation nobody would deploy
-    return "this CPU has neither AMX-BF16 nor AVX512-BF16 (amx_bf16 / avx512_bf16 not in its flags): bf16 would be emulated"
+    return ("this CPU has neither AMX-BF16 nor AVX512-BF16 (amx_bf16 / avx512_bf16 not in its flags): bf16 would be "
+            "emulated")
 
 
 class System:
@@ -184,8 +184,9 @@ class TorchInt8System(TorchSystem):
 
         self.notes["quantization"] = "torch.ao.quantization.quantize_dynamic({nn.Linear}, dtype=torch.qint8)"
         self.notes["quantized_engine"] = self.torch.backends.quantized.engine
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        from fastvit_detect.build.chatter import library_warnings_hidden
+
+        with library_warnings_hidden():  # torch.ao.quantization's deprecation notice
             return quantize_dynamic(model, {self.torch.nn.Linear}, dtype=self.torch.qint8)
 
     def coldstart_code(self) -> str:
@@ -301,8 +302,9 @@ class OptimumSystem(System):
         options = self.ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.model = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        from fastvit_detect.build.chatter import library_warnings_hidden
+
+        with library_warnings_hidden():
             self.model = self.model_class.from_pretrained(
                 self.artifacts.optimum_dir, file_name=self.file_name, session_options=options
             )

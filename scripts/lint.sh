@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lint (ruff) and type-check (mypy) with the settings in pyproject.toml. Runs in CI next to the tests.
+# Lint (ruff, the whole tree: runtime, build package, tests, benchmarks, examples, scripts) and type-check (mypy:
+# the runtime and the build package) with the settings in pyproject.toml. Runs in CI next to the tests.
 source "$(dirname "$0")/setup.sh"
-"$VENV/bin/ruff" check src
+"$VENV/bin/ruff" check .
 "$VENV/bin/mypy"

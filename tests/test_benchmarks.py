@@ -67,7 +67,8 @@ def bench_run(tmp_path_factory) -> Path:
     for label in ("Real", "Fake"):
         (base / "data" / label).mkdir(parents=True)
         for index in range(2):
-            Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(base / "data" / label / f"{index}.png")
+            pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(base / "data" / label / f"{index}.png")
     command = [sys.executable, "-m", "benchmarks", "--preset", "tiny", "--output", str(base / "out"),
                "--cache-dir", str(base / "cache"), "--data", str(base / "data"), "--rounds", "1", "--large-mp", "0.3",
                "--batch-sizes", ",".join(map(str, BATCH_SIZES)), "--threads", ",".join(THREADS),
@@ -202,7 +203,8 @@ def test_report_and_plots_are_written(bench_run, results):
         assert heading in report, heading
     for name in EXPECTED_SYSTEMS:
         assert name in report, name
-    assert "not installed" in report or all(s["status"] == "ok" for s in results["systems"] if s["system"] == "openvino")
+    openvino = [s for s in results["systems"] if s["system"] == "openvino"]
+    assert "not installed" in report or all(s["status"] == "ok" for s in openvino)
     for plot in ("latency.png", "throughput.png", "coldstart_memory.png"):
         data = (bench_run / plot).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, plot
@@ -344,7 +346,8 @@ def test_openvino_int8_is_rebuilt_when_calibration_changes_and_refuses_an_empty_
     assert openvino_int8(artifacts) == first  # unchanged recipe: the cached model is reused
     shutil.copyfile(photos[1], calibration / photos[1].name)
     second = openvino_int8(artifacts)
-    assert second["calibration_images"] == 2 and second["recipe"]["calibration_key"] != first["recipe"]["calibration_key"]
+    assert second["calibration_images"] == 2
+    assert second["recipe"]["calibration_key"] != first["recipe"]["calibration_key"]
 
 
 def test_int8_profiles_of_both_runtimes_line_up_by_layer_and_by_what_the_ops_compute():

@@ -62,7 +62,7 @@ class Browser:
     """Headless Chromium and one page, over the DevTools protocol."""
 
     def __init__(self, profile: Path) -> None:
-        self.log = open(profile.parent / "chromium.log", "wb")
+        self.log = open(profile.parent / "chromium.log", "wb")  # noqa: SIM115 - Chromium's lifetime; closed on stop
         self.process = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -134,7 +134,7 @@ class Browser:
         self.log.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def browser(tmp_path) -> Iterator[Browser]:
     opened = Browser(tmp_path / "profile")
     yield opened

@@ -62,12 +62,9 @@ def test_bad_images_never_print_tracebacks(vit_package, bad_inputs):
 def test_usage_errors(vit_package, capsys):
     for argv in (["predict", "--model", str(vit_package)], ["predict", "--model", str(vit_package),
                                                             "--batch-size", "0", "x.jpg"], []):
-        try:
+        with pytest.raises(SystemExit) as exit_:
             main(argv)
-        except SystemExit as exit_:
-            assert exit_.code == 2
-        else:
-            raise AssertionError(f"{argv} should be a usage error")
+        assert exit_.value.code == 2, f"{argv} should be a usage error"
 
 
 def test_info_lists_the_candidates_optimize_auto_tried(package_copy, capsys):

@@ -83,7 +83,7 @@ def test_variant_metrics_skip_unreadable_images():
     assert metrics["auroc"] == 1.0  # without 0.7, every fake score beats every real one
 
 
-@pytest.fixture()
+@pytest.fixture
 def labelled_dir(tmp_path, bad_inputs):
     photos = sample_photos()
     for index, photo in enumerate(photos):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -273,7 +274,9 @@ def test_cli_export_and_the_checkout_script_write_byte_identical_packages(export
     from fastvit_detect.cli import main
 
     checkpoint = str(checkpoints["vit"])
+    filters = list(warnings.filters)
     assert main(["export", checkpoint, "-o", str(tmp_path / "cli"), "--description", "seeded tiny ViT"]) == 0
+    assert warnings.filters == filters  # the libraries' chatter was hidden for the export only
     script = subprocess.run([sys.executable, str(ROOT / "export" / "export.py"), checkpoint, "--output",
                              str(tmp_path / "script"), "--description", "seeded tiny ViT"],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -296,3 +299,18 @@ def test_cli_export_help_and_usage_errors(capsys):
     assert out.startswith("usage: fastvit-detect export") and "--optimize" in out and "--calibration" in out
     assert main(["export", "some/model"]) == 2  # --output is required
     assert "the following arguments are required: --output" in capsys.readouterr().err
+
+
+def test_library_warnings_are_hidden_inside_the_block_only():
+    from fastvit_detect.build.chatter import library_warnings_hidden
+
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with library_warnings_hidden():
+            for module in ("torch.onnx.utils", "optimum.exporters.onnx", "onnxruntime", "fastvit_detect.build",
+                           "torchvision.io"):
+                warnings.warn_explicit(f"from {module}", DeprecationWarning, "x.py", 1, module=module)
+        warnings.warn_explicit("after the block", DeprecationWarning, "x.py", 1, module="torch")
+    assert [str(w.message) for w in caught] == ["from fastvit_detect.build", "from torchvision.io", "after the block"]
+    assert warnings.filters == filters

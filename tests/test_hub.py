@@ -64,18 +64,18 @@ def no_xet(monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True, raising=False)
 
 
-@pytest.fixture()
+@pytest.fixture
 def hub():
     with FakeHub() as server:
         yield server
 
 
-@pytest.fixture()
+@pytest.fixture
 def cache(tmp_path) -> Path:
     return tmp_path / "hf-cache"
 
 
-@pytest.fixture()
+@pytest.fixture
 def published(hub, vit_package) -> str:
     return hub.add_commit(REPO, package_files(vit_package))
 
@@ -266,7 +266,7 @@ def test_a_revision_that_would_leave_the_cache_is_refused(hub, cache, published)
     assert hub.requests == [] and not (cache.parent / "escape").exists()
 
 
-@pytest.fixture()
+@pytest.fixture
 def short_timeouts(monkeypatch):
     """Timeouts of 1 s and huggingface_hub's retry pauses skipped: the attempts still happen, only faster."""
     from huggingface_hub import file_download

@@ -18,7 +18,7 @@ from fastvit_detect.errors import FastVitDetectError, InputError
 from fastvit_detect.scan import scan
 
 
-@pytest.fixture()
+@pytest.fixture
 def folder(tmp_path, bad_inputs):
     root = tmp_path / "photos"
     (root / "nested" / "deeper").mkdir(parents=True)

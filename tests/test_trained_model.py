@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from fastvit_detect.cli import main
 
 pytest.importorskip("torch")

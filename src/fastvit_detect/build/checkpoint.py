@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,15 +100,11 @@ def load_checkpoint(model: str, revision: str | None, trust_pickle: bool, log: L
     if image_size is None:
         raise ExportError(f"{model}: {PREPROCESSOR_FILE} fixes no image size (no resize or crop)")
 
-    import torch
     import transformers
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    # Tracing and deprecation chatter from torch/transformers/optimum buries the progress lines users need.
+    # transformers logs (rather than warns) its advice; at error level it no longer buries the progress lines.
     transformers.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(optimum|transformers|torch)\.")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
     config = AutoConfig.from_pretrained(checkpoint.directory)
     if config.model_type not in SUPPORTED_MODEL_TYPES:

@@ -31,6 +31,7 @@ from ..package import CONFIG_FILE, OPTIMUM_FILES, PREPROCESSOR_FILE
 from ..preprocess import Preprocessor
 from ..session import physical_core_count
 from . import ExportError, Log
+from .chatter import library_warnings_hidden
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import export_fp32, move_weights_to_data_file
 from .quantize import CALIBRATION_METHODS, Int8Options, calibration_pixels, check_int8_options, make_int8, select_int8
@@ -88,6 +89,11 @@ def export_package(settings: ExportSettings, log: Log = print) -> Manifest:
     if output.exists() and any(output.iterdir()) and not settings.overwrite:
         raise ExportError(f"--output {output}: exists and isn't empty (pass --overwrite to replace it)")
     check_int8_options(settings.int8, log)
+    with library_warnings_hidden():  # the libraries' tracing and deprecation chatter; ours still shows
+        return _export(settings, output, log)
+
+
+def _export(settings: ExportSettings, output: Path, log: Log) -> Manifest:
     started = time.perf_counter()
 
     def step(number: int, text: str) -> None:
