@@ -183,7 +183,7 @@ def checkpoints(fixture_builds) -> Mapping[str, Path]:
 
 @pytest.fixture(scope="session")
 def packages(fixture_builds) -> Mapping[str, Path]:
-    """The checkpoints exported with export/export.py: fp32 and dynamic int8."""
+    """The checkpoints exported with fastvit_detect.build.export: fp32 and dynamic int8."""
     return _Part(fixture_builds, 1)
 
 

@@ -168,7 +168,7 @@ def test_network_down_with_nothing_cached(cache):
 
 def test_a_pytorch_checkpoint_repo_says_how_to_export_it(hub, cache, checkpoints):
     hub.add_commit("sakshamkr1/deepfake_vit", package_files(checkpoints["vit"]))
-    with pytest.raises(NotAModelPackageError, match="export/export.py sakshamkr1/deepfake_vit"):
+    with pytest.raises(NotAModelPackageError, match="fastvit-detect export sakshamkr1/deepfake_vit"):
         pull(hub, cache, "sakshamkr1/deepfake_vit")
     assert set(hub.downloads()) == set()  # told from the listing alone
 

@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "repository in one commit. Creates the repository and branch if missing. The token comes from "
                     "--token, HF_TOKEN or `hf auth login`.",
     )
-    push.add_argument("package", metavar="DIR", help="model package directory (from export/export.py)")
+    push.add_argument("package", metavar="DIR", help="model package directory (from fastvit-detect export)")
     push.add_argument("repo_id", metavar="ORG/NAME", help="Hub repository to publish to")
     push.add_argument("--private", action="store_true", help="create the repository private (if it doesn't exist)")
     push.add_argument("--revision", "--branch", dest="revision", metavar="BRANCH",

@@ -343,7 +343,7 @@ def _check_layout(where: _Where, listing: Mapping[str, int | None]) -> None:
         if any(name in listing for name in CHECKPOINT_FILES):
             where.fail(NotAModelPackageError, (
                 "a PyTorch/transformers checkpoint, not a fastvit-detect model package. Export it on a machine with "
-                f"torch: `python export/export.py {where.repo_id} --output package`, then publish the package with "
+                f"the export extra: `fastvit-detect export {where.repo_id} --output package`, then publish it with "
                 f"`fastvit-detect push package ORG/NAME` (or load the directory with Detector.load)"))
         where.fail(NotAModelPackageError, f"no {MANIFEST_FILE} and no ONNX model ({', '.join(OPTIMUM_FILES.values())})"
                                           ": not a model package")
@@ -402,7 +402,7 @@ def push(
     package = ModelPackage.open(package_dir)
     if package.manifest is None:
         raise InvalidPackageError(f"model package {package.root}: no {MANIFEST_FILE}, so its files can't be verified "
-                                  "after download; push publishes packages made by export/export.py only")
+                                  "after download; push publishes packages made by fastvit-detect export only")
     files: dict[str, Path] = {name: package.root / name for name in (CONFIG_FILE, PREPROCESSOR_FILE)}
     for name in package.variants:
         variant = package.variant(name)

@@ -166,7 +166,7 @@ class OnnxSession:
             if axes and isinstance(axes[0], int) and axes[0] >= 0:  # a dynamic axis reads as a name, None or -1
                 raise IncompatibleModelError(
                     f"{self.path}: the {what}'s batch axis is fixed at {axes[0]}; fastvit-detect runs batches of "
-                    "any size, so export the model with a dynamic batch axis (export/export.py does)")
+                    "any size, so export the model with a dynamic batch axis (fastvit-detect export does)")
         if image_size is not None:
             for axis, expected in zip(("height", "width"), image_size):
                 actual = shape[2 if axis == "height" else 3]
