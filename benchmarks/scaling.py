@@ -214,7 +214,12 @@ def build_bundle(directory: Path) -> Path:
 
 
 def unpack_bundle(bundle: Path, directory: Path) -> tuple[Path, Path]:
-    """(package, checkpoint) from a bundle made by build_bundle; members must stay inside ``directory``."""
+    """(package, checkpoint) from a bundle made by build_bundle (its file, or the folder --make-bundle wrote it
+    into); members must stay inside ``directory``."""
+    if bundle.is_dir():
+        bundle = bundle / "scaling-bundle.tar.xz"
+    if not bundle.is_file():
+        raise SystemExit(f"scaling: no bundle at {bundle}: make one with --make-bundle DIR")
     directory.mkdir(parents=True, exist_ok=True)
     with tarfile.open(bundle, "r:xz") as archive:
         for member in archive.getmembers():
@@ -566,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--package", type=Path, help="fastvit-detect package (default: build the seeded ViT-B/16)")
     parser.add_argument("--checkpoint", type=Path, help="its HF checkpoint, for the PyTorch systems")
-    parser.add_argument("--bundle", type=Path, help="a bundle from --make-bundle: unpacked and measured")
+    parser.add_argument("--bundle", type=Path, help="a bundle from --make-bundle (its .tar.xz or that folder): unpacked and measured")
     parser.add_argument("--make-bundle", type=Path, metavar="DIR", help="build the carryable bundle into DIR and stop")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/scaling"))
     parser.add_argument("--seconds", type=float, default=6.0, help="steady-state window per cell (default 6)")

@@ -104,6 +104,16 @@ def test_a_bundle_cannot_carry_links(tmp_path):
         scaling.unpack_bundle(hostile_tar(tmp_path / "bad.tar.xz", link), tmp_path / "out")
 
 
+def test_a_bundle_is_found_in_its_folder_and_a_missing_one_is_named(tmp_path):
+    folder = tmp_path / "scaling-bundle"
+    folder.mkdir()
+    with pytest.raises(SystemExit, match="no bundle at .*scaling-bundle.tar.xz"):
+        scaling.unpack_bundle(folder, tmp_path / "out")
+    hostile_tar(folder / "scaling-bundle.tar.xz", tarfile.TarInfo("../outside"))
+    with pytest.raises(SystemExit, match="unexpected member"):  # the folder's bundle is the one opened
+        scaling.unpack_bundle(folder, tmp_path / "out")
+
+
 def test_the_16_core_script_says_what_is_missing(tmp_path):
     script = ROOT / "benchmarks" / "scaling_16core.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
