@@ -571,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--package", type=Path, help="fastvit-detect package (default: build the seeded ViT-B/16)")
     parser.add_argument("--checkpoint", type=Path, help="its HF checkpoint, for the PyTorch systems")
-    parser.add_argument("--bundle", type=Path, help="a bundle from --make-bundle (its .tar.xz or that folder): unpacked and measured")
+    parser.add_argument("--bundle", type=Path,
+                        help="a bundle from --make-bundle (its .tar.xz or that folder): unpacked and measured")
     parser.add_argument("--make-bundle", type=Path, metavar="DIR", help="build the carryable bundle into DIR and stop")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/scaling"))
     parser.add_argument("--seconds", type=float, default=6.0, help="steady-state window per cell (default 6)")
