@@ -213,6 +213,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._submit_lock = threading.Lock()
         self._closed = False
         self._given_up = False  # the worker died too often: set while its thread may still be winding down
+        self._suspects: dict[int, list[_Job[Item, Result]]] = {}  # worker index -> jobs to retry alone first
         self.batches_run = 0
         self.images_run = 0
         self.largest_batch = 0
@@ -285,7 +286,12 @@ class MicroBatcher(Generic[Item, Result]):
 
     def _run(self, index: int) -> None:
         batch: list[_Job[Item, Result]] = []
+        # Batch-mates of an item that killed this worker's predecessor: each gets a turn alone, before new work.
+        suspects = self._suspects.pop(index, [])
         try:
+            while suspects:
+                batch = [suspects.pop(0)]
+                self._classify_alone(batch[0])
             stopping = False
             while not stopping:
                 batch, stopping = self._next_batch()
@@ -293,17 +299,23 @@ class MicroBatcher(Generic[Item, Result]):
                 batch = []
         except BaseException as exc:  # the worker must never die silently and leave requests hanging
             log.critical("inference worker %d died", index, exc_info=exc)
-            # Count the death (and give up, if it's one too many) before answering its batch: a client that has
-            # its 500 must find /healthz and the next request already knowing.
-            self._restart_after_death(index)
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            # A batch of several: the culprit is unknown, so every image gets another turn, alone, on the
+            # restarted worker; an image that kills a worker alone is the culprit and gets the error.
+            alone = len(batch) == 1
+            culprits = [job for job in batch if alone and not job.future.done()]
+            retry = [job for job in (suspects if alone else batch + suspects) if not job.future.done()]
+            # Count the death (and give up, if it's one too many) before answering: a client that has its 500
+            # must find /healthz and the next request already knowing.
+            if not self._restart_after_death(index, retry):
+                culprits += retry
+            for job in culprits:
+                job.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
 
-    def _restart_after_death(self, index: int) -> None:
+    def _restart_after_death(self, index: int, retry: list[_Job[Item, Result]]) -> bool:
+        """Start worker ``index`` again, handing it ``retry``; False when the batcher is closed or gives up."""
         with self._submit_lock:
             if self._closed:
-                return
+                return False
             now = time.monotonic()
             deaths = self._deaths[index]
             deaths.append(now)
@@ -312,9 +324,11 @@ class MicroBatcher(Generic[Item, Result]):
                              index, RESTART_LIMIT, now - deaths[0])
                 self._given_up = True
                 self._fail_queued(ServerBusyError("an inference worker has stopped"))
-                return
+                return False
             self.worker_restarts += 1
+            self._suspects[index] = retry
             self._workers[index] = self._start_worker(index)
+            return True
 
     def _fail_queued(self, error: Exception) -> None:
         while True:
@@ -369,6 +383,8 @@ class MicroBatcher(Generic[Item, Result]):
             job.future.set_result(result)
 
     def _classify_alone(self, job: _Job[Item, Result]) -> None:
+        if not job.future.running() and not job.future.set_running_or_notify_cancel():
+            return  # cancelled while it waited (a retried suspect is already running)
         try:
             (result,) = self.run_batch([job.item])
         except Exception as exc:
