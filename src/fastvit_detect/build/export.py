@@ -44,26 +44,30 @@ VALIDATION_BATCH = 8
 Step = Callable[[int, str], None]
 
 
+_INT8_DEFAULTS = Int8Options()
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """Everything an export is asked to do; the command line's options, one field each."""
 
     model: str  # a Hub id or a local checkpoint directory
     output: Path
-    quantize: str = "dynamic"  # dynamic | static | none
+    # The int8 fields take Int8Options' defaults: one place for them.
+    quantize: str = _INT8_DEFAULTS.method  # dynamic | static | none
     opset: int = DEFAULT_OPSET
     revision: str | None = None
     trust_pickle: bool = False
     overwrite: bool = False
-    per_channel: bool = True
-    reduce_range: bool = True
+    per_channel: bool = _INT8_DEFAULTS.per_channel
+    reduce_range: bool = _INT8_DEFAULTS.reduce_range
     calibration_dir: Path | None = None
-    calibration_method: str = "minmax"
-    calibration_limit: int = 64
-    optimize: str = "none"  # none | auto
-    cpu_specific: bool = False
-    max_probability_diff: float = 0.05
-    min_agreement: float = 0.995
+    calibration_method: str = _INT8_DEFAULTS.calibration_method
+    calibration_limit: int = _INT8_DEFAULTS.calibration_limit
+    optimize: str = _INT8_DEFAULTS.optimize  # none | auto
+    cpu_specific: bool = _INT8_DEFAULTS.cpu_specific
+    max_probability_diff: float = _INT8_DEFAULTS.max_probability_diff
+    min_agreement: float = _INT8_DEFAULTS.min_agreement
     validation_dirs: Sequence[Path] = ()
     validation_limit: int = 64
     description: str | None = None
@@ -212,23 +216,26 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="Hub id (owner/name) or local checkpoint directory")
     parser.add_argument("--output", "-o", required=True, type=Path, help="package directory to create")
-    parser.add_argument("--quantize", choices=("dynamic", "static", "none"), default="dynamic",
+    parser.add_argument("--quantize", choices=("dynamic", "static", "none"), default=_INT8_DEFAULTS.method,
                         help="int8 variant to add: dynamic (fastest here), static (needs --calibration; results "
-                             "independent of batch companions), none (default: dynamic)")
+                             "independent of batch companions), none (default: %(default)s)")
     parser.add_argument("--calibration", dest="calibration_dir", type=Path, metavar="DIR",
                         help="images to calibrate static int8 on (sub-folders searched), e.g. a training split")
-    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
-                        help="how static int8 picks activation ranges (default minmax)")
-    parser.add_argument("--calibration-limit", type=positive_int, default=64, metavar="N",
-                        help="at most N calibration images, spread over DIR (default 64)")
-    parser.add_argument("--optimize", choices=("none", "auto"), default="none",
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS,
+                        default=_INT8_DEFAULTS.calibration_method,
+                        help="how static int8 picks activation ranges (default %(default)s)")
+    parser.add_argument("--calibration-limit", type=positive_int, default=_INT8_DEFAULTS.calibration_limit,
+                        metavar="N", help="at most N calibration images, spread over DIR (default %(default)s)")
+    parser.add_argument("--optimize", choices=("none", "auto"), default=_INT8_DEFAULTS.optimize,
                         help="auto: build several int8 recipes, time them on this machine and keep the fastest "
                              "that stays close to PyTorch; the figures go into the manifest")
-    parser.add_argument("--max-probability-diff", type=finite_number(0, 1), default=0.05, metavar="P",
-                        help="--optimize auto: largest max |p - p_pytorch| a kept recipe may show (default 0.05)")
-    parser.add_argument("--min-agreement", type=finite_number(0, 1), default=0.995, metavar="F",
-                        help="--optimize auto: smallest top-1 agreement with PyTorch a kept recipe may show "
-                             "(default 0.995)")
+    parser.add_argument("--max-probability-diff", type=finite_number(0, 1),
+                        default=_INT8_DEFAULTS.max_probability_diff, metavar="P",
+                        help="--optimize auto: largest max |p - p_pytorch| a kept recipe may show "
+                             "(default %(default)s)")
+    parser.add_argument("--min-agreement", type=finite_number(0, 1), default=_INT8_DEFAULTS.min_agreement,
+                        metavar="F", help="--optimize auto: smallest top-1 agreement with PyTorch a kept recipe may "
+                                          "show (default %(default)s)")
     parser.add_argument("--cpu-specific", action="store_true",
                         help="let --optimize auto keep a recipe that needs this CPU's instruction set (8-bit "
                              "weights need VNNI); the package then refuses to load on CPUs without it")
@@ -248,8 +255,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--validation-images", dest="validation_dirs", type=Path, action="append", default=[],
                         metavar="DIR",
                         help="also validate on images from DIR (repeatable), e.g. a held-out test split")
-    parser.add_argument("--validation-limit", type=positive_int, default=64, metavar="N",
-                        help="at most N images from each --validation-images DIR (default 64)")
+    parser.add_argument("--validation-limit", type=positive_int, default=ExportSettings.validation_limit,
+                        metavar="N", help="at most N images from each --validation-images DIR (default %(default)s)")
     return parser
 
 
