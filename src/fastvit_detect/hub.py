@@ -37,7 +37,7 @@ from .errors import (
     MissingFileError,
     NotAModelPackageError,
 )
-from .modelcard import model_card, public_manifest
+from .modelcard import model_card
 from .package import (
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -409,7 +409,7 @@ def push(
         package.verify(variant)
         files.update({path.name: path for path, _, _ in variant.files})
     operations = [hub.CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
-    manifest = (json.dumps(public_manifest(package), indent=2) + "\n").encode()
+    manifest = (json.dumps(package.public_manifest() or {}, indent=2) + "\n").encode()
     card = model_card(package, repo_id).encode()
     operations += [hub.CommitOperationAdd(path_in_repo=MANIFEST_FILE, path_or_fileobj=manifest),
                    hub.CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]

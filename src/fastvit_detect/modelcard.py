@@ -18,16 +18,6 @@ LIBRARY_NAME = "fastvit-detect"
 TAGS = ("onnx", "deepfake-detection", "fastvit-detect")
 
 
-def public_manifest(package: ModelPackage) -> dict[str, Any]:
-    """The package's manifest as it may be published: the source checkpoint named by its Hub id or folder name."""
-    if package.manifest is None:
-        return {}
-    manifest = package.manifest.to_dict()
-    if manifest["source"].get("model"):
-        manifest["source"]["model"] = package.source_name
-    return manifest
-
-
 def base_model(package: ModelPackage) -> str | None:
     """The Hub id the package was exported from, if it came from the Hub."""
     source = package.manifest.source.model if package.manifest else None

@@ -28,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,16 @@ class ModelPackage:
         if model and HUB_ID.fullmatch(model) and not model.startswith((".", "~")):
             return model
         return Path(model).name if model else self.root.resolve().name
+
+    def public_manifest(self) -> dict[str, Any] | None:
+        """The manifest as it may be shown to anyone (a server's clients, the Hub): the source checkpoint named by
+        :attr:`source_name`, never by a path on the build machine. None without a manifest."""
+        if self.manifest is None:
+            return None
+        source = self.manifest.source
+        if source.model:
+            source = replace(source, model=self.source_name)
+        return replace(self.manifest, source=source).to_dict()
 
     @property
     def default_variant(self) -> str:

@@ -701,15 +701,6 @@ def model_summary(detector: Detector) -> dict[str, Any]:
             "variant": detector.variant.name}
 
 
-def public_manifest(detector: Detector) -> dict[str, Any] | None:
-    manifest = detector.package.manifest
-    if manifest is None:
-        return None
-    public = manifest.to_dict()
-    public["source"] = {**public["source"], "model": public_model_name(detector)}
-    return public
-
-
 def prediction_body(prediction: Prediction, model: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:
     return {"label": prediction.label, "score": prediction.score, "probabilities": dict(prediction.probabilities),
             "fake_probability": prediction.fake_probability, "model": model, "elapsed_ms": round(elapsed_ms, 2)}
@@ -910,7 +901,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
 
     @get_and_head("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")
     async def model_info() -> dict[str, Any]:
-        return {**model, "labels": list(detector.labels), "manifest": public_manifest(detector),
+        return {**model, "labels": list(detector.labels), "manifest": detector.package.public_manifest(),
                 "serving": asdict(settings), "layout": detector.layout.to_dict()}
 
     return app
