@@ -404,6 +404,45 @@ def test_a_poison_client_does_not_hurt_honest_clients(fault_server, honest):
 # --- 2. decompression bombs, concurrently -------------------------------------------------------------------
 
 
+@dataclass
+class Barrage:
+    """What a dozen bombs and three over-the-cap images sent at once met, with normal requests in between."""
+
+    bombs: list[Reply]
+    refused: list[Reply]
+    normal: list[tuple[Reply, Honest, int]]  # and how many bombs were answered when it was
+    seconds: float  # from the first send until every bomb was answered
+    rss_before: float
+    rss_samples: list[float]  # MB, every 20 ms while the bombs were in flight
+
+
+def bomb_barrage(server: Server, under: bytes, over: bytes, normal_images: list[Honest],
+                 wait_for_decoding: bool = False) -> Barrage:
+    before = server.memory_mb()["VmRSS"]
+    bombs: list[Reply] = []
+    refused: list[Reply] = []
+    sampling, samples = threading.Event(), [before]
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            samples.append(server.memory_mb()["VmRSS"])
+
+    threading.Thread(target=sample, daemon=True).start()
+    senders = [threading.Thread(target=lambda: bombs.append(post_image(server, under, 180))) for _ in range(12)]
+    senders += [threading.Thread(target=lambda: refused.append(post_image(server, over))) for _ in range(3)]
+    started = time.perf_counter()
+    for sender in senders:
+        sender.start()
+    if wait_for_decoding:
+        assert wait_until(lambda: server.health().json()["decoding_pixels"] > 0, 30), "no bomb started decoding"
+    normal = [(post_image(server, image.data), image, len(bombs)) for image in normal_images]
+    for sender in senders:
+        sender.join(240)
+    seconds = time.perf_counter() - started
+    sampling.set()
+    return Barrage(bombs, refused, normal, seconds, before, samples)
+
+
 def test_concurrent_bombs_neither_stall_others_nor_hold_memory(cli_server, honest):
     """A dozen valid PNGs just under the pixel cap at once, and some just over it.
 
@@ -415,32 +454,11 @@ def test_concurrent_bombs_neither_stall_others_nor_hold_memory(cli_server, hones
     side = math.isqrt(BOMB_CAP)
     under, over = rgba_png_bomb(side, side), rgba_png_bomb(side + 1, side + 1)
     budget = BOMB_CAP * 3 // 2  # ServeSettings' default decode budget
-    before = cli_server.memory_mb()["VmRSS"]
-    bombs: list[Reply] = []
-    refused: list[Reply] = []
-    sampling, peak_rss = threading.Event(), [before]
-
-    def sample() -> None:
-        while not sampling.wait(0.02):
-            peak_rss.append(cli_server.memory_mb()["VmRSS"])
-
-    threading.Thread(target=sample, daemon=True).start()
-    senders = [threading.Thread(target=lambda: bombs.append(post_image(cli_server, under, 180))) for _ in range(12)]
-    senders += [threading.Thread(target=lambda: refused.append(post_image(cli_server, over))) for _ in range(3)]
-    started = time.perf_counter()
-    for sender in senders:
-        sender.start()
-    assert wait_until(lambda: cli_server.health().json()["decoding_pixels"] > 0, 30), "no bomb started decoding"
-    normal: list[tuple[Reply, Honest, int]] = []  # and how many bombs were answered when it was
-    for turn in range(5):
-        image = honest[turn % len(honest)]
-        normal.append((post_image(cli_server, image.data), image, len(bombs)))
-    for sender in senders:
-        sender.join(240)
-    bombs_s = time.perf_counter() - started
-    sampling.set()
-    memory = cli_server.memory_mb()
-    peak = max(memory["VmHWM"], *peak_rss)
+    barrage = bomb_barrage(cli_server, under, over, [honest[turn % len(honest)] for turn in range(5)],
+                           wait_for_decoding=True)
+    bombs, refused, normal, bombs_s, before = (barrage.bombs, barrage.refused, barrage.normal, barrage.seconds,
+                                               barrage.rss_before)
+    peak = max(cli_server.memory_mb()["VmHWM"], *barrage.rss_samples)
     after = wait_until(lambda: cli_server.memory_mb()["VmRSS"] <= before + 100 and cli_server.memory_mb()["VmRSS"],
                        5) or cli_server.memory_mb()["VmRSS"]
 
@@ -477,27 +495,10 @@ def test_webp_bombs_are_charged_their_decoding_memory(cli_server, honest):
     side = math.isqrt(BOMB_CAP // 2)
     under, over = webp_bomb(side, side), webp_bomb(side + 1, side + 1)
     budget = BOMB_CAP * 3 // 2
-    before = cli_server.memory_mb()["VmRSS"]
-    bombs: list[Reply] = []
-    refused: list[Reply] = []
-    sampling, peak_rss = threading.Event(), [before]
-
-    def sample() -> None:
-        while not sampling.wait(0.02):
-            peak_rss.append(cli_server.memory_mb()["VmRSS"])
-
-    threading.Thread(target=sample, daemon=True).start()
-    senders = [threading.Thread(target=lambda: bombs.append(post_image(cli_server, under, 180))) for _ in range(12)]
-    senders += [threading.Thread(target=lambda: refused.append(post_image(cli_server, over))) for _ in range(3)]
-    started = time.perf_counter()
-    for sender in senders:
-        sender.start()
-    normal = [(post_image(cli_server, image.data), image) for image in honest[:3]]
-    for sender in senders:
-        sender.join(240)
-    bombs_s = time.perf_counter() - started
-    sampling.set()
-    peak = max(peak_rss)  # sampled: VmHWM still holds the PNG bombs' peak, this server having taken them first
+    barrage = bomb_barrage(cli_server, under, over, honest[:3])
+    bombs, refused, bombs_s, before = barrage.bombs, barrage.refused, barrage.seconds, barrage.rss_before
+    normal = [(reply, image) for reply, image, _ in barrage.normal]
+    peak = max(barrage.rss_samples)  # sampled: VmHWM still holds the PNG bombs' peak, taken by this server first
     latencies = [reply.seconds for reply, _ in normal]
     print(f"\nwebp bombs: 12 x {side}x{side} lossless WebP ({len(under)} bytes each, charged 2 x "
           f"{side * side / 1e6:.1f} MP against a {BOMB_CAP / 1e6:g} MP cap) decoded in {bombs_s:.1f} s; normal "
