@@ -161,9 +161,9 @@ def test_byte_cap_applies_to_every_input_kind(vit_package):
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, float("inf"), float("nan"), "10", True])
 def test_caps_must_be_sane(vit_package, bad):
-    with pytest.raises(ValueError, match="must be a whole number >= 1 or None"):
+    with pytest.raises(ValueError, match=r"\(None: no cap\) must be a whole number >= 1"):
         fd.Detector.load(vit_package, max_bytes=bad)
-    with pytest.raises(ValueError, match="must be a whole number >= 1 or None"):
+    with pytest.raises(ValueError, match=r"\(None: no cap\) must be a whole number >= 1"):
         fd.Detector.load(vit_package, max_pixels=bad)
 
 

@@ -358,3 +358,11 @@ def test_every_worker_is_supervised_and_a_crashing_one_stops_the_service():
             batcher.submit(["refused"])
     finally:
         batcher.close(timeout=5)
+
+
+def test_numpy_integers_are_taken_as_plain_ints():
+    """A layout is written as JSON (the calibration cache, /healthz): numpy's integers must not reach it."""
+    layout = choose_layout(cores=np.int64(4), workers=np.int32(2))
+    assert (layout.workers, layout.threads_per_worker) == (2, 2)
+    assert type(layout.workers) is int and type(layout.threads_per_worker) is int
+    assert json.loads(json.dumps(layout.to_dict()))["workers"] == 2

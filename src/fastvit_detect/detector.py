@@ -24,6 +24,7 @@ from .errors import (
 )
 from .hub import fetch
 from .layout import Layout, cache_path, check_layout_arguments, choose_layout, read_calibration
+from .options import check_whole
 from .package import AUTO_PREFERENCE, ModelPackage, Variant
 from .pool import SessionPool, ordered_pipeline
 from .preprocess import (
@@ -67,11 +68,6 @@ class Prediction:
 ImageResult = Prediction | FastVitDetectError
 """One image's outcome with ``errors="return"``: its prediction, or the error that stands in its place (an
 :class:`InputError` for a bad image, a :class:`ModelOutputError` when the model gave no usable answer)."""
-
-
-def _check_count(value: object, name: str, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
 
 
 def _check_errors(errors: object) -> None:
@@ -299,7 +295,7 @@ class Detector:
         ``errors="raise"`` raises the first failed image's error; ``errors="return"`` puts the error in that
         image's place and classifies the rest. Either way one image's failure never changes another's result.
         """
-        _check_count(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+        check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
         _check_errors(errors)
         workers = self.layout.workers
         if workers > 1:
@@ -331,8 +327,8 @@ class Detector:
         worker; results still come in input order.
         """
         # Checked here, not in the generator, so bad arguments fail at the call.
-        _check_count(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
-        _check_count(prefetch, "prefetch", 0, MAX_PREFETCH)
+        check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+        check_whole("prefetch", prefetch, 0, MAX_PREFETCH)
         _check_errors(errors)
         return self._stream(images, batch_size, prefetch, errors)
 

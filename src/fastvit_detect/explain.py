@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import InvalidOptionError, ModelOutputError
+from .options import check_whole
 from .preprocess import ImageInput, OpenedImage, PreprocessConfig, decode_boundary, decode_opened
 
 if TYPE_CHECKING:  # the detector imports this module lazily; at run time the objects arrive as arguments
@@ -77,12 +78,7 @@ BLUR_RADIUS_FRACTION = 1 / 56  # of the model input's shorter side: 4 px at 224,
 def option_int(name: str, value: object, low: int, high: int) -> int:
     """``value`` as an int in [low, high], else :class:`InvalidOptionError`: floats (4.0, nan, inf), bools and
     strings are refused, not rounded or parsed."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidOptionError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
-    number = int(value)
-    if not low <= number <= high:
-        raise InvalidOptionError(f"{name} must be from {low} to {high}, got {number}")
-    return number
+    return check_whole(name, value, low, high, InvalidOptionError)
 
 
 def choice(name: str, value: object, allowed: Sequence[str]) -> str:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .options import check_whole
 from .session import MAX_THREADS, cpu_flags, cpuinfo, physical_core_count
 
 MAX_WORKERS = 256
@@ -48,8 +49,10 @@ class Layout:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        check_count("workers", self.workers, MAX_WORKERS)
-        check_count("threads_per_worker", self.threads_per_worker, MAX_THREADS)
+        # Plain ints whatever integral type the caller gave (numpy's): the layout is written as JSON.
+        object.__setattr__(self, "workers", check_whole("workers", self.workers, 1, MAX_WORKERS))
+        object.__setattr__(self, "threads_per_worker",
+                           check_whole("threads_per_worker", self.threads_per_worker, 1, MAX_THREADS))
         if self.workers * self.threads_per_worker > MAX_THREADS:
             raise ValueError(f"workers x threads_per_worker must be at most {MAX_THREADS} threads, got "
                              f"{self.workers} x {self.threads_per_worker}")
@@ -67,18 +70,12 @@ class Layout:
         return asdict(self)
 
 
-def check_count(name: str, value: object, high: int) -> None:
-    """A whole number from 1 to ``high``: bools, floats (inf, nan), strings and huge integers are refused."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise ValueError(f"{name} must be a whole number from 1 to {high}, got {value!r}")
-
-
 def check_layout_arguments(workers: object, threads_per_worker: object) -> None:
     """Refuse bad ``workers`` / ``threads_per_worker`` (None: not given) before anything is loaded."""
-    for name, value, high in (("workers", workers, MAX_WORKERS), ("threads_per_worker", threads_per_worker,
-                                                                   MAX_THREADS)):
-        if value is not None:
-            check_count(name, value, high)
+    if workers is not None:
+        workers = check_whole("workers", workers, 1, MAX_WORKERS)
+    if threads_per_worker is not None:
+        threads_per_worker = check_whole("threads_per_worker", threads_per_worker, 1, MAX_THREADS)
     if isinstance(workers, int) and isinstance(threads_per_worker, int) and workers * threads_per_worker > MAX_THREADS:
         raise ValueError(f"workers x threads_per_worker must be at most {MAX_THREADS} threads, got "
                          f"{workers} x {threads_per_worker}")
@@ -86,7 +83,7 @@ def check_layout_arguments(workers: object, threads_per_worker: object) -> None:
 
 def rule_layout(cores: int) -> Layout:
     """The default for ``cores`` physical cores, from the measurements in the README."""
-    check_count("cores", cores, MAX_THREADS)
+    check_whole("cores", cores, 1, MAX_THREADS)
     if cores <= SINGLE_SESSION_MAX_CORES:
         return Layout(1, cores, "rule", f"{cores} core{'s' if cores > 1 else ''}: one session with all of them")
     workers = cores // RULE_THREADS_PER_WORKER
@@ -104,7 +101,7 @@ def choose_layout(cores: int | None = None, workers: int | None = None, threads_
     """
     check_layout_arguments(workers, threads_per_worker)
     cores = physical_core_count() if cores is None else cores
-    check_count("cores", cores, MAX_THREADS)
+    check_whole("cores", cores, 1, MAX_THREADS)
     if workers is None and threads_per_worker is None:
         return calibrated if calibrated is not None else rule_layout(cores)
     if workers is None:
@@ -120,7 +117,7 @@ def choose_layout(cores: int | None = None, workers: int | None = None, threads_
 
 def candidate_layouts(cores: int) -> list[Layout]:
     """Layouts worth timing on ``cores`` cores: threads per worker a power of two (1, 2, 4, ... cores)."""
-    check_count("cores", cores, MAX_THREADS)
+    check_whole("cores", cores, 1, MAX_THREADS)
     threads = sorted({1 << power for power in range(cores.bit_length()) if 1 << power <= cores} | {cores})
     return [Layout(max(1, cores // count), count, "calibrated") for count in reversed(threads)]
 

@@ -39,6 +39,7 @@ from .errors import (
     UnsupportedInputError,
     UnsupportedPreprocessorError,
 )
+from .options import check_whole
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 """Everything :func:`load_image` accepts."""
@@ -746,8 +747,4 @@ class Preprocessor:
 
 def _cap(value: int | None, name: str) -> int | None:
     """A size cap: None (no cap) or a whole number >= 1; anything else is a caller's mistake, said plainly."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
-    return int(value)
+    return None if value is None else check_whole(f"{name} (None: no cap)", value, 1)

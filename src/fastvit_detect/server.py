@@ -78,6 +78,7 @@ from .httpapi import (
     named_image,
     seed_request_image,
 )
+from .options import check_finite, check_whole
 from .preprocess import DECODE_COST, OpenedImage, check_formats, open_image, server_formats
 from .session import physical_core_count
 
@@ -111,11 +112,10 @@ PAGE_SECURITY_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-s
 
 
 def _check_range(name: str, value: Any, low: float, high: float, whole: bool) -> None:
-    kind = "a whole number" if whole else "a number"
-    ok = (not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
-          and (whole or math.isfinite(value)) and low <= value <= high)
-    if not ok:
-        raise ValueError(f"{name} must be {kind} from {low:g} to {high:g}, got {value!r}")
+    if whole:
+        check_whole(name, value, int(low), int(high))
+    else:
+        check_finite(name, value, low, high)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from .errors import (
     ModelOutputError,
     ProviderError,
 )
+from .options import check_whole
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 MAX_THREADS = 1024
@@ -113,9 +114,8 @@ class OnnxSession:
                 f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
                 f"(available: {', '.join(available)})"
             )
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or not 1 <= threads <= MAX_THREADS):
-            raise ValueError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
+        if threads is not None:
+            check_whole("threads", threads, 1, MAX_THREADS)
         if provider_options is not None and len(provider_options) != len(chosen):
             raise ProviderError(f"provider_options has {len(provider_options)} entries for {len(chosen)} provider(s) "
                                 f"({', '.join(chosen)}): give one dict per provider")
