@@ -585,7 +585,8 @@ def test_slow_clients_are_cut_off_and_others_served(cli_server, honest):
                                         f" after {seconds:.2f} s" for name, (answer, seconds) in outcomes.items()))
     assert served == [None] * len(served), served
     for name, (_, _, timeout) in cases.items():
-        assert timeout <= outcomes[name][1] <= timeout + CLOSE_SLACK_S, (name, outcomes[name])
+        # The server's clock starts when it accepts, a moment before connect() returns here: a few ms early is on time.
+        assert timeout - 0.05 <= outcomes[name][1] <= timeout + CLOSE_SLACK_S, (name, outcomes[name])
     assert outcomes["body trickled"][0].startswith(b"HTTP/1.1 408 "), outcomes
     assert outcomes["body nobody reads"][0].startswith(b"HTTP/1.1 200 "), outcomes
     assert not outcomes["headers trickled"][0] and not outcomes["nothing sent"][0], outcomes
