@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -141,41 +142,22 @@ def build_optimum(checkpoint: Path, directory: Path) -> dict[str, Any]:
     return settings
 
 
+def openvino_exportable() -> bool:
+    """Whether the exporter can add the openvino-int8 variant here (NNCF and OpenVINO installed)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("nncf", "openvino"))
+
+
 def _current_package(directory: Path) -> bool:
-    """Whether a cached package exists and is in the format today's exporter writes (else: re-export it)."""
+    """Whether a cached package exists, is in the format today's exporter writes and holds the openvino-int8
+    variant when it can be made here (else: re-export it)."""
     from fastvit_detect.package import FORMAT_VERSION, MANIFEST_FILE
 
     try:
-        return json.loads((directory / MANIFEST_FILE).read_text()).get("format_version") == FORMAT_VERSION
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
         return False
-
-
-def nncf_quantize_kwargs(pixels: Any) -> dict[str, Any]:
-    """``nncf.quantize`` arguments past the model, mirroring the exporter's static int8 where NNCF lets them.
-
-    The calibration is the exporter's ``--quantize static --calibration DIR``: the same images (``pixels``, from
-    ``export.calibration_pixels``), fed one at a time, and the same range estimate, each activation's global
-    min/max over them (the exporter's default ``--calibration-method minmax``; NNCF's own default averages
-    per-image extremes). The exporter quantizes MatMuls only, so the patch-embedding convolution stays in float
-    here too: quantizing its input cost a trained model's fidelity (one label in 200 flipped, max |dp| 0.87
-    instead of 0.002; docs/openvino-int8). The rest is what NNCF documents for transformers,
-    ``model_type=TRANSFORMER``: its mixed preset (symmetric per-channel int8 weights, asymmetric int8
-    activations), attention MatMuls quantized too, SmoothQuant and fast bias correction.
-    """
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-    return {"subset_size": len(pixels), "model_type": nncf.ModelType.TRANSFORMER,
-            "ignored_scope": nncf.IgnoredScope(types=["Convolution", "Conv"], validate=False),  # OpenVINO, ONNX
-            "advanced_parameters": AdvancedQuantizationParameters(
-                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)}
-
-
-NNCF_RECIPE = {"model_type": "TRANSFORMER", "preset": "MIXED (NNCF's default for TRANSFORMER)",
-               "activations_range_estimator": "MINMAX (global min/max, as the exporter's --calibration-method minmax)",
-               "ignored": "Convolution (the patch embedding; the exporter quantizes MatMuls only)"}
+    return manifest.get("format_version") == FORMAT_VERSION and (
+        "openvino-int8" in manifest.get("variants", {}) or not openvino_exportable())
 
 
 def openvino_int8(artifacts: Artifacts) -> dict[str, Any]:
@@ -186,6 +168,7 @@ def openvino_int8(artifacts: Artifacts) -> dict[str, Any]:
     import openvino
 
     from fastvit_detect import Detector
+    from fastvit_detect.build.openvino import NNCF_RECIPE, nncf_quantize_kwargs
     from fastvit_detect.build.quantize import Int8Options
     from fastvit_detect.preprocess import find_images
 
@@ -249,7 +232,12 @@ def prepare(model: str | None, preset: str, cache: Path, calibration_dir: Path |
     if not _current_package(package):
         log(f"exporting the fastvit-detect package (fastvit_detect.build.export) into {package}")
         shutil.rmtree(package, ignore_errors=True)
-        export_package(ExportSettings(str(checkpoint), package), log=lambda text: log(f"  export: {text}"))
+        # --openvino where NNCF is here, calibrated like the benchmark's openvino/int8 (same images and limit), so
+        # fastvit-detect/openvino-int8 and openvino/int8 differ in what surrounds the model, not in the model.
+        settings = ExportSettings(str(checkpoint), package, openvino=openvino_exportable(),
+                                  calibration_dir=calibration_dir,
+                                  calibration_limit=calibration_limit or Int8Options.calibration_limit)
+        export_package(settings, log=lambda text: log(f"  export: {text}"))
     optimum_dir = cache / f"optimum-{key}"
     settings = build_optimum(checkpoint, optimum_dir)
     return Artifacts(source, checkpoint, package, optimum_dir, settings, openvino_dir=cache / f"openvino-int8-{key}",

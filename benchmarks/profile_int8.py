@@ -30,6 +30,7 @@ import numpy as np
 
 from fastvit_detect import Detector
 from fastvit_detect.build import timing as measure
+from fastvit_detect.build.openvino import NNCF_RECIPE, nncf_quantize_kwargs
 from fastvit_detect.session import physical_core_count, session_options
 
 from . import artifacts as artifacts_module
@@ -132,7 +133,7 @@ def nncf_qdq_onnx(artifacts: artifacts_module.Artifacts, directory: Path) -> Pat
 
     target = directory / "model_qdq.onnx"
     recipe_file = directory / "recipe.json"
-    recipe = json.dumps(artifacts_module.NNCF_RECIPE, sort_keys=True)
+    recipe = json.dumps(NNCF_RECIPE, sort_keys=True)
     if target.is_file() and recipe_file.is_file() and recipe_file.read_text() == recipe:
         return target
     pixels = artifacts_module.calibration_pixels(
@@ -140,7 +141,7 @@ def nncf_qdq_onnx(artifacts: artifacts_module.Artifacts, directory: Path) -> Pat
     log(f"quantizing with NNCF's ONNX backend ({len(pixels)} calibration images)")
     quantized = nncf.quantize(onnx.load(str(artifacts.package / "model.onnx")),
                               nncf.Dataset([{"pixel_values": pixels[i : i + 1]} for i in range(len(pixels))]),
-                              **artifacts_module.nncf_quantize_kwargs(pixels))
+                              **nncf_quantize_kwargs(pixels))
     directory.mkdir(parents=True, exist_ok=True)
     onnx.save(quantized, str(target))
     recipe_file.write_text(recipe)

@@ -371,6 +371,8 @@ class FastVitSystem(System):
         self.variant = variant
         self.precision = "int8" if "int8" in variant else "fp32"
         self.detectors: dict[int, Any] = {}
+        if variant == "auto" or "openvino" in variant:
+            self.footprint_roots = ("fastvit-detect[openvino]",)  # what a server that runs it installs
 
     def load(self, threads: int) -> None:
         from fastvit_detect import Detector
@@ -378,6 +380,11 @@ class FastVitSystem(System):
         self.detector_class = Detector
         self.set_threads(threads)
         entry = self.detector.variant.entry
+        self.precision = "int8" if "int8" in self.detector.variant.name else "fp32"
+        self.notes["runtime"] = self.detector.runtime
+        self.notes["layout"] = self.detector.layout.describe()
+        if self.variant == "auto":
+            self.notes["choice"] = self.detector.choice.describe()
         self.notes["file"] = self.detector.variant.path.name
         if entry is not None and entry.quantization is not None:
             self.notes["quantization"] = entry.quantization
@@ -525,6 +532,7 @@ def all_systems(artifacts: Artifacts) -> list[System]:
         OptimumSystem(artifacts),
         OptimumInt8System(artifacts),
         *(FastVitSystem(artifacts, variant) for variant in package.variants),
+        FastVitSystem(artifacts, "auto"),  # what a user gets without naming a variant: chosen on this machine
         OpenVinoSystem(artifacts),
         OpenVinoInt8System(artifacts),
     ]

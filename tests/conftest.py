@@ -72,6 +72,7 @@ class FixtureModel:
     model_type: str = "vit"
     seed: int = 0
     gain: float = 1.0  # the head's: wider margins, more saturated probabilities (fixture_models.py)
+    openvino: bool = False  # the package also holds the openvino-int8 variant (export --openvino)
 
 
 # Every family of preprocessing, both label orders, both architectures, and more than two labels. On the sample
@@ -84,6 +85,8 @@ FIXTURE_MODELS = {
     "deit-arch": FixtureModel(LEGACY_DEIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.15,), model_type="deit", seed=3),
     # Three labels, none where sorting would put it: dark -> Real, middling -> Unsure, bright -> Fake.
     "multi": FixtureModel(VIT_PROCESSOR, ("Real", "Unsure", "Fake"), (-1, 0, 1), (-0.5, 0.25), seed=4, gain=2.0),
+    # The vit model again, exported with --openvino: both runtimes on the same weights (tests/test_openvino.py).
+    "vit-openvino": FixtureModel(VIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.2,), openvino=True),
 }
 
 # Exported fixture packages are cached here when set (the mutation check points it at a fresh temporary folder and
@@ -91,7 +94,8 @@ FIXTURE_MODELS = {
 # build-side code and the library versions, not by src/ (the runtime under test doesn't shape a package).
 CACHE_ENVIRONMENT = "FASTVIT_TEST_CACHE"
 _BUILD_FILES = (*sorted(BUILD.glob("*.py")), Path(__file__).resolve().with_name("fixture_models.py"))
-_BUILD_LIBRARIES = ("torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "pillow", "numpy")
+_BUILD_LIBRARIES = ("torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "pillow", "numpy", "openvino",
+                    "nncf")
 
 
 def _fixture_key(kind: str) -> str:
@@ -115,7 +119,10 @@ def _build_fixture(kind: str, directory: Path) -> None:
         directory / kind, model.processor, preset="tiny", labels=model.labels, model_type=model.model_type,
         seed=model.seed,
         adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds, model.gain))
-    EXPORT.export_package(EXPORT.ExportSettings(str(checkpoint), directory / "package"), log=lambda _text: None)
+    if model.openvino:
+        pytest.importorskip("nncf")
+    EXPORT.export_package(EXPORT.ExportSettings(str(checkpoint), directory / "package", openvino=model.openvino),
+                          log=lambda _text: None)
 
 
 def _cached_fixture(kind: str, cache: Path) -> Path:

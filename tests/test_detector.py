@@ -85,7 +85,7 @@ def test_auto_without_a_recommendation_prefers_int8(package_copy):
 
 def test_cpu_requirement_policy(package_copy, monkeypatch):
     """A variant that needs VNNI: refused on a CPU without it (auto falls back), trusted where flags can't be read."""
-    import fastvit_detect.detector as detector_module
+    import fastvit_detect.choice as detector_module  # where the variant choice reads the CPU's flags
 
     manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
     manifest["variants"]["int8"]["quantization"]["requires_cpu_flags_any"] = ["avx512_vnni", "avx_vnni"]

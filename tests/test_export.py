@@ -238,7 +238,7 @@ def test_cpu_specific_candidates_only_where_this_cpu_has_vnni(exporter, monkeypa
 def test_full_8bit_weights_are_refused_on_a_cpu_without_vnni(exporter, checkpoints, calibration_dir, tmp_path,
                                                              monkeypatch, capsys):
     import fastvit_detect as fd
-    import fastvit_detect.detector as detector_module
+    import fastvit_detect.choice as detector_module  # where the variant choice reads the CPU flags
     from fastvit_detect.cli import main
 
     settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "full", reduce_range=False)

@@ -9,6 +9,7 @@
 
 from .detector import Detector, ImageResult, Prediction
 from .errors import (
+    BackendError,
     ChecksumMismatchError,
     EmptyImageError,
     FastVitDetectError,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "BackendError",
     "ChecksumMismatchError",
     "Detector",
     "EmptyImageError",

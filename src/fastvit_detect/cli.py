@@ -277,7 +277,11 @@ def open_package(model: str, variants: str | None = None) -> ModelPackage:
     def select(package: ModelPackage) -> list[Variant]:
         if variants == "all":
             return [variant for variant in package.variants.values() if not unmet_cpu_requirement(variant)]
-        return [] if variants is None else [choose_variant(package, variants)]
+        if variants is None:
+            return []
+        choice = choose_variant(package, variants)
+        # auto's fallback too: should OpenVINO fail to compile its variant, the onnxruntime one is there to run
+        return [package.lookup(name) for name in (choice.name, choice.fallback) if name is not None]
 
     return fetch(reference.repo_id, revision=reference.revision, select=select).package
 
@@ -504,8 +508,12 @@ def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     package = open_package(args.model, args.variant)
     names = list(package.variants) if args.variant == "all" else [choose_variant(package, args.variant).name]
     if args.variant == "all":  # a variant this CPU can't run is reported, not fatal, when asked for all of them
+        from .openvino_session import openvino_available
+
         for name in list(names):
             problem = unmet_cpu_requirement(package.variants[name])
+            if package.variants[name].runtime == "openvino":
+                problem = problem or openvino_available()
             if problem:
                 print(f"skipping {problem}", file=sys.stderr)
                 names.remove(name)
@@ -636,15 +644,17 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
             lines.append(f"intended use {manifest.intended_use}")
     lines.append(f"labels       {', '.join(f'{i}={label}' for i, label in enumerate(package.labels))}")
     lines.append(f"preprocess   {describe_preprocessing(PreprocessConfig.from_hf(package.preprocessor_config))}")
+    choice = choose_variant(package, "auto")
     lines.append(f"default      {package.default_variant}")
-    lines.append(f"layout       {describe_layout(package, package.default_variant)}")
+    lines.append(f"auto         {choice.describe()}")
+    lines.append(f"layout       {describe_layout(package, choice.name)}")
     lines.append("variants")
     local = parse_model_reference(args.model) is None  # from the Hub, info fetches no graphs
     for name, variant in package.variants.items():
         complete = all(path.is_file() for path, _, _ in variant.files)
         size_text = f"{variant.total_bytes / 1e6:.1f} MB" if complete else "missing" if local else "on the Hub"
         digest = f"sha256 {variant.sha256[:12]}…" if variant.sha256 else "unverified"
-        lines.append(f"  {name:<8} {variant.path.name:<24} {size_text:>9}  {digest}")
+        lines.append(f"  {name:<8} {variant.path.name:<24} {size_text:>9}  {digest}  {variant.runtime}")
         if variant.data_path is not None:
             lines.append(f"           weights      {variant.data_path.name}")
         entry = variant.entry
@@ -659,8 +669,16 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def layout_for(package: ModelPackage, variant: str) -> Layout:
     """The batch layout a Detector.load of ``variant`` without layout arguments would choose here."""
     cores = physical_core_count()
-    sha256 = package.lookup(variant).sha256  # from the manifest: the graph needn't be here
-    return choose_layout(cores, calibrated=read_calibration(cache_path(sha256), cores) if sha256 else None)
+    chosen = package.lookup(variant)  # from the manifest: the graph needn't be here
+    if not chosen.sha256:
+        return choose_layout(cores, runtime=chosen.runtime)
+    version = None
+    if chosen.runtime == "openvino":
+        from .openvino_session import openvino_available, openvino_version
+
+        version = openvino_version() if openvino_available() is None else None
+    path = cache_path(chosen.sha256, None, chosen.runtime, version)
+    return choose_layout(cores, calibrated=read_calibration(path, cores), runtime=chosen.runtime)
 
 
 def describe_layout(package: ModelPackage, variant: str) -> str:
@@ -668,18 +686,35 @@ def describe_layout(package: ModelPackage, variant: str) -> str:
 
 
 def run_calibrate(package: ModelPackage, variant: str, out: TextIO) -> int:
+    """Time the throughput layouts of the variant (for ``auto`` with an OpenVINO variant and the extra: of both
+    runtimes' variants, caching the faster as ``auto``'s choice on this machine)."""
+    from .backends import backend_for
+    from .choice import choice_cache_path, onnxruntime_choice, openvino_variant, write_choice
+    from .openvino_session import openvino_available, openvino_version
     from .pool import calibrate_layout
 
-    chosen = package.variant(choose_variant(package, variant).name)
-    if not chosen.sha256:
-        raise FastVitDetectError(f"{package.root}: variant {chosen.name!r} has no sha256 in a manifest, so a "
-                                 "calibration couldn't be told apart from another model's; pass --workers instead")
-    package.verify(chosen)
-    print(f"timing throughput layouts for {chosen.name} on {physical_core_count()} cores ...", file=sys.stderr)
-    layout, figures, path = calibrate_layout(chosen.path, chosen.sha256)
-    for key, rate in sorted(figures.items(), key=lambda item: -item[1]):
-        print(f"  {key:>8}  {rate:7.1f} images/s (model only)", file=out)
-    print(f"chosen: {layout.describe()}; cached in {path}", file=out)
+    names = [choose_variant(package, variant).name]
+    candidate = openvino_variant(package)
+    if variant == "auto" and candidate is not None and openvino_available() is None:
+        names = [onnxruntime_choice(package, "auto").name, candidate.name]
+    figures: dict[str, float] = {}
+    for name in names:
+        chosen = package.variant(name)
+        if not chosen.sha256:
+            raise FastVitDetectError(f"{package.root}: variant {chosen.name!r} has no sha256 in a manifest, so a "
+                                     "calibration couldn't be told apart from another model's; pass --workers instead")
+        package.verify(chosen)
+        print(f"timing throughput layouts for {chosen.name} ({chosen.runtime}) on {physical_core_count()} cores ...",
+              file=sys.stderr)
+        layout, rates, path = calibrate_layout(chosen.path, chosen.sha256, backend=backend_for(chosen.runtime))
+        for key, rate in sorted(rates.items(), key=lambda item: -item[1]):
+            print(f"  {chosen.name:<14} {key:>8}  {rate:7.1f} images/s (model only)", file=out)
+        print(f"chosen: {layout.describe()} for {chosen.name}; cached in {path}", file=out)
+        figures[name] = max(rates.values())
+    if len(names) == 2:
+        winner = write_choice(choice_cache_path(package.variants[names[0]], package.variants[names[1]],
+                                                openvino_version()), figures)
+        print(f"auto: {winner} ({figures[winner]:.1f} vs {min(figures.values()):.1f} images/s)", file=out)
     return EXIT_OK
 
 

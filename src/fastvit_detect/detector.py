@@ -14,18 +14,21 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import onnxruntime as ort
 
+from .backends import Backend, OnnxRuntimeOptions, OpenVinoOptions, Session, backend_for
+from .choice import VariantChoice, choose_variant, unmet_cpu_requirement
 from .errors import (
+    BackendError,
     FastVitDetectError,
     IncompatibleModelError,
     InputError,
+    MissingExtraError,
     ModelOutputError,
 )
 from .hub import fetch
 from .layout import Layout, cache_path, check_layout_arguments, choose_layout, read_calibration
 from .options import check_whole
-from .package import AUTO_PREFERENCE, ModelPackage, Variant
+from .package import ModelPackage, Variant
 from .pool import SessionPool, ordered_pipeline
 from .preprocess import (
     DEFAULT_MAX_BYTES,
@@ -34,10 +37,14 @@ from .preprocess import (
     Preprocessor,
     describe_source,
 )
-from .session import OnnxSession, cpu_flags, physical_core_count
+from .session import MAX_THREADS, physical_core_count
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from .explain import Explanation
+
+__all__ = ["Detector", "ImageResult", "Prediction", "VariantChoice", "choose_variant", "unmet_cpu_requirement"]
 
 DEFAULT_BATCH_SIZE = 16
 MAX_BATCH_SIZE = 4096  # one session call's images; more is an operator's typo, not a batch
@@ -95,17 +102,6 @@ def fake_label_index(labels: Sequence[str]) -> tuple[int | None, int | None]:
     return fake, real
 
 
-def unmet_cpu_requirement(variant: Variant) -> str | None:
-    """Why this CPU can't run ``variant`` safely, or None. A graph quantized with full 8-bit weights needs VNNI:
-    without it onnxruntime's u8 x s8 kernels sum pairs of products in int16, which those weights can saturate.
-    Where the flags can't be read (not Linux) the variant is trusted."""
-    required = variant.entry.required_cpu_flags if variant.entry else ()
-    flags = cpu_flags()  # the manifest's list was validated when the package was opened
-    if not required or not flags or any(flag in flags for flag in required):
-        return None
-    return f"variant {variant.name!r} needs a CPU with {' or '.join(required)}, and this one has neither"
-
-
 def _model_image_size(config: Mapping[str, Any]) -> tuple[int, int] | None:
     """config.json's ``image_size`` (an int, or [height, width]) as (height, width); None when absent or odd."""
     size = config.get("image_size")
@@ -116,25 +112,15 @@ def _model_image_size(config: Mapping[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-def choose_variant(package: ModelPackage, variant: str = "auto") -> Variant:
-    """The variant :meth:`Detector.load` runs for ``variant``: the one named, or for ``"auto"`` the package's
-    recommendation, falling back (with a warning) to one this CPU can run. Its files needn't be there yet:
-    :meth:`Detector.from_pretrained` chooses before it downloads."""
-    chosen = package.lookup(variant)
-    problem = unmet_cpu_requirement(chosen)
-    if problem and variant != "auto":
-        raise IncompatibleModelError(f"model package {package.root}: {problem}; load another variant (fp32) "
-                                     "or re-export without --cpu-specific / --no-reduce-range")
-    if problem:
-        order = [*AUTO_PREFERENCE, *package.variants]
-        fallback = next((name for name in order if name in package.variants
-                         and not unmet_cpu_requirement(package.variants[name])), None)
-        if fallback is None:
-            raise IncompatibleModelError(f"model package {package.root}: {problem}, and no other variant runs here")
-        warnings.warn(f"model package {package.root}: {problem}; using variant {fallback!r} instead",
-                      RuntimeWarning, stacklevel=3)
-        chosen = package.lookup(fallback)
-    return chosen
+def _open(package: ModelPackage, name: str, verify: bool, threads: int | None,
+          runtimes: tuple[OnnxRuntimeOptions, OpenVinoOptions]) -> tuple[Variant, Backend, Session]:
+    """The variant's files checked, its backend and its all-cores session."""
+    chosen = package.variant(name)
+    if verify:  # first: a corrupt file is best reported as such
+        package.verify(chosen)
+    package.check_graph(chosen)
+    backend = backend_for(chosen.runtime, *runtimes)
+    return chosen, backend, backend.open(chosen.path, threads)
 
 
 class Detector:
@@ -145,21 +131,23 @@ class Detector:
     ``layout.workers`` sessions of ``layout.threads_per_worker`` threads each, opened at the first such call.
     """
 
-    def __init__(self, package: ModelPackage, variant: Variant, session: OnnxSession, preprocessor: Preprocessor,
-                 layout: Layout | None = None, session_factory: Callable[[int], OnnxSession] | None = None):
-        """``session_factory(threads)`` opens another session of the same graph, for a layout of several
-        workers; without one the layout is the given session alone."""
+    def __init__(self, package: ModelPackage, variant: Variant, session: Session, preprocessor: Preprocessor,
+                 layout: Layout | None = None, backend: Backend | None = None,
+                 choice: VariantChoice | None = None):
+        """``backend`` opens the sessions of a layout of several workers; without one the layout is the given
+        session alone. ``choice``: how the variant was chosen (shown by ``repr``, ``info`` and the server)."""
         self.package = package
         self.variant = variant
         self.session = session
         self.preprocessor = preprocessor
         self.labels = package.labels
+        self.choice = choice or VariantChoice(variant.name, "caller", "given")
         self._fake_index, self._real_index = fake_label_index(self.labels)
         session.check_compatible(preprocessor.output_size, len(self.labels), _model_image_size(package.config))
-        if layout is None or session_factory is None:
+        if layout is None or backend is None:
             layout = Layout(1, session.threads, "caller", "one session")
         self.layout = layout
-        self._session_factory = session_factory
+        self._backend = backend
         self._pool: SessionPool | None = None
         self._pool_lock = threading.Lock()
 
@@ -179,11 +167,13 @@ class Detector:
         workers: int | None = None,
         threads_per_worker: int | None = None,
         formats: Sequence[str] | None = None,
+        ov_config: Mapping[str, Any] | None = None,
     ) -> Detector:
-        """Open a model package (a directory, or a :class:`ModelPackage` already open) and start an onnxruntime
-        session on one of its variants.
+        """Open a model package (a directory, or a :class:`ModelPackage` already open) and start a session on one
+        of its variants.
 
-        ``variant``: "auto" (the package's recommendation, else int8 when present), "fp32", "int8", ...
+        ``variant``: "auto" (the fastest variant this machine runs, see :mod:`fastvit_detect.choice`), "fp32",
+        "int8" (onnxruntime), "openvino-int8" (OpenVINO, with the ``openvino`` extra), ...
         ``threads``: the cores to use, default the physical cores: :meth:`predict` runs one session with that many
         intra-op threads. ``workers`` x ``threads_per_worker``: the layout of batch work, default chosen for
         ``threads`` (a calibration cached for this machine and variant, else the rule in
@@ -195,32 +185,38 @@ class Detector:
         strangers; others get ``UnsupportedInputError`` naming their format (None: every format Pillow opens but EPS).
         ``session_options``: onnxruntime SessionOptions replacing fastvit-detect's tuned defaults (``threads``, when
         given, still sets the intra-op threads); ``provider_options``: one dict per provider, as onnxruntime takes
-        them (for users who tune onnxruntime themselves).
+        them (for users who tune onnxruntime themselves). ``ov_config``: OpenVINO properties overriding
+        fastvit-detect's for an OpenVINO variant (as optimum-intel's ``ov_config``; ``{"CACHE_DIR": ""}`` turns the
+        compiled-model cache off).
         ``verify``: check the variant's files (graph and weights) against the manifest's sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
         """
         check_layout_arguments(workers, threads_per_worker)  # a typo fails before seconds of loading
+        if threads is not None:
+            check_whole("threads", threads, 1, MAX_THREADS)
         package = path if isinstance(path, ModelPackage) else ModelPackage.open(path)
-        chosen = package.variant(choose_variant(package, variant).name)
-        if verify:  # first: a corrupt file is best reported as such
-            package.verify(chosen)
-        package.check_graph(chosen)
+        choice = choose_variant(package, variant)
         preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft,
                                             max_bytes=max_bytes, formats=formats)
-        session = OnnxSession(chosen.path, threads=threads, providers=providers, options=session_options,
-                              provider_options=provider_options)
+        runtimes = (OnnxRuntimeOptions(providers, session_options, provider_options),
+                    OpenVinoOptions(dict(ov_config or {})))
+        try:
+            chosen, backend, session = _open(package, choice.name, verify, threads, runtimes)
+        except (MissingExtraError, BackendError) as exc:
+            if choice.fallback is None:
+                raise
+            warnings.warn(f"model package {package.root}: {exc}; running variant {choice.fallback!r} instead",
+                          RuntimeWarning, stacklevel=2)
+            choice = VariantChoice(choice.fallback, "fallback", f"{choice.name} couldn't be opened: {exc}")
+            chosen, backend, session = _open(package, choice.name, verify, threads, runtimes)
         cores = threads if threads is not None else physical_core_count()
         calibrated = None
         if workers is None and threads_per_worker is None and chosen.sha256:
-            calibrated = read_calibration(cache_path(chosen.sha256), cores)
-        layout = choose_layout(cores, workers, threads_per_worker, calibrated)
-
-        def open_session(count: int) -> OnnxSession:
-            return OnnxSession(chosen.path, threads=count, providers=providers, options=session_options,
-                               provider_options=provider_options)
-
-        return cls(package, chosen, session, preprocessor, layout, open_session)
+            version = backend.version() if chosen.runtime != "onnxruntime" else None
+            calibrated = read_calibration(cache_path(chosen.sha256, None, chosen.runtime, version), cores)
+        layout = choose_layout(cores, workers, threads_per_worker, calibrated, chosen.runtime)
+        return cls(package, chosen, session, preprocessor, layout, backend, choice)
 
     @property
     def pool(self) -> SessionPool:
@@ -234,9 +230,9 @@ class Detector:
     def _open_pool(self) -> SessionPool:
         layout = self.layout
         reuse = self.session if self.session.threads == layout.threads_per_worker else None
-        if self._session_factory is None or (layout.workers == 1 and reuse is not None):
+        if self._backend is None or (layout.workers == 1 and reuse is not None):
             return SessionPool(layout, [self.session])
-        return SessionPool.build(layout, self._session_factory, first=reuse)
+        return SessionPool.build(layout, self._backend, self.variant.path, first=reuse)
 
     @classmethod
     def from_pretrained(
@@ -263,11 +259,18 @@ class Detector:
         verified against the manifest's sha256 as there. Failures raise :class:`~fastvit_detect.errors.HubError`
         subclasses (or, for a package that doesn't check out, the same errors as :meth:`load`).
         """
-        fetched = fetch(repo_id, revision=revision, select=lambda package: [choose_variant(package, variant)],
+        def select(package: ModelPackage) -> list[Variant]:
+            with warnings.catch_warnings():  # load() chooses again below, and warns there
+                warnings.simplefilter("ignore")
+                choice = choose_variant(package, variant)
+            # auto's fallback too: should OpenVINO fail to compile its variant, the onnxruntime one is there to run
+            return [package.lookup(name) for name in (choice.name, choice.fallback) if name is not None]
+
+        fetched = fetch(repo_id, revision=revision, select=select,
                         cache_dir=cache_dir, local_files_only=local_files_only, token=token,
                         force_download=force_download, endpoint=endpoint)
         with fetched.explain_checksum_errors():
-            return cls.load(fetched.package, variant=fetched.selected[0].name, **load_options)
+            return cls.load(fetched.package, variant=variant, **load_options)
 
     def predict(self, image: ImageInput) -> Prediction:
         """Classify one image (path, bytes, binary file, PIL image or uint8 numpy array), with every core."""
@@ -481,9 +484,14 @@ class Detector:
             return float(1.0 - probabilities[self._real_index])
         return None
 
+    @property
+    def runtime(self) -> str:
+        """What runs the model: "onnxruntime" or "openvino"."""
+        return self.session.runtime
+
     def __repr__(self) -> str:
         return (
             f"Detector({str(self.package.root)!r}, variant={self.variant.name!r}, labels={self.labels}, "
             f"threads={self.session.threads}, layout={self.layout.workers}x{self.layout.threads_per_worker}, "
-            f"providers={self.session.providers})"
+            f"runtime={self.runtime!r}, providers={self.session.providers}, choice={self.choice.describe()!r})"
         )

@@ -74,6 +74,11 @@ class IncompatibleModelError(ModelPackageError):
     """The ONNX graph doesn't fit the package: input shape, output width or preprocessing mismatch."""
 
 
+class BackendError(ModelPackageError):
+    """The runtime a variant needs can't run it: OpenVINO failed to compile the graph, or the manifest names a
+    runtime this fastvit-detect doesn't know."""
+
+
 class UnsupportedPreprocessorError(ModelPackageError):
     """The preprocessor config names an image processor or option this runtime doesn't reproduce."""
 

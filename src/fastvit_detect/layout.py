@@ -33,6 +33,10 @@ MAX_WORKERS = 256
 SINGLE_SESSION_MAX_CORES = 3
 # Above it, 2 threads per session call: the best of 1, 2, 4, 8 and 16 on the 16-core machine measured.
 RULE_THREADS_PER_WORKER = 2
+# OpenVINO: a stream per core up to this many cores (measured on 2), then streams of 2 threads (not yet measured
+# above 2 cores: `info --calibrate` times the candidates on the machine at hand).
+OPENVINO_SINGLE_THREAD_STREAMS_MAX_CORES = 4
+OPENVINO_RULE_THREADS_PER_STREAM = 2
 
 CACHE_FORMAT = 1
 CACHE_MAX_BYTES = 64 * 1024  # a calibration file is a few hundred bytes; anything larger isn't ours
@@ -81,9 +85,16 @@ def check_layout_arguments(workers: object, threads_per_worker: object) -> None:
                          f"{workers} x {threads_per_worker}")
 
 
-def rule_layout(cores: int) -> Layout:
-    """The default for ``cores`` physical cores, from the measurements in the README."""
+def rule_layout(cores: int, runtime: str = "onnxruntime") -> Layout:
+    """The default for ``cores`` physical cores and ``runtime``, from the measurements in the README."""
     check_whole("cores", cores, 1, MAX_THREADS)
+    if runtime == "openvino":
+        # OpenVINO runs a layout as streams of one compiled model; its own THROUGHPUT machinery (2 streams on 2
+        # cores) beat one stream of both cores on the AMX Xeon (68 vs 46 images/s, ViT-B int8, batch 8).
+        threads = OPENVINO_RULE_THREADS_PER_STREAM if cores > OPENVINO_SINGLE_THREAD_STREAMS_MAX_CORES else 1
+        workers = max(1, cores // threads)
+        return Layout(workers, threads, "rule", f"{cores} core{'s' if cores > 1 else ''}: OpenVINO streams of "
+                      f"{threads} thread{'s' if threads > 1 else ''}")
     if cores <= SINGLE_SESSION_MAX_CORES:
         return Layout(1, cores, "rule", f"{cores} core{'s' if cores > 1 else ''}: one session with all of them")
     workers = cores // RULE_THREADS_PER_WORKER
@@ -92,7 +103,7 @@ def rule_layout(cores: int) -> Layout:
 
 
 def choose_layout(cores: int | None = None, workers: int | None = None, threads_per_worker: int | None = None,
-                  calibrated: Layout | None = None) -> Layout:
+                  calibrated: Layout | None = None, runtime: str = "onnxruntime") -> Layout:
     """The layout for ``cores`` (default: the physical cores this process may use).
 
     Either of ``workers`` / ``threads_per_worker`` given alone takes the other from ``cores``; both given are
@@ -103,7 +114,7 @@ def choose_layout(cores: int | None = None, workers: int | None = None, threads_
     cores = physical_core_count() if cores is None else cores
     check_whole("cores", cores, 1, MAX_THREADS)
     if workers is None and threads_per_worker is None:
-        return calibrated if calibrated is not None else rule_layout(cores)
+        return calibrated if calibrated is not None else rule_layout(cores, runtime)
     if workers is None:
         assert threads_per_worker is not None
         workers = max(1, cores // threads_per_worker)
@@ -142,15 +153,21 @@ def cache_directory() -> Path:
     return Path(base) / "fastvit-detect"
 
 
-def cache_path(model_sha256: str, directory: Path | None = None) -> Path:
-    """One file per machine and model variant (its graph's sha256, so a re-export is recalibrated)."""
-    name = hashlib.sha256(f"{machine_key()}:{model_sha256}".encode()).hexdigest()[:32]
+def cache_path(model_sha256: str, directory: Path | None = None, runtime: str = "onnxruntime",
+               runtime_version: str | None = None) -> Path:
+    """One file per machine and model variant (its graph's sha256, so a re-export is recalibrated); a runtime other
+    than onnxruntime (already in :func:`machine_key`) adds its name and version."""
+    key = f"{machine_key()}:{model_sha256}"
+    if runtime != "onnxruntime":
+        key += f":{runtime}:{runtime_version}"
+    name = hashlib.sha256(key.encode()).hexdigest()[:32]
     return (directory or cache_directory()) / f"layout-{name}.json"
 
 
-def read_calibration(path: Path, cores: int) -> Layout | None:
-    """The cached layout, or None when there is none usable: missing, not a small regular file owned by this
-    user, not our JSON, stale, or a layout that doesn't fit ``cores``. A bad cache is ignored, never fatal."""
+def read_cache_record(path: Path) -> dict[str, Any] | None:
+    """A record this machine wrote into the cache (:func:`write_cache_record`), or None when there is none usable:
+    missing, not a small regular file owned by this user (a symlink isn't followed), not our JSON, another
+    machine's, or stale. A bad cache is ignored, never fatal."""
     try:
         with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as fh:
             info = os.fstat(fh.fileno())
@@ -163,15 +180,25 @@ def read_calibration(path: Path, cores: int) -> Layout | None:
             data = json.loads(fh.read(CACHE_MAX_BYTES + 1))
     except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("machine") != machine_key():
+        return None
+    created = data.get("created")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created) \
+            or not 0 <= time.time() - created <= CACHE_MAX_AGE_S:
+        return None
+    return data
+
+
+def read_calibration(path: Path, cores: int) -> Layout | None:
+    """The cached layout, or None when there is none usable (see :func:`read_cache_record`) or it doesn't fit
+    ``cores``."""
+    data = read_cache_record(path)
+    if data is None:
+        return None
     try:
-        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("machine") != machine_key():
-            return None
-        created = data["created"]
-        if not isinstance(created, (int, float)) or not math.isfinite(created) \
-                or not 0 <= time.time() - created <= CACHE_MAX_AGE_S:
-            return None
         workers, threads = data["workers"], data["threads_per_worker"]
-        layout = Layout(workers, threads, "calibrated", f"measured {time.strftime('%Y-%m-%d', time.gmtime(created))}")
+        layout = Layout(workers, threads, "calibrated",
+                        f"measured {time.strftime('%Y-%m-%d', time.gmtime(data['created']))}")
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
     if layout.threads > cores:
@@ -179,13 +206,12 @@ def read_calibration(path: Path, cores: int) -> Layout | None:
     return layout
 
 
-def write_calibration(path: Path, layout: Layout, figures: Mapping[str, float]) -> None:
-    """Write atomically (a temporary file renamed into place), so a reader never sees half a file."""
+def write_cache_record(path: Path, record: Mapping[str, Any]) -> None:
+    """Write ``record`` with this machine's key and the time, atomically (a temporary file renamed into place), so
+    a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    record = {"format": CACHE_FORMAT, "machine": machine_key(), "created": time.time(),
-              "workers": layout.workers, "threads_per_worker": layout.threads_per_worker,
-              "images_per_s": {key: round(value, 3) for key, value in figures.items()}}
-    handle, temporary = tempfile.mkstemp(prefix=".layout-", suffix=".tmp", dir=path.parent)
+    record = {"format": CACHE_FORMAT, "machine": machine_key(), "created": time.time(), **record}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(record, out)
@@ -195,6 +221,11 @@ def write_calibration(path: Path, layout: Layout, figures: Mapping[str, float]) 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_calibration(path: Path, layout: Layout, figures: Mapping[str, float]) -> None:
+    write_cache_record(path, {"workers": layout.workers, "threads_per_worker": layout.threads_per_worker,
+                              "images_per_s": {key: round(value, 3) for key, value in figures.items()}})
 
 
 def calibrate(measure: Callable[[Layout], float], candidates: Sequence[Layout], rounds: int = 2) -> tuple[

@@ -24,6 +24,9 @@ FORMAT_NAME = "fastvit-detect-model-package"
 FORMAT_VERSION = 2  # 2: a variant may keep its weights in a data file (data_file, data_sha256, data_size_bytes)
 READABLE_FORMAT_VERSIONS = (1, 2)
 DATA_SUFFIX = "_data"  # Optimum's (and onnx's convention for) a graph's external-data file: model.onnx_data
+# The runtime of a variant whose manifest entry names none. Another name is kept as written: a runtime this version
+# doesn't know makes only that variant unloadable (BackendError), not the package unreadable.
+DEFAULT_RUNTIME = "onnxruntime"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_TEXT = 10_000  # characters in any free-text field (description, labels, names)
@@ -53,6 +56,7 @@ class VariantEntry:
     quantization: Mapping[str, Any] | None = None
     validation: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # other figures the exporter recorded, kept as they are
+    runtime: str = DEFAULT_RUNTIME  # what runs the graph: onnxruntime, or openvino for an NNCF int8 graph
 
     @property
     def required_cpu_flags(self) -> tuple[str, ...]:
@@ -67,6 +71,8 @@ class VariantEntry:
         for key in ("precision", "quantization", "validation"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.runtime != DEFAULT_RUNTIME:  # absent means onnxruntime: packages without other runtimes are unchanged
+            out["runtime"] = self.runtime
         return out
 
 
@@ -206,13 +212,14 @@ class _Reader:
         precision = entry.get("precision")
         if precision is not None:
             self.text(precision, f"{key}.precision", limit=100)
+        runtime = self.text(entry.get("runtime", DEFAULT_RUNTIME), f"{key}.runtime", limit=100)
         known = {"file", "sha256", "size_bytes", "data_file", "data_sha256", "data_size_bytes", "precision",
-                 "quantization", "validation"}
+                 "quantization", "validation", "runtime"}
         extra = {field_: self.free_form(value, f"{key}.{field_}") for field_, value in entry.items()
                  if field_ not in known}
         return VariantEntry(name=name, graph=graph, data=data, precision=precision,
                             quantization=self.free_form(quantization, f"{key}.quantization"),
-                            validation=self.free_form(validation, f"{key}.validation"), extra=extra)
+                            validation=self.free_form(validation, f"{key}.validation"), extra=extra, runtime=runtime)
 
     def cpu_flags(self, quantization: Mapping[str, Any], key: str) -> None:
         # A malformed CPU requirement must not read as "none": a variant that needs VNNI would then run anywhere.

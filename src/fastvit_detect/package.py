@@ -42,6 +42,7 @@ from .errors import (
 from .graphfile import GraphFormatError, external_data_locations
 from .manifest import (
     DATA_SUFFIX,
+    DEFAULT_RUNTIME,
     FORMAT_NAME,
     FORMAT_VERSION,
     READABLE_FORMAT_VERSIONS,
@@ -79,6 +80,11 @@ class Variant:
     @property
     def sha256(self) -> str | None:
         return self.entry.graph.sha256 if self.entry else None
+
+    @property
+    def runtime(self) -> str:
+        """What runs the graph: "onnxruntime", or "openvino" for an NNCF int8 graph (``openvino-int8``)."""
+        return self.entry.runtime if self.entry else DEFAULT_RUNTIME
 
     @property
     def files(self) -> list[tuple[Path, str | None, int | None]]:

@@ -19,8 +19,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from .backends import Backend, OnnxRuntimeBackend, Session
 from .layout import Layout, cache_path, calibrate, candidate_layouts, write_calibration
-from .session import OnnxSession, physical_core_count
+from .session import physical_core_count
 
 Chunk = TypeVar("Chunk")
 Decoded = TypeVar("Decoded")
@@ -30,35 +31,21 @@ Result = TypeVar("Result")
 class SessionPool:
     """``layout.workers`` sessions of one graph. ``run`` is thread-safe and blocks while every session is busy."""
 
-    def __init__(self, layout: Layout, sessions: Sequence[OnnxSession]) -> None:
+    def __init__(self, layout: Layout, sessions: Sequence[Session]) -> None:
         if len(sessions) != layout.workers:
             raise ValueError(f"a layout of {layout.workers} workers needs as many sessions, got {len(sessions)}")
         # The same session may stand in several places: each place is one call that may run at once.
         self.layout = layout
         self.sessions = list(sessions)
-        self._free: queue.SimpleQueue[OnnxSession] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[Session] = queue.SimpleQueue()
         for session in self.sessions:
             self._free.put(session)
 
     @classmethod
-    def build(cls, layout: Layout, make_session: Callable[[int], OnnxSession],
-              first: OnnxSession | None = None) -> SessionPool:
-        """Open the layout's sessions, in parallel (each one's graph optimisation and weight packing take a
-        while); ``first``, a session of ``layout.threads_per_worker`` threads already open, is reused.
-
-        Workers of one thread share one session: a session without an intra-op pool runs each call on its
-        caller's thread, and concurrent calls are safe, so W callers get W cores with one copy of the packed
-        weights (the README's memory table: each extra session costs a full copy, about 90 MB for ViT-B int8).
-        With more threads per worker each worker needs its own session, whose pool is its own.
-        """
-        if layout.threads_per_worker == 1:
-            return cls(layout, [first or make_session(1)] * layout.workers)
-        needed = layout.workers - (first is not None)
-        opened: list[OnnxSession] = [first] if first is not None else []
-        if needed:
-            with ThreadPoolExecutor(min(needed, 8), thread_name_prefix="fastvit-open") as opener:
-                opened += list(opener.map(lambda _: make_session(layout.threads_per_worker), range(needed)))
-        return cls(layout, opened)
+    def build(cls, layout: Layout, backend: Backend, path: Path, first: Session | None = None) -> SessionPool:
+        """Open the layout's sessions with ``backend`` (see :meth:`Backend.open_workers`); ``first``, a session of
+        ``layout.threads_per_worker`` threads already open, may be reused."""
+        return cls(layout, backend.open_workers(path, layout, first))
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         session = self._free.get()
@@ -113,10 +100,10 @@ CALIBRATION_BATCH = 8
 CALIBRATION_SECONDS = 1.5  # per layout and round: long enough for every worker to finish a few batches
 
 
-def measure_layout(layout: Layout, make_session: Callable[[int], OnnxSession], image_size: tuple[int, int],
+def measure_layout(layout: Layout, backend: Backend, path: Path, image_size: tuple[int, int],
                    seconds: float = CALIBRATION_SECONDS) -> float:
     """Images per second (model only) of ``layout``'s workers running batches at once for about ``seconds``."""
-    pool = SessionPool.build(layout, make_session)
+    pool = SessionPool.build(layout, backend, path)
     pixels = np.random.default_rng(0).standard_normal((CALIBRATION_BATCH, 3, *image_size)).astype(np.float32)
     done = [0] * layout.workers
 
@@ -136,25 +123,24 @@ def measure_layout(layout: Layout, make_session: Callable[[int], OnnxSession], i
     return sum(done) * CALIBRATION_BATCH / elapsed
 
 
-def session_warm_up(session: OnnxSession, pixels: np.ndarray) -> None:
+def session_warm_up(session: Session, pixels: np.ndarray) -> None:
     session.run(pixels)  # the first call allocates buffers and picks kernels
 
 
 def calibrate_layout(model_path: str | os.PathLike[str], model_sha256: str, cores: int | None = None,
-                     providers: Sequence[str] | None = None, cache_directory: Path | None = None,
+                     backend: Backend | None = None, cache_directory: Path | None = None,
                      rounds: int = 2) -> tuple[Layout, dict[str, float], Path]:
-    """Time every candidate layout for ``cores`` (default: this process's physical cores) on this graph and cache
-    the fastest for this machine and model; returns it, the figures and the cache file."""
+    """Time every candidate layout for ``cores`` (default: this process's physical cores) on this graph, opened
+    by ``backend`` (default onnxruntime's) with its options, and cache the fastest for this machine, runtime and
+    model; returns it, the figures and the cache file."""
     cores = cores or physical_core_count()
-
-    def make_session(threads: int) -> OnnxSession:
-        return OnnxSession(model_path, threads=threads, providers=providers)
-
-    probe = make_session(1)
-    height, width = (axis if isinstance(axis, int) and axis > 0 else 224 for axis in probe.input_shape[2:4])
+    backend = backend or OnnxRuntimeBackend()
+    path = Path(model_path)
+    probe = backend.open(path, 1)
+    height, width = (axis if isinstance(axis, int) and axis > 0 else 224 for axis in probe.signature.input_shape[2:4])
     del probe
-    best, figures = calibrate(lambda layout: measure_layout(layout, make_session, (height, width)),
+    best, figures = calibrate(lambda layout: measure_layout(layout, backend, path, (height, width)),
                               candidate_layouts(cores), rounds=rounds)
-    path = cache_path(model_sha256, cache_directory)
-    write_calibration(path, best, figures)
-    return best, figures, path
+    cache = cache_path(model_sha256, cache_directory, backend.runtime, backend.version())
+    write_calibration(cache, best, figures)
+    return best, figures, cache

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from .detector import DEFAULT_BATCH_SIZE, Detector
+from .detector import DEFAULT_BATCH_SIZE, Detector, choose_variant
 from .errors import FastVitDetectError, ImageNotFoundError, WorkerCrashError
 from .httpapi import named_image
 from .package import ModelPackage
@@ -568,7 +568,9 @@ def classify(
     read at the actor). Connects to a running Ray (``ray.init()``) or starts a local one if none is connected.
     """
     package = ModelPackage.open(model)  # a bad package or variant fails here, not in every actor
-    chosen = package.variant(variant)
+    # The driver chooses for every actor (auto: the fastest variant on this machine), so a scan's records all come
+    # from one variant and runtime.
+    chosen = package.variant(choose_variant(package, variant).name)
     if not ray.is_initialized():
         ray.init()
     writer = open_output(output, package.labels, fmt, overwrite)

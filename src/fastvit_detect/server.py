@@ -893,6 +893,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
                 "workers": batcher.workers, "workers_alive": batcher.workers_alive,
                 "layout": detector.layout.to_dict(),
                 "worker_restarts": batcher.worker_restarts, "variant": detector.variant.name,
+                "runtime": detector.runtime, "variant_choice": detector.choice.to_dict(),
                 "queue_depth": batcher.queue_depth, "batches": batcher.batches_run, "images": batcher.images_run,
                 "largest_batch": batcher.largest_batch, "failed_batches": batcher.failed_batches,
                 "decoding_pixels": decoder.budget.in_use, "explanations_in_progress": explainer.admitted,
@@ -902,7 +903,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     @get_and_head("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")
     async def model_info() -> dict[str, Any]:
         return {**model, "labels": list(detector.labels), "manifest": detector.package.public_manifest(),
-                "serving": asdict(settings), "layout": detector.layout.to_dict()}
+                "serving": asdict(settings), "layout": detector.layout.to_dict(), "runtime": detector.runtime,
+                "variant_choice": detector.choice.to_dict()}
 
     return app
 
@@ -1008,8 +1010,9 @@ def serve(
     sock = sock or bind_socket(host, port)
     app = create_app(detector, settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("serving %s (variant %s, labels %s) with %s", public_model_name(detector), detector.variant.name,
-             ", ".join(detector.labels), settings)
+    log.info("serving %s (variant %s on %s, labels %s) with %s", public_model_name(detector), detector.variant.name,
+             detector.runtime, ", ".join(detector.labels), settings)
+    log.info("variant chosen: %s", detector.choice.describe())
 
     protocol = type("ConfiguredH11Protocol", (TimedH11Protocol,), {"header_timeout_s": settings.header_timeout_s})
     # access_log off: log_request writes one line per request, with its latency. uvicorn refuses a request once

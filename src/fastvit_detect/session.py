@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,68 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
+@dataclass(frozen=True)
+class Signature:
+    """What a graph takes and gives, as any runtime reports it: one input, the first output. An axis is an int
+    when fixed, else whatever the runtime calls a dynamic axis (a name, None or -1)."""
+
+    input_name: str
+    input_shape: tuple[Any, ...]
+    input_type: str  # onnxruntime's spelling: "tensor(float)"
+    output_name: str
+    output_shape: tuple[Any, ...]
+    output_type: str
+
+
+def check_compatible(signature: Signature, path: Path, image_size: tuple[int, int] | None, num_labels: int,
+                     model_image_size: tuple[int, int] | None = None) -> None:
+    """Refuse a graph whose input or output shape disagrees with the package's configs.
+
+    ``model_image_size``: the size the model was built for (config.json's ``image_size``). A graph that takes
+    any image size would run at whatever the preprocessor config asks, so the config is held to it.
+    """
+    shape = list(signature.input_shape)
+    output_shape = list(signature.output_shape)
+    name, output_name = signature.input_name, signature.output_name
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+        raise IncompatibleModelError(f"{path}: input {name} has shape {shape}, expected (N, 3, H, W)")
+    if signature.input_type != FLOAT32:
+        raise IncompatibleModelError(f"{path}: input {name} takes {signature.input_type}; the "
+                                     f"preprocessing makes {FLOAT32} (re-export the model with float32 input)")
+    if signature.output_type not in FLOAT_OUTPUTS:
+        raise IncompatibleModelError(f"{path}: output {output_name} is {signature.output_type}, expected "
+                                     "float logits")
+    for what, axes in (("input", shape), ("output", output_shape)):
+        if axes and isinstance(axes[0], int) and axes[0] >= 0:  # a dynamic axis reads as a name, None or -1
+            raise IncompatibleModelError(
+                f"{path}: the {what}'s batch axis is fixed at {axes[0]}; fastvit-detect runs batches of "
+                "any size, so export the model with a dynamic batch axis (fastvit-detect export does)")
+    if image_size is not None:
+        for axis, expected in zip(("height", "width"), image_size):
+            actual = shape[2 if axis == "height" else 3]
+            if isinstance(actual, int) and actual != expected:
+                raise IncompatibleModelError(
+                    f"{path}: input {axis} is {actual}, but the preprocessor config produces {expected} "
+                    f"(input shape {shape}); is this another model's ONNX file?"
+                )
+        dynamic = not all(isinstance(axis, int) and axis > 0 for axis in shape[2:])
+        if dynamic and model_image_size is not None and tuple(image_size) != tuple(model_image_size):
+            raise IncompatibleModelError(
+                f"{path}: the graph takes images of any size and config.json's image_size "
+                f"{model_image_size[0]} says the model was built for {model_image_size[0]}x{model_image_size[1]}, "
+                f"but the preprocessor config makes {image_size[0]}x{image_size[1]}")
+    width = output_shape[-1] if output_shape else None
+    if len(output_shape) != 2 or (isinstance(width, int) and width != num_labels):
+        raise IncompatibleModelError(
+            f"{path}: output {output_name} has shape {output_shape}, expected (N, {num_labels}) "
+            "for the labels in config.json"
+        )
+
+
 class OnnxSession:
-    """An image-classification ONNX graph: pixel_values (N, 3, H, W) float32 -> logits (N, classes)."""
+    """An image-classification ONNX graph on onnxruntime: pixel_values (N, 3, H, W) float32 -> logits (N, classes)."""
+
+    runtime = "onnxruntime"
 
     def __init__(
         self,
@@ -145,48 +206,15 @@ class OnnxSession:
         self.output_type = outputs[0].type
         self.providers = self._session.get_providers()
 
+    @property
+    def signature(self) -> Signature:
+        return Signature(self.input_name, tuple(self.input_shape), self.input_type, self.output_name,
+                         tuple(self.output_shape), self.output_type)
+
     def check_compatible(self, image_size: tuple[int, int] | None, num_labels: int,
                          model_image_size: tuple[int, int] | None = None) -> None:
-        """Refuse a graph whose input or output shape disagrees with the package's configs.
-
-        ``model_image_size``: the size the model was built for (config.json's ``image_size``). A graph that takes
-        any image size would run at whatever the preprocessor config asks, so the config is held to it.
-        """
-        shape = self.input_shape
-        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
-            raise IncompatibleModelError(
-                f"{self.path}: input {self.input_name} has shape {shape}, expected (N, 3, H, W)")
-        if self.input_type != FLOAT32:
-            raise IncompatibleModelError(f"{self.path}: input {self.input_name} takes {self.input_type}; the "
-                                         f"preprocessing makes {FLOAT32} (re-export the model with float32 input)")
-        if self.output_type not in FLOAT_OUTPUTS:
-            raise IncompatibleModelError(f"{self.path}: output {self.output_name} is {self.output_type}, expected "
-                                         "float logits")
-        for what, axes in (("input", shape), ("output", self.output_shape)):
-            if axes and isinstance(axes[0], int) and axes[0] >= 0:  # a dynamic axis reads as a name, None or -1
-                raise IncompatibleModelError(
-                    f"{self.path}: the {what}'s batch axis is fixed at {axes[0]}; fastvit-detect runs batches of "
-                    "any size, so export the model with a dynamic batch axis (fastvit-detect export does)")
-        if image_size is not None:
-            for axis, expected in zip(("height", "width"), image_size):
-                actual = shape[2 if axis == "height" else 3]
-                if isinstance(actual, int) and actual != expected:
-                    raise IncompatibleModelError(
-                        f"{self.path}: input {axis} is {actual}, but the preprocessor config produces {expected} "
-                        f"(input shape {shape}); is this another model's ONNX file?"
-                    )
-            dynamic = not all(isinstance(axis, int) and axis > 0 for axis in shape[2:])
-            if dynamic and model_image_size is not None and tuple(image_size) != tuple(model_image_size):
-                raise IncompatibleModelError(
-                    f"{self.path}: the graph takes images of any size and config.json's image_size "
-                    f"{model_image_size[0]} says the model was built for {model_image_size[0]}x{model_image_size[1]}, "
-                    f"but the preprocessor config makes {image_size[0]}x{image_size[1]}")
-        width = self.output_shape[-1] if self.output_shape else None
-        if len(self.output_shape) != 2 or (isinstance(width, int) and width != num_labels):
-            raise IncompatibleModelError(
-                f"{self.path}: output {self.output_name} has shape {self.output_shape}, expected (N, {num_labels}) "
-                "for the labels in config.json"
-            )
+        """:func:`check_compatible` on this session's graph."""
+        check_compatible(self.signature, self.path, image_size, num_labels, model_image_size)
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """Logits for a float32 NCHW batch, in one session call."""

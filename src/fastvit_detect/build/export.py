@@ -16,21 +16,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..backends import OPENVINO
 from ..detector import Detector
 from ..errors import FastVitDetectError
 from ..fidelity import logit_agreement
-from ..manifest import Manifest, Source
+from ..manifest import DEFAULT_RUNTIME, FileEntry, Manifest, Source, VariantEntry
 from ..options import finite_number, positive_int, whole_number
-from ..package import CONFIG_FILE, OPTIMUM_FILES, PREPROCESSOR_FILE
+from ..package import CONFIG_FILE, OPTIMUM_FILES, PREPROCESSOR_FILE, ModelPackage, Variant
 from ..preprocess import Preprocessor
 from ..session import physical_core_count
-from . import ExportError, Log
+from . import ExportError, Log, openvino
 from .chatter import library_warnings_hidden
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import export_fp32, move_weights_to_data_file
@@ -72,6 +73,7 @@ class ExportSettings:
     validation_limit: int = 64
     description: str | None = None
     intended_use: str | None = None
+    openvino: bool = False  # add the openvino-int8 variant (NNCF int8, run by OpenVINO)
 
     @property
     def int8(self) -> Int8Options:
@@ -149,11 +151,15 @@ def _build_package(staging: Path, loaded: LoadedCheckpoint, settings: ExportSett
     int8 = _add_int8(staging, fp32_path, settings.int8, expected, step, log)
     if int8 is not None:
         variants["int8"] = int8
+    if settings.openvino:
+        variants[openvino.VARIANT] = _add_openvino_int8(staging, fp32_path, settings.int8, expected, step, log)
     for entry in variants.values():  # after quantizing: the quantizer reads the single-file fp32 graph
         entry["data_file"] = move_weights_to_data_file(staging / entry["file"]).name
 
     step(4, f"validating {len(variants)} variant(s) against PyTorch on {len(sources)} images")
     _validate(staging, variants, expected, log)
+    if openvino.VARIANT in variants:
+        _gate(staging, variants, openvino.VARIANT, settings.int8, log)
 
     step(5, "writing the manifest")
     checkpoint, config = loaded.checkpoint, loaded.config
@@ -186,11 +192,60 @@ def _add_int8(staging: Path, fp32_path: Path, int8: Int8Options, expected: _Expe
     return {"file": int8_path.name, "precision": "int8", "quantization": settings}
 
 
+def _add_openvino_int8(staging: Path, fp32_path: Path, int8: Int8Options, expected: _Expected, step: Step,
+                       log: Log) -> dict[str, Any]:
+    """Make the openvino-int8 variant: NNCF int8 calibrated on --calibration's images (else the validation images,
+    with a warning); returns its manifest figures."""
+    openvino.require_nncf()  # before minutes of work: a missing extra is named at once
+    preprocessor = Preprocessor.from_hf(json.loads((staging / PREPROCESSOR_FILE).read_text()))
+    if int8.calibration_dir is not None:
+        pixels = calibration_pixels(int8.calibration_dir, int8.calibration_limit, preprocessor, log)
+        where = f"{int8.calibration_dir.name}/ ({len(pixels)} images, --calibration)"
+    else:
+        pixels = preprocessor(expected.sources[: int8.calibration_limit])
+        where = f"the {len(pixels)} validation images (no --calibration given)"
+        log("           warning: --openvino without --calibration calibrates on the validation images, so its "
+            "fidelity figures flatter it; pass --calibration DIR (e.g. a training split)")
+    step(3, f"quantizing to {openvino.VARIANT} with NNCF on {where}")
+    path = staging / openvino.FILE
+    quantization = openvino.make_openvino_int8(fp32_path, path, pixels, where)
+    return {"file": path.name, "precision": "int8", "runtime": OPENVINO, "quantization": quantization}
+
+
+def _gate(staging: Path, variants: dict[str, dict[str, Any]], name: str, int8: Int8Options, log: Log) -> None:
+    """Leave out variant ``name`` if it strays from PyTorch more than the int8 bounds allow: no package ships a
+    variant that fails the agreement gate."""
+    figures = variants[name]["validation"]
+    agreement, delta = figures["top1_agreement"], figures["max_abs_probability_diff"]
+    if agreement >= int8.min_agreement and delta <= int8.max_probability_diff:
+        return
+    log(f"           {name} LEFT OUT: top-1 agreement {agreement:.4f} (needs >= {int8.min_agreement}) and max |dp| "
+        f"{delta:.4f} (needs <= {int8.max_probability_diff}) against PyTorch; --min-agreement and "
+        "--max-probability-diff set the bounds")
+    entry = variants.pop(name)
+    for key in ("file", "data_file"):
+        (staging / entry[key]).unlink(missing_ok=True)
+
+
+def _staged(staging: Path, variants: Mapping[str, dict[str, Any]]) -> ModelPackage:
+    """The staging directory as the runtime will open it, before its manifest exists: the Optimum-named variants
+    are found by file name; the others (openvino-int8) are added with their runtime."""
+    package = ModelPackage.open(staging)
+    found = dict(package.variants)
+    for name, entry in variants.items():
+        if name not in found:
+            unchecked = FileEntry(entry["file"], "0" * 64, 0)  # verify=False: the manifest is written after this
+            found[name] = Variant(name, staging / entry["file"], VariantEntry(name, unchecked, runtime=entry.get(
+                "runtime", DEFAULT_RUNTIME)), staging / entry["data_file"] if entry.get("data_file") else None)
+    return replace(package, variants=found)
+
+
 def _validate(staging: Path, variants: Mapping[str, dict[str, Any]], expected: _Expected, log: Log) -> None:
     """Run each variant as the runtime will and record how far it is from PyTorch; refuse an fp32 graph that
     isn't PyTorch's model."""
+    package = _staged(staging, variants)
     for name, entry in variants.items():
-        detector = Detector.load(staging, variant=name, verify=False)
+        detector = Detector.load(package, variant=name, verify=False, ov_config={"CACHE_DIR": ""})
         if name == "fp32":
             # Our preprocessing, compared on its own, so a logit mismatch can be told apart from a pixel one.
             pixels = detector.preprocessor(expected.sources)
@@ -239,6 +294,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--cpu-specific", action="store_true",
                         help="let --optimize auto keep a recipe that needs this CPU's instruction set (8-bit "
                              "weights need VNNI); the package then refuses to load on CPUs without it")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also add the openvino-int8 variant: NNCF int8 run by OpenVINO, the fastest CPU path on "
+                             "most CPUs (needs the openvino extra; calibrates on --calibration DIR when given, and "
+                             "is gated by --min-agreement / --max-probability-diff like --optimize auto)")
     parser.add_argument("--opset", type=whole_number(14, 30), default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--description", help="what the model is, recorded in the manifest and shown by info")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..manifest import FORMAT_VERSION, FileEntry, Manifest, Source, VariantEntry
+from ..manifest import DEFAULT_RUNTIME, FORMAT_VERSION, FileEntry, Manifest, Source, VariantEntry
 from ..package import MANIFEST_FILE, file_sha256
 
 # fp32 ONNX may differ from PyTorch by float rounding only; more means the graph or the preprocessing is wrong.
@@ -50,11 +50,12 @@ def variant_entry(staging: Path, name: str, figures: Mapping[str, Any]) -> Varia
     """A finished variant's manifest entry. ``figures``: file, data_file, precision, quantization, validation and
     any other figures recorded while building it (kept as they are)."""
     data = figures.get("data_file")
-    known = ("file", "data_file", "precision", "quantization", "validation")
+    known = ("file", "data_file", "precision", "quantization", "validation", "runtime")
     return VariantEntry(name=name, graph=file_entry(staging / figures["file"]),
                         data=file_entry(staging / data) if data else None, precision=figures.get("precision"),
                         quantization=figures.get("quantization"), validation=figures.get("validation"),
-                        extra={key: value for key, value in figures.items() if key not in known})
+                        extra={key: value for key, value in figures.items() if key not in known},
+                        runtime=figures.get("runtime", DEFAULT_RUNTIME))
 
 
 def write_manifest(staging: Path, *, source: Source, labels: Sequence[str], image_size: tuple[int, int], opset: int,
