@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .layout import Layout, cache_path, calibrate, candidate_layouts, write_calibration
+from .layout import Layout, cache_path, calibrate, candidate_layouts, check_cache_writable, write_calibration
 from .session import OnnxSession, physical_core_count
 
 Chunk = TypeVar("Chunk")
@@ -146,6 +146,8 @@ def calibrate_layout(model_path: str | os.PathLike[str], model_sha256: str, core
     """Time every candidate layout for ``cores`` (default: this process's physical cores) on this graph and cache
     the fastest for this machine and model; returns it, the figures and the cache file."""
     cores = cores or physical_core_count()
+    path = cache_path(model_sha256, cache_directory)
+    check_cache_writable(path.parent)  # before the timing: finding out afterwards wastes it
 
     def make_session(threads: int) -> OnnxSession:
         return OnnxSession(model_path, threads=threads, providers=providers)
@@ -155,6 +157,5 @@ def calibrate_layout(model_path: str | os.PathLike[str], model_sha256: str, core
     del probe
     best, figures = calibrate(lambda layout: measure_layout(layout, make_session, (height, width)),
                               candidate_layouts(cores), rounds=rounds)
-    path = cache_path(model_sha256, cache_directory)
     write_calibration(path, best, figures)
     return best, figures, path
