@@ -233,3 +233,42 @@ def test_server_start_up_line_shows_the_effective_decode_budget(vit_package, mon
     assert "decode_budget_pixels=1500000" in started and "decode_budget_pixels=None" not in started
 
 
+# --- the demo's suggestions run as printed (item 10) ----------------------------------------------------------
+
+
+def test_the_demos_suggested_commands_run_in_a_shell_without_the_environment(vit_package, tmp_path):
+    from examples import demo
+
+    fakes = tmp_path / "data" / "Test" / "Fake"
+    fakes.mkdir(parents=True)
+    for photo in sample_photos()[:2]:
+        shutil.copyfile(photo, fakes / f"{photo.stem}.jpg")
+    commands = demo.try_commands(vit_package, fakes)
+    assert [command.split()[1] for command in commands] == ["info", "predict"]
+    # A fresh shell: the environment's bin/ isn't on the PATH, as after `bash scripts/demo.sh`.
+    bin_folder = str(Path(sys.executable).parent)
+    path = os.pathsep.join(part for part in os.environ.get("PATH", "").split(os.pathsep) if part != bin_folder)
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PATH": path})
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+
+
+def test_the_demo_prints_each_steps_time_with_the_cpu(monkeypatch):
+    from examples import demo
+
+    monkeypatch.setattr(demo, "STEP_SECONDS", {})
+    with demo.step("a step"):
+        pass
+    lines: list[str] = []
+    demo.print_step_times(lines.append)
+    assert "step times on" in lines[0] and "physical cores" in lines[0]
+    assert re.fullmatch(r"\s+\d+ s  a step", lines[1]) and lines[-1].endswith("in all")
+
+
+def test_benchmark_help_states_its_memory_need():
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 0 and "about 5 GB at the peak with --quick" in " ".join(result.stdout.split())
+
+
