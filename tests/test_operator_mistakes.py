@@ -272,3 +272,14 @@ def test_benchmark_help_states_its_memory_need():
     assert result.returncode == 0 and "about 5 GB at the peak with --quick" in " ".join(result.stdout.split())
 
 
+# --- the test suite's own house rules (item 13) ---------------------------------------------------------------
+
+
+def test_no_test_edits_sys_path_or_assumes_an_absolute_path_is_missing():
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        text = path.read_text()
+        for pattern in (r"sys\.path\.(insert|append|extend)", r"syspath_prepend", r"[\"']/nonexistent"):
+            if re.search(pattern, text) and path.name != Path(__file__).name:
+                offenders.append(f"{path.name}: {pattern}")
+    assert offenders == []
