@@ -201,7 +201,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "scan --overwrite resumes instead of starting afresh"),
     Mutant("scan-format-flag-ignored", "cli.py",
            "batch_size=args.batch_size, fmt=args.format,", "batch_size=args.batch_size, fmt=None,",
-           nodes("test_cli_flags.py", "test_format_flag_overrides_the_file_name"),
+           nodes("test_cli_flags.py", "test_format_flag_names_the_format_of_a_file_name_that_implies_none"),
            "scan --format has no effect"),
     # --- caps -----------------------------------------------------------------------------------------------
     Mutant("pixel-cap-removed", "preprocess.py",
