@@ -23,6 +23,7 @@ from fastvit_detect import FastVitDetectError, evaluate
 from fastvit_detect.build import timing as measure
 from fastvit_detect.build.chatter import library_warnings_hidden
 from fastvit_detect.fidelity import probability_agreement
+from fastvit_detect.options import refuse_empty_text
 
 from . import artifacts as artifacts_module
 from . import (
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-mp", type=lambda text: tuple(float(v) for v in text.split(",") if v), help=hidden)
     parser.add_argument("--coldstart-repeats", type=int, help=hidden)
     parser.add_argument("--no-compile", action="store_true", help=hidden)
-    return parser
+    return refuse_empty_text(parser)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

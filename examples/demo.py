@@ -35,6 +35,7 @@ from fastvit_detect.build.reference import TorchReference
 from fastvit_detect.build.samples import sample_photos
 from fastvit_detect.build.seeded import build_checkpoint
 from fastvit_detect.build.timing import interleave
+from fastvit_detect.options import refuse_empty_text
 
 ROOT = Path(__file__).resolve().parent.parent  # train/ holds scripts run from the checkout
 STEP_SECONDS: dict[str, float] = {}  # step -> seconds it took in this run, for the closing table
@@ -132,7 +133,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts" / "demo")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds over the photos (default 3)")
     parser.add_argument("--skip-training", action="store_true", help="skip steps 1-4 (the accuracy part)")
-    args = parser.parse_args()
+    args = refuse_empty_text(parser).parse_args()
     if not args.skip_training:
         accuracy_part(args.workdir)
 

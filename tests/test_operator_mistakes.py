@@ -122,6 +122,21 @@ def test_export_refuses_an_empty_output_folder(capsys):
     assert "argument --output/-o: expected a non-empty value" in capsys.readouterr().err
 
 
+def test_the_build_side_commands_refuse_empty_paths_too(monkeypatch, capsys):
+    # The same rule for the project's other commands: an empty --output is the current folder to all of them.
+    from benchmarks.__main__ import build_parser as benchmark_parser
+    from examples import demo
+    from fastvit_detect.build import seeded
+    from train import finetune
+
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--workdir", ""])
+    for run in (lambda: seeded.main(["--output", ""]), lambda: benchmark_parser().parse_args(["--output", ""]),
+                lambda: finetune.parse_args(["--data", "", "--base", "tiny", "--output", "out"]), demo.main):
+        with pytest.raises(SystemExit) as exit_:
+            run()
+        assert exit_.value.code == 2 and "expected a non-empty value" in capsys.readouterr().err
+
+
 def test_non_empty_text_keeps_what_it_is_given():
     from fastvit_detect.options import non_empty_text
 
