@@ -23,6 +23,7 @@ from fastvit_detect import FastVitDetectError, evaluate
 from fastvit_detect.build import timing as measure
 from fastvit_detect.build.chatter import library_warnings_hidden
 from fastvit_detect.fidelity import probability_agreement
+from fastvit_detect.options import refuse_empty_text
 
 from . import artifacts as artifacts_module
 from . import (
@@ -38,6 +39,9 @@ from .progress import elapsed, log
 from .systems import System, Unavailable, all_systems
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
+# Measured for issue 22; the README's Performance section says the same.
+MEMORY_NOTE = ("Memory: about 5 GB at the peak with --quick (each compared system holds a ViT-B/16 and its buffers), "
+               "more for a full run; with less free, the kernel's OOM killer may end the run.")
 FOREIGN_LOAD_WARNING = 0.25  # cores kept busy by other processes above which a phase's figures are flagged
 TURN_BLOCK = 5  # consecutive calls per turn in the latency phases (see measure.py for why turns are blocks)
 
@@ -64,7 +68,8 @@ class Plan:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0].strip("`"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0].strip("`"),
+                                     epilog=MEMORY_NOTE)
     parser.add_argument("--quick", action="store_true", help="a ~5 minute run: fewer rounds, batch 1 and 8, all cores")
     parser.add_argument("--model",
                         help="HF checkpoint directory or Hub id (default: a seeded random-weight ViT-B/16-224)")
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-mp", type=lambda text: tuple(float(v) for v in text.split(",") if v), help=hidden)
     parser.add_argument("--coldstart-repeats", type=int, help=hidden)
     parser.add_argument("--no-compile", action="store_true", help=hidden)
-    return parser
+    return refuse_empty_text(parser)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -200,7 +201,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "scan --overwrite resumes instead of starting afresh"),
     Mutant("scan-format-flag-ignored", "cli.py",
            "batch_size=args.batch_size, fmt=args.format,", "batch_size=args.batch_size, fmt=None,",
-           nodes("test_cli_flags.py", "test_format_flag_overrides_the_file_name"),
+           nodes("test_cli_flags.py", "test_format_flag_names_the_format_of_a_file_name_that_implies_none"),
            "scan --format has no effect"),
     # --- caps -----------------------------------------------------------------------------------------------
     Mutant("pixel-cap-removed", "preprocess.py",
@@ -311,15 +312,18 @@ def stale_problem(mutant: Mutant, tree: Path) -> str | None:
     return f"its code {mutant.original!r} {where} {relative_path(mutant)}: update the mutant to the new code"
 
 
-def pytest_command(tests: tuple[str, ...] | list[str], stop_at_first: bool) -> list[str]:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", "-rf"]
+def pytest_command(tests: tuple[str, ...] | list[str], stop_at_first: bool, copy: Path) -> list[str]:
+    # pyproject's pythonpath, with the copy's Django site in place of the checkout's (the runtime comes from the
+    # copy through PYTHONPATH: see environment).
+    site = shlex.quote(str(copy / "examples" / "django_app"))
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", "-rf",
+               "-o", f"pythonpath=. tests {site}"]
     return [*command, *(["-x"] if stop_at_first else []), *tests]
 
 
 def environment(copy: Path, cache: Path) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(copy / "src"), os.environ.get("PYTHONPATH", "")]))
-    return {**os.environ, "PYTHONPATH": path, "FASTVIT_TEST_CACHE": str(cache),
-            "FASTVIT_DJANGO_SITE": str(copy / "examples" / "django_app")}
+    return {**os.environ, "PYTHONPATH": path, "FASTVIT_TEST_CACHE": str(cache)}
 
 
 def check_copy_is_imported(copy: Path, cache: Path) -> None:
@@ -341,8 +345,8 @@ def run_mutant(mutant: Mutant, copy: Path, cache: Path) -> Outcome:
     target.write_text(original.replace(mutant.original, mutant.mutated, 1))
     started = time.perf_counter()
     try:
-        result = subprocess.run(pytest_command(mutant.tests, stop_at_first=True), cwd=ROOT, capture_output=True,
-                                text=True, env=environment(copy, cache), timeout=300)
+        result = subprocess.run(pytest_command(mutant.tests, stop_at_first=True, copy=copy), cwd=ROOT,
+                                capture_output=True, text=True, env=environment(copy, cache), timeout=300)
     except subprocess.TimeoutExpired:
         return Outcome(mutant, "ERROR", time.perf_counter() - started, "its tests ran over 300 s")
     finally:
@@ -393,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         selected = sorted({test for mutant in runnable for test in mutant.tests})
         print(f"mutation check: {len(runnable)} mutant(s); first the {len(selected)} selected test(s) on the "
               "unchanged code (this also builds the fixture packages once)", flush=True)
-        baseline = subprocess.run(pytest_command(selected, stop_at_first=False), cwd=ROOT, capture_output=True,
-                                  text=True, env=environment(copies[0], cache))
+        baseline = subprocess.run(pytest_command(selected, stop_at_first=False, copy=copies[0]), cwd=ROOT,
+                                  capture_output=True, text=True, env=environment(copies[0], cache))
         if baseline.returncode != 0:
             print(baseline.stdout[-5000:] + baseline.stderr[-3000:])
             print("mutation check: the selected tests fail on the unchanged code; fix them first", file=sys.stderr)

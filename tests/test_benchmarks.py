@@ -253,7 +253,7 @@ def test_vit_base_mac_count_matches_the_published_figure():
         assert peak["int8_gops"] > peak["fp32_gflops"] > 0
 
 
-def test_bf16_is_benchmarked_only_where_the_cpu_computes_in_bf16(monkeypatch):
+def test_bf16_is_benchmarked_only_where_the_cpu_computes_in_bf16(monkeypatch, tmp_path):
     from benchmarks.artifacts import Artifacts
     from benchmarks.systems import TorchBf16System, Unavailable, bf16_unavailable_reason
 
@@ -264,7 +264,8 @@ def test_bf16_is_benchmarked_only_where_the_cpu_computes_in_bf16(monkeypatch):
     assert "unreadable" in bf16_unavailable_reason(frozenset())
     # The system asks before it imports anything: a CPU without bf16 skips it with that reason.
     monkeypatch.setattr("fastvit_detect.session.cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    system = TorchBf16System(Artifacts("none", Path("/nonexistent"), Path("/nonexistent"), Path("/nonexistent")))
+    missing = tmp_path / "missing"
+    system = TorchBf16System(Artifacts("none", missing, missing, missing))
     with pytest.raises(Unavailable, match="neither AMX-BF16 nor AVX512-BF16"):
         system.load(1)
 

@@ -106,22 +106,27 @@ def test_batch_size_flag_sets_the_images_per_session_call(vit_package, tmp_path,
     assert session_calls == [3, 2]
 
 
-def test_format_flag_overrides_the_file_name(vit_package, tmp_path, reference, capsys):
+def test_format_flag_names_the_format_of_a_file_name_that_implies_none(vit_package, tmp_path, reference, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     photos = sample_photos()[:3]
     for photo in photos:
         shutil.copyfile(photo, folder / photo.name)
-    as_csv = tmp_path / "results.jsonl"
+    as_csv = tmp_path / "results.out"
     assert run(["scan", str(folder), "--model", str(vit_package), "-o", str(as_csv), "--format", "csv"], capsys)[0] == 0
     rows = list(csv.DictReader(as_csv.open(newline="")))
     by_image = {row["image"]: row["label"] for row in rows}
     assert by_image == {str(folder / photo.name): label
                         for photo, label in zip(photos, reference.labels("vit", photos))}
-    as_jsonl = tmp_path / "results.csv"
+    as_jsonl = tmp_path / "results"
     assert run(["scan", str(folder), "--model", str(vit_package), "-o", str(as_jsonl), "--format", "jsonl"],
                capsys)[0] == 0
     assert {record["image"]: record["label"] for record in json_lines(as_jsonl.read_text())} == by_image
+    # A name that says one format and a flag that says another: refused, rather than CSV in a .jsonl file.
+    code, _out, err = run(["scan", str(folder), "--model", str(vit_package), "-o", str(tmp_path / "results.jsonl"),
+                           "--format", "csv"], capsys)
+    assert code == 2 and "the name says jsonl but --format says csv" in err
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 def test_overwrite_flag_starts_afresh(vit_package, tmp_path, session_calls, capsys):

@@ -12,14 +12,16 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import deepfake_site
 import django
 import pytest
-from conftest import ROOT, sample_photos
+from conftest import sample_photos
 from django.test import Client, override_settings
 from PIL import Image
 
-# The mutation check (scripts/mutation.py) points this at a copy of the site with one line broken.
-SITE = Path(os.environ.get("FASTVIT_DJANGO_SITE") or ROOT / "examples" / "django_app")
+# The site pytest's `pythonpath` (pyproject) puts on the path: examples/django_app, or the mutation check's copy
+# of it with one line broken. Subprocesses get the same one.
+SITE = Path(deepfake_site.__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,6 @@ def client(vit_package) -> Client:
         patch.setenv("FASTVIT_MODEL_DIR", str(vit_package))
         patch.setenv("DJANGO_SETTINGS_MODULE", "deepfake_site.settings")
         patch.setenv("DJANGO_ALLOWED_HOSTS", "testserver")
-        sys.path.insert(0, str(SITE))  # stays: Django imports the site's modules lazily
         django.setup()
     return Client()
 

@@ -209,14 +209,17 @@ def test_optimize_auto_with_static_chooses_among_calibration_methods(exporter, c
     ({"quantize": "static"}, "needs --calibration DIR"),
     ({"quantize": "none", "optimize": "auto"}, "can't be combined with --quantize none"),
     ({"quantize": "static", "calibration_method": "guess"}, "--calibration-method 'guess'"),
-    ({"quantize": "static", "calibration_dir": "/nonexistent"}, "not a directory"),
-    ({"quantize": "static", "calibration_dir": "/tmp", "calibration_limit": 0}, "--calibration-limit 0"),
-    ({"calibration_dir": "/tmp"}, "--calibration is used by --quantize static or --optimize auto only"),
+    ({"quantize": "static", "calibration_dir": "{tmp}/missing"}, "not a directory"),
+    ({"quantize": "static", "calibration_dir": "{tmp}", "calibration_limit": 0}, "--calibration-limit 0"),
+    ({"calibration_dir": "{tmp}"}, "--calibration is used by --quantize static or --optimize auto only"),
     ({"cpu_specific": True}, "--cpu-specific widens --optimize auto's choice"),
     ({"optimize": "auto", "per_channel": False}, "chooses per-channel scales and the weight range itself"),
     ({"optimize": "auto", "max_probability_diff": 2.0}, "between 0 and 1"),
 ])
 def test_int8_option_errors(exporter, checkpoints, tmp_path, options, message):
+    # Folders under tmp_path only: an absolute path assumed missing (/nonexistent) can exist on a shared machine.
+    options = {key: value.format(tmp=tmp_path) if isinstance(value, str) and "{tmp}" in value else value
+               for key, value in options.items()}
     settings = exporter.ExportSettings(str(checkpoints["vit"]), tmp_path / "out", **options)
     with pytest.raises(exporter.ExportError, match=message):
         exporter.export_package(settings, log=quiet)

@@ -66,6 +66,7 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
+from fastvit_detect.options import refuse_empty_text
 from fastvit_detect.preprocess import Preprocessor, find_images
 
 ID2LABEL = {0: "Fake", 1: "Real"}
@@ -587,7 +588,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tiny.add_argument("--tiny-mlp-ratio", type=int, default=TinyViTShape.mlp_ratio)
     tiny.add_argument("--tiny-patch-init", choices=("dct", "random"), default="dct",
                       help="patch-embedding init: a frequency-whitened DCT filter bank, or the usual Gaussian")
-    args = parser.parse_args(argv)
+    args = refuse_empty_text(parser).parse_args(argv)
 
     positive = {"--batch-size": args.batch_size, "--eval-batch-size": args.eval_batch_size,
                 "--threads": args.threads, "--log-every": args.log_every}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -36,24 +37,27 @@ from .explain import (
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
 from .layout import MAX_WORKERS, Layout, cache_path, choose_layout, read_calibration
-from .options import finite_number, positive_int, whole_number
+from .options import finite_number, positive_int, refuse_empty_text, whole_number
 from .package import ModelPackage, Variant
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig, check_formats, server_formats
 from .progress import stderr_progress
-from .scan import result_record
+from .scan import check_scan_target, output_format, result_record
 from .session import MAX_THREADS, physical_core_count
 
 __all__ = ["EXIT_IMAGE_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "positive_int"]
 
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # what a shell shows for SIGINT and SIGPIPE
 MiB = 1024 * 1024
 
 batch_size_type = whole_number(1, MAX_BATCH_SIZE)
 threads_type = whole_number(1, MAX_THREADS)
 actors_type = whole_number(1, 100_000)  # more than any Ray cluster runs; a typo beyond it fails here
 workers_type = whole_number(1, MAX_WORKERS)
-pixels_type = whole_number(1, 2**40)
+# 0 MB is a usage error, not "no cap": a cap that refuses every image is never meant, and no cap is never safe.
 megabytes_type = finite_number(0, 64 * 1024, low_inclusive=False)
+SERVE_MAX_PIXELS, SERVE_MAX_UPLOAD_MB = 1 << 32, 4096  # ServeSettings' own bounds (max_pixels, max_upload_bytes)
+upload_megabytes_type = finite_number(0, SERVE_MAX_UPLOAD_MB, low_inclusive=False)
 EXPLAIN_OPTIONS = ("method", "target", "grid", "samples", "baseline", "seed")
 
 
@@ -70,14 +74,20 @@ def formats_type(text: str) -> tuple[str, ...] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0: done; 1: some images failed (the rest were classified); 2: nothing could run (bad model, bad
-    arguments, or an unexpected failure). Never a traceback: set FASTVIT_DETECT_DEBUG=1 to see one."""
+    arguments, standard output closed, or an unexpected failure); 130: interrupted; 141: the reader of standard
+    output went away (``| head``). Never a traceback: set FASTVIT_DETECT_DEBUG=1 to see one."""
+    if not standard_streams_open():
+        return EXIT_USAGE
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["export"]:  # the build package's own parser reads the rest: one definition of its options
-        return run_export(arguments[1:])
-    parser = build_parser()
-    args = parser.parse_args(arguments)
     try:
+        if arguments[:1] == ["export"]:  # the build package's parser reads the rest: one definition of its options
+            return run_export(arguments[1:])
+        parser = build_parser()
+        args = parser.parse_args(arguments)
         return int(args.handler(args))
+    except BrokenPipeError:  # checked before OSError: a reader that stops early isn't an error of ours
+        discard_standard_output()
+        return EXIT_BROKEN_PIPE
     except FastVitDetectError as exc:
         print(f"fastvit-detect: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -85,13 +95,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fastvit-detect: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an environment problem: say so, in one line
         if os.environ.get("FASTVIT_DETECT_DEBUG"):
             raise
         print(f"fastvit-detect: internal error: {type(exc).__name__}: {exc} (set FASTVIT_DETECT_DEBUG=1 for the "
               "traceback)", file=sys.stderr)
         return EXIT_USAGE
+
+
+def standard_streams_open() -> bool:
+    """False, with a message, when standard output was closed (``>&-``): the results would be lost.
+
+    A closed descriptor 1 or 2 gets /dev/null first either way, so that no file opened later (a scan's results,
+    an overlay) becomes descriptor 1 or 2 and receives text meant for the terminal. A closed standard error just
+    means "discard the diagnostics"."""
+    if sys.stderr is None:
+        sys.stderr = _devnull_on(2)
+    if sys.stdout is not None:
+        return True
+    sys.stdout = _devnull_on(1)
+    print("fastvit-detect: error: standard output is closed, so the results would be lost; redirect it instead "
+          "(> FILE, or > /dev/null to discard them)", file=sys.stderr)
+    return False
+
+
+def _devnull_on(descriptor: int) -> TextIO:
+    null = os.open(os.devnull, os.O_WRONLY)
+    if null != descriptor:
+        os.dup2(null, descriptor)
+        os.close(null)
+    return open(descriptor, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def discard_standard_output() -> None:
+    """After a broken pipe: send what is still buffered to /dev/null, so that the interpreter's final flush
+    doesn't print "Exception ignored ... BrokenPipeError"."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            # Not a real file (captured in tests), or already closed: nothing to flush into a broken pipe.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--output", "-o", default="scan_results.jsonl", metavar="FILE",
                       help="results file, a regular file; .csv for CSV, .parquet for a folder of Parquet files "
                            "(--engine ray only), else JSON lines (default scan_results.jsonl)")
-    scan.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="override the format the file name implies")
+    scan.add_argument("--format", choices=("jsonl", "csv", "parquet"),
+                      help="the format, for a file name that doesn't imply one (.csv, .parquet, .jsonl, .json); "
+                           "one that contradicts the name is refused")
     scan.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
                       help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
     scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
@@ -182,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a model over HTTP: an upload page at /, POST /api/v1/predict, the seed project's "
                     "POST /predict/, /healthz, /api/v1/model and /openapi.json. Concurrent requests are micro-batched.",
     )
-    add_model_arguments(serve, max_pixels_default=SERVER_MAX_PIXELS)
+    add_model_arguments(serve, max_pixels_default=SERVER_MAX_PIXELS, max_pixels_limit=SERVE_MAX_PIXELS)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=whole_number(0, 65535), default=8000,
@@ -190,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--formats", type=formats_type, default=server_formats(), metavar="LIST",
                        help="image formats to open, comma-separated, or 'any' for every format Pillow opens but EPS "
                             f"(default {','.join(server_formats())}: photo formats)")
-    serve.add_argument("--max-upload-mb", type=megabytes_type, default=20.0, metavar="N",
-                       help="largest request body in MB (default 20)")
+    serve.add_argument("--max-upload-mb", type=upload_megabytes_type, default=20.0, metavar="N",
+                       help=f"largest request body in MB, up to {SERVE_MAX_UPLOAD_MB} (default 20)")
     serve.add_argument("--max-batch", type=whole_number(1, 4096), default=8,
                        help="images per session call; 1 turns micro-batching off (default 8)")
     serve.add_argument("--max-wait-ms", type=finite_number(0, 10_000), default=5.0,
@@ -237,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "to other users of the machine)")
     push.add_argument("--message", help="commit message")
     push.set_defaults(handler=run_push)
-    return parser
+    return refuse_empty_text(parser)
 
 
 MODEL_HELP = ("model package directory, or a Hugging Face Hub id: org/name, org/name@revision or "
@@ -246,7 +295,7 @@ MODEL_HELP = ("model package directory, or a Hugging Face Hub id: org/name, org/
 
 def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "auto (default: int8 when present), "
                         "fp32, int8, ...", variant_default: str = "auto",
-                        max_pixels_default: int = DEFAULT_MAX_PIXELS) -> None:
+                        max_pixels_default: int = DEFAULT_MAX_PIXELS, max_pixels_limit: int = 2**40) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--variant", default=variant_default, help=variant_help)
     parser.add_argument("--threads", type=threads_type, default=None,
@@ -257,7 +306,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, variant_help: str = "au
     parser.add_argument("--threads-per-worker", type=threads_type, default=None, metavar="N",
                         help="intra-op threads of each worker's session (default: chosen for the cores)")
     parser.add_argument(
-        "--max-pixels", type=pixels_type, default=max_pixels_default,
+        "--max-pixels", type=whole_number(1, max_pixels_limit), default=max_pixels_default,
         help=f"refuse images with more pixels than this, checked before decoding (default {max_pixels_default:,})",
     )
     parser.add_argument(
@@ -458,10 +507,10 @@ def run_scan(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return run_ray_scan(args)
     for option, value in (("--address", args.address), ("--actors", args.actors),
-                          ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model),
-                          ("--format parquet", args.format == "parquet")):
+                          ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model)):
         if value:
             raise FastVitDetectError(f"{option} needs --engine ray")
+    check_scan_target(args.folder, args.output, args.format)  # before seconds of loading the model
     detector = load_detector(args)
     note_intended_use(detector.package)
     print(f"scanning {args.folder} with {detector.variant.name} into {args.output}", file=sys.stderr)
@@ -482,6 +531,7 @@ def run_ray_scan(args: argparse.Namespace) -> int:
         raise FastVitDetectError("--threads is the local scan's; with --engine ray use --threads-per-actor")
     if not engine.is_uri(args.folder) and not os.path.isdir(args.folder):
         raise FastVitDetectError(f"{args.folder}: not a directory to scan")
+    output_format(args.output, args.format, engine.FORMATS)  # before Ray starts
     note_intended_use(ModelPackage.open(args.model))  # a bad package fails here, before Ray starts
     with engine.connected(args.address) as seconds:
         print(f"ray: {engine.describe_cluster()}, ready in {seconds:.1f}s; scanning {args.folder} into {args.output}",
@@ -573,17 +623,19 @@ def run_export(arguments: Sequence[str]) -> int:
     """Exit 0: package written; 1: the export failed; 2: bad arguments or the export extra missing."""
     try:  # imported here: the runtime never needs the build package, and it needs torch
         from .build.export import main as export_main
+    except MissingExtraError as exc:  # its message names the extra and how to install it
+        print(f"fastvit-detect: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ImportError as exc:
-        reason = str(exc) if isinstance(exc, MissingExtraError) else f"{exc.name or exc} is missing"
-        print(f"fastvit-detect: error: export needs the export extra ({reason}); install it with: "
-              "pip install 'fastvit-detect[export]'", file=sys.stderr)
+        print(f"fastvit-detect: error: export needs the export extra ({exc.name or exc} is missing); install it "
+              "with: pip install 'fastvit-detect[export]'", file=sys.stderr)
         return EXIT_USAGE
     try:
         return export_main(arguments, prog="fastvit-detect export")
     except SystemExit as exit_:  # argparse: --help (0) or bad arguments (2)
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 # --- serve --------------------------------------------------------------------------------------------------
@@ -600,13 +652,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from . import server
 
     try:
-        settings = server.ServeSettings(
-            max_upload_bytes=max(1, int(args.max_upload_mb * MiB)), max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_pixels=args.max_pixels,
-            max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-            body_timeout_s=args.body_timeout, explain_concurrency=args.explain_concurrency,
-            explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes, formats=args.formats,
-            **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
+        settings = serve_settings(args)
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -617,6 +663,19 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return EXIT_OK
+
+
+def serve_settings(args: argparse.Namespace) -> Any:
+    """The ServeSettings that serve's flags describe (needs the serve extra)."""
+    from .server import ServeSettings
+
+    return ServeSettings(
+        max_upload_bytes=max(1, int(args.max_upload_mb * MiB)), max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_pixels=args.max_pixels,
+        max_connections=args.max_connections, header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout, explain_concurrency=args.explain_concurrency,
+        explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes, formats=args.formats,
+        **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
 
 
 # --- info ---------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import FastVitDetectError
 from .options import check_whole
 from .session import MAX_THREADS, cpu_flags, cpuinfo, physical_core_count
 
@@ -85,6 +86,12 @@ def check_layout_arguments(workers: object, threads_per_worker: object) -> None:
                          f"{workers} x {threads_per_worker}")
 
 
+def _derived_workers(cores: int, threads_per_worker: int) -> int:
+    """Workers that fill ``cores`` at ``threads_per_worker`` each, at most MAX_WORKERS: a layout derived from any
+    core count the options accept (up to MAX_THREADS) must be one the Layout accepts."""
+    return min(MAX_WORKERS, max(1, cores // threads_per_worker))
+
+
 def rule_layout(cores: int, runtime: str = "onnxruntime") -> Layout:
     """The default for ``cores`` physical cores and ``runtime``, from the measurements in the README."""
     check_whole("cores", cores, 1, MAX_THREADS)
@@ -92,12 +99,12 @@ def rule_layout(cores: int, runtime: str = "onnxruntime") -> Layout:
         # OpenVINO runs a layout as streams of one compiled model; its own THROUGHPUT machinery (2 streams on 2
         # cores) beat one stream of both cores on the AMX Xeon (68 vs 46 images/s, ViT-B int8, batch 8).
         threads = OPENVINO_RULE_THREADS_PER_STREAM if cores > OPENVINO_SINGLE_THREAD_STREAMS_MAX_CORES else 1
-        workers = max(1, cores // threads)
+        workers = _derived_workers(cores, threads)
         return Layout(workers, threads, "rule", f"{cores} core{'s' if cores > 1 else ''}: OpenVINO streams of "
                       f"{threads} thread{'s' if threads > 1 else ''}")
     if cores <= SINGLE_SESSION_MAX_CORES:
         return Layout(1, cores, "rule", f"{cores} core{'s' if cores > 1 else ''}: one session with all of them")
-    workers = cores // RULE_THREADS_PER_WORKER
+    workers = _derived_workers(cores, RULE_THREADS_PER_WORKER)
     return Layout(workers, RULE_THREADS_PER_WORKER, "rule",
                   f"{cores} cores: {RULE_THREADS_PER_WORKER} threads per session call")
 
@@ -117,7 +124,7 @@ def choose_layout(cores: int | None = None, workers: int | None = None, threads_
         return calibrated if calibrated is not None else rule_layout(cores, runtime)
     if workers is None:
         assert threads_per_worker is not None
-        workers = max(1, cores // threads_per_worker)
+        workers = _derived_workers(cores, threads_per_worker)
     elif threads_per_worker is None:
         threads_per_worker = max(1, cores // workers)
     return Layout(workers, threads_per_worker, "caller")
@@ -130,7 +137,7 @@ def candidate_layouts(cores: int) -> list[Layout]:
     """Layouts worth timing on ``cores`` cores: threads per worker a power of two (1, 2, 4, ... cores)."""
     check_whole("cores", cores, 1, MAX_THREADS)
     threads = sorted({1 << power for power in range(cores.bit_length()) if 1 << power <= cores} | {cores})
-    return [Layout(max(1, cores // count), count, "calibrated") for count in reversed(threads)]
+    return [Layout(_derived_workers(cores, count), count, "calibrated") for count in reversed(threads)]
 
 
 def machine_key() -> str:
@@ -204,6 +211,19 @@ def read_calibration(path: Path, cores: int) -> Layout | None:
     if layout.threads > cores:
         return None
     return layout
+
+
+def check_cache_writable(directory: Path) -> None:
+    """Refuse a cache folder a calibration can't be written to (read-only, a file, no permission), naming it:
+    checked before the timing, which takes seconds on 2 cores and about a minute on 16."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle, probe = tempfile.mkstemp(prefix=".layout-", suffix=".probe", dir=directory)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FastVitDetectError(f"{directory}: can't write the layout calibration there ({exc.strerror or exc}); "
+                                 "set FASTVIT_DETECT_CACHE to a writable folder") from exc
 
 
 def write_cache_record(path: Path, record: Mapping[str, Any]) -> None:

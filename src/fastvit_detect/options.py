@@ -14,6 +14,7 @@ import argparse
 import math
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 
 
 def check_whole(name: str, value: object, low: int, high: int | None = None,
@@ -50,6 +51,7 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     parse.__name__ = "whole number"  # argparse names the type in its messages
+    parse.bounds = (low, high)  # type: ignore[attr-defined]  # tests hold each flag's range to the code below it
     return parse
 
 
@@ -69,7 +71,43 @@ def finite_number(low: float, high: float, low_inclusive: bool = True) -> Callab
         return value
 
     parse.__name__ = "number"
+    parse.bounds = (low, high)  # type: ignore[attr-defined]
+    parse.low_inclusive = low_inclusive  # type: ignore[attr-defined]
     return parse
+
+
+def non_empty_text(text: str) -> str:
+    """Any text but an empty or blank one: ``--target ''`` or ``-o ''`` is a slip (an unset shell variable, say),
+    never a choice, and taken silently it means a default or the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty value, got {text!r}")
+    return text
+
+
+non_empty_text.__name__ = "text"
+
+
+def refuse_empty_text(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Refuse empty text in every option and positional argument of ``parser`` and its sub-commands that takes
+    free text or a path (no ``type``, or ``str`` / ``Path``; ``Path('')`` is the current folder): one rule for all
+    of them, the ones added later included. Numbers and choices refuse it already."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in set(action.choices.values()):
+                refuse_empty_text(command)
+        elif action.nargs not in (0, argparse.REMAINDER) and action.choices is None:
+            if action.type in (None, str):
+                action.type = non_empty_text
+            elif action.type is Path:
+                action.type = non_empty_path
+    return parser
+
+
+def non_empty_path(text: str) -> Path:
+    return Path(non_empty_text(text))
+
+
+non_empty_path.__name__ = "path"
 
 
 positive_int = whole_number(1, 2**31 - 1)

@@ -28,8 +28,37 @@ from .errors import FastVitDetectError
 from .preprocess import find_images
 from .progress import Progress
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv")  # this engine's; the Ray engine also writes Parquet
 CSV_ERRORS = "surrogateescape"  # names that aren't UTF-8 keep their bytes: see the module docstring
+# What a results file's name says it holds; any other name holds JSON lines unless --format says otherwise.
+SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def output_format(path: str | os.PathLike[str], fmt: str | None, accepted: Sequence[str] = FORMATS) -> str:
+    """The format of the results file ``path``: ``fmt``, else the one its suffix names, else JSON lines.
+
+    Judged from both: a suffix that names another format than ``fmt`` (``-o x.parquet --format jsonl``) is
+    refused, as is a format this engine doesn't write, rather than a file whose name lies about its content."""
+    implied = SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    if fmt is not None and implied is not None and fmt != implied:
+        raise FastVitDetectError(f"{path}: the name says {implied} but --format says {fmt}; make them agree")
+    chosen = fmt or implied or "jsonl"
+    if chosen not in accepted:
+        because = f"--format {fmt}" if fmt else f"its {Path(path).suffix} suffix"
+        ray_only = "; Parquet needs --engine ray" if chosen == "parquet" else ""
+        raise FastVitDetectError(f"{path}: {chosen} results (from {because}) can't be written here: this scan writes "
+                                 f"{' or '.join(accepted)}{ray_only}")
+    return chosen
+
+
+def check_scan_target(root: str | os.PathLike[str], output: str | os.PathLike[str], fmt: str | None) -> str:
+    """Refuse a folder that isn't one and a results file that can't be written, before a model is loaded; returns
+    the output's format."""
+    if not Path(root).is_dir():
+        raise FastVitDetectError(f"{root}: not a directory to scan")
+    chosen = output_format(output, fmt)
+    _check_regular_output(Path(output))
+    return chosen
 
 
 def result_record(image: str, result: ImageResult) -> dict[str, Any]:
@@ -61,9 +90,7 @@ class ScanOutput:
 
     def __init__(self, path: Path, labels: Sequence[str], fmt: str | None = None, overwrite: bool = False) -> None:
         self.path = path
-        self.format = fmt or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
-        if self.format not in FORMATS:
-            raise FastVitDetectError(f"--format {self.format!r}: expected one of {', '.join(FORMATS)}")
+        self.format = output_format(path, fmt)
         self.columns = ["image", "label", "score", "fake_probability",
                         *(f"p_{label}" for label in labels), "error_type", "error_message"]
         _check_regular_output(path)
@@ -235,8 +262,7 @@ def scan(
 ) -> ScanSummary:
     """Classify the images under ``root`` not yet in ``output``, appending a record per image."""
     folder = Path(root)
-    if not folder.is_dir():
-        raise FastVitDetectError(f"{folder}: not a directory to scan")
+    check_scan_target(folder, output, fmt)
     summary = ScanSummary()
     started = time.perf_counter()
     with ScanOutput(Path(output), detector.labels, fmt, overwrite) as writer:

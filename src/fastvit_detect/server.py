@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from . import __version__
@@ -1010,8 +1010,10 @@ def serve(
     sock = sock or bind_socket(host, port)
     app = create_app(detector, settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The effective decode budget, not its "None: 1.5 x max_pixels" default: the operator reads figures here.
     log.info("serving %s (variant %s on %s, labels %s) with %s", public_model_name(detector), detector.variant.name,
-             detector.runtime, ", ".join(detector.labels), settings)
+             detector.runtime, ", ".join(detector.labels),
+             replace(settings, decode_budget_pixels=settings.budget_pixels))
     log.info("variant chosen: %s", detector.choice.describe())
 
     protocol = type("ConfiguredH11Protocol", (TimedH11Protocol,), {"header_timeout_s": settings.header_timeout_s})

@@ -27,7 +27,7 @@ from ..detector import Detector
 from ..errors import FastVitDetectError
 from ..fidelity import logit_agreement
 from ..manifest import DEFAULT_RUNTIME, FileEntry, Manifest, Source, VariantEntry
-from ..options import finite_number, positive_int, whole_number
+from ..options import finite_number, positive_int, refuse_empty_text, whole_number
 from ..package import CONFIG_FILE, OPTIMUM_FILES, PREPROCESSOR_FILE, ModelPackage, Variant
 from ..preprocess import Preprocessor
 from ..session import physical_core_count
@@ -316,7 +316,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="also validate on images from DIR (repeatable), e.g. a held-out test split")
     parser.add_argument("--validation-limit", type=positive_int, default=ExportSettings.validation_limit,
                         metavar="N", help="at most N images from each --validation-images DIR (default %(default)s)")
-    return parser
+    return refuse_empty_text(parser)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..options import refuse_empty_text
+
 PRESETS: dict[str, dict[str, int]] = {
     "vit-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
     "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="preprocessing: vit (224 bilinear, mean/std 0.5) or deit (256 bicubic, crop 224, "
                              "ImageNet)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = refuse_empty_text(parser).parse_args(argv)
     build_checkpoint(args.output, args.processor, preset=args.preset, seed=args.seed)
     print(f"wrote {args.output}")
     return 0
