@@ -423,6 +423,30 @@ def versus_best_alternative(rows: Sequence[dict[str, Any]], ours: str = "fastvit
     return comparisons
 
 
+# The OpenVINO backend's targets (issue 21): auto against raw OpenVINO int8 with our preprocessing, and against
+# onnxruntime int8, on the figures where each target is set.
+AUTO_TARGETS = (("latency_e2e", "openvino/int8"), ("throughput", "openvino/int8"),
+                ("throughput", "fastvit-detect/int8"), ("latency_e2e", "fastvit-detect/int8"))
+
+
+def auto_against_targets(rows: Sequence[dict[str, Any]], auto: str = "fastvit-detect/auto") -> list[dict[str, Any]]:
+    """``auto``'s speed-up over each target system, per cell measured side by side (median of per-trial time
+    ratios, > 1: auto is faster); for throughput, also the best batch of each (img/s)."""
+    cells = {(f"{row['system']}/{row['variant']}", row["figure"], row["batch_size"], row["threads"]): row
+             for row in rows if row["status"] == "ok" and row.get("samples_ms")}
+    out = []
+    for (name, figure, batch_size, threads), row in cells.items():
+        for wanted, other in AUTO_TARGETS:
+            if name != auto or figure != wanted or (other, figure, batch_size, threads) not in cells:
+                continue
+            target = cells[(other, figure, batch_size, threads)]
+            out.append({"figure": figure, "batch_size": batch_size, "threads": threads, "target": other,
+                        "auto_ms": float(np.median(row["samples_ms"])),
+                        "target_ms": float(np.median(target["samples_ms"])),
+                        "speedup": measure.paired_ratio(target["samples_ms"], row["samples_ms"])})
+    return out
+
+
 # --- main ---------------------------------------------------------------------------------------------------
 
 
@@ -503,6 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "notes": s.notes} for s in run.systems],
         "rows": run.rows,
         "versus_best_alternative": versus_best_alternative(run.rows),
+        "auto_against_targets": auto_against_targets(run.rows),
         "wall_s": round(elapsed(), 1),
     }
     (output / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

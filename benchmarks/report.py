@@ -134,6 +134,26 @@ def versus(results: dict[str, Any]) -> str:
                       "fastvit-detect vs it"], lines))
 
 
+def auto_targets(results: dict[str, Any]) -> str:
+    """fastvit-detect's auto choice against raw OpenVINO int8 (our preprocessing) and onnxruntime int8."""
+    comparisons = results.get("auto_against_targets") or []
+    if not comparisons:
+        return ""
+    lines = []
+    for c in sorted(comparisons, key=lambda c: (c["target"], c["figure"], c["threads"], c["batch_size"])):
+        speedup = c["speedup"]
+
+        def amount(ms: float, c: dict[str, Any] = c) -> str:
+            return f"{c['batch_size'] / ms * 1000:.2f} img/s" if c["figure"] == "throughput" else f"{ms:.1f} ms"
+
+        spread = f"({speedup['p10']:.2f}–{speedup['p90']:.2f}, n={speedup['pairs']})"
+        lines.append([f"{FIGURE_NAMES[c['figure']]}, batch {c['batch_size']}, {c['threads']} thr", c["target"],
+                      amount(c["auto_ms"]), amount(c["target_ms"]), f"**{speedup['median']:.2f}x** {spread}"])
+    return ("fastvit-detect/auto (the variant `auto` picked on this machine) against raw OpenVINO int8 with "
+            "fastvit-detect's preprocessing and against fastvit-detect's onnxruntime int8; > 1 means auto is "
+            "faster.\n\n" + _table(["figure", "against", "auto", "it", "auto vs it"], lines))
+
+
 def conditions(results: dict[str, Any]) -> str:
     """How busy other processes kept the CPU in each phase, with a warning where it distorts the figures."""
     loads = results.get("foreign_load_cores") or {}
@@ -176,6 +196,8 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
         headline(results),
         "\n### Against the fastest alternative\n",
         versus(results),
+        "\n### The auto choice against its targets\n",
+        auto_targets(results),
     ]
 
     sections += ["\n## End-to-end latency, batch 1 (encoded file on disk -> label)\n",
