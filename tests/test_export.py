@@ -211,7 +211,7 @@ def test_optimize_auto_with_static_chooses_among_calibration_methods(exporter, c
     ({"quantize": "static", "calibration_method": "guess"}, "--calibration-method 'guess'"),
     ({"quantize": "static", "calibration_dir": "{tmp}/missing"}, "not a directory"),
     ({"quantize": "static", "calibration_dir": "{tmp}", "calibration_limit": 0}, "--calibration-limit 0"),
-    ({"calibration_dir": "{tmp}"}, "--calibration is used by --quantize static or --optimize auto only"),
+    ({"calibration_dir": "{tmp}"}, "--calibration is used by --quantize static, --optimize auto or --openvino only"),
     ({"cpu_specific": True}, "--cpu-specific widens --optimize auto's choice"),
     ({"optimize": "auto", "per_channel": False}, "chooses per-channel scales and the weight range itself"),
     ({"optimize": "auto", "max_probability_diff": 2.0}, "between 0 and 1"),

@@ -399,8 +399,14 @@ def test_the_export_gate_leaves_out_an_openvino_variant_that_strays(checkpoints,
     from fastvit_detect.build.export import ExportSettings, export_package
 
     lines: list[str] = []
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sample_photos()[:3]:
+        shutil.copy(path, photos / path.name)
     manifest = export_package(ExportSettings(str(checkpoints["vit"]), tmp_path / "strict", openvino=True,
-                                             max_probability_diff=0.0, min_agreement=1.0), log=lines.append)
+                                             calibration_dir=photos, max_probability_diff=0.0, min_agreement=1.0),
+                              log=lines.append)
+    assert any("with NNCF on photos/ (3 images, --calibration)" in line for line in lines)  # dynamic int8 + it
     assert "openvino-int8" not in manifest.variants
     assert any("openvino-int8 LEFT OUT" in line for line in lines)
     assert not list((tmp_path / "strict").glob("model_openvino_int8*"))

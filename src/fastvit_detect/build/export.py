@@ -94,7 +94,7 @@ def export_package(settings: ExportSettings, log: Log = print) -> Manifest:
     output = Path(settings.output)
     if output.exists() and any(output.iterdir()) and not settings.overwrite:
         raise ExportError(f"--output {output}: exists and isn't empty (pass --overwrite to replace it)")
-    check_int8_options(settings.int8, log)
+    check_int8_options(settings.int8, log, openvino=settings.openvino)
     with library_warnings_hidden():  # the libraries' tracing and deprecation chatter; ours still shows
         return _export(settings, output, log)
 
@@ -179,8 +179,9 @@ def _add_int8(staging: Path, fp32_path: Path, int8: Int8Options, expected: _Expe
         return None
     int8_path = staging / OPTIMUM_FILES["int8"]
     preprocessor = Preprocessor.from_hf(json.loads((staging / PREPROCESSOR_FILE).read_text()))
+    calibrated = int8.method == "static" or int8.optimize == "auto"  # dynamic int8 needs none (--openvino may)
     calibration = (calibration_pixels(int8.calibration_dir, int8.calibration_limit, preprocessor, log)
-                   if int8.calibration_dir is not None else None)
+                   if int8.calibration_dir is not None and calibrated else None)
     if int8.optimize == "auto":
         step(3, f"--optimize auto: building, timing and checking int8 candidates on {physical_core_count()} cores")
         settings = select_int8(fp32_path, int8_path, int8, calibration, preprocessor(expected.sources),

@@ -56,7 +56,7 @@ class _QuietQuantizer:
         self.logger.setLevel(self.level)
 
 
-def check_int8_options(options: Int8Options, log: Log) -> None:
+def check_int8_options(options: Int8Options, log: Log, openvino: bool = False) -> None:
     """Refuse contradictory or pointless int8 options before the minutes of export start."""
     if options.method not in ("dynamic", "static", "none"):
         raise ExportError(f"--quantize {options.method!r}: expected dynamic, static or none")
@@ -75,8 +75,8 @@ def check_int8_options(options: Int8Options, log: Log) -> None:
     if options.method == "static" and options.calibration_dir is None:
         raise ExportError("--quantize static needs --calibration DIR: images like the ones the model will see")
     if options.calibration_dir is not None:
-        if options.method != "static" and not auto:
-            raise ExportError("--calibration is used by --quantize static or --optimize auto only")
+        if options.method != "static" and not auto and not openvino:
+            raise ExportError("--calibration is used by --quantize static, --optimize auto or --openvino only")
         if not options.calibration_dir.is_dir():
             raise ExportError(f"--calibration {options.calibration_dir}: not a directory")
     if options.cpu_specific and not auto:
