@@ -628,6 +628,9 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
         lines.append("manifest     none (a plain Optimum export: files can't be verified)")
     else:
         lines.append(f"format       fastvit-detect-model-package v{manifest.format_version}")
+        lines.append("sha256       " + ("configs, graphs and weights" if package.configs_verified else
+                                        f"graphs and weights; configs unverified (a v{manifest.format_version} "
+                                        "manifest doesn't vouch for them: re-export to do so)"))
         lines.append(f"source       {package.source_name} (revision {manifest.source.revision or 'unknown'})")
         lines.append(f"created      {manifest.created or 'unknown'}")
         if manifest.description:
