@@ -279,7 +279,8 @@ def open_package(model: str, variants: str | None = None) -> ModelPackage:
             return [variant for variant in package.variants.values() if not unmet_cpu_requirement(variant)]
         return [] if variants is None else [choose_variant(package, variants)]
 
-    return fetch(reference.repo_id, revision=reference.revision, select=select).package
+    with reference.local_reading_first():
+        return fetch(reference.repo_id, revision=reference.revision, select=select).package
 
 
 def load_detector(args: argparse.Namespace, variant: str | None = None,
@@ -295,7 +296,8 @@ def load_detector(args: argparse.Namespace, variant: str | None = None,
                                    threads_per_worker=args.threads_per_worker)
     reference = parse_model_reference(args.model) if package is None else None
     if reference is not None:
-        return Detector.from_pretrained(reference.repo_id, revision=reference.revision, **options)
+        with reference.local_reading_first():
+            return Detector.from_pretrained(reference.repo_id, revision=reference.revision, **options)
     return Detector.load(package or args.model, **options)
 
 

@@ -12,13 +12,22 @@ the cache becomes a :class:`~fastvit_detect.errors.HubError` subclass naming the
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
+import shutil
+import socket
 import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -32,6 +41,7 @@ from .errors import (
     HubOfflineError,
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
+    HubTimeoutError,
     InvalidPackageError,
     MissingExtraError,
     MissingFileError,
@@ -66,9 +76,26 @@ class HubReference:
 
     repo_id: str
     revision: str | None = None
+    # The text as typed, when it could as well be a local path (a bare org/name that doesn't exist here).
+    typed: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.repo_id + (f"@{self.revision}" if self.revision else "")
+
+    @contextmanager
+    def local_reading_first(self) -> Iterator[None]:
+        """A fetch that fails for a bare ``org/name`` says first that no such local directory exists: the text is
+        as likely a mistyped path (``artifacts/package``) as a Hub id, and the Hub's answer alone misleads."""
+        try:
+            yield
+        except (HubError, MissingExtraError) as exc:
+            if self.typed is None:
+                raise
+            message = (f"{self.typed}: no such local directory; read as a Hugging Face Hub id, "
+                       f"{str(exc).removeprefix(f'{self}: ')}")
+            if isinstance(exc, HubError):
+                raise type(exc)(message, exc.repo_id) from exc
+            raise MissingExtraError(message) from exc
 
 
 def parse_model_reference(text: str) -> HubReference | None:
@@ -85,7 +112,8 @@ def parse_model_reference(text: str) -> HubReference | None:
         return reference
     if os.path.lexists(os.path.expanduser(text)):
         return None
-    return _split_reference(text, _BARE_REPO_ID)
+    reference = _split_reference(text, _BARE_REPO_ID)
+    return replace(reference, typed=text) if reference is not None else None
 
 
 def _split_reference(text: str, pattern: re.Pattern[str]) -> HubReference | None:
@@ -193,12 +221,15 @@ def fetch(
     # The HF cache links a snapshot's files to the repository's blobs folder: they must resolve inside that.
     repository = snapshot.parent.parent if snapshot.parent.name == "snapshots" else snapshot
     package = ModelPackage.open(snapshot, files=listing, within=repository)
+    # Before choosing a variant: the configs decide what is downloaded and how images are read.
+    with Fetched(repo_id, commit, package).explain_checksum_errors():
+        package.verify_configs()
     selected = list(select(package)) if select is not None else []
     for variant in selected:
         for path, _sha256, size in variant.files:
             if listing is not None:
                 _check_listed(where, listing, variant, path.name, size)
-            download(path.name)
+            download(path.name, size)
     if commit is not None and (revision or "main") != commit and repository != snapshot:
         # What huggingface_hub's snapshot_download does too: the downloads were pinned to the commit, so record which
         # commit the branch or tag named, for offline use by that name.
@@ -246,6 +277,10 @@ class _Where:
             kind, message = self._explain(exc, file)
             raise kind(f"{self.name}: {message}", self.repo_id) from exc
 
+    def _unreachable(self, exc: BaseException | None) -> str:
+        host = urllib.parse.urlsplit(self.endpoint).netloc or self.endpoint
+        return f"the Hub at {host} can't be reached: {_network_cause(exc)}"
+
     def _explain(self, exc: Exception, file: str | None) -> tuple[type[HubError], str]:
         errors = self.hub.errors
         what = f"{file} " if file else ""
@@ -254,7 +289,7 @@ class _Where:
             if self.hub.constants.HF_HUB_OFFLINE:
                 reason = "offline mode is on (HF_HUB_OFFLINE=1)"
             elif self.unreachable or exc.__cause__ is not None:
-                reason = self.unreachable or f"the Hub at {self.endpoint} can't be reached ({_describe(exc.__cause__)})"
+                reason = self.unreachable or self._unreachable(exc.__cause__)
             else:
                 reason = "only the cache was asked (local_files_only)"
             return HubOfflineError, (f"{reason}, and {what or 'the package '}isn't in the cache ({self.cache}). "
@@ -280,7 +315,7 @@ class _Where:
         if isinstance(exc, _validation_errors(errors)):
             return HubRepoNotFoundError, f"not a valid repository id or revision: {_first_line(exc)}"
         if isinstance(exc, _network_errors()):
-            return HubOfflineError, f"the Hub at {self.endpoint} can't be reached ({_describe(exc)})"
+            return HubOfflineError, self._unreachable(exc)
         if isinstance(exc, OSError):  # a size that doesn't match (a partial download), a full disk
             return HubDownloadError, f"{self.action} {what}failed: {_describe(exc)}. Retry"
         # An answer huggingface_hub couldn't make sense of: a typed error all the same, never a traceback.
@@ -323,19 +358,224 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
+def _network_cause(exc: BaseException | None) -> str:
+    """Why a connection failed, in one line: the innermost operating-system error's own words ("Connection
+    refused", "timed out", "Name or service not known"), not the HTTP client's wrappers, whose text embeds reprs of
+    its connection objects and the whole URL."""
+    found: OSError | None = None
+    seen: set[int] = set()
+    pending = [exc] if exc is not None else []
+    while pending:  # breadth first through causes, contexts, urllib3's reason and requests' wrapped error
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and (current.strerror or isinstance(current, TimeoutError)):
+            found = current  # the deepest wins
+        links = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
+        pending += [link for link in links if isinstance(link, BaseException)]
+    if found is not None:
+        return f"{found.strerror or str(found) or 'timed out'} ({type(found).__name__})"
+    if exc is None:
+        return "no answer"
+    return f"{re.sub(r'<[^>]*>:? ?', '', _first_line(exc))[:200]} ({type(exc).__name__})"
+
+
+# A file's download must end within GRACE_READ_TIMEOUTS x HF_HUB_DOWNLOAD_TIMEOUT (60 s by default) plus its
+# announced size at MIN_DOWNLOAD_RATE: the read timeout alone restarts with every byte, so a server trickling one
+# byte a second would hold a fetch for days.
+GRACE_READ_TIMEOUTS = 6
+MIN_DOWNLOAD_RATE = 100_000  # bytes per second: a 350 MB fp32 ViT-B gets an hour, a manifest a minute
+CHUNK_BYTES = 1 << 20
+_ETAG = re.compile(r"[0-9A-Za-z_-]{1,128}")  # the blob's file name in the cache: no path, no dot
+
+
 class _Downloader:
+    """Files of one commit into the HF cache layout (``models--org--name/blobs/<etag>``, linked from
+    ``snapshots/<commit>/<file>``), so huggingface_hub, transformers and an offline load find them.
+
+    huggingface_hub's resolution (the HEAD that names the blob, the commit and the size) is used as is; the body is
+    streamed here, because huggingface_hub writes all a server sends before comparing sizes, and bounds each read
+    but not the whole transfer. Here a download stops at the announced size (or at the cap for a JSON file) and at
+    an overall deadline, and leaves no partial file behind.
+    """
+
     def __init__(self, hub: ModuleType, where: _Where, revision: str | None, cache_only: bool,
                  token: str | bool | None, force_download: bool):
         self.hub, self.where, self.revision, self.cache_only = hub, where, revision, cache_only
         self.token, self.force_download = token, force_download
 
-    def __call__(self, name: str) -> Path:
+    def __call__(self, name: str, size: int | None = None) -> Path:
+        """Download ``name``; ``size``: what the manifest vouches for, else the file is capped as a JSON file."""
         with self.where.translate(name):
-            return Path(self.hub.hf_hub_download(
-                self.where.repo_id, name, revision=self.revision, cache_dir=self.where.cache,
-                local_files_only=self.cache_only, token=self.token, force_download=self.force_download,
-                endpoint=self.where.endpoint,
-            ))
+            if self.cache_only or self.revision is None or not _COMMIT.fullmatch(self.revision):
+                return Path(self.hub.hf_hub_download(
+                    self.where.repo_id, name, revision=self.revision, cache_dir=self.where.cache,
+                    local_files_only=self.cache_only, token=self.token, force_download=self.force_download,
+                    endpoint=self.where.endpoint,
+                ))
+            return self._download(name, self.revision, size)
+
+    def _download(self, name: str, commit: str, size: int | None) -> Path:
+        storage = Path(self.where.cache) / ("models--" + self.where.repo_id.replace("/", "--"))
+        pointer = storage / "snapshots" / commit / name
+        if pointer.is_file() and not self.force_download:  # a commit's files never change: no need to ask
+            return pointer
+        url = self.hub.hf_hub_url(self.where.repo_id, name, revision=commit, endpoint=self.where.endpoint)
+        metadata = self.hub.get_hf_file_metadata(url, token=self.token,
+                                                 timeout=self.hub.constants.HF_HUB_ETAG_TIMEOUT)
+        etag, announced = metadata.etag, metadata.size
+        if not isinstance(etag, str) or not _ETAG.fullmatch(etag):
+            self.where.fail(HubDownloadError, f"the Hub's answer for {name} names its content {_short(etag)}, "
+                                              "which isn't an ETag")
+        if metadata.commit_hash != commit:
+            self.where.fail(HubDownloadError, f"the Hub answered for {name} from commit {_short(metadata.commit_hash)},"
+                                              f" not from {commit}, the commit its listing named")
+        cap = size if size is not None else MAX_JSON_BYTES
+        if announced is not None and (announced > cap or (size is not None and announced != size)):
+            raise ChecksumMismatchError(
+                f"model package {self.where.name}: the Hub announces {name} at {announced:,} bytes, "
+                + (f"the manifest says {size:,}" if size is not None else f"over the {cap:,} a JSON file may have")
+                + "; not downloading it")
+        blob = storage / "blobs" / etag
+        if self.force_download or not blob.is_file():
+            _Transfer(self.where, name, metadata.location, self._headers(metadata.location),
+                      announced if announced is not None else cap, exact=announced is not None).into(blob)
+        _link(pointer, blob)
+        return pointer
+
+    def _headers(self, url: str) -> dict[str, str]:
+        headers = dict(self.hub.utils.build_hf_headers(token=self.token))
+        headers["Accept-Encoding"] = "identity"  # the announced size is the size on the wire
+        # As huggingface_hub does: the token goes to the Hub only, never to the CDN a large file is served from.
+        if urllib.parse.urlsplit(url).netloc != urllib.parse.urlsplit(self.where.endpoint).netloc:
+            headers = {key: value for key, value in headers.items() if key.lower() != "authorization"}
+        return headers
+
+
+class _Transfer:
+    """One GET, written to a temporary file beside ``blob`` and renamed onto it when complete: at most ``limit``
+    bytes are written, and a watchdog shuts the connection at the deadline, whatever stage it is in."""
+
+    def __init__(self, where: _Where, name: str, url: str, headers: Mapping[str, str], limit: int,
+                 exact: bool) -> None:
+        self.where, self.name, self.url, self.headers, self.limit, self.exact = where, name, url, headers, limit, exact
+        self.host = urllib.parse.urlsplit(url).netloc or url
+        self.read_timeout = float(where.hub.constants.HF_HUB_DOWNLOAD_TIMEOUT)
+        self.grace_s = GRACE_READ_TIMEOUTS * self.read_timeout
+        self.deadline_s = self.grace_s + limit / MIN_DOWNLOAD_RATE
+        self.connections: list[http.client.HTTPConnection] = []
+        self.expired = threading.Event()
+
+    def into(self, blob: Path) -> None:
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".{blob.name}.", suffix=".incomplete", dir=blob.parent)
+        watchdog = threading.Timer(self.deadline_s, self._expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            with os.fdopen(handle, "wb") as out:
+                self._copy(out, time.monotonic() + self.deadline_s)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(partial, 0o666 & ~umask)  # as huggingface_hub leaves its blobs, not mkstemp's 0600
+            os.replace(partial, blob)
+        except BaseException as exc:
+            Path(partial).unlink(missing_ok=True)
+            if self.expired.is_set() and isinstance(exc, Exception) and not isinstance(exc, HubTimeoutError):
+                self._too_slow(exc)  # whatever the shut connection made the reader raise
+            raise
+        finally:
+            watchdog.cancel()
+
+    def _copy(self, out: Any, deadline: float) -> None:
+        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
+            raise HubDownloadError(f"{self.where.name}: the Hub sends {self.name} from {_short(self.url)}, which "
+                                   "isn't an http(s) address", self.where.repo_id)
+        # No file:, ftp: or data: handlers, unlike urllib's default opener: a redirect can't read local files.
+        opener = urllib.request.OpenerDirector()
+        for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
+                        _Watched(self.connections, http.client.HTTPConnection), _WatchedTLS(self.connections),
+                        urllib.request.HTTPRedirectHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                        urllib.request.HTTPErrorProcessor()):
+            opener.add_handler(handler)
+        request = urllib.request.Request(self.url, method="GET")
+        for key, value in self.headers.items():
+            request.add_unredirected_header(key, value)  # not forwarded if the server redirects elsewhere
+        try:
+            response = opener.open(request, timeout=self.read_timeout)
+        except urllib.error.HTTPError as exc:
+            raise HubDownloadError(f"{self.where.name}: {self.host} answered the download of {self.name} with "
+                                   f"HTTP {exc.code} {exc.reason}", self.where.repo_id) from exc
+        except urllib.error.URLError as exc:  # the cause (refused, timed out) is what explains it
+            raise (exc.reason if isinstance(exc.reason, BaseException) else exc) from exc
+        written = 0
+        with response:
+            while chunk := response.read1(min(CHUNK_BYTES, self.limit + 1 - written)):
+                written += len(chunk)
+                if written > self.limit:
+                    raise HubDownloadError(
+                        f"{self.where.name}: {self.host} sent more of {self.name} than the {self.limit:,} bytes "
+                        + ("announced" if self.exact else "a JSON file may have")
+                        + "; stopped there and removed the partial file", self.where.repo_id)
+                out.write(chunk)
+                if time.monotonic() > deadline:
+                    self._too_slow(None)
+        if self.exact and written != self.limit:
+            raise HubDownloadError(f"{self.where.name}: {self.host} sent {written:,} bytes of {self.name}, "
+                                   f"{self.limit:,} were announced; the partial file was removed. Retry",
+                                   self.where.repo_id)
+
+    def _expire(self) -> None:
+        self.expired.set()
+        for connection in self.connections:
+            if connection.sock is not None:
+                with suppress(OSError):  # already closed
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def _too_slow(self, cause: BaseException | None) -> NoReturn:
+        raise HubTimeoutError(
+            f"{self.where.name}: downloading {self.name} from {self.host} didn't finish within its deadline of "
+            f"{self.deadline_s:.0f} s ({GRACE_READ_TIMEOUTS} x HF_HUB_DOWNLOAD_TIMEOUT, plus its {self.limit:,} "
+            f"bytes at {MIN_DOWNLOAD_RATE // 1000} kB/s); the partial file was removed. The Hub or the network is "
+            "too slow: retry later", self.where.repo_id) from cause
+
+
+class _Watched(urllib.request.HTTPHandler):
+    """urllib's handler, keeping each connection it opens so that a watchdog can shut it."""
+
+    def __init__(self, connections: list[http.client.HTTPConnection], kind: type[http.client.HTTPConnection]):
+        super().__init__()
+        self.connections, self.kind = connections, kind
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req)
+
+    def _connection(self, host: str, **options: Any) -> http.client.HTTPConnection:
+        connection = self.kind(host, **options)
+        self.connections.append(connection)
+        return connection
+
+
+class _WatchedTLS(urllib.request.HTTPSHandler):
+    def __init__(self, connections: list[http.client.HTTPConnection]):
+        super().__init__()
+        self.watched = _Watched(connections, http.client.HTTPSConnection)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.watched._connection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+def _link(pointer: Path, blob: Path) -> None:
+    """``pointer`` names ``blob``, by a relative link as huggingface_hub makes them (by a copy where links fail)."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    staged = pointer.with_name(f".{pointer.name}.{os.getpid()}.{threading.get_ident()}.link")
+    staged.unlink(missing_ok=True)
+    try:
+        staged.symlink_to(os.path.relpath(blob, pointer.parent))
+    except OSError:
+        shutil.copyfile(blob, staged)
+    os.replace(staged, pointer)
 
 
 def _check_layout(where: _Where, listing: Mapping[str, int | None]) -> None:
