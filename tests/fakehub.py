@@ -25,8 +25,8 @@ Faults for tests: ``private``/``gated`` repositories and tokens; ``tamper[file]`
 served (HEAD still announces the true size); ``oversend[file]`` streams that many bytes for a file (its true bytes,
 then zeros) while HEAD announces the true size; ``trickle[file]`` sends its bytes one at a time, that many seconds
 apart; ``relocate[file]`` sends an LFS file's HEAD elsewhere; ``streamed[file]`` counts the bytes such a stream
-got out before it ended. ``listing`` rewrites the listing; ``hang`` names routes that stall until the server
-stops. Every request is logged in ``requests`` as ``(method, path)``.
+got out before it ended; in these ``LISTING`` names the listing. ``listing`` rewrites the listing; ``hang`` names
+routes that stall until the server stops. Every request is logged in ``requests`` as ``(method, path)``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 READ_TOKEN, WRITE_TOKEN = "hf_reader", "hf_writer"
+LISTING = "(listing)"  # the name oversend, trickle and streamed know model_info's answer by
 PUBLIC_URL = "https://huggingface.co"
 LFS_SUFFIXES = (".onnx", ".onnx_data", ".bin", ".safetensors")
 
@@ -189,6 +190,8 @@ class FakeHub:
                   "gated": "auto" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
                   "siblings": siblings}
         answer = self.listing(answer) if self.listing else answer
+        if LISTING in self.oversend or LISTING in self.trickle:
+            return self._body(request, LISTING, json.dumps(answer).encode(), {})
         return Response(answer, media_type="text/html") if isinstance(answer, bytes) else JSONResponse(answer)
 
     async def resolve(self, request: Request) -> Response:

@@ -23,7 +23,7 @@ from conftest import sample_photos
 hub_constants = pytest.importorskip("huggingface_hub.constants")  # the hub extra
 pytest.importorskip("uvicorn")  # the serve extra runs the fake Hub
 
-from fakehub import READ_TOKEN, WRITE_TOKEN, FakeHub  # noqa: E402
+from fakehub import LISTING, READ_TOKEN, WRITE_TOKEN, FakeHub  # noqa: E402
 
 from fastvit_detect import Detector, ModelPackage  # noqa: E402
 from fastvit_detect.errors import (  # noqa: E402
@@ -345,6 +345,22 @@ def test_a_trickling_hub_meets_a_deadline_naming_the_file_the_host_and_the_deadl
     assert elapsed < 30  # 6 x the 1 s read timeout, plus the file's size at 100 kB/s: a bound, where none was
     assert not any(name.endswith(".incomplete") for name in _cached_bytes(cache))
     assert hub.streamed[CONFIG_FILE] < 100
+
+
+def test_a_listing_that_trickles_or_never_ends_is_cut_off(hub, cache, published, short_timeouts):
+    hub.trickle[LISTING] = 0.2
+    started = time.monotonic()
+    error = _bounded(lambda: pull(hub, cache), seconds=60)
+    assert time.monotonic() - started < 30  # unbounded, its 1.5 kB take five minutes
+    host = hub.url.removeprefix("http://")
+    assert isinstance(error, HubOfflineError), error  # too slow: as if unreachable, and the cache is asked
+    assert f"the file listing from {host} didn't finish within its deadline of 6 s" in str(error), error
+    assert "isn't in the cache" in str(error)
+    del hub.trickle[LISTING]
+    hub.oversend[LISTING] = 64 * 1024 * 1024
+    with pytest.raises(HubDownloadError, match="sent more of the file listing than the 16,777,216 bytes it may"):
+        pull(hub, cache)
+    assert hub.streamed[LISTING] < 48 * 1024 * 1024
 
 
 def test_serve_with_a_trickling_hub_fails_at_start_instead_of_hanging(cache, vit_package):

@@ -130,6 +130,7 @@ def _require_hub() -> ModuleType:
         import huggingface_hub
         import huggingface_hub.constants
         import huggingface_hub.errors
+        import huggingface_hub.utils
     except ImportError as exc:
         raise MissingExtraError(f"the Hugging Face Hub needs the hub extra ({exc.name or exc} is missing); "
                                 f"install it with: {INSTALL_HINT}") from exc
@@ -183,24 +184,16 @@ def fetch(
         raise ValueError("force_download=True needs the Hub; it can't be combined with local_files_only=True")
     where = _Where(hub, repo_id, revision, cache_dir, endpoint)
     listing: dict[str, int | None] | None = None
-    commit = None
+    commit: str | None = None
     if not (local_files_only or hub.constants.HF_HUB_OFFLINE):
         try:
             with where.translate():
-                # The metadata timeout huggingface_hub uses for its own HEAD calls; model_info has none by default.
-                info = hub.HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, token=token,
-                                                               files_metadata=True,
-                                                               timeout=hub.constants.HF_HUB_ETAG_TIMEOUT)
+                commit, listing = _Downloader(hub, where, revision, False, token, force_download).listing()
         except HubOfflineError as exc:
             if force_download:
                 raise
             # As huggingface_hub does for single files: when the Hub can't be reached, the cache still serves.
             where.unreachable = str(exc).removeprefix(f"{where.name}: ")
-        else:
-            commit = info.sha
-            if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
-                where.fail(HubDownloadError, f"the Hub's listing names no valid commit ({_short(commit)})")
-            listing = {sibling.rfilename: sibling.size for sibling in info.siblings or []}
     # Pinned to the commit the listing came from, so every file is of one version even if a push lands meanwhile.
     download = _Downloader(hub, where, commit or revision, listing is None, token, force_download)
 
@@ -277,6 +270,26 @@ class _Where:
             kind, message = self._explain(exc, file)
             raise kind(f"{self.name}: {message}", self.repo_id) from exc
 
+    def refused(self, status: str, code: str | None, detail: str, file: str | None) -> tuple[type[HubError], str]:
+        """What an HTTP error answer means; ``code``: the Hub's X-Error-Code (RepoNotFound, GatedRepo, ...)."""
+        what = f"{file} " if file else ""
+        if code == "GatedRepo":
+            return HubAuthError, ("a gated repository: request access on its page, then pass a token of the account "
+                                  f"that has it (token=..., --token, HF_TOKEN or `hf auth login`) ({status})")
+        if status in ("HTTP 401", "HTTP 403"):
+            return HubAuthError, (f"the Hub wants credentials it didn't get or refused ({status}): the repository is "
+                                  "private or gated (or doesn't exist), or the token is invalid or may not write here. "
+                                  "Pass a valid token (token=..., --token, HF_TOKEN or `hf auth login`)")
+        if code == "RepoNotFound":
+            return HubRepoNotFoundError, (f"no such model repository on {self.endpoint} ({status}); check the id, or "
+                                          "for a local package give an existing directory")
+        if code == "RevisionNotFound":
+            return HubRevisionNotFoundError, (f"the repository has no revision {self.revision!r} (a branch, tag or "
+                                              f"commit) ({status})")
+        if code == "EntryNotFound":
+            return HubDownloadError, f"the repository has no file {what}({status})"
+        return HubDownloadError, f"the Hub answered {('for ' + what) if what else ''}with {status}: {detail}"
+
     def _unreachable(self, exc: BaseException | None) -> str:
         host = urllib.parse.urlsplit(self.endpoint).netloc or self.endpoint
         return f"the Hub at {host} can't be reached: {_network_cause(exc)}"
@@ -294,24 +307,13 @@ class _Where:
                 reason = "only the cache was asked (local_files_only)"
             return HubOfflineError, (f"{reason}, and {what or 'the package '}isn't in the cache ({self.cache}). "
                                      "Download it once with the network on, or give a local package directory")
-        if isinstance(exc, errors.GatedRepoError):
-            return HubAuthError, ("a gated repository: request access on its page, then pass a token of the account "
-                                  f"that has it (token=..., --token, HF_TOKEN or `hf auth login`) ({status})")
-        if status in ("HTTP 401", "HTTP 403"):
-            return HubAuthError, (f"the Hub wants credentials it didn't get or refused ({status}): the repository is "
-                                  "private or gated (or doesn't exist), or the token is invalid or may not write here. "
-                                  "Pass a valid token (token=..., --token, HF_TOKEN or `hf auth login`)")
-        if isinstance(exc, errors.RepositoryNotFoundError):
-            return HubRepoNotFoundError, (f"no such model repository on {self.endpoint} ({status}); check the id, or "
-                                          "for a local package give an existing directory")
-        if isinstance(exc, errors.RevisionNotFoundError):
-            return HubRevisionNotFoundError, (f"the repository has no revision {self.revision!r} (a branch, tag or "
-                                              f"commit) ({status})")
-        if isinstance(exc, errors.EntryNotFoundError):
-            return HubDownloadError, f"the repository has no file {what}({status})"
-        if isinstance(exc, errors.HfHubHTTPError):
-            return HubDownloadError, (f"the Hub answered {('for ' + what) if what else ''}with {status}: "
-                                      f"{_first_line(exc)}")
+        code = next((code for kind, code in ((errors.GatedRepoError, "GatedRepo"),
+                                             (errors.RepositoryNotFoundError, "RepoNotFound"),
+                                             (errors.RevisionNotFoundError, "RevisionNotFound"),
+                                             (errors.EntryNotFoundError, "EntryNotFound")) if isinstance(exc, kind)),
+                    None)
+        if code is not None or status in ("HTTP 401", "HTTP 403") or isinstance(exc, errors.HfHubHTTPError):
+            return self.refused(status, code, _first_line(exc), file)
         if isinstance(exc, _validation_errors(errors)):
             return HubRepoNotFoundError, f"not a valid repository id or revision: {_first_line(exc)}"
         if isinstance(exc, _network_errors()):
@@ -381,9 +383,10 @@ def _network_cause(exc: BaseException | None) -> str:
     return f"{re.sub(r'<[^>]*>:? ?', '', _first_line(exc))[:200]} ({type(exc).__name__})"
 
 
-# A file's download must end within GRACE_READ_TIMEOUTS x HF_HUB_DOWNLOAD_TIMEOUT (60 s by default) plus its
-# announced size at MIN_DOWNLOAD_RATE: the read timeout alone restarts with every byte, so a server trickling one
-# byte a second would hold a fetch for days.
+# Every request to the Hub ends within GRACE_READ_TIMEOUTS read timeouts (HF_HUB_ETAG_TIMEOUT for the listing and
+# the file metadata, HF_HUB_DOWNLOAD_TIMEOUT for file contents; 10 s each by default), plus a file's announced size
+# at MIN_DOWNLOAD_RATE: a read timeout alone restarts with every byte, so a server trickling one byte a second
+# would hold a fetch for days.
 GRACE_READ_TIMEOUTS = 6
 MIN_DOWNLOAD_RATE = 100_000  # bytes per second: a 350 MB fp32 ViT-B gets an hour, a manifest a minute
 CHUNK_BYTES = 1 << 20
@@ -391,19 +394,45 @@ _ETAG = re.compile(r"[0-9A-Za-z_-]{1,128}")  # the blob's file name in the cache
 
 
 class _Downloader:
-    """Files of one commit into the HF cache layout (``models--org--name/blobs/<etag>``, linked from
-    ``snapshots/<commit>/<file>``), so huggingface_hub, transformers and an offline load find them.
+    """The repository's listing, and files of one commit into the HF cache layout (``models--org--name/blobs/
+    <etag>``, linked from ``snapshots/<commit>/<file>``), where huggingface_hub, transformers and an offline load
+    find them.
 
-    huggingface_hub's resolution (the HEAD that names the blob, the commit and the size) is used as is; the body is
-    streamed here, because huggingface_hub writes all a server sends before comparing sizes, and bounds each read
-    but not the whole transfer. Here a download stops at the announced size (or at the cap for a JSON file) and at
-    an overall deadline, and leaves no partial file behind.
+    The requests are made here rather than by huggingface_hub, which reads a whole answer whatever its size (it
+    compares sizes after writing a download out) and bounds each read but not the exchange. Here an answer stops
+    at its announced size (or at a cap for JSON), every request meets a deadline, and no partial file stays.
     """
 
     def __init__(self, hub: ModuleType, where: _Where, revision: str | None, cache_only: bool,
                  token: str | bool | None, force_download: bool):
         self.hub, self.where, self.revision, self.cache_only = hub, where, revision, cache_only
         self.token, self.force_download = token, force_download
+
+    def listing(self) -> tuple[str, dict[str, int | None]]:
+        """The commit ``revision`` names and its files with their sizes (``GET /api/models/{repo}/revision/{rev}
+        ?blobs=True``, what ``HfApi.model_info(files_metadata=True)`` asks)."""
+        url = f"{self.where.endpoint.rstrip('/')}/api/models/{self.where.repo_id}"
+        if self.where.revision:
+            url += f"/revision/{urllib.parse.quote(self.where.revision, safe='')}"
+        exchange = _Request(self.where, "the file listing", url + "?blobs=True", self._headers(url),
+                            self.hub.constants.HF_HUB_ETAG_TIMEOUT)
+        body = bytearray()
+        with exchange.open() as response:
+            self._check_answer(response, None)
+            exchange.read(response, MAX_JSON_BYTES, None, body.extend)
+        try:
+            data = json.loads(bytes(body))
+        except ValueError:
+            data = None
+        siblings = data.get("siblings") if isinstance(data, dict) else None
+        if not isinstance(siblings, list) or not all(isinstance(entry, dict) and isinstance(entry.get("rfilename"),
+                                                                                            str) for entry in siblings):
+            self.where.fail(HubDownloadError, f"the Hub's answer for the file listing made no sense "
+                                              f"({_short(bytes(body[:60]))})")
+        commit = data.get("sha") if isinstance(data, dict) else None
+        if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+            self.where.fail(HubDownloadError, f"the Hub's listing names no valid commit ({_short(commit)})")
+        return commit, {entry["rfilename"]: _size(entry.get("size")) for entry in siblings}
 
     def __call__(self, name: str, size: int | None = None) -> Path:
         """Download ``name``; ``size``: what the manifest vouches for, else the file is capped as a JSON file."""
@@ -422,15 +451,7 @@ class _Downloader:
         if pointer.is_file() and not self.force_download:  # a commit's files never change: no need to ask
             return pointer
         url = self.hub.hf_hub_url(self.where.repo_id, name, revision=commit, endpoint=self.where.endpoint)
-        metadata = self.hub.get_hf_file_metadata(url, token=self.token,
-                                                 timeout=self.hub.constants.HF_HUB_ETAG_TIMEOUT)
-        etag, announced = metadata.etag, metadata.size
-        if not isinstance(etag, str) or not _ETAG.fullmatch(etag):
-            self.where.fail(HubDownloadError, f"the Hub's answer for {name} names its content {_short(etag)}, "
-                                              "which isn't an ETag")
-        if metadata.commit_hash != commit:
-            self.where.fail(HubDownloadError, f"the Hub answered for {name} from commit {_short(metadata.commit_hash)},"
-                                              f" not from {commit}, the commit its listing named")
+        location, etag, announced = self._resolve(url, name, commit)
         cap = size if size is not None else MAX_JSON_BYTES
         if announced is not None and (announced > cap or (size is not None and announced != size)):
             raise ChecksumMismatchError(
@@ -439,10 +460,43 @@ class _Downloader:
                 + "; not downloading it")
         blob = storage / "blobs" / etag
         if self.force_download or not blob.is_file():
-            _Transfer(self.where, name, metadata.location, self._headers(metadata.location),
-                      announced if announced is not None else cap, exact=announced is not None).into(blob)
+            limit = announced if announced is not None else cap
+            exchange = _Request(self.where, name, location, self._headers(location),
+                                self.hub.constants.HF_HUB_DOWNLOAD_TIMEOUT, limit, redirects="any")
+            exchange.into(blob, limit, exact=announced is not None)
         _link(pointer, blob)
         return pointer
+
+    def _resolve(self, url: str, name: str, commit: str) -> tuple[str, str, int | None]:
+        """Where ``name``'s contents are served from, their ETag (the blob's name) and announced size: the HEAD
+        ``get_hf_file_metadata`` makes, which follows redirects within the Hub but not to its CDN."""
+        exchange = _Request(self.where, name, url, self._headers(url), self.hub.constants.HF_HUB_ETAG_TIMEOUT,
+                            method="HEAD")
+        with exchange.open() as response:
+            self._check_answer(response, name)
+            headers = response.headers
+            moved = 300 <= response.getcode() < 400 and headers.get("Location")
+            location = urllib.parse.urljoin(response.geturl(), headers["Location"]) if moved else response.geturl()
+        etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").removeprefix("W/").strip('"')
+        if not _ETAG.fullmatch(etag):
+            self.where.fail(HubDownloadError, f"the Hub's answer for {name} names its content {_short(etag)}, "
+                                              "which isn't an ETag")
+        if headers.get("X-Repo-Commit") != commit:
+            self.where.fail(HubDownloadError, f"the Hub answered for {name} from commit "
+                                              f"{_short(headers.get('X-Repo-Commit'))}, not from {commit}, the commit "
+                                              "its listing named")
+        size = headers.get("X-Linked-Size") or headers.get("Content-Length")
+        return location, etag, _size(int(size) if size and size.isdigit() else None)
+
+    def _check_answer(self, response: Any, file: str | None) -> None:
+        status = response.getcode()
+        if status < 400:
+            return
+        code = response.headers.get("X-Error-Code") or (
+            None if status != 404 else "EntryNotFound" if file else "RepoNotFound")
+        kind, message = self.where.refused(f"HTTP {status}", code,
+                                           _short(response.headers.get("X-Error-Message") or response.reason), file)
+        self.where.fail(kind, message)
 
     def _headers(self, url: str) -> dict[str, str]:
         headers = dict(self.hub.utils.build_hf_headers(token=self.token))
@@ -453,78 +507,103 @@ class _Downloader:
         return headers
 
 
-class _Transfer:
-    """One GET, written to a temporary file beside ``blob`` and renamed onto it when complete: at most ``limit``
-    bytes are written, and a watchdog shuts the connection at the deadline, whatever stage it is in."""
+def _size(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
-    def __init__(self, where: _Where, name: str, url: str, headers: Mapping[str, str], limit: int,
-                 exact: bool) -> None:
-        self.where, self.name, self.url, self.headers, self.limit, self.exact = where, name, url, headers, limit, exact
+
+class _Request:
+    """One HTTP exchange with the Hub or its CDN, under a deadline: ``GRACE_READ_TIMEOUTS`` read timeouts plus
+    ``size`` bytes at ``MIN_DOWNLOAD_RATE``. A watchdog shuts the connection when it passes, whatever the exchange
+    is waiting for (the connection, the headers, the body). Only http(s) is spoken: urllib's default opener would
+    follow a redirect to a file:, ftp: or data: address.
+
+    ``redirects``: "same-host" follows redirects within the host and answers with one that leaves it (a HEAD that
+    points at the CDN); "any" follows them all, without the headers given (the token stays with the Hub).
+    """
+
+    def __init__(self, where: _Where, what: str, url: str, headers: Mapping[str, str], read_timeout: float,
+                 size: int = 0, method: str = "GET", redirects: str = "same-host") -> None:
+        self.where, self.what, self.url, self.headers, self.method = where, what, url, headers, method
         self.host = urllib.parse.urlsplit(url).netloc or url
-        self.read_timeout = float(where.hub.constants.HF_HUB_DOWNLOAD_TIMEOUT)
-        self.grace_s = GRACE_READ_TIMEOUTS * self.read_timeout
-        self.deadline_s = self.grace_s + limit / MIN_DOWNLOAD_RATE
+        self.read_timeout, self.redirects = float(read_timeout), redirects
+        self.deadline_s = GRACE_READ_TIMEOUTS * self.read_timeout + size / MIN_DOWNLOAD_RATE
         self.connections: list[http.client.HTTPConnection] = []
         self.expired = threading.Event()
 
-    def into(self, blob: Path) -> None:
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{blob.name}.", suffix=".incomplete", dir=blob.parent)
+    @contextmanager
+    def open(self) -> Iterator[Any]:
+        """The answer (an error status included: its headers say what went wrong)."""
+        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
+            self.where.fail(HubDownloadError, f"the Hub sends {self.what} from {_short(self.url)}, which isn't an "
+                                              "http(s) address")
+        opener = urllib.request.OpenerDirector()
+        for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
+                        _Watched(self.connections, http.client.HTTPConnection), _WatchedTLS(self.connections),
+                        urllib.request.HTTPRedirectHandler() if self.redirects == "any" else _SameHostRedirects(),
+                        urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+            opener.add_handler(handler)
+        request = urllib.request.Request(self.url, method=self.method)
+        for key, value in self.headers.items():
+            if self.redirects == "any":
+                request.add_unredirected_header(key, value)
+            else:
+                request.add_header(key, value)
         watchdog = threading.Timer(self.deadline_s, self._expire)
         watchdog.daemon = True
         watchdog.start()
+        self.deadline = time.monotonic() + self.deadline_s
         try:
-            with os.fdopen(handle, "wb") as out:
-                self._copy(out, time.monotonic() + self.deadline_s)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(partial, 0o666 & ~umask)  # as huggingface_hub leaves its blobs, not mkstemp's 0600
-            os.replace(partial, blob)
-        except BaseException as exc:
-            Path(partial).unlink(missing_ok=True)
-            if self.expired.is_set() and isinstance(exc, Exception) and not isinstance(exc, HubTimeoutError):
-                self._too_slow(exc)  # whatever the shut connection made the reader raise
+            try:
+                response = opener.open(request, timeout=self.read_timeout)
+            except urllib.error.HTTPError as exc:
+                response = exc
+            except urllib.error.URLError as exc:  # the cause (refused, timed out) is what explains it
+                reason = exc.reason if isinstance(exc.reason, BaseException) else exc
+                if isinstance(reason, OSError) and not isinstance(reason, (ConnectionError, TimeoutError)):
+                    # No such host, no route, a TLS failure: the Hub can't be reached, so the cache may serve.
+                    raise ConnectionError(f"{self.host}: {reason}") from reason
+                raise reason from exc
+            with response:
+                yield response
+        except Exception as exc:
+            if self.expired.is_set() and not isinstance(exc, HubTimeoutError):
+                self.too_slow(exc)  # whatever the shut connection made the reader raise
             raise
         finally:
             watchdog.cancel()
 
-    def _copy(self, out: Any, deadline: float) -> None:
-        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
-            raise HubDownloadError(f"{self.where.name}: the Hub sends {self.name} from {_short(self.url)}, which "
-                                   "isn't an http(s) address", self.where.repo_id)
-        # No file:, ftp: or data: handlers, unlike urllib's default opener: a redirect can't read local files.
-        opener = urllib.request.OpenerDirector()
-        for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
-                        _Watched(self.connections, http.client.HTTPConnection), _WatchedTLS(self.connections),
-                        urllib.request.HTTPRedirectHandler(), urllib.request.HTTPDefaultErrorHandler(),
-                        urllib.request.HTTPErrorProcessor()):
-            opener.add_handler(handler)
-        request = urllib.request.Request(self.url, method="GET")
-        for key, value in self.headers.items():
-            request.add_unredirected_header(key, value)  # not forwarded if the server redirects elsewhere
+    def read(self, response: Any, limit: int, announced: int | None, write: Callable[[bytes], Any]) -> None:
+        """Pass the body to ``write``, refusing it past ``limit`` bytes and, when ``announced``, short of them."""
+        received = 0
+        while chunk := response.read1(min(CHUNK_BYTES, limit + 1 - received)):
+            received += len(chunk)
+            if received > limit:
+                self.where.fail(HubDownloadError, f"{self.host} sent more of {self.what} than the {limit:,} bytes "
+                                + ("announced" if announced is not None else "it may have")
+                                + "; stopped there and removed what had arrived")
+            write(chunk)
+            if time.monotonic() > self.deadline:
+                self.too_slow(None)
+        if announced is not None and received != announced:
+            self.where.fail(HubDownloadError, f"{self.host} sent {received:,} bytes of {self.what}, {announced:,} "
+                                              "were announced; the partial file was removed. Retry")
+
+    def into(self, blob: Path, limit: int, exact: bool) -> None:
+        """Download into a temporary file beside ``blob``, renamed onto it when complete."""
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".{blob.name}.", suffix=".incomplete", dir=blob.parent)
         try:
-            response = opener.open(request, timeout=self.read_timeout)
-        except urllib.error.HTTPError as exc:
-            raise HubDownloadError(f"{self.where.name}: {self.host} answered the download of {self.name} with "
-                                   f"HTTP {exc.code} {exc.reason}", self.where.repo_id) from exc
-        except urllib.error.URLError as exc:  # the cause (refused, timed out) is what explains it
-            raise (exc.reason if isinstance(exc.reason, BaseException) else exc) from exc
-        written = 0
-        with response:
-            while chunk := response.read1(min(CHUNK_BYTES, self.limit + 1 - written)):
-                written += len(chunk)
-                if written > self.limit:
-                    raise HubDownloadError(
-                        f"{self.where.name}: {self.host} sent more of {self.name} than the {self.limit:,} bytes "
-                        + ("announced" if self.exact else "a JSON file may have")
-                        + "; stopped there and removed the partial file", self.where.repo_id)
-                out.write(chunk)
-                if time.monotonic() > deadline:
-                    self._too_slow(None)
-        if self.exact and written != self.limit:
-            raise HubDownloadError(f"{self.where.name}: {self.host} sent {written:,} bytes of {self.name}, "
-                                   f"{self.limit:,} were announced; the partial file was removed. Retry",
-                                   self.where.repo_id)
+            with os.fdopen(handle, "wb") as out, self.open() as response:
+                if response.getcode() >= 400:
+                    self.where.fail(HubDownloadError, f"{self.host} answered the download of {self.what} with HTTP "
+                                                      f"{response.getcode()} {_short(response.reason)}")
+                self.read(response, limit, limit if exact else None, out.write)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(partial, 0o666 & ~umask)  # as huggingface_hub leaves its blobs, not mkstemp's 0600
+            os.replace(partial, blob)
+        finally:
+            Path(partial).unlink(missing_ok=True)
 
     def _expire(self) -> None:
         self.expired.set()
@@ -533,12 +612,23 @@ class _Transfer:
                 with suppress(OSError):  # already closed
                     connection.sock.shutdown(socket.SHUT_RDWR)
 
-    def _too_slow(self, cause: BaseException | None) -> NoReturn:
+    def too_slow(self, cause: BaseException | None) -> NoReturn:
         raise HubTimeoutError(
-            f"{self.where.name}: downloading {self.name} from {self.host} didn't finish within its deadline of "
-            f"{self.deadline_s:.0f} s ({GRACE_READ_TIMEOUTS} x HF_HUB_DOWNLOAD_TIMEOUT, plus its {self.limit:,} "
-            f"bytes at {MIN_DOWNLOAD_RATE // 1000} kB/s); the partial file was removed. The Hub or the network is "
-            "too slow: retry later", self.where.repo_id) from cause
+            f"{self.where.name}: {'downloading' if self.method == 'GET' else 'asking for'} {self.what} from "
+            f"{self.host} didn't finish within its deadline of {self.deadline_s:.0f} s ({GRACE_READ_TIMEOUTS} read "
+            f"timeouts of {self.read_timeout:g} s"
+            + (f", plus {self.deadline_s - GRACE_READ_TIMEOUTS * self.read_timeout:.0f} s for its size" if
+               self.deadline_s > GRACE_READ_TIMEOUTS * self.read_timeout + 0.5 else "")
+            + "); nothing partial was kept. The Hub or the network is too slow: retry later", self.where.repo_id
+        ) from cause
+
+
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            return None  # answered as it is: the HEAD's Location is what it reports
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class _Watched(urllib.request.HTTPHandler):
