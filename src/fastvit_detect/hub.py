@@ -463,7 +463,7 @@ class _Downloader:
             limit = announced if announced is not None else cap
             exchange = _Request(self.where, name, location, self._headers(location),
                                 self.hub.constants.HF_HUB_DOWNLOAD_TIMEOUT, limit, redirects="any")
-            exchange.into(blob, limit, exact=announced is not None)
+            exchange.into(blob, limit, exact=announced is not None or size is not None)
         _link(pointer, blob)
         return pointer
 
