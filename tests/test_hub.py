@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -361,6 +362,36 @@ def test_a_listing_that_trickles_or_never_ends_is_cut_off(hub, cache, published,
     with pytest.raises(HubDownloadError, match="sent more of the file listing than the 16,777,216 bytes it may"):
         pull(hub, cache)
     assert hub.streamed[LISTING] < 48 * 1024 * 1024
+
+
+def test_a_server_trickling_its_headers_meets_the_deadline_too(cache, short_timeouts):
+    """The watchdog shuts the connection whatever the exchange waits for: here the status line and headers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle_headers():
+        connection, _ = listener.accept()
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 10_000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    server = threading.Thread(target=trickle_headers, daemon=True)
+    server.start()
+    started = time.monotonic()
+    try:
+        error = _bounded(lambda: Detector.from_pretrained(REPO, cache_dir=cache,
+                                                          endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}"),
+                         seconds=60)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 30
+    assert isinstance(error, HubOfflineError) and "didn't finish within its deadline of 6 s" in str(error), error
 
 
 def test_serve_with_a_trickling_hub_fails_at_start_instead_of_hanging(cache, vit_package):

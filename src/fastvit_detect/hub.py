@@ -3,11 +3,13 @@
 Needs the ``hub`` extra (``huggingface_hub``, torch-free). This module imports it only when a download or push is
 asked for, so the runtime imports, and loads local packages, without it.
 
-A fetch reads the repository's listing, then the manifest and configs; it chooses the variant exactly as
-:meth:`~fastvit_detect.Detector.load` would, and downloads that variant's graph and weights only. The snapshot
-folder it leaves in the cache is an ordinary package directory, so :class:`~fastvit_detect.ModelPackage` opens it
-and verifies the sha256s with the same code as for a local directory. Every failure of the Hub, the network or
-the cache becomes a :class:`~fastvit_detect.errors.HubError` subclass naming the repository and what to do.
+A fetch reads the repository's listing, then the manifest and configs, which it checks against the manifest; it
+chooses the variant exactly as :meth:`~fastvit_detect.Detector.load` would, and downloads that variant's graph and
+weights only. The snapshot folder it leaves in the cache is an ordinary package directory, so
+:class:`~fastvit_detect.ModelPackage` opens it and verifies the sha256s with the same code as for a local
+directory. The Hub is a peer that may lie or crawl: every answer stops at its announced size and every request
+meets a deadline (:class:`_Downloader`). Every failure of the Hub, the network or the cache becomes a
+:class:`~fastvit_detect.errors.HubError` subclass naming the repository and what to do.
 """
 
 from __future__ import annotations
@@ -565,6 +567,8 @@ class _Request:
                 raise reason from exc
             with response:
                 yield response
+            if self.expired.is_set():  # what arrived was cut short by the watchdog, even if it parsed
+                self.too_slow(None)
         except Exception as exc:
             if self.expired.is_set() and not isinstance(exc, HubTimeoutError):
                 self.too_slow(exc)  # whatever the shut connection made the reader raise
