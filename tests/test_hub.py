@@ -382,15 +382,13 @@ def test_a_server_trickling_its_headers_meets_the_deadline_too(cache, short_time
 
     server = threading.Thread(target=trickle_headers, daemon=True)
     server.start()
-    started = time.monotonic()
     try:
         error = _bounded(lambda: Detector.from_pretrained(REPO, cache_dir=cache,
                                                           endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}"),
-                         seconds=60)
+                         seconds=25)  # the deadline is 6 s; unbounded, the headers take half an hour
     finally:
         stop.set()
         listener.close()
-    assert time.monotonic() - started < 30
     assert isinstance(error, HubOfflineError) and "didn't finish within its deadline of 6 s" in str(error), error
 
 

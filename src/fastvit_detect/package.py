@@ -241,15 +241,15 @@ class ModelPackage:
                 self._check_size(path.name, path.stat().st_size, size_bytes)
             self._check_digest(path.name, file_sha256(path), sha256)
 
-    def _check_size(self, name: str, actual: int, vouched: int) -> None:
-        if actual != vouched:
-            raise ChecksumMismatchError(f"model package {self.root}: {name} is {actual:,} bytes, the manifest says "
-                                        f"{vouched:,}; the file is truncated or was replaced")
+    def _check_size(self, name: str, size: int, vouched_size: int) -> None:
+        if size != vouched_size:
+            raise ChecksumMismatchError(f"model package {self.root}: {name} is {size:,} bytes, the manifest says "
+                                        f"{vouched_size:,}; the file is truncated or was replaced")
 
-    def _check_digest(self, name: str, actual: str, vouched: str) -> None:
-        if actual != vouched:
-            raise ChecksumMismatchError(f"model package {self.root}: {name} has sha256 {actual}, the manifest says "
-                                        f"{vouched}; the file is corrupt or was replaced")
+    def _check_digest(self, name: str, digest: str, vouched_digest: str) -> None:
+        if digest != vouched_digest:
+            raise ChecksumMismatchError(f"model package {self.root}: {name} has sha256 {digest}, the manifest says "
+                                        f"{vouched_digest}; the file is corrupt or was replaced")
 
 
 def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
