@@ -448,6 +448,9 @@ def test_push_then_pull_gives_the_same_predictions(hub, cache, vit_package):
     assert set(pushed.files) == wanted
     tree = hub.repos["me/pushed"].commits[pushed.commit]
     assert set(tree) - {".gitattributes"} == wanted
+    # The published manifest vouches for the configs as well, and the card says exactly that.
+    assert {entry["file"] for entry in json.loads(tree[MANIFEST_FILE])["configs"]} == {CONFIG_FILE, PREPROCESSOR_FILE}
+    assert b"every file it reads (`config.json`, `preprocessor_config.json`, the variant's graph" in tree["README.md"]
     assert any(method == "PUT" for method, _path in hub.requests)  # the graphs went through LFS
     for variant in ("auto", "fp32"):
         np.testing.assert_array_equal(logits(pull(hub, cache, "me/pushed", variant=variant)),
@@ -491,6 +494,13 @@ def test_push_refuses_without_write_access_and_refuses_a_corrupt_package(hub, vi
     with pytest.raises(ChecksumMismatchError):
         push(package_copy, "me/pushed", token=WRITE_TOKEN, endpoint=hub.url)
     assert "me/pushed" not in hub.repos  # nothing was published, not even the repository
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    processor = package_copy / PREPROCESSOR_FILE
+    processor.write_text(processor.read_text().replace("0.5", "0.4"))  # a config is vouched for like the weights
+    with pytest.raises(ChecksumMismatchError, match=PREPROCESSOR_FILE):
+        push(package_copy, "me/pushed", token=WRITE_TOKEN, endpoint=hub.url)
+    assert "me/pushed" not in hub.repos
 
 
 def test_push_refuses_what_isnt_a_package_of_its_own(hub, package_copy, tmp_path):
