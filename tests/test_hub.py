@@ -138,6 +138,17 @@ def test_a_corrupted_download_is_refused_and_force_download_repairs_it(hub, cach
     np.testing.assert_array_equal(logits(pull(hub, cache, force_download=True)), logits(Detector.load(vit_package)))
 
 
+def test_what_a_killed_download_left_is_removed_by_the_next(hub, cache, published, vit_package):
+    pull(hub, cache)
+    weights = next(cache.rglob("model_quantized.onnx_data")).resolve()
+    stale, live = (weights.with_name(f".{weights.name}.{tag}.incomplete") for tag in ("killed", "running"))
+    for partial in (stale, live):
+        partial.write_bytes(b"\0" * 1000)
+    os.utime(stale, (time.time() - 3 * 3600, time.time() - 3 * 3600))  # older than any deadline
+    pull(hub, cache, force_download=True)
+    assert not stale.exists() and live.exists()  # one written a moment ago may be another process's download
+
+
 def test_a_partial_download_is_a_typed_error(hub, cache, published, vit_package):
     hub.tamper[sorted(manifest_files(vit_package, "int8"))[-1]] = lambda data: data[: len(data) // 2]
     with pytest.raises(HubDownloadError, match="model_quantized.onnx_data"):

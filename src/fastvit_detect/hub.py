@@ -595,6 +595,11 @@ class _Request:
     def into(self, blob: Path, limit: int, exact: bool) -> None:
         """Download into a temporary file beside ``blob``, renamed onto it when complete."""
         blob.parent.mkdir(parents=True, exist_ok=True)
+        # What a killed download left: untouched for longer than a deadline, so no live download still writes it.
+        for stale in blob.parent.glob(f".{blob.name}.*.incomplete"):
+            with suppress(OSError):
+                if time.time() - stale.stat().st_mtime > self.deadline_s:
+                    stale.unlink()
         handle, partial = tempfile.mkstemp(prefix=f".{blob.name}.", suffix=".incomplete", dir=blob.parent)
         try:
             with os.fdopen(handle, "wb") as out, self.open() as response:
