@@ -196,7 +196,8 @@ class Detector:
         ``session_options``: onnxruntime SessionOptions replacing fastvit-detect's tuned defaults (``threads``, when
         given, still sets the intra-op threads); ``provider_options``: one dict per provider, as onnxruntime takes
         them (for users who tune onnxruntime themselves).
-        ``verify``: check the variant's files (graph and weights) against the manifest's sizes and sha256.
+        ``verify``: check the configs (format 3 on) and the variant's graph and weights against the manifest's
+        sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
         """
