@@ -133,7 +133,8 @@ class HubOfflineError(HubError):
 
 
 class HubTimeoutError(HubOfflineError):
-    """A download didn't finish within its overall deadline: the Hub (or a server posing as it) sends too slowly."""
+    """A request to the Hub (a download, a HEAD, the listing) didn't finish within its overall deadline: the Hub, or
+    a server posing as it, answers too slowly."""
 
 
 class HubDownloadError(HubError):

@@ -2,8 +2,8 @@
 
 The manifest says what the HF configs don't: the format version, where the model came from, the sizes and sha256
 of every file the runtime reads (the HF configs, each variant's graph and weights), how each variant was quantized
-and how far it agrees with PyTorch. A package is data from
-wherever it came from, so parsing checks every field's type and range: a hand-edited or hostile manifest gives
+and how far it agrees with PyTorch. A package is data from wherever it came from, so parsing checks every field's
+type and range: a hand-edited or hostile manifest gives
 :class:`~fastvit_detect.errors.InvalidPackageError` naming the field, never an ``AttributeError`` further on, and
 can't switch verification off or point outside the package.
 
