@@ -207,6 +207,17 @@ def package_copy(vit_package, tmp_path) -> Path:
     return copy
 
 
+def revouch_configs(package: Path) -> None:
+    """Record changed configs' sha256 and size in the manifest, as a build step that edits them would: a test of
+    what an edited config does must get past verification first."""
+    manifest_path = package / "fastvit_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["configs"]:
+        data = (package / entry["file"]).read_bytes()
+        entry.update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    manifest_path.write_text(json.dumps(manifest))
+
+
 def torch_logits(checkpoint: Path, images) -> np.ndarray:
     """The reference: transformers' load_image + slow processor + PyTorch fp32, all images in one batch."""
     return TorchReference.load(checkpoint).logits(list(images))

@@ -22,9 +22,11 @@ The fake speaks no Xet (the Rust CAS protocol huggingface_hub >= 1.0 uploads wit
 tests set ``HF_HUB_DISABLE_XET``, so uploads take the LFS "basic" transfer above.
 
 Faults for tests: ``private``/``gated`` repositories and tokens; ``tamper[file]`` rewrites a file's bytes as
-served (HEAD still announces the true size); ``listing`` rewrites the listing; ``hang`` names routes that stall
-until the server stops. Every
-request is logged in ``requests`` as ``(method, path)``.
+served (HEAD still announces the true size); ``oversend[file]`` streams that many bytes for a file (its true bytes,
+then zeros) while HEAD announces the true size; ``trickle[file]`` sends its bytes one at a time, that many seconds
+apart; ``relocate[file]`` sends an LFS file's HEAD elsewhere; ``streamed[file]`` counts the bytes such a stream
+got out before it ended; in these ``LISTING`` names the listing. ``listing`` rewrites the listing; ``hang`` names
+routes that stall until the server stops. Every request is logged in ``requests`` as ``(method, path)``.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 READ_TOKEN, WRITE_TOKEN = "hf_reader", "hf_writer"
+LISTING = "(listing)"  # the name oversend, trickle and streamed know model_info's answer by
 PUBLIC_URL = "https://huggingface.co"
 LFS_SUFFIXES = (".onnx", ".onnx_data", ".bin", ".safetensors")
 
@@ -73,6 +76,10 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.tamper: dict[str, Callable[[bytes], bytes]] = {}
         self.hang: set[str] = set()
+        self.oversend: dict[str, int] = {}
+        self.trickle: dict[str, float] = {}
+        self.streamed: dict[str, int] = {}
+        self.relocate: dict[str, str] = {}  # LFS file -> the Location its HEAD sends instead of the CDN's
         self.listing: Callable[[dict], dict | bytes] | None = None  # rewrites model_info's answer
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -183,6 +190,8 @@ class FakeHub:
                   "gated": "auto" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
                   "siblings": siblings}
         answer = self.listing(answer) if self.listing else answer
+        if LISTING in self.oversend or LISTING in self.trickle:
+            return self._body(request, LISTING, json.dumps(answer).encode(), {})
         return Response(answer, media_type="text/html") if isinstance(answer, bytes) else JSONResponse(answer)
 
     async def resolve(self, request: Request) -> Response:
@@ -203,23 +212,47 @@ class FakeHub:
         if is_lfs(path, data):
             oid = hashlib.sha256(data).hexdigest()
             headers.update({"X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(len(data)), "ETag": f'"{git_sha1(data)}"',
-                            "Location": f"{self.cdn_url}/cdn/{oid}/{path}"})
+                            "Location": self.relocate.get(path, f"{self.cdn_url}/cdn/{oid}/{path}")})
             return Response(b"", status_code=302, headers=headers)
         headers["ETag"] = f'"{git_sha1(data)}"'
         if request.method == "HEAD":
             return Response(b"", headers={**headers, "Content-Length": str(len(data))})
-        return _ranged(request, self._served(path, data), headers)
+        return self._body(request, path, data, headers)
 
     async def cdn(self, request: Request) -> Response:
         await self._enter(request, "cdn")
         oid = request.path_params["oid"]
         if oid not in self.lfs:
             return _error(404, message="no such object")
-        return _ranged(request, self._served(request.path_params["path"], self.lfs[oid]), {})
+        return self._body(request, request.path_params["path"], self.lfs[oid], {})
 
     def _served(self, path: str, data: bytes) -> bytes:
         tamper = self.tamper.get(path)
         return tamper(data) if tamper else data
+
+    def _body(self, request: Request, path: str, data: bytes, headers: dict[str, str]) -> Response:
+        if path in self.oversend or path in self.trickle:  # chunked: no Content-Length to contradict HEAD's
+            return StreamingResponse(self._stream(request, path, data), headers=headers,
+                                     media_type="application/octet-stream")
+        return _ranged(request, self._served(path, data), headers)
+
+    async def _stream(self, request: Request, path: str, data: bytes):
+        self.streamed[path] = 0
+        if path in self.trickle:
+            for index in range(len(data)):
+                if self._stopping.is_set():
+                    return
+                await _sleep(self.trickle[path])
+                yield data[index:index + 1]
+                self.streamed[path] += 1
+            return
+        total, block = self.oversend[path], b"\0" * (1 << 16)
+        yield data
+        self.streamed[path] = len(data)
+        while self.streamed[path] < total and not self._stopping.is_set() and not await request.is_disconnected():
+            part = block[: total - self.streamed[path]]
+            yield part
+            self.streamed[path] += len(part)
 
     # --- publishing ---
 

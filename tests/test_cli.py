@@ -83,8 +83,8 @@ def test_info_lists_the_candidates_optimize_auto_tried(package_copy, capsys):
 def test_info(vit_package, capsys):
     assert main(["info", str(vit_package)]) == 0
     out = capsys.readouterr().out
-    for expected in ("fastvit-detect-model-package v2", "0=Fake, 1=Real", "ViTImageProcessor, resize 224x224",
-                     "weights      model_quantized.onnx_data",
+    for expected in ("fastvit-detect-model-package v3", "0=Fake, 1=Real", "ViTImageProcessor, resize 224x224",
+                     "sha256       configs, graphs and weights", "weights      model_quantized.onnx_data",
                      "fp32     model.onnx", "int8     model_quantized.onnx", "max_abs_logit_diff", "default      int8"):
         assert expected in out
     assert main(["info", "--json", str(vit_package)]) == 0

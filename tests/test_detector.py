@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_MODELS, sample_photos
+from conftest import FIXTURE_MODELS, revouch_configs, sample_photos
 
 from fastvit_detect import (
     Detector,
@@ -150,6 +150,7 @@ def test_fake_probability_without_a_fake_label(package_copy, reference, labels, 
     (package_copy / "config.json").write_text(json.dumps(config))
     manifest = json.loads((package_copy / MANIFEST_FILE).read_text())  # it repeats the labels: must agree
     (package_copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "labels": labels}))
+    revouch_configs(package_copy)
     photos = sample_photos()
     predictions = Detector.load(package_copy, variant="fp32").predict_batch(photos)
     expected = reference.probabilities("vit", photos)  # the same model: only the names changed

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header, sample_photos
+from conftest import VIT_PROCESSOR, make_checkpoint, png_with_header, revouch_configs, sample_photos
 from PIL import Image
 
 import fastvit_detect as fd
@@ -218,6 +218,7 @@ def test_label_count_mismatch(package_copy):
         fd.Detector.load(package_copy)
     manifest = json.loads((package_copy / MANIFEST_FILE).read_text())
     (package_copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "labels": ["Fake", "Real", "Other"]}))
+    revouch_configs(package_copy)
     with pytest.raises(fd.IncompatibleModelError, match=r"expected \(N, 3\)"):
         fd.Detector.load(package_copy)
 

@@ -21,7 +21,11 @@ def quiet(_text: str) -> None:
 
 def test_manifest_records_files_hashes_and_validation(vit_package):
     manifest = json.loads((vit_package / MANIFEST_FILE).read_text())
-    assert manifest["format_version"] == 2 and manifest["default_variant"] == "int8"
+    assert manifest["format_version"] == 3 and manifest["default_variant"] == "int8"
+    # Every file the runtime reads is vouched for, the configs included (format 3).
+    assert manifest["configs"] == [{"file": name, "sha256": file_sha256(vit_package / name),
+                                    "size_bytes": (vit_package / name).stat().st_size}
+                                   for name in ("config.json", "preprocessor_config.json")]
     assert manifest["input"] == {"name": "pixel_values", "shape": ["batch_size", 3, 224, 224], "dtype": "float32"}
     assert manifest["labels"] == ["Fake", "Real"] and manifest["opset"] == 18
     assert {"torch", "transformers", "onnxruntime", "fastvit_detect"} <= set(manifest["exporter"])

@@ -349,3 +349,111 @@ def test_another_user_can_read_the_exported_package(packages, tmp_path):
         assert os.waitstatus_to_exitcode(status) == 1
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+# --- configs are vouched for like graphs --------------------------------------------------------------------
+
+
+def _shift_normalisation(package) -> None:
+    """What an attacker with write access to a cache would do: mean and std still in the accepted ranges, so the
+    package opens, but every probability moves."""
+    path = package / "preprocessor_config.json"
+    processor = json.loads(path.read_text())
+    processor.update(image_mean=[0.3, 0.3, 0.3], image_std=[0.9, 0.9, 0.9])
+    path.write_text(json.dumps(processor))
+
+
+def _probabilities(detector: fd.Detector) -> np.ndarray:
+    return np.array([list(detector.predict(colour(rgb)).probabilities.values())
+                     for rgb in ((250, 10, 10), (128, 128, 128))])
+
+
+def test_a_tampered_preprocessor_config_is_refused(package_copy, capsys):
+    honest = _probabilities(fd.Detector.load(package_copy))
+    _shift_normalisation(package_copy)
+    with pytest.raises(fd.ChecksumMismatchError, match="preprocessor_config.json .*the manifest says"):
+        fd.Detector.load(package_copy)
+    # The attack is real: unverified, the same package answers otherwise.
+    assert not np.allclose(_probabilities(fd.Detector.load(package_copy, verify=False)), honest)
+    predicted = main(["predict", "--model", str(package_copy), str(write_png(package_copy.parent / "x.png"))])
+    assert predicted == 2 and "preprocessor_config.json" in capsys.readouterr().err
+
+
+def write_png(path: Path) -> Path:
+    path.write_bytes(colour((250, 10, 10)))
+    return path
+
+
+def test_a_config_of_another_size_is_refused_unhashed(package_copy):
+    with open(package_copy / "config.json", "a") as handle:
+        handle.write("\n")  # the same JSON, one byte more: the manifest vouches for bytes, not for meaning
+    with pytest.raises(fd.ChecksumMismatchError, match="config.json is [0-9,]+ bytes, the manifest says"):
+        fd.Detector.load(package_copy)
+
+
+def test_the_bytes_parsed_are_the_bytes_verified(package_copy):
+    """A config swapped after the package opened can't pass verification with the honest bytes it replaced."""
+    package = fd.ModelPackage.open(package_copy)
+    _shift_normalisation(package_copy)
+    package.verify(package.variant())  # what was parsed is what the manifest vouches for
+    with pytest.raises(fd.ChecksumMismatchError, match="preprocessor_config.json"):
+        fd.ModelPackage.open(package_copy).verify_configs()
+
+
+@pytest.mark.parametrize("change, cause", [
+    (lambda m: m.pop("configs"), "configs None must list the config files"),
+    (lambda m: m.update(configs=[]), "configs \\[\\] must list the config files"),
+    (lambda m: m["configs"].pop(), "leaves out preprocessor_config.json"),
+    (lambda m: m["configs"].append({**m["configs"][0], "file": "extra.json"}), "names extra.json, which this runtime"),
+    (lambda m: m["configs"].append(m["configs"][0]), "names a file twice"),
+    (lambda m: m["configs"][0].update(file="../config.json"), "plain file name"),
+    (lambda m: m["configs"][0].update(sha256=None), "configs\\[0\\].sha256 None must be 64 hex digits"),
+])
+def test_a_format_3_manifest_vouches_for_every_config(package_copy, capsys, change, cause):
+    _edit_manifest(package_copy, change)
+    with pytest.raises(fd.InvalidPackageError, match=cause):
+        fd.Detector.load(package_copy, verify=False)  # a manifest that can't vouch is refused, verified or not
+    info_fails_cleanly(package_copy, capsys, "fastvit_manifest.json")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_manifest_loads_with_its_configs_unverified(package_copy, capsys, version):
+    honest = _probabilities(fd.Detector.load(package_copy))
+
+    def older(manifest):
+        manifest.update(format_version=version)
+        del manifest["configs"]
+    _edit_manifest(package_copy, older)  # format 1 differs from 2 only in variants without data files
+    package = fd.ModelPackage.open(package_copy)
+    assert not package.configs_verified
+    np.testing.assert_array_equal(_probabilities(fd.Detector.load(package_copy)), honest)
+    assert main(["info", str(package_copy)]) == 0
+    assert f"configs unverified (a v{version} manifest doesn't vouch for them" in capsys.readouterr().out
+    model = package_copy / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    with pytest.raises(fd.ChecksumMismatchError, match="model.onnx is"):  # its graphs are still checked
+        fd.Detector.load(package_copy, variant="fp32")
+
+
+def test_the_model_card_promises_what_loading_checks(package_copy):
+    """The card's sentence names what is checked; each file it names is refused when changed."""
+    from fastvit_detect.modelcard import model_card
+
+    card = model_card(fd.ModelPackage.open(package_copy), "me/detector")
+    assert ("every file it reads (`config.json`, `preprocessor_config.json`, the variant's graph and weights) is "
+            "checked against the size and sha256") in card
+    variant = fd.ModelPackage.open(package_copy).variant()
+    for path in (package_copy / "config.json", package_copy / "preprocessor_config.json",
+                 *(file for file, _, _ in variant.files)):
+        original = path.read_bytes()
+        # A JSON file stays valid JSON, so that only the manifest can tell; a graph or weights file loses a bit.
+        path.write_bytes(original + b" " if path.suffix == ".json" else original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(fd.ChecksumMismatchError, match=path.name):
+            fd.Detector.load(package_copy)
+        path.write_bytes(original)
+    fd.Detector.load(package_copy)
+
+    _edit_manifest(package_copy, lambda m: (m.update(format_version=2), m.pop("configs")))
+    card = model_card(fd.ModelPackage.open(package_copy), "me/detector")
+    assert "every file" not in card
+    assert "`config.json` and `preprocessor_config.json` are not (a format 2 manifest doesn't vouch for them" in card

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from conftest import sample_photos
 hub_constants = pytest.importorskip("huggingface_hub.constants")  # the hub extra
 pytest.importorskip("uvicorn")  # the serve extra runs the fake Hub
 
-from fakehub import READ_TOKEN, WRITE_TOKEN, FakeHub  # noqa: E402
+from fakehub import LISTING, READ_TOKEN, WRITE_TOKEN, FakeHub  # noqa: E402
 
 from fastvit_detect import Detector, ModelPackage  # noqa: E402
 from fastvit_detect.errors import (  # noqa: E402
@@ -33,6 +35,7 @@ from fastvit_detect.errors import (  # noqa: E402
     HubOfflineError,
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
+    HubTimeoutError,
     InvalidPackageError,
     NotAModelPackageError,
     PackageNotFoundError,
@@ -135,6 +138,17 @@ def test_a_corrupted_download_is_refused_and_force_download_repairs_it(hub, cach
     np.testing.assert_array_equal(logits(pull(hub, cache, force_download=True)), logits(Detector.load(vit_package)))
 
 
+def test_what_a_killed_download_left_is_removed_by_the_next(hub, cache, published, vit_package):
+    pull(hub, cache)
+    weights = next(cache.rglob("model_quantized.onnx_data")).resolve()
+    stale, live = (weights.with_name(f".{weights.name}.{tag}.incomplete") for tag in ("killed", "running"))
+    for partial in (stale, live):
+        partial.write_bytes(b"\0" * 1000)
+    os.utime(stale, (time.time() - 3 * 3600, time.time() - 3 * 3600))  # older than any deadline
+    pull(hub, cache, force_download=True)
+    assert not stale.exists() and live.exists()  # one written a moment ago may be another process's download
+
+
 def test_a_partial_download_is_a_typed_error(hub, cache, published, vit_package):
     hub.tamper[sorted(manifest_files(vit_package, "int8"))[-1]] = lambda data: data[: len(data) // 2]
     with pytest.raises(HubDownloadError, match="model_quantized.onnx_data"):
@@ -160,10 +174,14 @@ def test_missing_repo_private_repo_and_gated_repo(hub, cache, vit_package):
 def test_network_down_with_nothing_cached(cache):
     with FakeHub() as hub:
         pass  # started and stopped: its port now refuses connections
-    with pytest.raises(HubOfflineError, match="can't be reached.*isn't in the cache"):
+    with pytest.raises(HubOfflineError, match="can't be reached.*isn't in the cache") as refused:
         pull(hub, cache)
     with pytest.raises(HubOfflineError, match="local_files_only"):
         pull(hub, cache, local_files_only=True)
+    # The host and the cause in one line, not requests' and urllib3's reprs of their connection objects.
+    message = str(refused.value)
+    assert f"the Hub at {hub.url.removeprefix('http://')} can't be reached: Connection refused" in message, message
+    assert "\n" not in message and "<" not in message and "object at 0x" not in message and "Pool" not in message
 
 
 def test_a_pytorch_checkpoint_repo_says_how_to_export_it(hub, cache, checkpoints):
@@ -279,7 +297,7 @@ def short_timeouts(monkeypatch):
     monkeypatch.setattr(file_download, "time", no_pause, raising=False)
 
 
-def _bounded(call) -> BaseException | None:
+def _bounded(call, seconds: float = 120) -> BaseException | None:
     """Run ``call`` in a thread that must end: a hang fails the test instead of stalling the suite."""
     outcome: list[BaseException | None] = []
 
@@ -292,7 +310,7 @@ def _bounded(call) -> BaseException | None:
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    worker.join(timeout=120)
+    worker.join(timeout=seconds)
     assert not worker.is_alive(), "the call hung"
     return outcome[0]
 
@@ -302,6 +320,132 @@ def test_a_server_that_stops_answering_gives_a_typed_error(hub, cache, published
     hub.hang.add(route)
     error = _bounded(lambda: pull(hub, cache))
     assert isinstance(error, HubOfflineError) and "Timeout" in str(error), error
+
+
+# --- servers that lie or crawl ------------------------------------------------------------------------------
+
+
+def _cached_bytes(cache: Path) -> dict[str, int]:
+    return {str(path.relative_to(cache)): path.stat().st_size for path in cache.rglob("*")
+            if path.is_file() and not path.is_symlink()}
+
+
+@pytest.mark.parametrize("kind", ["manifest", "weights"])
+def test_a_hub_sending_more_than_it_announced_is_cut_off_at_the_announced_size(hub, cache, published, vit_package,
+                                                                               kind):
+    name = MANIFEST_FILE if kind == "manifest" else sorted(manifest_files(vit_package, "int8"))[-1]
+    announced = (vit_package / name).stat().st_size
+    hub.oversend[name] = 64 * 1024 * 1024  # HEAD says the true size; the body goes on for 64 MiB
+    with pytest.raises(HubDownloadError, match=f"more of {name} than the {announced:,} bytes announced"):
+        pull(hub, cache)
+    cached = _cached_bytes(cache)
+    assert max(cached.values(), default=0) <= max(path.stat().st_size for path in vit_package.iterdir()), cached
+    assert not any(name.endswith(".incomplete") for name in cached), cached  # no partial file left behind
+    assert sum(cached.values()) < 1024 * 1024, cached
+    assert hub.streamed[name] < 32 * 1024 * 1024  # the client hung up: only what socket buffers held got out
+
+
+def test_a_trickling_hub_meets_a_deadline_naming_the_file_the_host_and_the_deadline(hub, cache, published,
+                                                                                     short_timeouts):
+    hub.trickle[CONFIG_FILE] = 0.2  # 655 bytes: over two minutes, though no single read waits a second
+    started = time.monotonic()
+    error = _bounded(lambda: pull(hub, cache), seconds=60)
+    elapsed = time.monotonic() - started
+    assert isinstance(error, HubTimeoutError) and isinstance(error, HubOfflineError), error
+    host = hub.url.removeprefix("http://")
+    assert f"downloading {CONFIG_FILE} from {host} didn't finish within its deadline of 6 s" in str(error), error
+    assert elapsed < 30  # 6 x the 1 s read timeout, plus the file's size at 100 kB/s: a bound, where none was
+    assert not any(name.endswith(".incomplete") for name in _cached_bytes(cache))
+    assert hub.streamed[CONFIG_FILE] < 100
+
+
+def test_a_listing_that_trickles_or_never_ends_is_cut_off(hub, cache, published, short_timeouts):
+    hub.trickle[LISTING] = 0.2
+    started = time.monotonic()
+    error = _bounded(lambda: pull(hub, cache), seconds=60)
+    assert time.monotonic() - started < 30  # unbounded, its 1.5 kB take five minutes
+    host = hub.url.removeprefix("http://")
+    assert isinstance(error, HubOfflineError), error  # too slow: as if unreachable, and the cache is asked
+    assert f"the file listing from {host} didn't finish within its deadline of 6 s" in str(error), error
+    assert "isn't in the cache" in str(error)
+    del hub.trickle[LISTING]
+    hub.oversend[LISTING] = 64 * 1024 * 1024
+    with pytest.raises(HubDownloadError, match="sent more of the file listing than the 16,777,216 bytes it may"):
+        pull(hub, cache)
+    assert hub.streamed[LISTING] < 48 * 1024 * 1024
+
+
+def test_a_server_trickling_its_headers_meets_the_deadline_too(cache, short_timeouts):
+    """The watchdog shuts the connection whatever the exchange waits for: here the status line and headers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle_headers():
+        connection, _ = listener.accept()
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 10_000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    server = threading.Thread(target=trickle_headers, daemon=True)
+    server.start()
+    try:
+        error = _bounded(lambda: Detector.from_pretrained(REPO, cache_dir=cache,
+                                                          endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}"),
+                         seconds=25)  # the deadline is 6 s; unbounded, the headers take half an hour
+    finally:
+        stop.set()
+        listener.close()
+    assert isinstance(error, HubOfflineError) and "didn't finish within its deadline of 6 s" in str(error), error
+
+
+def test_serve_with_a_trickling_hub_fails_at_start_instead_of_hanging(cache, vit_package):
+    with FakeHub() as hub:
+        hub.add_commit(REPO, package_files(vit_package))
+        hub.trickle[CONFIG_FILE] = 0.5
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+               "HF_HUB_DOWNLOAD_TIMEOUT": "1", "HF_HUB_ETAG_TIMEOUT": "1"}
+        started = time.monotonic()
+        served = _cli(["serve", "--model", REPO, "--port", "0"], env)
+    assert served.returncode == 2, (served.stdout, served.stderr)
+    assert "didn't finish within its deadline" in served.stderr and "Traceback" not in served.stderr
+    assert time.monotonic() - started < 60  # unbounded, 655 bytes at 0.5 s each take 5.5 minutes
+
+
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1:1/x", "file://localhost/etc/hostname"])
+def test_a_hub_pointing_a_download_at_a_local_file_or_another_scheme_is_refused(hub, cache, published, vit_package,
+                                                                               location):
+    weights = sorted(manifest_files(vit_package, "int8"))[-1]
+    hub.relocate[weights] = location
+    with pytest.raises(HubDownloadError, match="isn't an http\\(s\\) address"):
+        pull(hub, cache)
+    assert not any(path.name.startswith("model_quantized.onnx_data") for path in cache.rglob("*"))
+
+
+# --- configs are vouched for -------------------------------------------------------------------------------
+
+
+def test_a_tampered_cached_config_is_refused_and_force_download_repairs_it(hub, cache, published, vit_package):
+    honest = logits(pull(hub, cache))
+    processor = next(cache.rglob(PREPROCESSOR_FILE)).resolve()  # the blob the snapshot links to
+    config = json.loads(processor.read_text())
+    config.update(image_mean=[0.3, 0.3, 0.3], image_std=[0.9, 0.9, 0.9])  # accepted ranges: only sha256 tells
+    processor.write_text(json.dumps(config))
+    for options in ({"local_files_only": True}, {}):
+        with pytest.raises(ChecksumMismatchError, match=f"{PREPROCESSOR_FILE} .*the manifest says.*force_download"):
+            pull(hub, cache, **options)
+    np.testing.assert_array_equal(logits(pull(hub, cache, force_download=True)), honest)
+
+
+def test_a_repository_serving_a_config_its_manifest_doesnt_vouch_for_fetches_no_graph(hub, cache, published):
+    hub.tamper[PREPROCESSOR_FILE] = lambda data: data.replace(b"0.5", b"0.4")  # valid, the same size: only sha256
+    with pytest.raises(ChecksumMismatchError, match=f"{PREPROCESSOR_FILE} has sha256 .* the manifest says"):
+        pull(hub, cache)
+    assert set(hub.downloads()) <= METADATA  # refused before choosing a variant
 
 
 # --- publishing ---------------------------------------------------------------------------------------------
@@ -315,6 +459,9 @@ def test_push_then_pull_gives_the_same_predictions(hub, cache, vit_package):
     assert set(pushed.files) == wanted
     tree = hub.repos["me/pushed"].commits[pushed.commit]
     assert set(tree) - {".gitattributes"} == wanted
+    # The published manifest vouches for the configs as well, and the card says exactly that.
+    assert {entry["file"] for entry in json.loads(tree[MANIFEST_FILE])["configs"]} == {CONFIG_FILE, PREPROCESSOR_FILE}
+    assert b"every file it reads (`config.json`, `preprocessor_config.json`, the variant's graph" in tree["README.md"]
     assert any(method == "PUT" for method, _path in hub.requests)  # the graphs went through LFS
     for variant in ("auto", "fp32"):
         np.testing.assert_array_equal(logits(pull(hub, cache, "me/pushed", variant=variant)),
@@ -358,6 +505,13 @@ def test_push_refuses_without_write_access_and_refuses_a_corrupt_package(hub, vi
     with pytest.raises(ChecksumMismatchError):
         push(package_copy, "me/pushed", token=WRITE_TOKEN, endpoint=hub.url)
     assert "me/pushed" not in hub.repos  # nothing was published, not even the repository
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    processor = package_copy / PREPROCESSOR_FILE
+    processor.write_text(processor.read_text().replace("0.5", "0.4"))  # a config is vouched for like the weights
+    with pytest.raises(ChecksumMismatchError, match=PREPROCESSOR_FILE):
+        push(package_copy, "me/pushed", token=WRITE_TOKEN, endpoint=hub.url)
+    assert "me/pushed" not in hub.repos
 
 
 def test_push_refuses_what_isnt_a_package_of_its_own(hub, package_copy, tmp_path):
@@ -471,6 +625,19 @@ def test_cli_pushes_evaluates_and_fails_with_exit_2_without_traceback(cache, vit
         assert "Traceback" not in result.stderr and text in result.stderr
 
 
+def test_a_mistyped_local_path_says_no_such_local_directory_first(hub, cache, tmp_path):
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    for args in (["info", "artifacts/package"], ["predict", "--model", "artifacts/package", "face.jpg"]):
+        result = subprocess.run([sys.executable, "-m", "fastvit_detect", *args], capture_output=True, text=True,
+                                timeout=180, cwd=tmp_path, env={**os.environ, **env})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("fastvit-detect: error: artifacts/package: no such local directory; read as "
+                                        "a Hugging Face Hub id, no such model repository"), result.stderr
+    assert str(parse_model_reference("org/name")) == "org/name"  # a Hub id all the same
+    with pytest.raises(HubRepoNotFoundError, match="^nobody/nothing: no such model"):  # the API has one reading
+        pull(hub, cache, "nobody/nothing")
+
+
 def test_runtime_without_the_hub_extra(vit_package):
     blocker = f"""
 import importlib, pkgutil, sys
@@ -498,9 +665,12 @@ print("EXIT", main(["info", "org/name"]))
     assert "['Fake', 'Real']" in result.stdout and "EXIT 2" in result.stdout
     assert "MISSING" in result.stdout and "pip install 'fastvit-detect[hub]'" in result.stdout
     assert "Traceback" not in result.stderr and "fastvit-detect[hub]" in result.stderr
+    # From the command line "org/name" may be a mistyped local path as well: that reading comes first.
+    expected = "error: org/name: no such local directory; read as a Hugging Face Hub id, the Hugging Face Hub needs"
+    assert expected in result.stderr, result.stderr
 
 
 def test_every_hub_error_is_a_fastvit_error():
     for kind in (HubAuthError, HubDownloadError, HubOfflineError, HubRepoNotFoundError, HubRevisionNotFoundError,
-                 NotAModelPackageError):
+                 HubTimeoutError, NotAModelPackageError):
         assert issubclass(kind, HubError)

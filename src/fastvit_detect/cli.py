@@ -332,7 +332,8 @@ def open_package(model: str, variants: str | None = None) -> ModelPackage:
         # auto's fallback too: should OpenVINO fail to compile its variant, the onnxruntime one is there to run
         return [package.lookup(name) for name in (choice.name, choice.fallback) if name is not None]
 
-    return fetch(reference.repo_id, revision=reference.revision, select=select).package
+    with reference.local_reading_first():
+        return fetch(reference.repo_id, revision=reference.revision, select=select).package
 
 
 def load_detector(args: argparse.Namespace, variant: str | None = None,
@@ -348,7 +349,8 @@ def load_detector(args: argparse.Namespace, variant: str | None = None,
                                    threads_per_worker=args.threads_per_worker)
     reference = parse_model_reference(args.model) if package is None else None
     if reference is not None:
-        return Detector.from_pretrained(reference.repo_id, revision=reference.revision, **options)
+        with reference.local_reading_first():
+            return Detector.from_pretrained(reference.repo_id, revision=reference.revision, **options)
     return Detector.load(package or args.model, **options)
 
 
@@ -695,6 +697,9 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
         lines.append("manifest     none (a plain Optimum export: files can't be verified)")
     else:
         lines.append(f"format       fastvit-detect-model-package v{manifest.format_version}")
+        lines.append("sha256       " + ("configs, graphs and weights" if package.configs_verified else
+                                        f"graphs and weights; configs unverified (a v{manifest.format_version} "
+                                        "manifest doesn't vouch for them: re-export to do so)"))
         lines.append(f"source       {package.source_name} (revision {manifest.source.revision or 'unknown'})")
         lines.append(f"created      {manifest.created or 'unknown'}")
         if manifest.description:

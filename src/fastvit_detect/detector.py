@@ -188,7 +188,8 @@ class Detector:
         them (for users who tune onnxruntime themselves). ``ov_config``: OpenVINO properties overriding
         fastvit-detect's for an OpenVINO variant (as optimum-intel's ``ov_config``; ``{"CACHE_DIR": ""}`` turns the
         compiled-model cache off).
-        ``verify``: check the variant's files (graph and weights) against the manifest's sizes and sha256.
+        ``verify``: check the configs (format 3 on) and the variant's graph and weights against the manifest's
+        sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
         """

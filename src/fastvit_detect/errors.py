@@ -137,6 +137,11 @@ class HubOfflineError(HubError):
     """The Hub can't be reached (offline mode, network down, timeout) and the files aren't in the local cache."""
 
 
+class HubTimeoutError(HubOfflineError):
+    """A request to the Hub (a download, a HEAD, the listing) didn't finish within its overall deadline: the Hub, or
+    a server posing as it, answers too slowly."""
+
+
 class HubDownloadError(HubError):
     """A transfer failed part-way (a partial download, a server error) or the Hub's answer made no sense."""
 

@@ -1,8 +1,9 @@
 """The manifest of a model package (``fastvit_manifest.json``), as a typed model: parsed, validated, serialised.
 
-The manifest says what the HF configs don't: the format version, where the model came from, each variant's files
-with their sizes and sha256, how it was quantized and how far it agrees with PyTorch. A package is data from
-wherever it came from, so parsing checks every field's type and range: a hand-edited or hostile manifest gives
+The manifest says what the HF configs don't: the format version, where the model came from, the sizes and sha256
+of every file the runtime reads (the HF configs, each variant's graph and weights), how each variant was quantized
+and how far it agrees with PyTorch. A package is data from wherever it came from, so parsing checks every field's
+type and range: a hand-edited or hostile manifest gives
 :class:`~fastvit_detect.errors.InvalidPackageError` naming the field, never an ``AttributeError`` further on, and
 can't switch verification off or point outside the package.
 
@@ -21,8 +22,12 @@ from typing import Any, NoReturn
 from .errors import InvalidPackageError
 
 FORMAT_NAME = "fastvit-detect-model-package"
-FORMAT_VERSION = 2  # 2: a variant may keep its weights in a data file (data_file, data_sha256, data_size_bytes)
-READABLE_FORMAT_VERSIONS = (1, 2)
+# 2: a variant may keep its weights in a data file (data_file, data_sha256, data_size_bytes).
+# 3: "configs" vouches for the HF configs too; older manifests load with their configs unverified.
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+CONFIGS_VOUCHED_SINCE = 3
+MAX_CONFIGS = 16
 DATA_SUFFIX = "_data"  # Optimum's (and onnx's convention for) a graph's external-data file: model.onnx_data
 # The runtime of a variant whose manifest entry names none. Another name is kept as written: a runtime this version
 # doesn't know makes only that variant unloadable (BackendError), not the package unreadable.
@@ -101,6 +106,7 @@ class Manifest:
     description: str | None = None  # what the model is, in the exporter's words
     intended_use: str | None = None  # e.g. "demo only: trained on synthetic images"
     extra: Mapping[str, Any] = field(default_factory=dict)  # input/output/opset/validation/exporter figures
+    configs: tuple[FileEntry, ...] = ()  # the HF configs the manifest vouches for (format 3 on)
 
     @classmethod
     def parse(cls, data: Any, where: str = "manifest") -> Manifest:
@@ -126,13 +132,14 @@ class Manifest:
                 reader.fail("labels", "must be a list of label names")
             labels = tuple(reader.text(label, "labels") for label in labels)
         default = reader.optional_text(data, "default_variant")
+        configs = reader.configs(data.get("configs"), required=version >= CONFIGS_VOUCHED_SINCE)
         known = {"format", "format_version", "variants", "source", "created", "labels", "default_variant",
-                 "description", "intended_use"}
+                 "description", "intended_use", "configs"}
         extra = {key: reader.free_form(value, key) for key, value in data.items() if key not in known}
         return cls(format_version=version, variants=variants, source=reader.source(data.get("source")),
                    created=reader.optional_text(data, "created"), labels=labels, default_variant=default,
                    description=reader.optional_text(data, "description"),
-                   intended_use=reader.optional_text(data, "intended_use"), extra=extra)
+                   intended_use=reader.optional_text(data, "intended_use"), extra=extra, configs=configs)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": FORMAT_NAME, "format_version": self.format_version, "created": self.created,
@@ -145,6 +152,8 @@ class Manifest:
         out.update(self.extra)
         if self.default_variant is not None:
             out["default_variant"] = self.default_variant
+        if self.configs:
+            out["configs"] = [entry.to_dict() for entry in self.configs]
         out["variants"] = {name: entry.to_dict() for name, entry in self.variants.items()}
         return out
 
@@ -187,6 +196,22 @@ class _Reader:
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 50:
             self.fail(f"{key}.{prefix}size_bytes", f"{_short(size)} must be a whole number of bytes")
         return FileEntry(name, sha256, size)
+
+    def configs(self, value: Any, required: bool) -> tuple[FileEntry, ...]:
+        if value is None and not required:
+            return ()
+        # A version-3 manifest without the list would load its configs unverified: refused, not read as "none".
+        if not isinstance(value, list) or not value or len(value) > MAX_CONFIGS:
+            self.fail("configs", f"{_short(value)} must list the config files it vouches for (1 to {MAX_CONFIGS})")
+        entries = []
+        for index, entry in enumerate(value):
+            if not isinstance(entry, Mapping):
+                self.fail(f"configs[{index}]", "must be an object")
+            entries.append(self.file(entry, "", f"configs[{index}]"))
+        names = [entry.name for entry in entries]
+        if len(set(names)) != len(names):
+            self.fail("configs", f"names a file twice: {names}")
+        return tuple(entries)
 
     def variant(self, name: str, entry: Any) -> VariantEntry:
         key = f"variant {name!r}"

@@ -57,8 +57,7 @@ def model_card(package: ModelPackage, repo_id: str) -> str:
         'print(detector.predict("face.jpg").label)',
         "```", "",
         (f"or `fastvit-detect predict --model {repo_id} face.jpg`. Once downloaded it loads offline "
-         "(`HF_HUB_OFFLINE=1`); every file is checked against the sha256 in `fastvit_manifest.json` before it is "
-         "loaded."), "",
+         f"(`HF_HUB_OFFLINE=1`); {checked_files(package)}"), "",
         "## Labels", "",
         "| index | label |", "| --- | --- |",
         *(f"| {index} | {_cell(label)} |" for index, label in enumerate(package.labels)), "",
@@ -68,6 +67,18 @@ def model_card(package: ModelPackage, repo_id: str) -> str:
         *_provenance(package), "",
     ]
     return "\n".join(lines)
+
+
+def checked_files(package: ModelPackage) -> str:
+    """What loading checks, exactly: the card's promise, worded from the manifest the package carries."""
+    if package.manifest is None:
+        return "no file is checked: the package has no `fastvit_manifest.json`."
+    if package.configs_verified:
+        return ("every file it reads (`config.json`, `preprocessor_config.json`, the variant's graph and weights) is "
+                "checked against the size and sha256 in `fastvit_manifest.json` before it is used.")
+    return (f"the variant's graph and weights are checked against the size and sha256 in `fastvit_manifest.json` "
+            f"before they are loaded; `config.json` and `preprocessor_config.json` are not (a format "
+            f"{package.manifest.format_version} manifest doesn't vouch for them: re-export to do so).")
 
 
 def _variant_table(package: ModelPackage) -> list[str]:

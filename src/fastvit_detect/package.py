@@ -9,12 +9,14 @@ it too::
     model.onnx_data           its weights (ONNX external data, Optimum's name for the file)
     model_quantized.onnx      dynamic int8 graph (Optimum's name for it)
     model_quantized.onnx_data its weights
-    fastvit_manifest.json     ours: format version, source, variants with sizes and sha256, validation figures
+    fastvit_manifest.json     ours: format version, source, sizes and sha256 of the configs and of each variant's
+                              files, validation figures
 
 Weights live beside the graph rather than inside it because onnxruntime then maps them instead of copying them
 out of a parsed protobuf, which lowers peak memory and start-up time (figures in the README).
 
-A directory exported by Optimum alone (no manifest) loads too; its files simply can't be verified.
+A directory exported by Optimum alone (no manifest) loads too; its files simply can't be verified. A manifest of
+format 1 or 2 vouches for the graphs and weights but not for the configs, which then load unverified.
 
 A package is data from wherever it came from, so opening one trusts nothing: JSON files are size-capped and
 parsed strictly, every field is validated, every file must resolve inside the package directory, and a graph may
@@ -28,7 +30,7 @@ import json
 import os
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from .manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
     READABLE_FORMAT_VERSIONS,
+    FileEntry,
     Manifest,
     VariantEntry,
 )
@@ -112,6 +115,8 @@ class ModelPackage:
     variants: Mapping[str, Variant]
     labels: list[str]  # class names by output index, from config.json's id2label
     within: Path | None = None  # the directory every file must resolve inside; None: root
+    # The configs as open() read and parsed them: verification checks these bytes, not the files as they are later.
+    configs_read: Mapping[str, FileEntry] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], files: Collection[str] | None = None,
@@ -129,12 +134,13 @@ class ModelPackage:
             raise PackageNotFoundError(f"model package {root}: no such directory")
         if not root.is_dir():
             raise PackageNotFoundError(f"model package {root}: not a directory")
-        config = _read_json(root / CONFIG_FILE, root, boundary)
-        preprocessor_config = _read_json(root / PREPROCESSOR_FILE, root, boundary)
+        config, config_read = _read_json(root / CONFIG_FILE, root, boundary)
+        preprocessor_config, preprocessor_read = _read_json(root / PREPROCESSOR_FILE, root, boundary)
         manifest = None
         if _holds(root, None, MANIFEST_FILE):
-            manifest = Manifest.parse(_read_json(root / MANIFEST_FILE, root, boundary),
+            manifest = Manifest.parse(_read_json(root / MANIFEST_FILE, root, boundary)[0],
                                       f"model package {root}: {MANIFEST_FILE}")
+            _check_configs_vouched(root, manifest)
         variants = (_variants_from_manifest(root, manifest, files) if manifest is not None
                     else _variants_from_optimum_layout(root, files))
         for variant in variants.values():  # present files must be inside; a missing one is reported on use
@@ -145,7 +151,8 @@ class ModelPackage:
         if manifest is not None and manifest.labels is not None and list(manifest.labels) != labels:
             raise InvalidPackageError(f"model package {root}: the manifest's labels {list(manifest.labels)} differ "
                                       f"from {CONFIG_FILE}'s id2label {labels}")
-        return cls(root, config, preprocessor_config, manifest, variants, labels, boundary)
+        return cls(root, config, preprocessor_config, manifest, variants, labels, boundary,
+                   {CONFIG_FILE: config_read, PREPROCESSOR_FILE: preprocessor_read})
 
     @property
     def source_name(self) -> str:
@@ -212,23 +219,43 @@ class ModelPackage:
                 f"{', '.join(map(repr, sorted(allowed))) or 'no other file'})"
             )
 
+    @property
+    def configs_verified(self) -> bool:
+        """Whether the manifest vouches for the configs (format 3 on); older manifests vouch for the variants' files
+        only, and a package without a manifest for nothing."""
+        return self.manifest is not None and bool(self.manifest.configs)
+
+    def verify_configs(self) -> None:
+        """Check the configs, as :meth:`open` read and parsed them, against the manifest's sizes and sha256; no-op
+        for a manifest that doesn't vouch for them (format 1 or 2) or none."""
+        if self.manifest is None:
+            return
+        for entry in self.manifest.configs:
+            read = self.configs_read.get(entry.name)
+            if read is not None:  # open() refused a manifest that leaves out a config it reads
+                self._check_size(entry.name, read.size_bytes, entry.size_bytes)
+                self._check_digest(entry.name, read.sha256, entry.sha256)
+
     def verify(self, variant: Variant) -> None:
-        """Check the variant's files against the manifest's sizes and sha256; no-op without a manifest."""
+        """Check the configs (:meth:`verify_configs`) and the variant's files against the manifest's sizes and
+        sha256; no-op without a manifest."""
+        self.verify_configs()
         for path, sha256, size_bytes in variant.files:
             if sha256 is None:
                 continue
-            actual_size = path.stat().st_size
-            if size_bytes is not None and actual_size != size_bytes:
-                raise ChecksumMismatchError(
-                    f"model package {self.root}: {path.name} is {actual_size:,} bytes, the manifest says "
-                    f"{size_bytes:,}; the file is truncated or was replaced"
-                )
-            digest = file_sha256(path)
-            if digest != sha256:
-                raise ChecksumMismatchError(
-                    f"model package {self.root}: {path.name} has sha256 {digest}, the manifest says "
-                    f"{sha256}; the file is corrupt or was replaced"
-                )
+            if size_bytes is not None:  # first: a file of the wrong size is refused without reading it through
+                self._check_size(path.name, path.stat().st_size, size_bytes)
+            self._check_digest(path.name, file_sha256(path), sha256)
+
+    def _check_size(self, name: str, size: int, vouched_size: int) -> None:
+        if size != vouched_size:
+            raise ChecksumMismatchError(f"model package {self.root}: {name} is {size:,} bytes, the manifest says "
+                                        f"{vouched_size:,}; the file is truncated or was replaced")
+
+    def _check_digest(self, name: str, digest: str, vouched_digest: str) -> None:
+        if digest != vouched_digest:
+            raise ChecksumMismatchError(f"model package {self.root}: {name} has sha256 {digest}, the manifest says "
+                                        f"{vouched_digest}; the file is corrupt or was replaced")
 
 
 def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -284,7 +311,23 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _read_json(path: Path, root: Path, within: Path | None = None) -> dict[str, Any]:
+def _check_configs_vouched(root: Path, manifest: Manifest) -> None:
+    """A manifest that vouches for configs must vouch for each one the runtime reads, and for no other file: one
+    left out would load unverified while the package claims to be checked."""
+    if not manifest.configs:
+        return
+    vouched = {entry.name for entry in manifest.configs}
+    read = {CONFIG_FILE, PREPROCESSOR_FILE}
+    if vouched != read:
+        missing, unknown = sorted(read - vouched), sorted(vouched - read)
+        raise InvalidPackageError(
+            f"model package {root}: {MANIFEST_FILE}'s configs must vouch for {', '.join(sorted(read))}"
+            + (f"; it leaves out {', '.join(missing)}" if missing else "")
+            + (f"; it names {', '.join(unknown)}, which this runtime doesn't read" if unknown else ""))
+
+
+def _read_json(path: Path, root: Path, within: Path | None = None) -> tuple[dict[str, Any], FileEntry]:
+    """The JSON object in ``path``, and the name, sha256 and size of the bytes it was parsed from."""
     _check_inside(path, root, path.name, within)
     try:
         with open(path, "rb") as handle:
@@ -302,7 +345,7 @@ def _read_json(path: Path, root: Path, within: Path | None = None) -> dict[str, 
             f"model package {root}: {path.name} isn't valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise InvalidPackageError(f"model package {root}: {path.name} must hold a JSON object")
-    return data
+    return data, FileEntry(path.name, hashlib.sha256(raw).hexdigest(), len(raw))
 
 
 def _holds(root: Path, files: Collection[str] | None, name: str) -> bool:

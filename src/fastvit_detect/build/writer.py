@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..manifest import DEFAULT_RUNTIME, FORMAT_VERSION, FileEntry, Manifest, Source, VariantEntry
-from ..package import MANIFEST_FILE, file_sha256
+from ..package import CONFIG_FILE, MANIFEST_FILE, PREPROCESSOR_FILE, file_sha256
 
 # fp32 ONNX may differ from PyTorch by float rounding only; more means the graph or the preprocessing is wrong.
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
@@ -62,7 +62,7 @@ def write_manifest(staging: Path, *, source: Source, labels: Sequence[str], imag
                    variants: Mapping[str, Mapping[str, Any]], image_names: Sequence[str],
                    notes: Mapping[str, str], export_seconds: float) -> Manifest:
     """Write ``staging``'s manifest through the runtime's Manifest model, so what the exporter writes is what the
-    runtime reads; returns it."""
+    runtime reads; returns it. The configs must be in ``staging`` already: the manifest vouches for them too."""
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         variants={name: variant_entry(staging, name, figures) for name, figures in variants.items()},
@@ -72,6 +72,7 @@ def write_manifest(staging: Path, *, source: Source, labels: Sequence[str], imag
         default_variant="int8" if "int8" in variants else "fp32",
         description=notes.get("description"),
         intended_use=notes.get("intended_use"),
+        configs=tuple(file_entry(staging / name) for name in (CONFIG_FILE, PREPROCESSOR_FILE)),
         extra={
             "input": {"name": "pixel_values", "shape": ["batch_size", 3, *image_size], "dtype": "float32"},
             "output": {"name": "logits", "shape": ["batch_size", len(labels)], "dtype": "float32"},
