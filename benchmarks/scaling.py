@@ -119,13 +119,29 @@ def layout_cells(cores: int) -> list[Cell]:
     return cells
 
 
-def plan_cells(available: int, torch_systems: Sequence[str], cores_wanted: Sequence[int] = (1, 2, 4, 8)) -> list[
-        Cell]:
+OPENVINO_SYSTEM = "fastvit-openvino-int8"  # the package's openvino-int8 variant, on OpenVINO
+
+
+def openvino_cells(cores: int) -> list[Cell]:
+    """OpenVINO's layouts on ``cores`` cores: its default (the OpenVINO rule), W streams x T threads for every
+    power-of-two T, and the calibrated choice."""
+    threads = sorted({1 << power for power in range(cores.bit_length()) if 1 << power <= cores} | {cores})
+    cells = [Cell("layout", OPENVINO_SYSTEM, cores, "default")]
+    cells += [Cell("layout", OPENVINO_SYSTEM, cores, f"{max(1, cores // count)}x{count}") for count in threads]
+    return cells
+
+
+def plan_cells(available: int, torch_systems: Sequence[str], cores_wanted: Sequence[int] = (1, 2, 4, 8),
+               openvino: bool = False) -> list[Cell]:
     """Every cell, in the order a budget cut should spare them: the layouts and int8 per core count (the issue's
-    targets) first, then PyTorch on all cores, then fp32, then PyTorch on fewer cores (slow and least telling)."""
+    targets) first, then the OpenVINO variant's layouts and cores (when the package has it and OpenVINO is
+    installed), then PyTorch on all cores, then fp32, then PyTorch on fewer cores (slow and least telling)."""
     counts = core_counts(available, cores_wanted)
     cells = layout_cells(available)
     cells += [Cell("cores", "fastvit-int8", count) for count in counts]
+    if openvino:
+        cells += openvino_cells(available)
+        cells += [Cell("cores", OPENVINO_SYSTEM, count) for count in counts]
     cells += [Cell("cores", system, available) for system in torch_systems]
     cells += [Cell("layout", system, available, "default", batch=16) for system in torch_systems]
     cells += [Cell("cores", "fastvit-fp32", count) for count in reversed(counts)]
@@ -201,8 +217,12 @@ def build_bundle(directory: Path) -> Path:
         log("building the seeded ViT-B/16 checkpoint with tiled weights")
         build_checkpoint(checkpoint, "vit", preset="vit-base", seed=0)
         tile_weights(checkpoint)
-        log("exporting its package (fastvit_detect.build.export, dynamic int8 defaults)")
-        export_package(ExportSettings(str(checkpoint), Path(scratch) / "package"), log=lambda text: log(f"  {text}"))
+        log("exporting its package (fastvit_detect.build.export, dynamic int8 defaults; openvino-int8 where NNCF is "
+            "installed)")
+        from .artifacts import openvino_exportable
+
+        export_package(ExportSettings(str(checkpoint), Path(scratch) / "package", openvino=openvino_exportable()),
+                       log=lambda text: log(f"  {text}"))
         log(f"compressing into {bundle}")
         partial = bundle.with_suffix(".partial")
         with tarfile.open(partial, "w:xz", preset=1) as archive:  # tiled weights: a small dictionary does
@@ -539,6 +559,14 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def openvino_runnable(package: Path) -> bool:
+    """Whether the package has the openvino-int8 variant and OpenVINO is installed to run it."""
+    from fastvit_detect import ModelPackage
+    from fastvit_detect.openvino_session import openvino_available
+
+    return "openvino-int8" in ModelPackage.open(package).variants and openvino_available() is None
+
+
 def run(package: Path, checkpoint: Path | None, output: Path, *, seconds: float = 6.0, rounds: int = 2,
         budget_s: float = 1800.0, cores_wanted: Sequence[int] = (1, 2, 4, 8), torch: bool = True,
         log: Any = print, only: Sequence[str] = ()) -> dict[str, Any]:
@@ -551,7 +579,7 @@ def run(package: Path, checkpoint: Path | None, output: Path, *, seconds: float 
 
         torch_systems = ["pytorch-fp32", *(["pytorch-bf16"] if has_native_bf16() else [])]
     plan = Plan(package, checkpoint, make_images(output / "images"), seconds, rounds, budget_s)
-    plan.cells = [cell for cell in plan_cells(available, torch_systems, cores_wanted)
+    plan.cells = [cell for cell in plan_cells(available, torch_systems, cores_wanted, openvino_runnable(package))
                   if not only or any(part in cell.key for part in only)]
     log(f"scaling: {len(plan.cells)} cells x {rounds} round(s) on {available} cores, budget {budget_s:.0f} s")
     rows = sweep(plan, log)

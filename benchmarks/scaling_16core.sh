@@ -8,6 +8,10 @@
 # The machine needs python3 with numpy, pillow, onnxruntime, torch, transformers, matplotlib and scikit-image (the
 # lent machines' image has them; it has no optimum, which is why the models travel prebuilt in the bundle: a seeded
 # ViT-B/16 checkpoint with tiled weights and its fastvit-detect package, see benchmarks/scaling.py tile_weights).
+# The bundle's package holds the openvino-int8 variant when NNCF was installed where it was made; its cells
+# (OpenVINO's layouts and cores) run when `import openvino` works on the lent machine: if it doesn't, carry the
+# openvino wheel (pip download --no-deps openvino==2026.4.1 ... into .whl/, the device README's recipe) and put it
+# on PYTHONPATH; without it those cells are left out and the rest runs as before.
 #
 # Writes scaling.json, scaling.md, scaling.png and scaling.log to $OUT (the device tool's folder that comes back)
 # or, without $OUT, to benchmarks/results/scaling-16core. Copy them into benchmarks/results/ and the README.

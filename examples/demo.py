@@ -20,6 +20,7 @@ a table of the steps' times with this machine's CPU: 8-16 minutes in all on 2 co
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import statistics
@@ -116,9 +117,13 @@ def accuracy_part(workdir: Path) -> None:
         run_step(f"fine-tuning the tiny ViT into {checkpoint}",
                  [str(ROOT / "train" / "finetune.py"), "--data", str(data), "--base", "tiny", "--output",
                   str(checkpoint)])
+    # The openvino-int8 variant too where NNCF and OpenVINO are installed (scripts/setup.sh installs both), so the
+    # accuracy table below shows both runtimes next to PyTorch.
+    openvino = ["--openvino", "--calibration", str(data / "Train")] if all(
+        importlib.util.find_spec(name) for name in ("nncf", "openvino")) else []
     if not (package / "fastvit_manifest.json").is_file():
         run_step(f"exporting it to {package}",
-                 ["-m", "fastvit_detect", "export", str(checkpoint), "--output", str(package), "--overwrite",
+                 ["-m", "fastvit_detect", "export", str(checkpoint), "--output", str(package), "--overwrite", *openvino,
                   "--validation-images", str(data / "Test"), "--validation-limit", "200",
                   "--description", "tiny ViT fine-tuned by the fastvit-detect demo on its synthetic real/fake set",
                   "--intended-use", ("demo only: trained on synthetic images, its verdicts on real photos mean "

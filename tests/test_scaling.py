@@ -39,6 +39,17 @@ def test_the_plan_puts_the_targets_first():
     first_slow_torch = min(index for index, cell in enumerate(cells) if cell.system.startswith("pytorch")
                            and cell.cores < 16)
     assert last_layout < first_slow_torch  # a budget cut drops slow PyTorch cells, never a layout
+    assert not [cell for cell in cells if "openvino" in cell.system]  # a package without the variant
+
+
+def test_the_plan_covers_the_openvino_backend_before_pytorch():
+    cells = scaling.plan_cells(16, ["pytorch-fp32"], openvino=True)
+    openvino = [cell for cell in cells if cell.system == scaling.OPENVINO_SYSTEM]
+    assert {cell.layout for cell in openvino if cell.axis == "layout"} == {
+        "default", "16x1", "8x2", "4x4", "2x8", "1x16"}
+    assert sorted(cell.cores for cell in openvino if cell.axis == "cores") == [1, 2, 4, 8, 16]
+    last_openvino = max(cells.index(cell) for cell in openvino)
+    assert last_openvino < min(index for index, cell in enumerate(cells) if cell.system.startswith("pytorch"))
 
 
 def made_up_rows() -> list[dict]:
