@@ -165,9 +165,11 @@ def open_upload(upload: io.BytesIO, settings: ServeSettings) -> OpenedImage:
     opened = open_image(upload, settings.max_pixels, settings.max_upload_bytes, settings.formats)
     if opened.cost > settings.max_pixels:
         image = opened.image
+        metadata = f" + {opened.metadata_bytes:,} bytes of metadata" if opened.metadata_bytes else ""
         message = (f"{opened.source}: a {image.width}x{image.height} {image.format} image costs as much to decode "
                    f"as {opened.cost:,} pixels of a JPEG or PNG ({DECODE_COST.get(str(image.format), 1):g} x "
-                   f"{opened.pixels:,}), over the cap of {settings.max_pixels:,} (raise max_pixels to accept it)")
+                   f"{opened.pixels:,}{metadata}), over the cap of {settings.max_pixels:,} (raise max_pixels to "
+                   "accept it)")
         image.close()
         raise ImageTooLargeError(message, opened.source)
     return opened

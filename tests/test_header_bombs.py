@@ -1,0 +1,257 @@
+"""Cost that grows with something other than pixels: scan bombs, header bombs, and stalled decode threads.
+
+A progressive JPEG repeating one scan costs scans x pixels in libjpeg; a JPEG of millions of empty APP1 or COM
+segments, a PNG of millions of private chunks, a GIF of millions of extensions cost a Python loop turn (and a kept
+object) each in Pillow's parsers, before any pixel cap. ``fastvit_detect.headers`` counts them over the raw bytes
+first and refuses what passes a cap. Bombs are built here, just over a cap (cheap), or as large as an attacker's
+where a test bounds the CPU time of refusing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import struct
+import time
+import warnings
+
+import httpx
+import numpy as np
+import pytest
+from conftest import sample_photos
+from hostile import (
+    colour,
+    gif_extension_bomb,
+    jpeg_bytes,
+    jpeg_scan_bomb,
+    jpeg_segment_bomb,
+    jpeg_segments,
+    png_chunk,
+    png_chunk_bomb,
+    tiff_directory_bomb,
+    write_package,
+)
+from PIL import Image
+
+from fastvit_detect import Detector, headers
+from fastvit_detect.errors import ImageDecodeError, ImageTooLargeError
+from fastvit_detect.headers import check_headers
+from fastvit_detect.preprocess import open_image
+from fastvit_detect.server import ServeSettings, create_app
+
+CAP_CPU_S = 0.5  # refusing any bomb here: the walk stops at a cap, a few thousand loop turns at most
+
+
+def cpu_seconds(work) -> tuple[float, object]:
+    """CPU time of this process while ``work()`` runs, and its result or the exception it raised."""
+    started = time.process_time()
+    try:
+        outcome = work()
+    except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
+        outcome = exc
+    return time.process_time() - started, outcome
+
+
+# --- the library refuses bombs, quickly ---------------------------------------------------------------------
+
+
+def test_a_scan_bomb_is_refused_before_libjpeg_runs_its_scans():
+    """1 MP with 20,000 repeated 12-byte scans (244 KB): 11 s of CPU decoding on main, here a refusal."""
+    seconds, outcome = cpu_seconds(lambda: open_image(jpeg_scan_bomb(20_000)))
+    assert isinstance(outcome, ImageDecodeError), outcome
+    assert "more than 256 scans" in str(outcome) and outcome.source == "<244118 bytes>"
+    assert seconds < CAP_CPU_S
+
+
+def test_scans_up_to_the_cap_decode():
+    at_cap = open_image(jpeg_scan_bomb(headers.MAX_JPEG_SCANS, side=64))
+    at_cap.image.load()
+    with pytest.raises(ImageDecodeError, match="more than 256 scans"):
+        open_image(jpeg_scan_bomb(headers.MAX_JPEG_SCANS + 1, side=64))
+
+
+@pytest.mark.parametrize("marker, name", [(0xE1, "APP1"), (0xFE, "COM"), (0xED, "APP13")])
+def test_a_segment_bomb_is_refused_before_pillow_parses_it(marker, name):
+    """1 M empty segments (4 MB): about 1 s of CPU and +100 MB in Image.open on main, here a refusal."""
+    seconds, outcome = cpu_seconds(lambda: open_image(jpeg_segment_bomb(1_000_000, marker), max_bytes=None))
+    assert isinstance(outcome, ImageDecodeError), (name, outcome)
+    assert "JPEG has more than 4,096 marker segments" in str(outcome)
+    assert seconds < CAP_CPU_S
+
+
+def test_segments_up_to_the_cap_are_parsed():
+    below = headers.MAX_SEGMENTS - 20  # the JPEG's own segments count too
+    assert open_image(jpeg_segment_bomb(below, 0xFE)).image.size == (32, 32)
+    with pytest.raises(ImageDecodeError, match="4,096 marker segments"):
+        open_image(jpeg_segment_bomb(headers.MAX_SEGMENTS + 1, 0xFE))
+
+
+def test_stray_bytes_between_jpeg_segments_are_bounded():
+    """Pillow skips a byte that belongs to no segment one loop turn at a time, 0xFF fill bytes too."""
+    data = jpeg_bytes()
+    after = jpeg_segments(data)[0][2]  # Pillow wants a marker right after SOI
+    for junk in (b"\x00", b"\xff"):
+        bomb = data[:after] + junk * (headers.MAX_STRAY_BYTES + 10) + data[after:]
+        with pytest.raises(ImageDecodeError, match="stray bytes"):
+            open_image(bomb)
+    assert open_image(data[:after] + b"\x00" * 8 + data[after:]).image.size == (32, 32)  # a little padding is seen
+
+
+@pytest.mark.parametrize("after_data", [False, True], ids=["before-IDAT", "after-IDAT"])
+def test_a_png_chunk_bomb_is_refused(after_data):
+    """Private chunks before the image data are parsed by Image.open, those after it when the pixels load."""
+    seconds, outcome = cpu_seconds(lambda: open_image(png_chunk_bomb(300_000, after_data=after_data)))
+    assert isinstance(outcome, ImageDecodeError), outcome
+    assert "PNG has more than 4,096 chunks besides image data" in str(outcome)
+    assert seconds < CAP_CPU_S
+
+
+def test_empty_image_data_chunks_are_bounded_separately():
+    """Real PNGs split their data into 8-64 KiB IDAT chunks: a generous cap of its own, as empty ones cost as much."""
+    assert open_image(png_chunk_bomb(headers.MAX_SEGMENTS * 2, kind=b"IDAT")).image.size == (32, 32)
+    with pytest.raises(ImageDecodeError, match="more than 65,536 image-data chunks"):
+        open_image(png_chunk_bomb(headers.MAX_DATA_BLOCKS + 1, kind=b"IDAT"))
+
+
+def test_compressed_text_chunks_are_bounded():
+    """Pillow inflates each zTXt up to 1 MiB: a few KiB of them could hold 64 MiB."""
+    import zlib
+
+    text = png_chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(b" " * 1_000_000))
+    data = png_chunk_bomb(1)
+    where = data.index(b"IDAT") - 4
+    assert open_image(data[:where] + text * headers.MAX_COMPRESSED_TEXT + data[where:]).image.size == (32, 32)
+    with pytest.raises(ImageDecodeError, match="compressed text"):
+        open_image(data[:where] + text * (headers.MAX_COMPRESSED_TEXT + 1) + data[where:])
+
+
+def test_a_gif_extension_bomb_is_refused():
+    seconds, outcome = cpu_seconds(lambda: open_image(gif_extension_bomb(1_000_000), max_bytes=None))
+    assert isinstance(outcome, ImageDecodeError), outcome
+    assert "GIF has more than 4,096 extension blocks" in str(outcome)
+    assert seconds < CAP_CPU_S
+    assert open_image(gif_extension_bomb(100)).image.size == (32, 32)
+
+
+def test_tiff_directory_entries_are_bounded():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about the private tags it skips
+        assert open_image(tiff_directory_bomb(100, 16)).image.size == (1, 1)
+        with pytest.raises(ImageDecodeError, match="TIFF has more than 4,096 directory entries"):
+            open_image(tiff_directory_bomb(headers.MAX_SEGMENTS + 1))
+        # Entries that all point at the same 1 MiB: each is a copy, counted as metadata.
+        with pytest.raises(ImageTooLargeError, match="more than 8,388,608 bytes of metadata"):
+            open_image(tiff_directory_bomb(9, 1 << 20))
+
+
+def test_metadata_bytes_are_capped_and_charged():
+    """Under the cap, metadata beyond an ordinary photo's counts in the decode budget (3 bytes a byte, a budget pixel
+    being 8); over the cap, 413."""
+    payload = b"x" * 65_000
+    own = check_headers(jpeg_bytes(), "plain").metadata_bytes  # its JFIF segment
+    opened = open_image(jpeg_segment_bomb(16, 0xFE, payload))
+    assert opened.metadata_bytes == own + 16 * 65_000
+    charged = opened.metadata_bytes - headers.METADATA_FREE_BYTES
+    assert opened.cost == math.ceil(32 * 32 + charged * headers.METADATA_PIXEL_COST)
+    assert open_image(jpeg_segment_bomb(1, 0xFE, payload)).cost == 32 * 32  # an ordinary photo's share: free
+    over = headers.MAX_METADATA_BYTES // 65_000 + 1
+    with pytest.raises(ImageTooLargeError, match="JPEG carries more than 8,388,608 bytes of metadata"):
+        open_image(jpeg_segment_bomb(over, 0xE1, payload))
+
+
+def test_a_corrupt_exif_count_costs_nothing():
+    """An EXIF entry claiming 4 G values that aren't there: Pillow skips it, so the walk mustn't refuse the photo."""
+    exif = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x010E, 2, 0xFFFFFFF0, 26)
+    data = jpeg_bytes()
+    segment = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data"
+        opened = open_image(data[:2] + segment + data[2:])
+        opened.image.getexif()
+    own = check_headers(data, "plain").metadata_bytes
+    assert opened.image.size == (32, 32) and opened.metadata_bytes == own + len(exif)
+
+
+# --- real photos still pass ---------------------------------------------------------------------------------
+
+
+def camera_like_jpeg(progressive: bool = False) -> bytes:
+    """What a camera or phone writes: EXIF with GPS, an ICC profile of 200 KB (split over 4 APP2 segments), XMP."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Camera maker"
+    exif.get_ifd(0x8825)[1] = "N"
+    icc = b"\x00" * 200_000
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes(), icc_profile=icc, xmp=b"<x:xmpmeta>" + b" " * 5000 + b"</x>",
+               progressive=progressive, quality=85)
+    return buffer.getvalue()
+
+
+def mpo_bytes() -> bytes:
+    frames = [Image.fromarray(colour((200, 10, 10), (64, 48))), Image.fromarray(colour((10, 10, 200), (64, 48)))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def test_real_photos_and_odd_images_pass(odd_images):
+    inputs = {path.name: path.read_bytes() for path in [*sample_photos(), *odd_images.values()]}
+    inputs |= {"camera.jpg": camera_like_jpeg(), "camera-progressive.jpg": camera_like_jpeg(progressive=True),
+               "two-frames.mpo": mpo_bytes()}
+    for name, data in inputs.items():
+        cost = check_headers(data, name)
+        assert cost.segments < 200 and cost.scans <= 10, (name, cost)
+        opened = open_image(data)
+        opened.image.load()
+    assert open_image(inputs["two-frames.mpo"]).image.format == "MPO"
+    assert check_headers(inputs["camera.jpg"], "camera.jpg").metadata_bytes > 200_000  # ICC, EXIF and XMP counted
+
+
+# --- the server ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> Detector:
+    return Detector.load(write_package(tmp_path_factory.mktemp("tiny") / "package"), threads=1)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def _barrage(app, bombs: dict[str, bytes], honest: list[bytes]) -> tuple[dict, list, float]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        async def post(data: bytes) -> tuple[httpx.Response, float]:
+            started = time.perf_counter()
+            reply = await client.post("/api/v1/predict", content=data)
+            return reply, time.perf_counter() - started
+
+        started = time.process_time()
+        replies = await asyncio.gather(*(post(data) for data in [*bombs.values(), *honest]))
+        return dict(zip(bombs, replies[:len(bombs)])), replies[len(bombs):], time.process_time() - started
+
+
+def test_the_server_answers_bombs_with_4xx_and_serves_honest_clients(detector):
+    """Scan, APP1, COM and PNG chunk bombs as an attacker sends them (under the 20 MiB upload limit), beside honest
+    uploads: each bomb gets its own 415 or 413, every honest upload its verdict, in well under a second of CPU
+    for the lot (on main the APP1 bomb alone took over a second and was answered 200)."""
+    app = create_app(detector, ServeSettings(decode_workers=2))
+    bombs = {"scans": jpeg_scan_bomb(20_000), "app1": jpeg_segment_bomb(1_000_000, 0xE1),
+             "com": jpeg_segment_bomb(1_000_000, 0xFE), "png-chunks": png_chunk_bomb(300_000),
+             "metadata": jpeg_segment_bomb(130, 0xE1, b"x" * 65_000)}
+    honest = [png(colour((250, 0, 0))), png(colour((0, 0, 250)))] * 3
+    try:
+        refused, answered, cpu = asyncio.run(_barrage(app, bombs, honest))
+    finally:
+        app.state.batcher.close()
+    for name, (reply, _seconds) in refused.items():
+        expected = (413, "ImageTooLargeError") if name == "metadata" else (415, "ImageDecodeError")
+        assert (reply.status_code, reply.json()["error"]["type"]) == expected, (name, reply.text)
+    assert "more than 256 scans" in refused["scans"][0].json()["error"]["message"]
+    assert [reply.json()["label"] for reply, _seconds in answered] == ["Fake", "Real"] * 3
+    assert cpu < 2.0
