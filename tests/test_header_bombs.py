@@ -13,6 +13,7 @@ import asyncio
 import io
 import math
 import struct
+import threading
 import time
 import warnings
 
@@ -255,3 +256,70 @@ def test_the_server_answers_bombs_with_4xx_and_serves_honest_clients(detector):
     assert "more than 256 scans" in refused["scans"][0].json()["error"]["message"]
     assert [reply.json()["label"] for reply, _seconds in answered] == ["Fake", "Real"] * 3
     assert cpu < 2.0
+
+
+def slow_decoder(detector: Detector, release: threading.Event, started: threading.Semaphore):
+    """A decoder that holds its thread on any image named stuck.png until ``release``: a deterministic stall."""
+    decode = detector.preprocessor.opened_to_pixels
+
+    def opened_to_pixels(opened):
+        if opened.source == "stuck.png":
+            started.release()
+            release.wait(30)
+        return decode(opened)
+
+    return opened_to_pixels
+
+
+def test_healthz_reports_stalled_decode_threads(detector, monkeypatch):
+    """One thread of two stuck: /healthz 200, counting it, and other uploads served. Both stuck past
+    decode_stall_s: /healthz 503 "stalled" with the reason, and a new upload 503 at once instead of queueing."""
+    release, started = threading.Event(), threading.Semaphore(0)
+    monkeypatch.setattr(detector.preprocessor, "opened_to_pixels", slow_decoder(detector, release, started))
+    app = create_app(detector, ServeSettings(decode_workers=2, decode_stall_s=0.2))
+    stuck = png(colour((250, 0, 0)))
+    files = {"file": ("stuck.png", stuck, "image/png")}
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            first = asyncio.ensure_future(client.post("/api/v1/predict", files=files))
+            await asyncio.to_thread(started.acquire, True, 10)
+            await asyncio.sleep(0.3)
+            one_stuck = await client.get("/healthz")
+            served = await client.post("/api/v1/predict", content=png(colour((0, 0, 250))))
+            second = asyncio.ensure_future(client.post("/api/v1/predict", files=files))
+            await asyncio.to_thread(started.acquire, True, 10)
+            await asyncio.sleep(0.3)
+            both_stuck = await client.get("/healthz")
+            turned_away_at = time.perf_counter()
+            turned_away = await client.post("/api/v1/predict", content=png(colour((0, 0, 250))))
+            turned_away_s = time.perf_counter() - turned_away_at
+            release.set()
+            stuck_replies = [await first, await second]
+            after = await client.get("/healthz")
+            return one_stuck, served, both_stuck, turned_away, turned_away_s, stuck_replies, after
+
+    try:
+        one_stuck, served, both_stuck, turned_away, turned_away_s, stuck_replies, after = asyncio.run(scenario())
+    finally:
+        release.set()
+        app.state.batcher.close()
+    health = one_stuck.json()
+    assert one_stuck.status_code == 200 and health["status"] == "ok"
+    assert (health["decode_threads"], health["decode_threads_busy"], health["decode_threads_stalled"]) == (2, 1, 1)
+    assert health["longest_decode_s"] > 0.2
+    assert served.status_code == 200 and served.json()["label"] == "Real"
+    health = both_stuck.json()
+    assert both_stuck.status_code == 503 and health["status"] == "stalled", health
+    assert health["decode_threads_stalled"] == 2 and "every decode thread (2)" in health["reason"]
+    assert turned_away.status_code == 503 and turned_away.json()["error"]["type"] == "ServerBusyError"
+    assert turned_away_s < 5  # refused at once, not queued behind the stuck decodes (30 s)
+    assert [reply.json()["label"] for reply in stuck_replies] == ["Fake", "Fake"]
+    health = after.json()
+    assert after.status_code == 200 and health["decode_threads_stalled"] == 0 and health["slow_decodes"] == 2
+
+
+def test_decode_stall_setting_is_validated():
+    for bad in (0, -1, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="decode_stall_s"):
+            ServeSettings(decode_stall_s=bad)
