@@ -182,3 +182,18 @@ def tiff_directory_bomb(entries: int, value_bytes: int = 0) -> bytes:
     header = b"II*\x00" + struct.pack("<I", directory_at)
     return (header + b"\x80" + b"\x00" * (value_bytes + (value_bytes & 1)) + struct.pack("<H", len(tags) + entries)
             + body + b"\x00\x00\x00\x00")
+
+
+def webp_chunk_bomb(count: int) -> bytes:
+    """A 32x32 lossless WebP in the extended format (VP8X), carrying ``count`` empty unknown RIFF chunks, which
+    libwebp's demuxer lists one by one (8 MB of them: +44 MB)."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "WEBP", lossless=True)
+    extended = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (31).to_bytes(3, "little") * 2
+    body = extended + (b"XYZW" + bytes(4)) * count + buffer.getvalue()[12:]
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body

@@ -31,6 +31,7 @@ from hostile import (
     png_chunk,
     png_chunk_bomb,
     tiff_directory_bomb,
+    webp_chunk_bomb,
     write_package,
 )
 from PIL import Image
@@ -61,14 +62,14 @@ def test_a_scan_bomb_is_refused_before_libjpeg_runs_its_scans():
     """1 MP with 20,000 repeated 12-byte scans (244 KB): 11 s of CPU decoding on main, here a refusal."""
     seconds, outcome = cpu_seconds(lambda: open_image(jpeg_scan_bomb(20_000)))
     assert isinstance(outcome, ImageDecodeError), outcome
-    assert "more than 256 scans" in str(outcome) and outcome.source == "<244118 bytes>"
+    assert "more than 100 scans" in str(outcome) and outcome.source == "<244118 bytes>"
     assert seconds < CAP_CPU_S
 
 
 def test_scans_up_to_the_cap_decode():
     at_cap = open_image(jpeg_scan_bomb(headers.MAX_JPEG_SCANS, side=64))
     at_cap.image.load()
-    with pytest.raises(ImageDecodeError, match="more than 256 scans"):
+    with pytest.raises(ImageDecodeError, match="more than 100 scans"):
         open_image(jpeg_scan_bomb(headers.MAX_JPEG_SCANS + 1, side=64))
 
 
@@ -144,6 +145,12 @@ def test_tiff_directory_entries_are_bounded():
         # Entries that all point at the same 1 MiB: each is a copy, counted as metadata.
         with pytest.raises(ImageTooLargeError, match="more than 8,388,608 bytes of metadata"):
             open_image(tiff_directory_bomb(9, 1 << 20))
+
+
+def test_a_webp_chunk_bomb_is_refused():
+    assert open_image(webp_chunk_bomb(100)).image.size == (32, 32)
+    with pytest.raises(ImageDecodeError, match="WebP has more than 4,096 RIFF chunks"):
+        open_image(webp_chunk_bomb(headers.MAX_SEGMENTS + 1))
 
 
 def test_metadata_bytes_are_capped_and_charged():
@@ -253,7 +260,7 @@ def test_the_server_answers_bombs_with_4xx_and_serves_honest_clients(detector):
     for name, (reply, _seconds) in refused.items():
         expected = (413, "ImageTooLargeError") if name == "metadata" else (415, "ImageDecodeError")
         assert (reply.status_code, reply.json()["error"]["type"]) == expected, (name, reply.text)
-    assert "more than 256 scans" in refused["scans"][0].json()["error"]["message"]
+    assert "more than 100 scans" in refused["scans"][0].json()["error"]["message"]
     assert [reply.json()["label"] for reply, _seconds in answered] == ["Fake", "Real"] * 3
     assert cpu < 2.0
 
