@@ -100,6 +100,17 @@ def test_stray_bytes_between_jpeg_segments_are_bounded():
     assert open_image(data[:after] + b"\x00" * 8 + data[after:]).image.size == (32, 32)  # a little padding is seen
 
 
+def test_a_run_of_ff_bytes_is_read_once():
+    """0xFF bytes inside a scan's data, or as fill before a marker: the walk must not restart in the run at each of
+    its bytes (a pattern like ``\\xff+`` did: 16 KB of them took 2.9 s, 1 MB would take hours)."""
+    data = jpeg_bytes()
+    first_scan = next(start for marker, start, _end in jpeg_segments(data) if marker == 0xDA)
+    scan_header_end = first_scan + 2 + struct.unpack_from(">H", data, first_scan + 2)[0]
+    inside_scan = data[:scan_header_end] + b"\xff" * 1_000_000 + b"\x00" + data[scan_header_end:]
+    seconds, outcome = cpu_seconds(lambda: check_headers(inside_scan, "ff-run"))
+    assert outcome.scans == 1 and seconds < CAP_CPU_S, (outcome, seconds)
+
+
 @pytest.mark.parametrize("after_data", [False, True], ids=["before-IDAT", "after-IDAT"])
 def test_a_png_chunk_bomb_is_refused(after_data):
     """Private chunks before the image data are parsed by Image.open, those after it when the pixels load."""

@@ -157,10 +157,11 @@ def _walker(data: bytes) -> tuple[str, Callable[[bytes, _Counter], None] | None]
 
 # --- JPEG ---------------------------------------------------------------------------------------------------
 
-# A marker: 0xFF, any fill 0xFFs, then a code that isn't a stuffed zero or a restart marker (those occur inside
-# entropy-coded data, which libjpeg, not Python, reads).
-_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-_MARKER_IN_HEADER = re.compile(rb"\xff+[^\xff]")
+# A marker: 0xFF and a code that isn't 0xFF (a fill byte; the match then starts at the run's last 0xFF) and, inside
+# entropy-coded data (which libjpeg reads, not Python), not a stuffed zero or a restart marker either. Two fixed bytes,
+# so a long run of 0xFF is read once; a pattern like \xff+ would try the run again from each of its bytes.
+_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_MARKER_IN_HEADER = re.compile(rb"\xff[^\xff]")
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
 _SOS, _EOI, _COM = 0xDA, 0xD9, 0xFE
 _EXIF_HEADER = b"Exif\x00\x00"
@@ -177,14 +178,16 @@ def _walk_jpeg(data: bytes, counter: _Counter) -> None:
             found = _MARKER_IN_SCAN.search(data, position)
             if found is None:
                 return
-            position = found.end() - 2
+            position = found.start()
         else:
-            found = _MARKER_IN_HEADER.search(data, position)
+            # Pillow skips bytes before a marker, fill bytes included, one loop turn each: look no further than
+            # the cap allows, so a file of nothing but stray bytes costs O(cap) too.
+            found = _MARKER_IN_HEADER.search(data, position, position + MAX_STRAY_BYTES + 2)
             if found is None:
+                counter.stray_bytes(min(len(data), position + MAX_STRAY_BYTES + 2) - position)
                 return
-            # Pillow skips bytes before a marker, fill bytes included, one loop turn each.
-            counter.stray_bytes(found.end() - 2 - position)
-            position = found.end() - 2
+            counter.stray_bytes(found.start() - position)
+            position = found.start()
         marker = data[position + 1]
         if marker == _EOI:
             return
