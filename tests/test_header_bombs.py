@@ -179,6 +179,16 @@ def test_metadata_bytes_are_capped_and_charged():
         open_image(jpeg_segment_bomb(over, 0xE1, payload))
 
 
+def test_a_truncated_chunk_counts_only_the_bytes_it_has():
+    """A PNG chunk claiming 4 GB with 3 bytes present is a truncated file (the decoder's error), not 4 GB of
+    metadata."""
+    data = png_chunk_bomb(1)
+    truncated = data[:data.index(b"IDAT") - 4] + struct.pack(">I", 0xFFFFFF00) + b"tEXtabc"
+    assert check_headers(truncated, "truncated").metadata_bytes < 100
+    with pytest.raises(ImageDecodeError):
+        open_image(truncated)
+
+
 def test_a_corrupt_exif_count_costs_nothing():
     """An EXIF entry claiming 4 G values that aren't there: Pillow skips it, so the walk mustn't refuse the photo."""
     exif = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x010E, 2, 0xFFFFFFF0, 26)

@@ -155,6 +155,11 @@ def _walker(data: bytes) -> tuple[str, Callable[[bytes, _Counter], None] | None]
     return "", None
 
 
+def _present(size: int, data: bytes, start: int) -> int:
+    """How many of ``size`` bytes from ``start`` the data holds: a truncated segment keeps only what is there."""
+    return max(0, min(size, len(data) - start))
+
+
 # --- JPEG ---------------------------------------------------------------------------------------------------
 
 # A marker: 0xFF and a code that isn't 0xFF (a fill byte; the match then starts at the run's last 0xFF) and, inside
@@ -198,7 +203,7 @@ def _walk_jpeg(data: bytes, counter: _Counter) -> None:
         length = struct.unpack_from(">H", data, position + 2)[0]
         if length < 2:
             return
-        payload = min(length - 2, len(data) - position - 4)
+        payload = _present(length - 2, data, position + 4)
         if marker == _SOS:
             counter.scan()
             in_scans = True
@@ -231,7 +236,7 @@ def _walk_png(data: bytes, counter: _Counter) -> None:
         elif kind == b"IEND":
             return
         else:
-            counter.segment("chunks besides image data", length)
+            counter.segment("chunks besides image data", _present(length, data, position + 8))
             if kind in _PNG_COMPRESSED:
                 counter.compressed_text()
             elif kind == b"eXIf":
@@ -320,7 +325,7 @@ def _walk_webp(data: bytes, counter: _Counter) -> None:
         if kind in (b"VP8 ", b"VP8L", b"ANMF", b"ALPH"):
             counter.data_block("image chunks")
         else:
-            counter.segment("RIFF chunks", size)
+            counter.segment("RIFF chunks", _present(size, data, position + 8))
             if kind == b"EXIF":
                 _walk_tiff(data[position + 8:position + 8 + size], counter)
         position += 8 + size + (size & 1)
