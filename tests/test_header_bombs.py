@@ -267,8 +267,8 @@ async def _barrage(app, bombs: dict[str, bytes], honest: list[bytes]) -> tuple[d
 
 def test_the_server_answers_bombs_with_4xx_and_serves_honest_clients(detector):
     """Scan, APP1, COM and PNG chunk bombs as an attacker sends them (under the 20 MiB upload limit), beside honest
-    uploads: each bomb gets its own 415 or 413, every honest upload its verdict, in well under a second of CPU
-    for the lot (on main the APP1 bomb alone took over a second and was answered 200)."""
+    uploads: each bomb gets its own 415 or 413, every honest upload its verdict, all within 2 s of this process's
+    CPU (on main the scan bomb alone took 11 s of CPU, and every bomb was answered 200)."""
     app = create_app(detector, ServeSettings(decode_workers=2))
     bombs = {"scans": jpeg_scan_bomb(20_000), "app1": jpeg_segment_bomb(1_000_000, 0xE1),
              "com": jpeg_segment_bomb(1_000_000, 0xFE), "png-chunks": png_chunk_bomb(300_000),
