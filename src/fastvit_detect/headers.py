@@ -30,9 +30,10 @@ extended XMP, an ICC profile split over APP2 segments, MPF, Huffman tables befor
 far above them, and Pillow parses that many in a few milliseconds."""
 
 MAX_DATA_BLOCKS = 65_536
-"""PNG image-data chunks (IDAT, fdAT, fcTL) and GIF data sub-blocks before the first frame. libpng writes 8 KiB
-IDAT chunks, so this admits a 512 MiB PNG, twice the library's byte cap; Pillow spends a few microseconds per chunk
-(an empty chunk costs as much as a full one), so the cap bounds that to a fraction of a second."""
+"""PNG image-data chunks (IDAT, fdAT, fcTL) and the sub-blocks of GIF extensions before the first frame. libpng
+writes 8 KiB IDAT chunks, so this admits a 512 MiB PNG, twice the library's byte cap; Pillow spends a few
+microseconds per chunk or sub-block (an empty chunk costs as much as a full one), so the cap bounds that to a
+fraction of a second."""
 
 MAX_METADATA_BYTES = 8 * 1024 * 1024
 """Bytes of metadata Pillow reads and keeps: JPEG APPn and COM payloads, PNG ancillary chunks, GIF extensions,
