@@ -153,9 +153,11 @@ def test_tiff_directory_entries_are_bounded():
         assert open_image(tiff_directory_bomb(100, 16)).image.size == (1, 1)
         with pytest.raises(ImageDecodeError, match="TIFF has more than 4,096 directory entries"):
             open_image(tiff_directory_bomb(headers.MAX_SEGMENTS + 1))
-        # Entries that all point at the same 1 MiB: each is a copy, counted as metadata.
+        # Out-of-line values are copied: metadata, up to the file's size per directory (Pillow's own limit).
+        shared = tiff_directory_bomb(9, 1 << 20)  # 9 entries, all pointing at the same 1 MiB
+        assert open_image(shared).metadata_bytes <= len(shared)
         with pytest.raises(ImageTooLargeError, match="more than 8,388,608 bytes of metadata"):
-            open_image(tiff_directory_bomb(9, 1 << 20))
+            open_image(tiff_directory_bomb(1, 9 << 20))
 
 
 def test_a_webp_chunk_bomb_is_refused():
@@ -177,6 +179,21 @@ def test_metadata_bytes_are_capped_and_charged():
     over = headers.MAX_METADATA_BYTES // 65_000 + 1
     with pytest.raises(ImageTooLargeError, match="JPEG carries more than 8,388,608 bytes of metadata"):
         open_image(jpeg_segment_bomb(over, 0xE1, payload))
+
+
+def test_a_photo_with_a_corrupt_exif_of_many_entries_still_decodes():
+    """An EXIF block is metadata bytes, not walked: its directory holds at most 65,535 entries by the format, which
+    Pillow parses in about half a second, and a photo whose EXIF is corrupt must still get a verdict."""
+    entries = 20_000
+    directory = struct.pack("<H", entries) + struct.pack("<HHIHH", 0x8000, 3, 1, 1, 0) * entries + bytes(4)
+    exif = b"II*\x00" + struct.pack("<I", 8) + directory
+    data = png_chunk_bomb(1)
+    where = data.index(b"IDAT") - 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opened = open_image(data[:where] + png_chunk(b"eXIf", exif) + data[where:])
+        opened.image.load()
+    assert opened.image.size == (32, 32) and opened.metadata_bytes >= len(exif)
 
 
 def test_a_truncated_chunk_counts_only_the_bytes_it_has():

@@ -5,12 +5,16 @@ a 32x32 JPEG carrying 5.2 M empty APP1 segments (20 MiB) cost 5.7 s of CPU and 6
 before any pixel cap applied. libjpeg then decodes a progressive JPEG one scan at a time, each scan a pass over
 the coefficients: 1 MP with 100 k repeated scans took 5.9 s. Neither cost grows with the pixels the caps count.
 
-:func:`check_headers` walks the container structure of JPEG, PNG, GIF, TIFF and WebP (and the TIFF structure of
-EXIF blocks inside them) and refuses, with the counts and the caps, an image that has more than a real encoder
-ever writes. The walk stops at the first cap it passes, so it costs O(cap), not O(file): markers inside JPEG
-entropy data are found by one regular expression running in C, and every Python loop turn counts against a cap.
-It never decodes anything and never raises for malformed data it can't follow: it stops there, and the decoder
-gives its own error for what it can't read.
+:func:`check_headers` walks the container structure of JPEG, PNG, GIF, TIFF and WebP and refuses, with the counts
+and the caps, an image that has more than a real encoder ever writes. The walk stops at the first cap it passes,
+so it costs O(cap), not O(file): markers inside JPEG entropy data are found by one regular expression running in
+C, and every Python loop turn counts against a cap. It never decodes anything and never raises for malformed data
+it can't follow: it stops there, and the decoder gives its own error for what it can't read.
+
+EXIF blocks inside JPEG, PNG and WebP (and an MPO's frame index) count as metadata bytes but aren't walked: a
+directory holds at most 65,535 entries by the format (Pillow parsed that many in 0.55 s), and Pillow 13 copies no
+more value bytes than the block holds, so their cost is bounded already; and a photo whose EXIF is corrupt must
+still decode.
 """
 
 from __future__ import annotations
@@ -170,8 +174,6 @@ _MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _MARKER_IN_HEADER = re.compile(rb"\xff[^\xff]")
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
 _SOS, _EOI, _COM = 0xDA, 0xD9, 0xFE
-_EXIF_HEADER = b"Exif\x00\x00"
-_MPF_HEADER = b"MPF\x00"
 
 
 def _walk_jpeg(data: bytes, counter: _Counter) -> None:
@@ -212,10 +214,6 @@ def _walk_jpeg(data: bytes, counter: _Counter) -> None:
             counter.segment("marker segments")  # libjpeg reads these (tables between scans) in C, keeping nothing
         elif 0xE0 <= marker <= 0xEF or marker == _COM:
             counter.segment("marker segments", payload)
-            if marker == 0xE1 and data.startswith(_EXIF_HEADER, position + 4):
-                _walk_tiff(data[position + 10:position + 4 + payload], counter)
-            elif marker == 0xE2 and data.startswith(_MPF_HEADER, position + 4):  # an MPO's index of its frames
-                _walk_tiff(data[position + 8:position + 4 + payload], counter)
         else:
             counter.segment("marker segments")
         position += 2 + length
@@ -240,8 +238,6 @@ def _walk_png(data: bytes, counter: _Counter) -> None:
             counter.segment("chunks besides image data", _present(length, data, position + 8))
             if kind in _PNG_COMPRESSED:
                 counter.compressed_text()
-            elif kind == b"eXIf":
-                _walk_tiff(data[position + 8:position + 8 + length], counter)
         position += 12 + length
 
 
@@ -278,12 +274,8 @@ _SUB_DIRECTORIES = frozenset({34665, 34853, 40965})  # EXIF, GPS and interoperab
 
 def _walk_tiff(data: bytes, counter: _Counter) -> None:
     """The first directory and the EXIF/GPS directories it points to: the entries Pillow parses in Python, and the
-    out-of-line values it copies (each entry may point anywhere in the file, all of them at the same bytes)."""
-    with contextlib.suppress(IndexError, struct.error):  # an EXIF block's corruption is Pillow's to ignore
-        _walk_directories(data, counter)
-
-
-def _walk_directories(data: bytes, counter: _Counter) -> None:
+    out-of-line values it copies (each entry may point anywhere in the file; Pillow 13 copies at most the file's
+    size per directory)."""
     order = {b"II": "<", b"MM": ">"}.get(data[:2])
     if order is None:
         return
@@ -303,12 +295,16 @@ def _walk_directories(data: bytes, counter: _Counter) -> None:
         seen.add(offset)
         (entries,) = struct.unpack_from(count_format, data, offset)
         position = offset + struct.calcsize(count_format)
+        copied = 0
         for _ in range(entries):
             tag, kind, count, value = struct.unpack_from(entry_format, data, position)
             size = _TIFF_TYPE_SIZES.get(kind, 0) * count
             pointer = struct.unpack_from(pointer_format, value)[0]
+            counter.segment("directory entries")
             # Pillow copies an out-of-line value only when all of it is there: a corrupt count costs nothing.
-            counter.segment("directory entries", size if inline < size <= len(data) - pointer else 0)
+            if inline < size <= len(data) - pointer:
+                counter.add_metadata(min(size, len(data) - copied))
+                copied = min(len(data), copied + size)
             if tag in _SUB_DIRECTORIES:
                 pending.append(pointer)
             position += struct.calcsize(entry_format)
@@ -327,7 +323,5 @@ def _walk_webp(data: bytes, counter: _Counter) -> None:
             counter.data_block("image chunks")
         else:
             counter.segment("RIFF chunks", _present(size, data, position + 8))
-            if kind == b"EXIF":
-                _walk_tiff(data[position + 8:position + 8 + size], counter)
         position += 8 + size + (size & 1)
 
