@@ -29,7 +29,7 @@ from .errors import ImageDecodeError, ImageTooLargeError
 
 MAX_SEGMENTS = 4096
 """Marker segments of a JPEG, chunks of a PNG (not counting image data), extension blocks of a GIF before its first
-frame, RIFF chunks of a WebP, entries of a TIFF or EXIF directory. Real photos carry 10-150 (EXIF, XMP and
+frame, RIFF chunks of a WebP, entries of a TIFF file's directories. Real photos carry 10-150 (EXIF, XMP and
 extended XMP, an ICC profile split over APP2 segments, MPF, Huffman tables before each progressive scan): 4096 is
 far above them, and Pillow parses that many in a few milliseconds."""
 
@@ -41,7 +41,7 @@ fraction of a second."""
 
 MAX_METADATA_BYTES = 8 * 1024 * 1024
 """Bytes of metadata Pillow reads and keeps: JPEG APPn and COM payloads, PNG ancillary chunks, GIF extensions,
-out-of-line TIFF/EXIF values, WebP chunks other than the image. EXIF is at most 64 KiB, ICC profiles rarely over
+EXIF blocks, out-of-line TIFF values, WebP chunks other than the image. EXIF is at most 64 KiB, ICC profiles rarely over
 1 MiB; extended XMP (a phone's depth map) reaches a few MiB. Each byte counts in the server's decode budget
 (:data:`METADATA_PIXEL_COST`)."""
 
@@ -265,7 +265,7 @@ def _walk_gif(data: bytes, counter: _Counter) -> None:
         position += 1
 
 
-# --- TIFF and EXIF ------------------------------------------------------------------------------------------
+# --- TIFF ---------------------------------------------------------------------------------------------------
 
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8,
                     18: 8}
