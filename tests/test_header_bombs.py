@@ -303,6 +303,34 @@ def test_the_server_answers_bombs_with_4xx_and_serves_honest_clients(detector):
     assert cpu < 2.0
 
 
+def test_the_decode_budget_is_charged_for_metadata(detector, monkeypatch):
+    """An upload's metadata beyond an ordinary photo's is held while it decodes: the budget counts it, so the
+    README's memory bound holds whatever the mix of pixels and metadata."""
+    app = create_app(detector, ServeSettings(decode_workers=2))
+    charged: list[int] = []
+    acquire = app.state.decoder.budget.acquire
+
+    async def recording(pixels: int) -> None:
+        charged.append(pixels)
+        await acquire(pixels)
+
+    monkeypatch.setattr(app.state.decoder.budget, "acquire", recording)
+    upload = jpeg_segment_bomb(32, 0xFE, b"x" * 65_000)  # 2 MB of comments on a 32x32 JPEG
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.post("/api/v1/predict", content=upload)
+
+    try:
+        reply = asyncio.run(post())
+    finally:
+        app.state.batcher.close()
+    assert reply.status_code == 200, reply.text
+    metadata = check_headers(upload, "upload").metadata_bytes
+    assert charged == [math.ceil(32 * 32 + (metadata - headers.METADATA_FREE_BYTES) * headers.METADATA_PIXEL_COST)]
+    assert app.state.decoder.budget.in_use == 0
+
+
 def slow_decoder(detector: Detector, release: threading.Event, started: threading.Semaphore):
     """A decoder that holds its thread on any image named stuck.png until ``release``: a deterministic stall."""
     decode = detector.preprocessor.opened_to_pixels
