@@ -78,3 +78,122 @@ def write_package(directory: Path, graph=None, config: dict | None = None, proce
 
 def colour(rgb: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> np.ndarray:
     return np.full((size[1], size[0], 3), rgb, dtype=np.uint8)
+
+
+# --- decoding bombs: cost that grows with something other than pixels ----------------------------------------
+# Each takes a count, so a test can build one just over a cap (cheap) or one as large as an attacker's.
+
+
+def jpeg_bytes(side: int = 32, flat: bool = False, **options) -> bytes:
+    """A greyscale JPEG from Pillow; ``flat``: one grey level, so each progressive AC scan is a few bytes."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.full((side, side), 128, np.uint8) if flat else np.random.default_rng(0).integers(
+        0, 256, (side, side), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each segment of a well-formed JPEG up to EOI; a scan's entropy data is in its SOS."""
+    import re
+    import struct
+
+    position, segments = 2, []
+    while data[position + 1] != 0xD9:
+        marker = data[position + 1]
+        end = position + 2 + struct.unpack_from(">H", data, position + 2)[0]
+        if marker == 0xDA:
+            end = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]").search(data, end).start()
+        segments.append((marker, position, end))
+        position = end
+    return segments
+
+
+def jpeg_scan_bomb(scans: int, side: int = 1000) -> bytes:
+    """A progressive JPEG whose last AC scan (12 bytes for a flat image) is repeated until it has ``scans``."""
+    data = jpeg_bytes(side, flat=True, progressive=True)
+    segments = jpeg_segments(data)
+    found = [segment for segment in segments if segment[0] == 0xDA]
+    _marker, start, end = found[-1]
+    eoi = segments[-1][2]
+    return data[:eoi] + data[start:end] * (scans - len(found)) + data[eoi:]
+
+
+def jpeg_segment_bomb(count: int, marker: int = 0xE1, payload: bytes = b"") -> bytes:
+    """A 32x32 JPEG carrying ``count`` extra segments (APP1 by default; 0xFE: COM) of ``payload`` after SOI."""
+    import struct
+
+    data = jpeg_bytes()
+    segment = bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + segment * count + data[2:]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_chunk_bomb(count: int, kind: bytes = b"prVt", payload: bytes = b"", after_data: bool = False) -> bytes:
+    """A 32x32 PNG carrying ``count`` extra chunks: private ancillary ones by default, before its image data (parsed
+    by ``Image.open``) or, ``after_data``, after it (parsed when the pixels load). ``kind=b"IDAT"`` with no payload:
+    empty image-data chunks, which are legal."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    where = data.index(b"IEND" if after_data or kind == b"IDAT" else b"IDAT") - 4
+    return data[:where] + png_chunk(kind, payload) * count + data[where:]
+
+
+def gif_extension_bomb(count: int) -> bytes:
+    """A 32x32 GIF with ``count`` empty comment extensions before its only frame."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("P", (32, 32), 1).save(buffer, "GIF")
+    data = buffer.getvalue()
+    where = data.index(b",")  # the image descriptor: a fixed 0x2C byte after the header and colour table
+    return data[:where] + b"\x21\xfe\x00" * count + data[where:]
+
+
+def tiff_directory_bomb(entries: int, value_bytes: int = 0) -> bytes:
+    """A little-endian 1x1 greyscale TIFF whose first directory has ``entries`` private tags (32768 and up), each
+    an UNDEFINED value of ``value_bytes`` bytes, all of them pointing at the same bytes of the file."""
+    import struct
+
+    pixel_at = 8
+    shared_at = pixel_at + 1
+    directory_at = shared_at + value_bytes + (value_bytes & 1)
+    tags = [(256, 3, 1, 1), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, pixel_at),
+            (277, 3, 1, 1), (278, 3, 1, 1), (279, 4, 1, 1)]
+    private = [(32768 + index, 7, value_bytes, shared_at if value_bytes > 4 else 0) for index in range(entries)]
+    body = b"".join(struct.pack("<HHII", *entry) for entry in sorted(tags + private))
+    header = b"II*\x00" + struct.pack("<I", directory_at)
+    return (header + b"\x80" + b"\x00" * (value_bytes + (value_bytes & 1)) + struct.pack("<H", len(tags) + entries)
+            + body + b"\x00\x00\x00\x00")
+
+
+def webp_chunk_bomb(count: int) -> bytes:
+    """A 32x32 lossless WebP in the extended format (VP8X), carrying ``count`` empty unknown RIFF chunks, which
+    libwebp's demuxer lists one by one (8 MB of them: +44 MB)."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "WEBP", lossless=True)
+    extended = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (31).to_bytes(3, "little") * 2
+    body = extended + (b"XYZW" + bytes(4)) * count + buffer.getvalue()[12:]
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body

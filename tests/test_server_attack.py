@@ -513,6 +513,62 @@ def test_webp_bombs_are_charged_their_decoding_memory(cli_server, honest):
     assert "Traceback" not in cli_server.log()
 
 
+def test_scan_and_header_bombs_are_refused_promptly_and_hold_no_memory(cli_server, honest):
+    """Bombs whose cost grows with something other than pixels (issue 22): 4 clients each sending, twice, a 2 MB
+    JPEG of 500 k empty APP1 segments, one of COM segments, a PNG of 170 k private chunks and a 1 MP JPEG of
+    20,000 repeated scans, while normal requests go on. (2 MB, not an attacker's 20: each body must arrive within
+    this server's 1.5 s body timeout on a loaded machine; the walk stops at its cap either way.) On main each took
+    a decode thread for about a second or, for the scans, 11 s, and the segment bombs some 65 MB each (four clients
+    looping a 20 MB one drove a server from 99 MB to 2,976 MB). Bounds: each bomb gets its 415 within PROMPT_S,
+    normal requests their verdicts, and the server's peak RSS stays within what the bodies themselves take (4 at
+    once, each held about 3 times while read and opened) plus 100 MB."""
+    from hostile import jpeg_scan_bomb, jpeg_segment_bomb, png_chunk_bomb
+
+    bombs = {"APP1": jpeg_segment_bomb(500_000, 0xE1), "COM": jpeg_segment_bomb(500_000, 0xFE),
+             "PNG chunks": png_chunk_bomb(170_000), "scans": jpeg_scan_bomb(20_000)}
+    largest = max(len(data) for data in bombs.values())
+    before = cli_server.memory_mb()["VmRSS"]
+    sampling, samples = threading.Event(), [before]
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            samples.append(cli_server.memory_mb()["VmRSS"])
+
+    replies: list[tuple[str, Reply]] = []
+    failures: list[str] = []
+
+    def attacker() -> None:
+        for _round in range(2):
+            for name, data in bombs.items():
+                try:
+                    replies.append((name, post_image(cli_server, data)))
+                except OSError as exc:  # the server dropped the connection: a failure to report, not a dead thread
+                    failures.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    threading.Thread(target=sample, daemon=True).start()
+    attackers = [threading.Thread(target=attacker) for _ in range(4)]
+    for thread in attackers:
+        thread.start()
+    normal = [(post_image(cli_server, image.data), image) for image in honest]
+    for thread in attackers:
+        thread.join(120)
+    sampling.set()
+    peak = max(samples)
+    assert not failures and len(replies) == 32, failures
+    print(f"\nscan and header bombs: {len(replies)} sent by 4 clients ("
+          f"{', '.join(f'{name} {len(data) / 1e6:.1f} MB' for name, data in bombs.items())}); answered "
+          f"{dict(Counter(reply.status for _, reply in replies))} in {min(r.seconds for _, r in replies) * 1e3:.0f}-"
+          f"{max(r.seconds for _, r in replies) * 1e3:.0f} ms; normal requests meanwhile "
+          f"{min(r.seconds for r, _ in normal) * 1e3:.0f}-{max(r.seconds for r, _ in normal) * 1e3:.0f} ms; RSS "
+          f"before {before:.0f} MB, peak {peak:.0f} MB")
+    assert all(reply.status == 415 for _, reply in replies), [(name, reply.status) for name, reply in replies]
+    assert all(reply.json()["error"]["type"] == "ImageDecodeError" for _, reply in replies)
+    assert max(reply.seconds for _, reply in replies) <= PROMPT_S
+    assert all(check_verdict(reply, image) is None for reply, image in normal), [r.body for r, _ in normal]
+    assert peak - before <= 4 * 3 * largest / 2**20 + 100, (before, peak)
+    assert "Traceback" not in cli_server.log()
+
+
 # --- 3. slow and vanishing clients --------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from .errors import (
     UnsupportedInputError,
     UnsupportedPreprocessorError,
 )
+from .headers import METADATA_FREE_BYTES, METADATA_PIXEL_COST, check_headers
 from .options import check_whole
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
@@ -300,6 +301,7 @@ class OpenedImage:
     image: Image.Image
     source: str
     owned: bool  # False for a caller's PIL image: never modified in place
+    metadata_bytes: int = 0  # what fastvit_detect.headers counted: held in memory while the image decodes
 
     @property
     def pixels(self) -> int:
@@ -307,8 +309,10 @@ class OpenedImage:
 
     @property
     def cost(self) -> int:
-        """What decoding it costs, in pixels of a JPEG or PNG: ``pixels`` times the format's :data:`DECODE_COST`."""
-        return math.ceil(self.pixels * DECODE_COST.get(self.image.format or "", 1.0))
+        """What decoding it costs, in pixels of a JPEG or PNG: ``pixels`` times the format's :data:`DECODE_COST`,
+        plus its metadata beyond ``headers.METADATA_FREE_BYTES`` at ``headers.METADATA_PIXEL_COST`` a byte."""
+        metadata = max(0, self.metadata_bytes - METADATA_FREE_BYTES)
+        return math.ceil(self.pixels * DECODE_COST.get(self.image.format or "", 1.0) + metadata * METADATA_PIXEL_COST)
 
 
 @contextmanager
@@ -367,9 +371,10 @@ def open_image(
                 "a PIL.Image or a numpy array",
                 source,
             )
+        header = check_headers(data, source)  # before Pillow parses a header: its parsers cost per segment
         opened = _open_bytes(data, source, formats)
         _check_pixels(opened, max_pixels, source)
-        return OpenedImage(opened, source, owned=True)
+        return OpenedImage(opened, source, owned=True, metadata_bytes=header.metadata_bytes)
 
 
 def decode_opened(opened: OpenedImage, draft_size: tuple[int, int] | None = None) -> Image.Image:

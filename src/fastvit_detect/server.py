@@ -10,10 +10,12 @@ CDN, and nothing this server sends may make the browser fetch from elsewhere.
 A request goes through three stages, so that no single client can stall the others:
 
 1. the event loop reads the body, within the upload limit and the body timeout;
-2. a bounded pool of decode threads reads the image header, opens only the formats of ``formats`` (by default
-   ``SERVER_FORMATS``: photo formats, not Pillow's slow pure-Python decoders), checks the server's own pixel cap,
-   waits for room in a shared pixel budget (what decodes at once is bounded, so is its memory; a format that costs
-   more memory per pixel, such as WebP, counts for more), then decodes, resizes and crops;
+2. a bounded pool of decode threads counts the image's scans, segments and metadata (``fastvit_detect.headers``),
+   reads its header, opens only the formats of ``formats`` (by default ``SERVER_FORMATS``: photo formats, not
+   Pillow's slow pure-Python decoders), checks the server's own pixel cap, waits for room in a shared pixel budget
+   (what decodes at once is bounded, so is its memory; a format that costs more memory per pixel, such as WebP,
+   counts for more, and so does metadata), then decodes, resizes and crops. A decode thread busy on one image for
+   longer than ``decode_stall_s`` shows on ``/healthz``; when all are, ``/healthz`` and new uploads get 503;
 3. a model thread per worker of the detector's layout takes up to ``max_batch`` decoded images, waiting at most
    ``max_wait_ms`` after the first, and classifies them in one call of its own session; with several workers,
    concurrent requests run in parallel batches. Should a call fail, each image is retried alone, so only the
@@ -79,7 +81,7 @@ from .httpapi import (
     seed_request_image,
 )
 from .options import check_finite, check_whole
-from .preprocess import DECODE_COST, OpenedImage, check_formats, open_image, server_formats
+from .preprocess import DECODE_COST, OpenedImage, check_formats, describe_source, open_image, server_formats
 from .session import physical_core_count
 
 try:
@@ -129,6 +131,7 @@ class ServeSettings:
     max_pixels: int = SERVER_MAX_PIXELS  # per image, checked from the header before decoding, x DECODE_COST
     decode_workers: int = field(default_factory=lambda: max(2, physical_core_count()))
     decode_budget_pixels: int | None = None  # pixels decoding at once; None: 1.5 x max_pixels
+    decode_stall_s: float = 30.0  # a decode thread busy on one image longer than this is stalled (see /healthz)
     max_connections: int = 128  # more are answered 503 at once by uvicorn
     header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
     body_timeout_s: float = 60.0  # the whole body must arrive within this
@@ -142,6 +145,7 @@ class ServeSettings:
     # negative values are an operator's mistake, refused before anything starts.
     LIMITS = (("max_upload_bytes", 1, 1 << 32, True), ("max_batch", 1, 4096, True), ("max_wait_ms", 0, 10_000, False),
               ("queue_size", 1, 100_000, True), ("max_pixels", 1, 1 << 32, True), ("decode_workers", 1, 256, True),
+              ("decode_stall_s", 0.01, 86_400, False),
               ("max_connections", 1, 1_000_000, True), ("header_timeout_s", 0.1, 3600, False),
               ("body_timeout_s", 0.1, 3600, False), ("keep_alive_s", 0.1, 3600, False),
               ("explain_concurrency", 1, 256, True), ("explain_queue", 0, 100_000, True),
@@ -165,9 +169,11 @@ def open_upload(upload: io.BytesIO, settings: ServeSettings) -> OpenedImage:
     opened = open_image(upload, settings.max_pixels, settings.max_upload_bytes, settings.formats)
     if opened.cost > settings.max_pixels:
         image = opened.image
+        metadata = f" + {opened.metadata_bytes:,} bytes of metadata" if opened.metadata_bytes else ""
         message = (f"{opened.source}: a {image.width}x{image.height} {image.format} image costs as much to decode "
                    f"as {opened.cost:,} pixels of a JPEG or PNG ({DECODE_COST.get(str(image.format), 1):g} x "
-                   f"{opened.pixels:,}), over the cap of {settings.max_pixels:,} (raise max_pixels to accept it)")
+                   f"{opened.pixels:,}{metadata}), over the cap of {settings.max_pixels:,} (raise max_pixels to "
+                   "accept it)")
         image.close()
         raise ImageTooLargeError(message, opened.source)
     return opened
@@ -469,6 +475,61 @@ def return_large_frees_to_the_os() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
+class DecodeWatch:
+    """Which decode threads are busy, on which image and since when: the second line behind the header caps.
+
+    Decoding runs in C (libjpeg, libpng, libwebp) and can't be interrupted from Python; the caps on pixels, scans
+    and header segments (``fastvit_detect.headers``) bound what one image costs before it starts. Should a decoder
+    still run past ``stall_s`` (a slow format at the pixel cap on a loaded machine, or a class of bomb nobody has
+    found yet), it shows here: ``/healthz`` reports the stalled threads and answers 503 once every decode thread
+    is stalled, new uploads get 503 at once instead of queueing behind them, and the log names each slow image.
+    """
+
+    def __init__(self, threads: int, stall_s: float) -> None:
+        self.threads, self.stall_s = threads, stall_s
+        self._busy: dict[int, tuple[float, str]] = {}  # thread id -> (monotonic start, image name)
+        self._lock = threading.Lock()
+        self.slow_decodes = 0  # decodes that ended after running longer than stall_s
+
+    def run(self, source: str, work: Callable[..., Result], *args: Any) -> Result:
+        """``work(*args)`` on this decode thread, timed and visible while it runs."""
+        thread = threading.get_ident()
+        started = time.monotonic()
+        with self._lock:
+            self._busy[thread] = (started, source)
+        try:
+            return work(*args)
+        finally:
+            elapsed = time.monotonic() - started
+            with self._lock:
+                del self._busy[thread]
+                if elapsed > self.stall_s:
+                    self.slow_decodes += 1
+            if elapsed > self.stall_s:
+                log.warning("decoding %s held a decode thread for %.1f s (stall threshold %g s)", source, elapsed,
+                            self.stall_s)
+
+    def busy(self) -> list[float]:
+        """How long each busy decode thread has been on its current image, in seconds, longest first."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted((now - started for started, _source in self._busy.values()), reverse=True)
+
+    def stalled(self) -> int:
+        return sum(seconds > self.stall_s for seconds in self.busy())
+
+    def all_stalled(self) -> bool:
+        return self.stalled() >= self.threads
+
+    def report(self) -> dict[str, Any]:
+        """``/healthz``'s decode fields."""
+        busy = self.busy()
+        stalled = sum(seconds > self.stall_s for seconds in busy)
+        return {"decode_threads": self.threads, "decode_threads_busy": len(busy), "decode_threads_stalled": stalled,
+                "longest_decode_s": round(busy[0], 3) if busy else 0.0, "slow_decodes": self.slow_decodes,
+                "decode_stall_s": self.stall_s}
+
+
 class DecodeStage:
     """Decodes uploads in a bounded thread pool, under the server's caps and pixel budget."""
 
@@ -478,15 +539,20 @@ class DecodeStage:
         self.settings = settings
         self.budget = PixelBudget(settings.budget_pixels)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="fastvit-decode")
+        self.watch = DecodeWatch(settings.decode_workers, settings.decode_stall_s)
 
     async def decode(self, upload: io.BytesIO) -> DecodedImage:
         """Raises the image's InputError; never blocks the event loop, never runs on the model thread."""
+        if self.watch.all_stalled():  # queued behind them, it would wait for as long as they run
+            raise ServerBusyError(f"every decode thread ({self.watch.threads}) has been busy on one image for over "
+                                  f"{self.watch.stall_s:g} s; retry later")
         loop = asyncio.get_running_loop()
-        opened = await loop.run_in_executor(self.pool, open_upload, upload, self.settings)
+        source = describe_source(upload)
+        opened = await loop.run_in_executor(self.pool, self.watch.run, source, open_upload, upload, self.settings)
         cost = opened.cost
         await self.budget.acquire(cost)
         try:
-            work = loop.run_in_executor(self.pool, self.preprocessor.opened_to_pixels, opened)
+            work = loop.run_in_executor(self.pool, self.watch.run, source, self.preprocessor.opened_to_pixels, opened)
         except BaseException:
             await self.budget.release(cost)
             raise
@@ -886,19 +952,25 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         explanation = await explainer.explain(uploads[0], method, target, options)
         return JSONResponse(explanation_body(explanation, model, 1000 * (time.perf_counter() - started)))
 
-    @get_and_head("/healthz", summary="Liveness, and the model thread's counters")
+    @get_and_head("/healthz", summary="Liveness, and the model thread's and decode threads' counters")
     async def healthz() -> JSONResponse:
         alive = batcher.healthy
-        body = {"status": "ok" if alive else "unavailable", "worker_alive": alive,
+        decoding = decoder.watch.report()
+        stalled = decoding["decode_threads_stalled"] >= decoding["decode_threads"]
+        status = "unavailable" if not alive else "stalled" if stalled else "ok"
+        body = {"status": status, "worker_alive": alive,
                 "workers": batcher.workers, "workers_alive": batcher.workers_alive,
                 "layout": detector.layout.to_dict(),
                 "worker_restarts": batcher.worker_restarts, "variant": detector.variant.name,
                 "runtime": detector.runtime, "variant_choice": detector.choice.to_dict(),
                 "queue_depth": batcher.queue_depth, "batches": batcher.batches_run, "images": batcher.images_run,
                 "largest_batch": batcher.largest_batch, "failed_batches": batcher.failed_batches,
-                "decoding_pixels": decoder.budget.in_use, "explanations_in_progress": explainer.admitted,
-                "explanations": explainer.explained}
-        return JSONResponse(body, status_code=200 if alive else 503)
+                "decoding_pixels": decoder.budget.in_use, **decoding,
+                "explanations_in_progress": explainer.admitted, "explanations": explainer.explained}
+        if stalled:
+            body["reason"] = (f"every decode thread ({decoding['decode_threads']}) has been busy on one image for "
+                              f"over {decoding['decode_stall_s']:g} s: new uploads get 503")
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @get_and_head("/api/v1/model", summary="The model package's manifest, variant, labels and the serving settings")
     async def model_info() -> dict[str, Any]:
