@@ -314,6 +314,22 @@ def test_an_address_where_no_ray_answers_fails_in_time(folder, vit_package, tmp_
     assert not (tmp_path / "never.jsonl").exists()
 
 
+def test_the_example_runs_again_into_the_same_results(local_ray, folder, vit_package, tmp_path, capsys):
+    from examples import ray_scan
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for source in (folder / HOSTILE_NAMES[0], folder / "empty.jpg", next(folder.rglob("img001.jpg"))):
+        shutil.copyfile(source, images / source.name)
+    workdir = tmp_path / "work"
+    argv = ["--model", str(vit_package), "--images", str(images), "--workdir", str(workdir), "--actors", "1"]
+    assert ray_scan.main(argv) == 0
+    assert "3 image(s) found; 2 classified" in capsys.readouterr().out
+    assert ray_scan.main(argv) == 0  # the same results folder: nothing left to do
+    assert "3 image(s) found; 3 already in the output, skipped; 0 classified" in capsys.readouterr().out
+    assert sorted(path.name for path in workdir.iterdir()) == ["results.parquet"]
+
+
 def test_records_round_trip_through_arrow(vit_package, folder):
     detector = Detector.load(vit_package, variant="fp32")
     images = [next(folder.rglob("img000.png")), folder / "text.jpg"]
