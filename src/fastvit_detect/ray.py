@@ -169,6 +169,8 @@ def start_crash_ledger() -> Any:
 
 def _assigned_cpus() -> int:
     """The CPUs Ray reserved for this actor (at least 1)."""
+    if not ray.is_initialized():  # not in a worker; asking for the runtime context would start a Ray
+        return 1
     try:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     except Exception:  # noqa: BLE001 - outside a Ray worker: one thread is the safe default
@@ -258,27 +260,30 @@ class BatchClassifier:
         return records_table([result_record(path, result) for path, result in zip(paths, results)], self.labels)
 
     def _source(self, file: str, path: str) -> ImageSource:
-        """A local file stays a path (the detector reads it, with its checks); a URI is read here."""
-        if not is_uri(file):
-            return file
+        """A local file (``file://`` URIs too) stays a path: the detector reads it, with its checks. Another URI
+        is read here, at most ``max_bytes`` + 1 bytes (the detector refuses more)."""
+        location = _source(file)
+        if not is_uri(location):
+            return location
         try:
-            filesystem, location = self._filesystem(file)
-            with filesystem.open_input_stream(location) as stream:
+            filesystem, inside = self._filesystem(location)
+            with filesystem.open_input_stream(inside) as stream:
                 return bytes(stream.read(-1 if self.max_bytes is None else self.max_bytes + 1))
         except (OSError, ValueError, pa.ArrowException) as exc:
             return ImageNotFoundError(f"{path}: can't read it: {exc}", path)
 
     def _filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
-        """pyarrow's file system for ``uri`` and the path in it. Listed names are ``scheme://`` and the file
-        system's own path (``s3://bucket/key``): one file system per bucket serves them all, unparsed."""
+        """pyarrow's file system for ``uri`` and the path in it. A bucket's file system (``s3://bucket/``) is made
+        once and takes the rest of each URI as it is: parsing each URI would refuse keys that aren't valid in a
+        URI (a space, a line break), which the listing gives as they are."""
         scheme, rest = uri.split("://", 1)
-        bucket = (scheme, rest.split("/", 1)[0])
-        if bucket in self._filesystems:
-            return self._filesystems[bucket], rest
-        filesystem, location = pafs.FileSystem.from_uri(uri)
-        if location == rest:
-            self._filesystems[bucket] = filesystem
-        return filesystem, location
+        bucket = rest.split("/", 1)[0]
+        if (scheme, bucket) not in self._filesystems:
+            filesystem, root = pafs.FileSystem.from_uri(f"{scheme}://{bucket}/")
+            if root.strip("/") != bucket:  # not a bucket store (hdfs://host:port/...): each URI parsed on its own
+                return pafs.FileSystem.from_uri(uri)
+            self._filesystems[(scheme, bucket)] = filesystem
+        return self._filesystems[(scheme, bucket)], rest
 
     def _predict_alone(self, ledger: Any, source: ImageSource, path: str) -> Any:
         crashes = int(ray.get(ledger.begin.remote(path)))
@@ -782,8 +787,7 @@ def _join(address: str, timeout: float, level: int, log_to_driver: bool) -> None
     def join() -> None:
         try:
             with _loopback_node() if loopback else nullcontext():
-                ray.init(address=address, logging_level=level, log_to_driver=log_to_driver,
-                         _node_ip_address=LOOPBACK if loopback else None)
+                ray.init(address=address, logging_level=level, log_to_driver=log_to_driver)
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             outcome.append(exc)
