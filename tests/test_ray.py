@@ -402,13 +402,14 @@ def test_outputs_of_another_kind_are_refused(tmp_path):
 def test_engine_options_are_checked_before_ray_starts(vit_package, folder, tmp_path, capsys):
     model = ["--model", str(vit_package)]
     for argv in (["--actors", "2"], ["--format", "parquet"], ["--engine", "ray", "--threads", "2"],
-                 ["--ship-model"]):
+                 ["--ship-model"], ["--connect-timeout", "5"], ["--ray-verbose"]):
         assert main(["scan", str(folder), *model, "-o", str(tmp_path / "x.jsonl"), *argv]) == 2, argv
     assert main(["scan", str(tmp_path / "missing"), *model, "--engine", "ray"]) == 2
     assert "not a directory to scan" in capsys.readouterr().err
-    for bad in ("0", "-1", "inf", "nan", "1e9"):
-        with pytest.raises(SystemExit):
-            main(["scan", str(folder), *model, "--engine", "ray", "--actors", bad])
+    for option in ("--actors", "--connect-timeout"):
+        for bad in ("0", "-1", "inf", "nan", "1e9"):
+            with pytest.raises(SystemExit):
+                main(["scan", str(folder), *model, "--engine", "ray", option, bad])
 
 
 def test_crash_ledger_counts_starts_that_never_finished():
