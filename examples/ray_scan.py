@@ -5,10 +5,11 @@
                                 [--address ADDR] [--actors N]
     python examples/ray_scan.py                      # offline: a tiny seeded model and 64 generated images
 
-Everything it makes goes to one folder that stays put between runs, --workdir (default: fastvit-ray-example in
-the system's temporary folder, e.g. /tmp/fastvit-ray-example): the offline model and images, and the results
-unless --output names another place. So a second run finds every image in the results and skips it; delete the
-folder (or pass --output elsewhere) to classify again.
+Everything it makes goes to one folder that stays put between runs, --workdir (default: ray-example in your
+fastvit-detect cache, ~/.cache/fastvit-detect/ray-example; a per-user folder, not a fixed name in /tmp that another
+user could make first): the offline model and images, and the results unless --output names another place. So a
+second run finds every image in the results and skips it; delete the folder (or pass --output elsewhere) to
+classify again.
 
 Without --address it starts a Ray on this machine, listening on 127.0.0.1 only (or joins $RAY_ADDRESS). On a
 cluster, --images may be an s3:// or gs:// prefix, and --model must be a path every node can read, or add
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +28,9 @@ import numpy as np
 from PIL import Image
 
 import fastvit_detect.ray as engine
+from fastvit_detect.layout import cache_directory
 
-DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "fastvit-ray-example"
+DEFAULT_WORKDIR = cache_directory() / "ray-example"
 
 
 def offline_inputs(workdir: Path) -> tuple[Path, Path]:
