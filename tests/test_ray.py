@@ -158,6 +158,33 @@ def check_same_as_local_scan(by_name: dict[str, dict], expected: dict[str, dict]
     assert bad == BAD_IMAGES  # every other image, the hostile names among them, has its verdict
 
 
+def test_batch_classifier_reads_files_uris_and_bytes_itself(vit_package, folder, tmp_path):
+    """Without a cluster: the actor's three ways to an image, and a read that fails, each as the image's record.
+    First in the module, before its Ray starts: outside a worker, nothing here may start one (it would listen
+    beyond loopback)."""
+    was_running = ray.is_initialized()
+    classifier = engine.BatchClassifier(vit_package, variant="fp32", max_bytes=100_000)
+    local = Detector.load(vit_package, variant="fp32")
+    hostile = folder / HOSTILE_NAMES[0]
+    big = tmp_path / "big.png"
+    big.write_bytes(encoded(noise_image(300, 300, 7), "PNG"))  # over max_bytes
+    files = [os.fsencode(hostile), f"file://{hostile}".encode(), f"file://{tmp_path}/gone.png".encode(),
+             f"file://{big}".encode(), os.path.join(os.fsencode(folder), NOT_UTF8), b"mock://nowhere/x.png"]
+    keys = ["a", "b", "c", "d", "e", "f"]
+    table = classifier(pa.table({"path": keys, "file": pa.array(files, pa.binary())}))
+    records = dict(zip(keys, engine.table_records(table)))
+    want = local.predict(hostile).to_dict()
+    assert [json.dumps(records[key]) for key in "ab"] == [json.dumps({"image": key, **want}) for key in "ab"]
+    assert records["c"]["error"]["type"] == "ImageNotFoundError" and records["c"]["image"] == "c"
+    assert records["d"]["error"]["type"] == "ImageTooLargeError"
+    assert records["e"]["label"] in ("Fake", "Real")  # a name that isn't UTF-8, read from its bytes
+    assert records["f"]["error"]["type"] == "ImageNotFoundError"
+    assert records["f"]["error"]["message"].startswith("f: can't read it")
+    from_bytes = classifier({"path": np.array(["x"]), "bytes": np.array([hostile.read_bytes()], dtype=object)})
+    assert next(engine.table_records(from_bytes))["logits"] == records["a"]["logits"]
+    assert ray.is_initialized() == was_running
+
+
 def test_folder_to_json_lines_gives_the_local_scans_records(local_ray, folder, vit_package, expected, tmp_path):
     output = tmp_path / "ray.jsonl"
     # Besides the folder: a file:// URI, a FIFO and a missing file named one by one, as a list of paths may;
@@ -329,31 +356,6 @@ def test_the_example_runs_again_into_the_same_results(local_ray, folder, vit_pac
     assert ray_scan.main(argv) == 0  # the same results folder: nothing left to do
     assert "3 image(s) found; 3 already in the output, skipped; 0 classified" in capsys.readouterr().out
     assert sorted(path.name for path in workdir.iterdir()) == ["results.parquet"]
-
-
-def test_batch_classifier_reads_files_uris_and_bytes_itself(vit_package, folder, tmp_path):
-    """Without a cluster: the actor's three ways to an image, and a read that fails, each as the image's record."""
-    classifier = engine.BatchClassifier(vit_package, variant="fp32", max_bytes=100_000)
-    assert not ray.is_initialized()  # outside a worker, nothing starts a Ray (it would listen beyond loopback)
-    local = Detector.load(vit_package, variant="fp32")
-    hostile = folder / HOSTILE_NAMES[0]
-    big = tmp_path / "big.png"
-    big.write_bytes(encoded(noise_image(300, 300, 7), "PNG"))  # over max_bytes
-    files = [os.fsencode(hostile), f"file://{hostile}".encode(), f"file://{tmp_path}/gone.png".encode(),
-             f"file://{big}".encode(), os.path.join(os.fsencode(folder), NOT_UTF8), b"mock://nowhere/x.png"]
-    keys = ["a", "b", "c", "d", "e", "f"]
-    table = classifier(pa.table({"path": keys, "file": pa.array(files, pa.binary())}))
-    records = dict(zip(keys, engine.table_records(table)))
-    want = local.predict(hostile).to_dict()
-    assert [json.dumps(records[key]) for key in "ab"] == [json.dumps({"image": key, **want}) for key in "ab"]
-    assert records["c"]["error"]["type"] == "ImageNotFoundError" and records["c"]["image"] == "c"
-    assert records["d"]["error"]["type"] == "ImageTooLargeError"
-    assert records["e"]["label"] in ("Fake", "Real")  # a name that isn't UTF-8, read from its bytes
-    assert records["f"]["error"]["type"] == "ImageNotFoundError"
-    assert records["f"]["error"]["message"].startswith("f: can't read it")
-    from_bytes = classifier({"path": np.array(["x"]), "bytes": np.array([hostile.read_bytes()], dtype=object)})
-    assert next(engine.table_records(from_bytes))["logits"] == records["a"]["logits"]
-    assert not ray.is_initialized()
 
 
 def test_records_round_trip_through_arrow(vit_package, folder):
