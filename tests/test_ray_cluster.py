@@ -1,14 +1,15 @@
 """The Ray engine on a two-node cluster (ray.cluster_utils.Cluster, one CPU per node, on this machine): actors on
-both nodes, the model shipped through the object store to workers that can't read its path."""
+both nodes, the model shipped through the object store to workers that can't read its path. Both nodes and this
+driver listen on 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import pytest
 from conftest import noise_image
+from loopback import check_loopback_only
 from PIL import Image
 
 ray = pytest.importorskip("ray")
@@ -26,13 +27,13 @@ IMAGES = 60
 def two_nodes():
     if ray.is_initialized():  # another module's Ray: one driver joins one cluster at a time
         ray.shutdown()
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
+    # Cluster's nodes take the machine's network address unless told; the driver joins as the CLI does.
+    cluster = cluster_utils.Cluster(initialize_head=True,
+                                    head_node_args={"num_cpus": 1, "node_ip_address": engine.LOOPBACK})
+    cluster.add_node(num_cpus=1, node_ip_address=engine.LOOPBACK)
+    with engine.connected(cluster.address):
+        cluster.wait_for_nodes()
+        yield cluster
     cluster.shutdown()
 
 
@@ -99,3 +100,8 @@ def test_cli_parquet_on_the_cluster(two_nodes, images, vit_package, tmp_path, ca
     assert f"{IMAGES + 1} already in the output" in capsys.readouterr().err
     json.dumps(records)  # plain JSON types, as the JSON-lines writer needs
 
+
+
+def test_the_cluster_listens_on_loopback_only(two_nodes):
+    sockets = check_loopback_only(minimum_listeners=4)  # the GCS, two raylets and this driver at least
+    assert {port for _pid, _address, port in sockets} >= {int(two_nodes.address.rsplit(":", 1)[1])}

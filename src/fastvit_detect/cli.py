@@ -207,7 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--engine", choices=("local", "ray"), default="local",
                          help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")
     cluster.add_argument("--address", default=None, metavar="ADDR",
-                         help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray on this machine)")
+                         help="Ray cluster to join (host:port, ray://host:port, auto); default $RAY_ADDRESS, else "
+                              "a new Ray on this machine, listening on 127.0.0.1 only")
+    cluster.add_argument("--connect-timeout", type=finite_number(0.1, 3600), default=None, metavar="S",
+                         help="seconds joining --address may take before giving up (default 60)")
+    cluster.add_argument("--ray-verbose", action="store_true",
+                         help="Ray's own log lines as Ray sets them (default: its warnings and worse only)")
     cluster.add_argument("--actors", type=actors_type, default=None, metavar="N",
                          help="actors, one model each (default: the cluster's CPUs / threads per actor)")
     cluster.add_argument("--threads-per-actor", type=threads_type, default=None, metavar="T",
@@ -509,7 +514,8 @@ def run_scan(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return run_ray_scan(args)
     for option, value in (("--address", args.address), ("--actors", args.actors),
-                          ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model)):
+                          ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model),
+                          ("--connect-timeout", args.connect_timeout), ("--ray-verbose", args.ray_verbose)):
         if value:
             raise FastVitDetectError(f"{option} needs --engine ray")
     check_scan_target(args.folder, args.output, args.format)  # before seconds of loading the model
@@ -535,7 +541,8 @@ def run_ray_scan(args: argparse.Namespace) -> int:
         raise FastVitDetectError(f"{args.folder}: not a directory to scan")
     output_format(args.output, args.format, engine.FORMATS)  # before Ray starts
     note_intended_use(ModelPackage.open(args.model))  # a bad package fails here, before Ray starts
-    with engine.connected(args.address) as seconds:
+    timeout = engine.JOIN_TIMEOUT_S if args.connect_timeout is None else args.connect_timeout
+    with engine.connected(args.address, timeout=timeout, verbose=args.ray_verbose) as seconds:
         print(f"ray: {engine.describe_cluster()}, ready in {seconds:.1f}s; scanning {args.folder} into {args.output}",
               file=sys.stderr)
         summary = engine.classify(args.folder, args.model, args.output, fmt=args.format, overwrite=args.overwrite,

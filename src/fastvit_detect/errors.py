@@ -172,3 +172,8 @@ class ServerBusyError(FastVitDetectError):
 class WorkerCrashError(FastVitDetectError):
     """A worker process (a Ray actor) died every time it classified this image on its own: a decoder crash or
     the memory limit, most likely. Recorded in the image's place so one image can't stall a job forever."""
+
+
+class ClusterUnreachableError(FastVitDetectError):
+    """The Ray cluster to join (``--address``) refused the connection, or didn't let this process join within the
+    timeout: nothing listens there, a firewall drops the packets, or what listens isn't a Ray head."""

@@ -5,12 +5,19 @@ Needs the ``ray`` extra (``pip install 'fastvit-detect[ray]'``); nothing else in
 Three layers, each usable alone:
 
 - :class:`BatchClassifier`, a callable class for ``Dataset.map_batches``. Each actor loads the package once and
-  turns batches of encoded image bytes plus their paths (``ray.data.read_binary_files(..., include_paths=True)``)
-  into result records. Decoding happens here, with the runtime's own preprocessing (EXIF orientation, the HF
-  resize), not with Ray's ``read_images``. A bad image is a row with an ``error``, never a failed task.
-- :func:`classify_dataset`: files to a lazy Dataset of records.
+  turns batches of images into result records: encoded bytes plus their paths
+  (``ray.data.read_binary_files(..., include_paths=True)``), or files the actor reads itself. Decoding happens
+  here, with the runtime's own preprocessing (EXIF orientation, the HF resize), not with Ray's ``read_images``. A
+  bad image is a row with an ``error``, never a failed task.
+- :func:`classify_dataset`: files to a lazy Dataset of records. The Dataset holds the files' names, and the
+  actors read them: Ray Data's own readers parse a local path as a URL, which drops tabs and line breaks from a
+  file name and fails the whole job on such a file.
 - :func:`classify`: files to a results file (JSON lines, CSV or a Parquet directory) with the local scan's
   resume: images already in the output are skipped.
+
+A Ray this module starts listens on 127.0.0.1 only (:func:`init_local`): Ray's ports have no authentication
+of their own beyond a cluster token, and a cluster that others reach is for an operator to set up (``ray start``)
+and join with an address.
 
 Exactly once: Ray retries the tasks of an actor that died, so a batch may come back twice. Only the driver
 writes, and it writes an image's record only if the output doesn't hold that image yet; an interrupted job
@@ -23,7 +30,9 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -39,7 +48,7 @@ import ray
 import ray.data
 
 from .detector import DEFAULT_BATCH_SIZE, Detector, choose_variant
-from .errors import FastVitDetectError, ImageNotFoundError, WorkerCrashError
+from .errors import ClusterUnreachableError, FastVitDetectError, ImageNotFoundError, WorkerCrashError
 from .httpapi import named_image
 from .package import ModelPackage
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
@@ -51,6 +60,9 @@ PARQUET_ROWS_PER_FILE = 10_000
 _PREDICTION_KEYS = ("image", "label", "score", "probabilities", "fake_probability", "logits")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PART = re.compile(r"part-\d{6,}\.parquet")  # the files ParquetOutput writes; any others are left alone
+LOOPBACK = "127.0.0.1"
+JOIN_TIMEOUT_S = 60.0
+"""How long joining a cluster (:func:`connected` with an address) may take before ClusterUnreachableError."""
 
 
 # --- records as Arrow tables --------------------------------------------------------------------------------
@@ -70,8 +82,16 @@ def record_schema(labels: Sequence[str]) -> pa.Schema:
 
 
 def records_table(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pa.Table:
-    """Records from :func:`fastvit_detect.scan.result_record` as a table of :func:`record_schema`."""
-    return pa.Table.from_pylist([dict(record) for record in records], schema=record_schema(labels))
+    """Records from :func:`fastvit_detect.scan.result_record` as a table of :func:`record_schema`; names that
+    aren't UTF-8, in ``image`` and error messages, keep their bytes as ``\\xNN`` escapes (Arrow strings are UTF-8)."""
+    return pa.Table.from_pylist([_arrow_record(record) for record in records], schema=record_schema(labels))
+
+
+def _arrow_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    stored = {**record, "image": _parquet_text(record["image"])}
+    if "error" in record:
+        stored["error"] = {**record["error"], "message": _parquet_text(record["error"]["message"])}
+    return stored
 
 
 def table_records(table: pa.Table) -> Iterator[dict[str, Any]]:
@@ -149,6 +169,8 @@ def start_crash_ledger() -> Any:
 
 def _assigned_cpus() -> int:
     """The CPUs Ray reserved for this actor (at least 1)."""
+    if not ray.is_initialized():  # not in a worker; asking for the runtime context would start a Ray
+        return 1
     try:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     except Exception:  # noqa: BLE001 - outside a Ray worker: one thread is the safe default
@@ -156,29 +178,34 @@ def _assigned_cpus() -> int:
     return max(1, int(cpus))
 
 
+def _has_column(batch: Any, name: str) -> bool:
+    return name in (batch.column_names if isinstance(batch, pa.Table) else batch)
+
+
 def _column(batch: Any, name: str) -> list[Any]:
-    if isinstance(batch, pa.Table):
-        if name not in batch.column_names:
-            raise ValueError(_missing_column(name, batch.column_names))
-        return batch.column(name).to_pylist()
-    if name not in batch:
-        raise ValueError(_missing_column(name, list(batch)))
-    column = batch[name]
+    if not _has_column(batch, name):
+        have = batch.column_names if isinstance(batch, pa.Table) else list(batch)
+        raise ValueError(f"BatchClassifier needs a 'path' column and a 'bytes' or 'file' column "
+                         f"(ray.data.read_binary_files(..., include_paths=True)); this batch has no {name!r}, "
+                         f"only {list(have)}")
+    column = batch.column(name).to_pylist() if isinstance(batch, pa.Table) else batch[name]
     return column.tolist() if hasattr(column, "tolist") else list(column)
 
 
-def _missing_column(name: str, have: Sequence[str]) -> str:
-    return (f"BatchClassifier needs the columns 'bytes' and 'path' (ray.data.read_binary_files(..., "
-            f"include_paths=True)); this batch has no {name!r}, only {list(have)}")
+ImageSource = bytes | str | FastVitDetectError
+"""One image as an actor holds it: encoded bytes, a local path the detector reads, or why it couldn't be read."""
 
 
 class BatchClassifier:
-    """A callable class for ``Dataset.map_batches``: encoded images in, scan records out.
+    """A callable class for ``Dataset.map_batches``: images in, scan records out.
 
-    Takes batches with a ``bytes`` column (encoded image files) and a ``path`` column, as
-    ``ray.data.read_binary_files(..., include_paths=True)`` makes them, in any batch format. Returns a
-    ``pyarrow.Table`` of :func:`record_schema`: ``image`` (the path), ``label``, ``score``, ``probabilities``,
-    ``fake_probability`` and ``logits``, or ``error`` (``type``, ``message``) for an image that failed.
+    Takes batches with a ``path`` column, the image's name in the records, and either a ``bytes`` column of
+    encoded images, as ``ray.data.read_binary_files(..., include_paths=True)`` makes them, or a ``file`` column
+    (binary: ``os.fsencode`` of an absolute local path or of a URI) that the actor reads itself, a local file
+    through the runtime's own checks (regular files only, ``max_bytes``), a URI through pyarrow's file system for
+    its scheme. Any batch format. Returns a ``pyarrow.Table`` of :func:`record_schema`: ``image`` (the path),
+    ``label``, ``score``, ``probabilities``, ``fake_probability`` and ``logits``, or ``error`` (``type``,
+    ``message``) for an image that failed.
 
     ``model``: a package path every worker can read (shared storage), or a :class:`ShippedModel`.
     ``threads``: onnxruntime intra-op threads; default the CPUs Ray reserved for the actor (``num_cpus``).
@@ -210,49 +237,90 @@ class BatchClassifier:
             self.detector = Detector.load(path, variant=variant, threads=threads or _assigned_cpus(),
                                           max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft)
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
         self.labels = self.detector.labels
+        self._filesystems: dict[tuple[str, str], pafs.FileSystem] = {}
 
     def __call__(self, batch: Any) -> pa.Table:
         paths = [str(path) for path in _column(batch, "path")]
-        data = _column(batch, "bytes")
+        if _has_column(batch, "bytes"):
+            sources: list[ImageSource] = [data or b"" for data in _column(batch, "bytes")]
+        else:
+            sources = [self._source(os.fsdecode(file), path) for file, path in zip(_column(batch, "file"), paths)]
         ledger = self.crash_ledger
         if ledger is None:
-            results = self._predict(data, paths)
+            results = self._predict(sources, paths)
         else:
             key = hashlib.sha256("\0".join(paths).encode("utf-8", "surrogatepass")).hexdigest()
             if ray.get(ledger.begin.remote(key)):
-                results = [self._predict_alone(ledger, data[index], paths[index]) for index in range(len(paths))]
+                results = [self._predict_alone(ledger, sources[index], paths[index]) for index in range(len(paths))]
             else:
-                results = self._predict(data, paths)
+                results = self._predict(sources, paths)
             ray.get(ledger.end.remote(key))
         return records_table([result_record(path, result) for path, result in zip(paths, results)], self.labels)
 
-    def _predict_alone(self, ledger: Any, data: bytes | None, path: str) -> Any:
+    def _source(self, file: str, path: str) -> ImageSource:
+        """A local file (``file://`` URIs too) stays a path: the detector reads it, with its checks. Another URI
+        is read here, at most ``max_bytes`` + 1 bytes (the detector refuses more)."""
+        location = _source(file)
+        if not is_uri(location):
+            return location
+        try:
+            filesystem, inside = self._filesystem(location)
+            with filesystem.open_input_stream(inside) as stream:
+                return bytes(stream.read(-1 if self.max_bytes is None else self.max_bytes + 1))
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            return ImageNotFoundError(f"{path}: can't read it: {exc}", path)
+
+    def _filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """pyarrow's file system for ``uri`` and the path in it. A bucket's file system (``s3://bucket/``) is made
+        once and takes the rest of each URI as it is: parsing each URI would refuse keys that aren't valid in a
+        URI (a space, a line break), which the listing gives as they are."""
+        scheme, rest = uri.split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        if (scheme, bucket) not in self._filesystems:
+            filesystem, root = pafs.FileSystem.from_uri(f"{scheme}://{bucket}/")
+            if root.strip("/") != bucket:  # not a bucket store (hdfs://host:port/...): each URI parsed on its own
+                return pafs.FileSystem.from_uri(uri)
+            self._filesystems[(scheme, bucket)] = filesystem
+        return self._filesystems[(scheme, bucket)], rest
+
+    def _predict_alone(self, ledger: Any, source: ImageSource, path: str) -> Any:
         crashes = int(ray.get(ledger.begin.remote(path)))
         if crashes >= self.crashes_before_giving_up:
             result: Any = WorkerCrashError(f"{path}: the worker process died {crashes} times classifying this image "
                                            "on its own (a decoder crash or out of memory); not tried again")
         else:
-            result = self._predict([data], [path])[0]
+            result = self._predict([source], [path])[0]
         ray.get(ledger.end.remote(path))
         return result
 
-    def _predict(self, data: Sequence[bytes | None], paths: Sequence[str]) -> list[Any]:
+    def _predict(self, sources: Sequence[ImageSource], paths: Sequence[str]) -> list[Any]:
+        results: list[Any] = list(sources)  # an image that couldn't be read keeps its error
+        readable = [index for index, source in enumerate(sources) if not isinstance(source, FastVitDetectError)]
+
         # Each attempt gets fresh file objects: a failed attempt may have read some to the end.
         def images(indices: Iterable[int]) -> list[Any]:
-            return [named_image(data[i] or b"", paths[i]) for i in indices]
+            return [_image(sources[index], paths[index]) for index in indices]
 
+        predictions: list[Any] = []
         try:
-            return list(self.detector.predict_batch(images(range(len(paths))), batch_size=self.batch_size,
-                                                    errors="return"))
+            predictions.extend(self.detector.predict_batch(images(readable), batch_size=self.batch_size,
+                                                           errors="return"))
         except Exception:  # noqa: BLE001 - whatever broke the batch belongs to one image: find it, keep the rest
-            results: list[Any] = []
-            for index in range(len(paths)):
+            predictions = []
+            for index in readable:
                 try:
-                    results.extend(self.detector.predict_batch(images([index]), errors="return"))
+                    predictions.extend(self.detector.predict_batch(images([index]), errors="return"))
                 except Exception as exc:  # noqa: BLE001 - this image's record carries it
-                    results.append(exc)
-            return results
+                    predictions.append(exc)
+        for index, prediction in zip(readable, predictions):
+            results[index] = prediction
+        return results
+
+
+def _image(source: ImageSource, path: str) -> Any:
+    return named_image(source, path) if isinstance(source, bytes) else source
 
 
 # --- listing ------------------------------------------------------------------------------------------------
@@ -319,22 +387,12 @@ def image_identity(name: str) -> str:
     return name if is_uri(name) else _identity(name)
 
 
-def _ray_path(name: str) -> str:
-    """The name Ray Data gives this file in the ``path`` column (Dataset.input_files)."""
-    return name.split("://", 1)[1] if is_uri(name) else os.path.abspath(name)
-
-
 def _unreadable(name: str, max_bytes: int | None) -> FastVitDetectError | None:
-    """Why the driver won't hand this local file to Ray, or None: the runtime's own checks before a read (Ray
-    reads a file whole, so a FIFO would hang a read task and /dev/zero never end), and a name pyarrow can open.
-    URIs are left to the reader: object stores hold only regular objects, and the actor checks the size."""
+    """Why the driver won't hand this local file to the actors, or None: the runtime's own checks before a read,
+    made early so that no actor spends time on it (the actor's detector makes them again). URIs are left to the
+    actors: object stores hold only regular objects, and the actor reads at most ``max_bytes`` + 1."""
     if is_uri(name):
         return None
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return ImageNotFoundError(f"{name}: Ray Data reads files through pyarrow, which can't open a name that isn't "
-                                  "UTF-8; rename it or scan it with --engine local", name)
     try:
         status = os.stat(name)
     except FileNotFoundError:
@@ -349,10 +407,10 @@ def _unreadable(name: str, max_bytes: int | None) -> FastVitDetectError | None:
 
 @dataclass
 class Job:
-    """A planned run: the Dataset of records for the images to read, and the names Ray will call them by."""
+    """A planned run: the Dataset of records for the images to read, and the keys its records name them by."""
 
     dataset: ray.data.Dataset | None
-    names: dict[str, str]  # Ray's path -> the image's name
+    names: dict[str, str]  # the records' image (the Dataset's path) -> the image's name
     actors: int
     threads_per_actor: int | None
 
@@ -374,22 +432,22 @@ def classify_dataset(
 ) -> Job:
     """The lazy Dataset that reads ``names`` (local paths or URIs) and classifies them on ``actors`` actors.
 
-    ``actors``: default as many as the cluster's CPUs allow at ``threads_per_actor`` CPUs each. Read tasks
-    reserve no CPU: they only move bytes, and an actor pool that took every CPU would otherwise starve them.
+    The Dataset holds each image's key (its ``path`` in the records: the absolute path or URI, ``\\xNN``-escaped
+    where it isn't UTF-8) and the file to read; the actors read the files. ``Job.names`` maps keys back to names.
+    ``actors``: default as many as the cluster's CPUs allow at ``threads_per_actor`` CPUs each.
     """
     if not names:
         return Job(None, {}, 0, threads_per_actor)
-    by_ray_path = {_ray_path(name): name for name in names}
-    if len(by_ray_path) < len(names):  # list_images gives each file once: only mixed URI schemes get here
-        raise FastVitDetectError("two of the names are one file to Ray Data (the same path under two URI schemes?); "
-                                 "give each image once")
-    dataset = ray.data.read_binary_files([_source(name) for name in names], include_paths=True, num_cpus=0,
-                                         runtime_env=runtime_env)
-    listed = set(dataset.input_files())
-    if listed != set(by_ray_path):
-        strange = sorted(listed ^ set(by_ray_path))[:3]
-        raise FastVitDetectError(f"Ray Data names {len(listed ^ set(by_ray_path))} file(s) differently than "
-                                 f"fastvit-detect expects, e.g. {strange}; please report this")
+    by_key: dict[str, str] = {}
+    rows = []
+    for name in names:
+        source = _source(name)
+        key = _parquet_text(source)
+        if key in by_key:  # a name that isn't UTF-8 beside one spelling its escape: a NUL makes the key unique
+            key = f"{key}\0{len(by_key)}"
+        by_key[key] = name
+        rows.append({"path": key, "file": os.fsencode(source)})
+    dataset: ray.data.Dataset = ray.data.from_items(rows)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = actors or max(1, cpus // (threads_per_actor or 1))
     dataset = dataset.map_batches(
@@ -403,11 +461,21 @@ def classify_dataset(
                                    crash_ledger=crash_ledger),
         runtime_env=runtime_env,
     )
-    return Job(dataset, by_ray_path, actors, threads_per_actor)
+    return Job(dataset, by_key, actors, threads_per_actor)
 
 
 def _source(name: str) -> str:
+    """What an actor reads for the image ``name``: the absolute path of a local file (``file://`` URIs
+    included), the URI otherwise."""
+    if name.startswith("file://"):
+        return os.path.abspath(name[len("file://"):])
     return name if is_uri(name) else os.path.abspath(name)
+
+
+def _named_in_message(message: str, key: str, name: str) -> str:
+    """An actor's error message names the file it read (``key``, less a NUL suffix); name it as listed."""
+    shown = key.split("\0", 1)[0]
+    return message if shown == name else message.replace(shown, name)
 
 
 # --- outputs ------------------------------------------------------------------------------------------------
@@ -474,10 +542,7 @@ class ParquetOutput:
         return (key if stored == name else image_identity(stored)) in self.done
 
     def write_record(self, record: Mapping[str, Any]) -> None:
-        stored = {**record, "image": _parquet_text(record["image"])}
-        if "error" in record:
-            stored["error"] = {**record["error"], "message": _parquet_text(record["error"]["message"])}
-        self._pending.append(stored)
+        self._pending.append(_arrow_record(record))
         if len(self._pending) >= self.rows_per_file:
             self._write_part()
 
@@ -565,14 +630,14 @@ def classify(
     a ``.parquet`` folder, or ``fmt``. ``model``: a package path every node can read, or with
     ``ship_model=True`` a path on the driver whose files go to the workers once through the object store.
     ``max_bytes``: larger local files get an error record without being read (larger objects from URIs, once
-    read at the actor). Connects to a running Ray (``ray.init()``) or starts a local one if none is connected.
+    read at the actor). Uses the Ray this process joined, or starts a local one (:func:`init_local`).
     """
     package = ModelPackage.open(model)  # a bad package or variant fails here, not in every actor
     # The driver chooses for every actor (auto: the fastest variant on this machine), so a scan's records all come
     # from one variant and runtime.
     chosen = package.variant(choose_variant(package, variant).name)
     if not ray.is_initialized():
-        ray.init()
+        init_local()
     writer = open_output(output, package.labels, fmt, overwrite)
     summary = RaySummary(threads_per_actor=threads_per_actor)
     started = time.perf_counter()
@@ -604,12 +669,15 @@ def classify(
         if job.dataset is not None:
             for table in _batches(job.dataset):
                 for record in table_records(table):
-                    path = record["image"]  # Ray's name for the file: one per image
+                    path = record["image"]  # the Dataset's key for the file: one per image
                     if path in written:
                         summary.duplicates_dropped += 1
                         continue
                     written.add(path)
                     name = job.names[path]
+                    if "error" in record:
+                        message = _named_in_message(record["error"]["message"], path, name)
+                        record = {**record, "error": {**record["error"], "message": message}}
                     writer.write_record({**record, "image": name})
                     done += 1
                     if "error" in record:
@@ -629,24 +697,149 @@ def classify(
     return summary
 
 
+# --- starting and joining Ray -------------------------------------------------------------------------------
+
+
+def init_local(**options: Any) -> None:
+    """Start a Ray on this machine for this process: ``ray.init(address="local", **options)`` with every port
+    it opens on 127.0.0.1 and no dashboard. Raises :class:`FastVitDetectError` where this Ray would listen on
+    another address (it is then shut down again)."""
+    options.setdefault("include_dashboard", False)
+    with _loopback_node():
+        ray.init(address="local", _node_ip_address=LOOPBACK, **options)
+    node_address = ray.util.get_node_ip_address()
+    if node_address != LOOPBACK:
+        ray.shutdown()
+        raise FastVitDetectError(f"the local Ray would listen on {node_address}, not {LOOPBACK} (Ray "
+                                 f"{ray.__version__}); start a Ray yourself, with its ports behind a firewall, and "
+                                 "pass its address")
+
+
 @contextmanager
-def connected(address: str | None = None) -> Iterator[float]:
-    """Join the Ray cluster at ``address`` (default ``$RAY_ADDRESS``, else start a local Ray) for the block;
-    yields the seconds that took. A Ray this process already joined is reused and left running."""
+def _loopback_node() -> Iterator[None]:
+    """While Ray starts or joins: this machine's Ray address is 127.0.0.1.
+
+    ray.init replaces a loopback node or cluster address with the machine's network address
+    (``services.resolve_ip_for_localhost``), so a Ray it starts listens beyond the machine and a Ray bound to
+    127.0.0.1 can't be joined. It keeps 127.0.0.1 where Ray clusters are off (macOS and Windows by default),
+    a switch it reads at each call: off for the call, then back."""
+    constants = ray._private.ray_constants
+    enabled = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = enabled
+
+
+@contextmanager
+def connected(address: str | None = None, *, timeout: float = JOIN_TIMEOUT_S,
+              verbose: bool = False) -> Iterator[float]:
+    """Join the Ray cluster at ``address`` for the block, or start a local Ray on 127.0.0.1
+    (:func:`init_local`) for ``"local"`` and by default when ``$RAY_ADDRESS`` is unset; yields the seconds that
+    took. A Ray this process already joined is reused and left running.
+
+    ``timeout``: seconds joining may take; an address where nothing answers, or something that isn't a Ray head,
+    raises :class:`ClusterUnreachableError` by then. ``verbose``: Ray's own logging as Ray sets it; otherwise
+    warnings and worse from Ray's Python side and Ray Data, only fatal messages from Ray's C++ core, whose
+    normal operation logs at error level (Ray Data's actors take their constructor arguments from the object
+    store, and the core says so), and the workers' output stays in Ray's log files (errors still reach the
+    driver as exceptions). A ``RAY_BACKEND_LOG_LEVEL`` of your own wins.
+    """
     if ray.is_initialized():
         yield 0.0
         return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     started = time.perf_counter()
+    with _ray_logs(verbose) as level:
+        with _core_log_level(verbose):
+            if address == "local":
+                try:
+                    init_local(logging_level=level, log_to_driver=verbose)
+                except FastVitDetectError:
+                    raise
+                except Exception as exc:
+                    raise FastVitDetectError(f"can't start a local Ray: {exc}") from exc
+            else:
+                _join(address, timeout, level, log_to_driver=verbose)
+        # Our own progress line is on stderr; Ray Data's bars would fight it for the same terminal line.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            yield time.perf_counter() - started
+        finally:
+            ray.shutdown()
+
+
+def _join(address: str, timeout: float, level: int, log_to_driver: bool) -> None:
+    """``ray.init(address)`` within ``timeout`` seconds. Ray itself retries an address where nothing answers for
+    minutes, so a host and port are tried first, and ray.init runs on a thread that is abandoned on time out
+    (the process should exit then: the thread may join later)."""
+    deadline = time.monotonic() + timeout
+    host, port = _host_port(address)
+    if host is not None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            cause = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise ClusterUnreachableError(f"Ray at {address}: can't connect to {host}:{port} ({cause}); is a Ray head "
+                                          "running there (ray start --head), and is the address right?") from exc
+    loopback = host in ("localhost", LOOPBACK, "::1")
+    outcome: list[BaseException | None] = []
+
+    def join() -> None:
+        try:
+            with _loopback_node() if loopback else nullcontext():
+                ray.init(address=address, logging_level=level, log_to_driver=log_to_driver)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=join, name="fastvit-detect-ray-join", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if not outcome:
+        raise ClusterUnreachableError(f"Ray at {address}: couldn't join within {timeout:g} s (something answers "
+                                      "there, but not as a Ray head this process can join)")
+    if outcome[0] is not None:
+        raise ClusterUnreachableError(f"can't join Ray at {address}: {outcome[0]}") from outcome[0]
+
+
+def _host_port(address: str) -> tuple[str | None, int]:
+    """The host and port to try for ``host:port`` or ``ray://host:port``; (None, 0) for ``auto`` and the like."""
+    target = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return None, 0
+    return host.strip("[]"), int(port)
+
+
+@contextmanager
+def _ray_logs(verbose: bool) -> Iterator[int]:
+    """Ray Data's console log at warnings for the block, unless ``verbose``; yields the level for ray.init."""
+    consoles = [] if verbose else [handler for handler in logging.getLogger("ray.data").handlers
+                                   if handler.name == "console"]  # its file log keeps the INFO lines
+    levels = [handler.level for handler in consoles]
+    for handler in consoles:
+        handler.setLevel(max(handler.level, logging.WARNING))
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
-    except Exception as exc:
-        raise FastVitDetectError(f"can't start or join Ray{f' at {address}' if address else ''}: {exc}") from exc
-    # Our own progress line is on stderr; Ray Data's bars would fight it for the same terminal line.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield time.perf_counter() - started
+        yield logging.INFO if verbose else logging.WARNING
     finally:
-        ray.shutdown()
+        for handler, level in zip(consoles, levels):
+            handler.setLevel(level)
+
+
+@contextmanager
+def _core_log_level(verbose: bool) -> Iterator[None]:
+    """While Ray starts or joins: its C++ core logs fatal messages only, unless ``verbose`` or the user set
+    ``RAY_BACKEND_LOG_LEVEL``. Read once by the core of this process and of the Ray processes it starts."""
+    if verbose or "RAY_BACKEND_LOG_LEVEL" in os.environ:
+        yield
+        return
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
 
 
 def _batches(dataset: ray.data.Dataset) -> Iterator[pa.Table]:
@@ -666,6 +859,7 @@ def describe_cluster() -> str:
 
 
 __all__ = [
+    "JOIN_TIMEOUT_S",
     "BatchClassifier",
     "CrashLedger",
     "ParquetOutput",
@@ -674,6 +868,7 @@ __all__ = [
     "classify",
     "classify_dataset",
     "connected",
+    "init_local",
     "list_images",
     "open_output",
     "record_schema",
