@@ -268,6 +268,17 @@ def test_the_default_passes_cap_is_at_most_49_and_named_in_the_refusal(detector,
     assert allowed.status_code == 200, allowed.text
 
 
+@pytest.mark.parametrize(("url", "name"), [("/api/v1/explain?grid=5&grid=6", "grid"),
+                                           ("/api/v1/explain?method=rise&samples=8&method=occlusion", "method"),
+                                           ("/api/v1/predict?x=1&x=2", "x")])
+def test_a_repeated_query_parameter_is_refused_naming_it(app, photo, url, name):
+    response = call(app, "POST", url, content=photo)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "InvalidOptionError"
+    assert repr(name) in error["message"] and "more than once" in error["message"]
+
+
 def slow_model_app(package, yield_s: float):
     """An app over a detector whose model is a fake: each prediction batch blocks until the test lets it go,
     and every call records which kind of thread made it (the model threads, or an explanation's)."""

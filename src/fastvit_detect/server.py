@@ -639,6 +639,17 @@ EXPLAIN_PARAMETERS = ("method", "target", "grid", "samples", "baseline", "seed")
 WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 
 
+def repeated_query_parameters(items: Sequence[tuple[str, str]]) -> list[str]:
+    """The names that occur more than once among a query string's (name, value) pairs, in order."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name, _value in items:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
+
+
 def explain_parameters(query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
     """(method, target, options) from the query string; anything unknown or malformed is a 422."""
     unknown = sorted(set(query) - set(EXPLAIN_PARAMETERS))
@@ -878,6 +889,16 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(BadRequestError(str(exc.errors())[:1000])), status_code=422)
+
+    @app.middleware("http")
+    async def one_value_per_query_parameter(request: Request, call_next):
+        # Starlette keeps a repeated parameter's last value: ?grid=5&grid=6 would silently mean grid=6.
+        repeated = repeated_query_parameters(request.query_params.multi_items())
+        if repeated:
+            error = InvalidOptionError(f"query parameter(s) {', '.join(map(repr, repeated))[:200]} given more than "
+                                       "once; give each at most once")
+            return JSONResponse(error_body(error), status_code=http_status(error))
+        return await call_next(request)
 
     @app.middleware("http")
     async def log_request(request: Request, call_next):
