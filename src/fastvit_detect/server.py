@@ -32,6 +32,7 @@ import ctypes
 import io
 import logging
 import math
+import os
 import platform
 import queue
 import re
@@ -552,6 +553,21 @@ def classify_decoded(detector: Detector) -> Callable[[list[DecodedImage]], list[
 ExplainResult = tuple[Explanation, dict[str, Any]]  # the explanation and its answer's heat map
 EXPLAIN_SLICE_IMAGES = 1  # masked copies per model call: a prediction arriving meanwhile waits for one at most
 EXPLAIN_PREVIEW_SIDE = 1024  # the upright picture an explanation keeps after decoding (overlay()'s default size)
+EXPLAIN_NICENESS = 10  # added to the explain threads' nice value: the CPU goes to predictions' threads first
+
+
+def lower_thread_priority(increment: int = EXPLAIN_NICENESS) -> bool:
+    """Raise the calling thread's nice value by ``increment``, so that the kernel runs other threads first when
+    they compete for a core. Linux only, where a thread has a nice value of its own (elsewhere setpriority
+    would lower the whole process): returns False and does nothing there, or where it isn't allowed."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + increment))
+    except OSError:
+        return False
+    return True
 
 
 class ExplainStage:
@@ -564,7 +580,8 @@ class ExplainStage:
     once stays bounded whatever the mix; only the model input and a preview outlive the decode. Its passes run
     in slices of ``EXPLAIN_SLICE_IMAGES`` on a worker of the detector's layout (never on extra threads), and each
     slice first waits until no prediction is queued or running (at most ``explain_yield_s``, so explanations
-    still advance under a load that never pauses).
+    still advance under a load that never pauses). The explain threads run at a lower CPU priority where the OS
+    allows it per thread, for what they compute around the passes.
     """
 
     def __init__(self, detector: Detector, settings: ServeSettings, decoder: DecodeStage,
@@ -574,7 +591,8 @@ class ExplainStage:
         self.labels = detector.labels
         self.decoder = decoder
         self.batcher = batcher
-        self.pool = ThreadPoolExecutor(settings.explain_concurrency, thread_name_prefix="fastvit-explain")
+        self.pool = ThreadPoolExecutor(settings.explain_concurrency, thread_name_prefix="fastvit-explain",
+                                       initializer=lower_thread_priority)
         self.capacity = settings.explain_concurrency + settings.explain_queue
         self.admitted = 0  # running or waiting; only the event loop changes it
         self.explained = 0
@@ -583,13 +601,14 @@ class ExplainStage:
         self._counts_lock = threading.Lock()  # explain threads count at once
 
     def check(self, method: str, target: str, options: dict[str, Any]) -> None:
-        """Refuse what this server won't compute, before the upload is read."""
+        """Refuse what this server won't compute, and refuse while busy, before the upload is read."""
         Target.resolve(target, self.labels, predicted=self.labels[0])
         passes = model_passes(method, options)
         if passes > self.settings.explain_max_passes:
             raise InvalidOptionError(f"this explanation takes {passes} model passes; this server allows at most "
                                      f"{self.settings.explain_max_passes} (explain_max_passes: use a smaller grid "
                                      "or fewer samples)")
+        self.check_room()
 
     def model_pass(self, inputs: Any) -> Any:
         """One slice of an explanation's passes: after the predictions at the model, on a worker of the layout."""
@@ -609,17 +628,22 @@ class ExplainStage:
                                        run=self.model_pass, **options)
         return explanation, heatmap_body(explanation)
 
-    async def explain(self, upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> ExplainResult:
+    def check_room(self) -> None:
         if self.admitted >= self.capacity:
             raise ServerBusyError(f"explanations are busy ({self.admitted} running or waiting); retry later")
+
+    async def explain(self, upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> ExplainResult:
+        self.check_room()  # again: others may have been admitted while this upload was read
         self.admitted += 1
         work = asyncio.ensure_future(self._explain(upload, method, target, options))
 
-        def finished(_work: asyncio.Future[ExplainResult]) -> None:
+        def finished(done: asyncio.Future[ExplainResult]) -> None:
             # Counted until the work itself ends, not its request: a client that leaves mid-explanation must not
             # free a slot that its explanation still occupies.
             self.admitted -= 1
             self.explained += 1
+            if not done.cancelled():
+                done.exception()  # retrieved: when its client has left, nobody else awaits it
 
         work.add_done_callback(finished)
         return await asyncio.shield(work)
