@@ -116,12 +116,13 @@ def test_explanations_have_their_own_limit_and_never_hold_up_predictions(detecto
             predictions = await asyncio.wait_for(asyncio.gather(
                 *(client.post("/api/v1/predict", **upload) for _ in range(3))), timeout=60)
             refused = await client.post("/api/v1/explain", **upload)
+            unread = await client.post("/api/v1/explain", content=b"\0" * (ServeSettings().max_upload_bytes + 1))
             health = await client.get("/healthz")
             gate.set()
-            return predictions, refused, health, await slow, await client.get("/healthz")
+            return predictions, refused, unread, health, await slow, await client.get("/healthz")
 
     try:
-        predictions, refused, during, explained, after = asyncio.run(scenario())
+        predictions, refused, unread, during, explained, after = asyncio.run(scenario())
     finally:
         gate.set()
         app.state.batcher.close()
@@ -129,6 +130,7 @@ def test_explanations_have_their_own_limit_and_never_hold_up_predictions(detecto
     assert [response.status_code for response in predictions] == [200, 200, 200]  # answered while it ran
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "ServerBusyError" and "explanations are busy" in refused.text
+    assert unread.status_code == 503  # refused before its upload is read: not 413 for the oversized body
     assert during.json()["explanations_in_progress"] == 1
     assert explained.status_code == 200 and explained.json()["label"] == detector.predict(photo).label
     assert after.json()["explanations_in_progress"] == 0 and after.json()["explanations"] == 1
