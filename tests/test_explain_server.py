@@ -273,9 +273,11 @@ def test_the_default_passes_cap_is_at_most_49_and_named_in_the_refusal(detector,
 @pytest.mark.parametrize(("url", "name"), [("/api/v1/explain?grid=5&grid=6", "grid"),
                                            ("/api/v1/explain?method=rise&samples=8&method=occlusion", "method"),
                                            ("/api/v1/predict?x=1&x=2", "x")])
-def test_a_repeated_query_parameter_is_refused_naming_it(app, photo, url, name):
-    response = call(app, "POST", url, content=photo)
+def test_a_repeated_query_parameter_is_refused_naming_it(app, photo, url, name, caplog):
+    with caplog.at_level("INFO", logger="fastvit_detect.server"):
+        response = call(app, "POST", url, content=photo)
     assert response.status_code == 422, response.text
+    assert any(f'"POST {url.partition("?")[0]}" 422' in record.getMessage() for record in caplog.records)  # logged
     error = response.json()["error"]
     assert error["type"] == "InvalidOptionError"
     assert repr(name) in error["message"] and "more than once" in error["message"]

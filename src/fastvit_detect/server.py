@@ -91,7 +91,7 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
-    from starlette.datastructures import UploadFile
+    from starlette.datastructures import QueryParams, UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.requests import ClientDisconnect
@@ -674,6 +674,24 @@ def repeated_query_parameters(items: Sequence[tuple[str, str]]) -> list[str]:
     return repeated
 
 
+class OneValuePerQueryParameter:
+    """ASGI middleware: a query parameter given twice is a 422 naming it, on every endpoint. Starlette keeps a
+    repeated parameter's last value, so ``?grid=5&grid=6`` would silently mean ``grid=6``."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "http":
+            repeated = repeated_query_parameters(QueryParams(scope.get("query_string", b"")).multi_items())
+            if repeated:
+                error = InvalidOptionError(f"query parameter(s) {', '.join(map(repr, repeated))[:200]} given more "
+                                           "than once; give each at most once")
+                await JSONResponse(error_body(error), status_code=http_status(error))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def explain_parameters(query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
     """(method, target, options) from the query string; anything unknown or malformed is a 422."""
     unknown = sorted(set(query) - set(EXPLAIN_PARAMETERS))
@@ -914,15 +932,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(BadRequestError(str(exc.errors())[:1000])), status_code=422)
 
-    @app.middleware("http")
-    async def one_value_per_query_parameter(request: Request, call_next):
-        # Starlette keeps a repeated parameter's last value: ?grid=5&grid=6 would silently mean grid=6.
-        repeated = repeated_query_parameters(request.query_params.multi_items())
-        if repeated:
-            error = InvalidOptionError(f"query parameter(s) {', '.join(map(repr, repeated))[:200]} given more than "
-                                       "once; give each at most once")
-            return JSONResponse(error_body(error), status_code=http_status(error))
-        return await call_next(request)
+    app.add_middleware(OneValuePerQueryParameter)  # added before log_request, so it runs inside: refusals are logged
 
     @app.middleware("http")
     async def log_request(request: Request, call_next):
