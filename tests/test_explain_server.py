@@ -364,3 +364,16 @@ def test_explanations_still_advance_when_predictions_never_pause(detector, photo
         close_app(app)
     assert explained.status_code == 200 and waited.status_code == 200
     assert app.state.explainer.passes_waited == app.state.explainer.passes_forced == 5
+
+
+def test_explain_flags_reach_the_server(vit_package, monkeypatch):
+    from fastvit_detect import server
+    from fastvit_detect.cli import main
+
+    served = {}
+    monkeypatch.setattr(server, "serve", lambda detector, **options: served.update(detector=detector, **options))
+    assert main(["serve", "--model", str(vit_package), "--variant", "fp32", "--threads", "1"]) == 0
+    assert (served["settings"].explain_max_passes, served["settings"].explain_yield_s) == (49, 1.0)  # the defaults
+    assert main(["serve", "--model", str(vit_package), "--variant", "fp32", "--threads", "1",
+                 "--explain-max-passes", "30", "--explain-yield", "0.25"]) == 0
+    assert (served["settings"].explain_max_passes, served["settings"].explain_yield_s) == (30, 0.25)
