@@ -10,6 +10,7 @@ reference's verdict, every explanation answered 200 or refused (503 busy, 422 ov
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,14 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import sample_photos
-from test_server_attack import Server, check_verdict, honest, post_image  # noqa: F401 - honest: a fixture
+from test_server_attack import (  # noqa: F401 - honest: a fixture
+    Reply,
+    Server,
+    check_verdict,
+    honest,
+    post_image,
+    rgba_png_bomb,
+)
 
 pytest.importorskip("uvicorn")
 
@@ -176,3 +184,59 @@ def test_honest_predictions_under_an_explain_flood(default_server, honest):  # n
     assert outcomes["grid=6 200"] > 0, "no explanation was computed during the flood"
     assert max(flooded) < HANG_S
     assert not [line for line in default_server.log().splitlines() if line.startswith("Traceback")]
+
+
+# --- memory: explanations decode within the pixel budget ----------------------------------------------------
+
+BOMB_CAP = 12_000_000  # as test_server_attack's bombs: each decodes in a fraction of a second
+
+
+@pytest.fixture(scope="module")
+def bomb_server(vit_package, tmp_path_factory):
+    command = [sys.executable, "-m", "fastvit_detect", "serve", "--model", str(vit_package), "--variant", "fp32",
+               "--port", "0", "--threads", "1", "--max-pixels", str(BOMB_CAP), "--decode-workers", "4",
+               "--explain-concurrency", "3", "--explain-queue", "3"]
+    server = Server(command, tmp_path_factory.mktemp("explain-bombs") / "server.log")
+    yield server
+    server.stop()
+
+
+def test_explanations_of_large_images_stay_within_the_decode_budget(bomb_server):
+    """Six explanations and two predictions of a PNG just under the pixel cap, all at once, with three explain
+    threads: the server's peak RSS stays within the bound the README states for the decode budget (8 bytes per
+    pixel of it, plus 100 MB), as if they were all predictions. Before, each explain thread decoded outside the
+    budget, so the peak grew with --explain-concurrency."""
+    side = math.isqrt(BOMB_CAP)
+    bomb = rgba_png_bomb(side, side)
+    budget = BOMB_CAP * 3 // 2  # ServeSettings' default decode budget
+    before = bomb_server.memory_mb()["VmRSS"]
+    sampling, samples = threading.Event(), [before]
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            samples.append(bomb_server.memory_mb()["VmRSS"])
+
+    replies: list[tuple[str, Reply]] = []
+
+    def send(path: str) -> None:
+        replies.append((path, bomb_server.request("POST", path, bomb, {"Content-Type": "image/png"}, 240)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    senders = [threading.Thread(target=send, args=(path,))
+               for path in ["/api/v1/explain?grid=2"] * 6 + ["/api/v1/predict"] * 2]
+    started = time.perf_counter()
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(300)
+    seconds = time.perf_counter() - started
+    sampling.set()
+    peak = max(bomb_server.memory_mb()["VmHWM"], *samples)
+    statuses = Counter(f"{path.split('?')[0]} {reply.status}" for path, reply in replies)
+    print(f"\nexplain bombs: 6 explanations and 2 predictions of a {side}x{side} RGBA PNG ({len(bomb) / 1e3:.0f} KB, "
+          f"cap {BOMB_CAP / 1e6:g} MP, 3 explain threads, 4 decode threads) in {seconds:.1f} s: {dict(statuses)}; "
+          f"RSS before {before:.0f} MB, peak {peak:.0f} MB (bound {before + 8 * budget / 2**20 + 100:.0f} MB)")
+    assert statuses == {"/api/v1/explain 200": 6, "/api/v1/predict 200": 2}, statuses
+    assert peak - before <= 8 * budget / 2**20 + 100, (before, peak)
+    assert "Traceback" not in bomb_server.log()
