@@ -264,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="explanations computed at once, off the prediction path (default 1)")
     serve.add_argument("--explain-queue", type=whole_number(0, 100_000), default=2, metavar="N",
                        help="explanations that may wait for a free slot; more get 503 (default 2)")
-    serve.add_argument("--explain-max-passes", type=whole_number(2, 1_000_000), default=128, metavar="N",
-                       help="the most model passes one explanation may ask for (default 128)")
+    serve.add_argument("--explain-max-passes", type=whole_number(2, 1_000_000), default=49, metavar="N",
+                       help="the most model passes one explanation may ask for; more get 422 (default 49)")
+    serve.add_argument("--explain-yield", type=finite_number(0, 3600), default=1.0, metavar="S",
+                       help="seconds an explanation's pass waits for queued predictions before it runs anyway "
+                            "(default 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=run_serve)
 
@@ -683,7 +686,8 @@ def serve_settings(args: argparse.Namespace) -> Any:
         max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_pixels=args.max_pixels,
         max_connections=args.max_connections, header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout, explain_concurrency=args.explain_concurrency,
-        explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes, formats=args.formats,
+        explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes,
+        explain_yield_s=args.explain_yield, formats=args.formats,
         **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
 
 

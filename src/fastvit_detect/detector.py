@@ -395,15 +395,17 @@ class Detector:
         return results
 
     def classify_pixels(self, pixels: np.ndarray, failures: Sequence[FastVitDetectError | None] | None = None,
-                        sources: Sequence[str] | None = None) -> list[ImageResult]:
+                        sources: Sequence[str] | None = None,
+                        run: Callable[[np.ndarray], np.ndarray] | None = None) -> list[ImageResult]:
         """Classify a decoded uint8 NHWC batch; images with a failure keep it in their place.
 
         One session call for the whole batch, on a free worker of :attr:`layout`: up to ``layout.workers``
         threads may call this at once (the server's model threads do). Should that call fail, each image is run
         alone, so only the image that makes the model fail gets the error; an image whose logits aren't finite
-        gets a :class:`ModelOutputError`, never a verdict.
+        gets a :class:`ModelOutputError`, never a verdict. ``run``: the session call instead (normalised batch
+        -> logits), e.g. one that waits for its turn.
         """
-        return self._classify_pixels(pixels, failures, sources, self.pool.run)
+        return self._classify_pixels(pixels, failures, sources, run or self.pool.run)
 
     def _classify_pixels(self, pixels: np.ndarray, failures: Sequence[FastVitDetectError | None] | None,
                          sources: Sequence[str] | None, run: Callable[[np.ndarray], np.ndarray]) -> list[ImageResult]:

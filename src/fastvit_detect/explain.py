@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import InvalidOptionError, ModelOutputError
 from .options import check_whole
-from .preprocess import ImageInput, OpenedImage, PreprocessConfig, decode_boundary, decode_opened
+from .preprocess import ImageInput, OpenedImage, PreprocessConfig, Preprocessor, decode_boundary, decode_opened
 
 if TYPE_CHECKING:  # the detector imports this module lazily; at run time the objects arrive as arguments
     from .detector import Detector, Prediction
@@ -457,20 +457,29 @@ class Target:
         return 1 - column if self.complement else column
 
 
-def verdict(detector: Detector, pixels: np.ndarray, source: str) -> Prediction:
+# A normalised float32 NCHW batch -> its logits: where an explanation's passes run. The library's default is the
+# detector's all-cores session; the server's waits for queued predictions first, then takes a worker of the layout.
+ModelCall = Callable[[np.ndarray], np.ndarray]
+
+
+def verdict(detector: Detector, pixels: np.ndarray, source: str, run: ModelCall | None = None) -> Prediction:
     """The detector's prediction on one model-input image, exactly as ``predict`` gives it (alone in its batch:
     int8 graphs quantize activations per batch). A model without a usable answer raises ModelOutputError."""
-    (result,) = detector.classify_pixels(pixels[None], sources=[source])
+    (result,) = detector.classify_pixels(pixels[None], sources=[source], run=run)
     if isinstance(result, Exception):
         raise result
     return result
 
 
-def target_probabilities(detector: Detector, inputs: np.ndarray, target: Target) -> np.ndarray:
+def target_probabilities(detector: Detector, inputs: np.ndarray, target: Target,
+                         run: ModelCall | None = None) -> np.ndarray:
     """p(target) of a batch of normalised inputs; a model that returns non-finite logits is refused."""
     from .detector import softmax  # at run time: the detector imports this module
 
-    logits = detector.run_logits(inputs)
+    logits = detector.run_logits(inputs) if run is None else run(inputs)
+    if logits.shape != (len(inputs), len(detector.labels)):
+        raise ModelOutputError(f"{detector.variant.path}: the model returned logits of shape {logits.shape} for "
+                               f"{len(inputs)} masked copies, expected ({len(inputs)}, {len(detector.labels)})")
     if not np.isfinite(logits).all():
         raise ModelOutputError(f"{detector.variant.path}: the model returned non-finite logits for a masked copy")
     return target.probability(softmax(logits))
@@ -505,35 +514,76 @@ def explain_opened(
 ) -> Explanation:
     """:func:`explain` for an image already opened (and held to a caller's caps) with ``open_image``."""
     started = time.perf_counter() if started is None else started
-    resolved = resolve_options(method, options)
-    batch_size = option_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
-    preprocessor = detector.preprocessor
-    upright = decode_opened(opened)  # never drafted: the map must land on the file's own pixel grid
+    resolve_options(method, options)
+    return explain_prepared(detector, prepare_opened(detector.preprocessor, opened), method, target, batch_size,
+                            started, **options)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedImage:
+    """An image decoded for explaining: the model input, and the upright original's size and picture (or a
+    preview of it: the heat map needs only the size, an overlay no more than its own ``max_side``)."""
+
+    pixels: np.ndarray  # the model input, HxWx3 uint8 before normalisation
+    original_size: tuple[int, int]  # (width, height) of the upright original
+    picture: Image.Image = field(repr=False)
+    source: str
+
+
+def prepare_opened(preprocessor: Preprocessor, opened: OpenedImage, preview_side: int | None = None) -> PreparedImage:
+    """Decode an opened image at full resolution (never drafted: the map must land on the file's own pixel grid)
+    and make its model input. ``preview_side``: keep the upright picture only that large (longer side), so that
+    what outlives the decode is small; None keeps it whole."""
+    upright = decode_opened(opened)
     with decode_boundary(opened.source):
         picture = upright
         for transform in preprocessor.transforms:
             picture = transform(picture)
         pixels = np.asarray(picture, dtype=np.uint8)
-    prediction = verdict(detector, pixels, opened.source)
+        original_size, kept = upright.size, upright
+        if preview_side is not None and max(original_size) > preview_side:
+            kept = upright.copy() if upright is opened.image and not opened.owned else upright  # not a caller's
+            kept.thumbnail((preview_side, preview_side), Image.Resampling.LANCZOS)
+    return PreparedImage(pixels, original_size, kept, opened.source)
+
+
+def explain_prepared(
+    detector: Detector,
+    prepared: PreparedImage,
+    method: str = DEFAULT_METHOD,
+    target: str = DEFAULT_TARGET,
+    batch_size: int = EXPLAIN_BATCH_SIZE,
+    started: float | None = None,
+    run: ModelCall | None = None,
+    **options: Any,
+) -> Explanation:
+    """:func:`explain` for an image already decoded with :func:`prepare_opened`. ``run``: where every model pass
+    goes, the verdict's included, in calls of at most ``batch_size`` images (default: the all-cores session)."""
+    started = time.perf_counter() if started is None else started
+    resolved = resolve_options(method, options)
+    batch_size = option_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    pixels = prepared.pixels
+    prediction = verdict(detector, pixels, prepared.source, run)
     chosen = Target.resolve(target, detector.labels, prediction.label)
     reference = float(chosen.probability(np.array([prediction.probabilities[label] for label in detector.labels])))
-    heat, passes = heat_map(detector, pixels, method, resolved, chosen, reference, batch_size)
+    heat, passes = heat_map(detector, pixels, method, resolved, chosen, reference, batch_size, run)
     return Explanation(
         prediction=prediction, target=chosen.name, method=method, options=resolved, heatmap=heat,
-        geometry=Geometry.of(preprocessor.config, upright.size), image=upright, pixels=pixels,
-        target_probability=reference, model_passes=passes + 1, seconds=time.perf_counter() - started,
+        geometry=Geometry.of(detector.preprocessor.config, prepared.original_size), image=prepared.picture,
+        pixels=pixels, target_probability=reference, model_passes=passes + 1, seconds=time.perf_counter() - started,
     )
 
 
 def heat_map(detector: Detector, pixels: np.ndarray, method: str, options: Mapping[str, Any], target: Target,
-             reference: float, batch_size: int = EXPLAIN_BATCH_SIZE) -> tuple[np.ndarray, int]:
-    """The (H, W) heat map of model-input ``pixels`` and the masked passes it took."""
+             reference: float, batch_size: int = EXPLAIN_BATCH_SIZE,
+             run: ModelCall | None = None) -> tuple[np.ndarray, int]:
+    """The (H, W) heat map of model-input ``pixels`` and the masked passes it took (``run``: as explain_prepared)."""
     size = pixels.shape[:2]
     normalize = detector.preprocessor.normalize
     image = normalize(pixels[None])[0]
     baseline = normalize(baseline_pixels(pixels, options["baseline"])[None])[0]
     if method == "occlusion":
-        drops = [reference - target_probabilities(detector, masked_inputs(image, baseline, masks), target)
+        drops = [reference - target_probabilities(detector, masked_inputs(image, baseline, masks), target, run)
                  for masks in _batched(occlusion_masks(size, options["grid"]), batch_size)]
         grid = options["grid"]
         return upsample_cells(np.concatenate(drops).reshape(grid, grid), size), grid * grid
@@ -542,7 +592,7 @@ def heat_map(detector: Detector, pixels: np.ndarray, method: str, options: Mappi
     shown_weight = np.zeros(size, dtype=np.float64)
     hidden_weight = np.zeros(size, dtype=np.float64)
     for masks in _batched(rise_masks(size, options["grid"], options["samples"], options["seed"]), batch_size):
-        probability = target_probabilities(detector, masked_inputs(image, baseline, masks), target)
+        probability = target_probabilities(detector, masked_inputs(image, baseline, masks), target, run)
         shown_sum += np.tensordot(probability, masks, axes=1)
         hidden_sum += np.tensordot(probability, 1 - masks, axes=1)
         shown_weight += masks.sum(axis=0)

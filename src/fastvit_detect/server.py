@@ -34,6 +34,7 @@ import ctypes
 import io
 import logging
 import math
+import os
 import platform
 import queue
 import re
@@ -65,10 +66,12 @@ from .explain import (
     DEFAULT_TARGET,
     METHODS,
     Explanation,
+    PreparedImage,
     Target,
     colour_stops,
-    explain_opened,
+    explain_prepared,
     model_passes,
+    prepare_opened,
     resolve_options,
 )
 from .httpapi import (
@@ -90,7 +93,7 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
-    from starlette.datastructures import UploadFile
+    from starlette.datastructures import QueryParams, UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.requests import ClientDisconnect
@@ -138,7 +141,8 @@ class ServeSettings:
     keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
     explain_concurrency: int = 1  # explanations computed at once, each on its own thread, off the model thread
     explain_queue: int = 2  # explanations that may wait for a free slot; more get 503 at once
-    explain_max_passes: int = 128  # the most model passes one explanation may ask for (grid**2 or samples, + 1)
+    explain_max_passes: int = 49  # the most model passes one explanation may ask for (grid**2 or samples, + 1)
+    explain_yield_s: float = 1.0  # the longest an explanation's pass waits for predictions to leave the model
     formats: tuple[str, ...] | None = field(default_factory=server_formats)  # None: all Pillow opens but EPS
 
     # (name, low, high, whole number?) — every numeric option is finite and in range: inf, nan, 1e300 and
@@ -149,7 +153,7 @@ class ServeSettings:
               ("max_connections", 1, 1_000_000, True), ("header_timeout_s", 0.1, 3600, False),
               ("body_timeout_s", 0.1, 3600, False), ("keep_alive_s", 0.1, 3600, False),
               ("explain_concurrency", 1, 256, True), ("explain_queue", 0, 100_000, True),
-              ("explain_max_passes", 2, 1_000_000, True))
+              ("explain_max_passes", 2, 1_000_000, True), ("explain_yield_s", 0, 3600, False))
 
     def __post_init__(self) -> None:
         for name, low, high, whole in self.LIMITS:
@@ -220,6 +224,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._closed = False
         self._given_up = False  # the worker died too often: set while its thread may still be winding down
         self._suspects: dict[int, list[_Job[Item, Result]]] = {}  # worker index -> jobs to retry alone first
+        self._unfinished = 0  # items submitted whose future isn't done: queued, or in a batch being run
+        self._idle = threading.Condition()
         self.batches_run = 0
         self.images_run = 0
         self.largest_batch = 0
@@ -265,9 +271,24 @@ class MicroBatcher(Generic[Item, Result]):
                     f"inference queue full ({self.queue_size - free} of {self.queue_size} images waiting); retry later"
                 )
             jobs: list[_Job[Item, Result]] = [_Job(item, Future()) for item in items]
+            with self._idle:
+                self._unfinished += len(jobs)
             for job in jobs:
+                job.future.add_done_callback(self._finished)  # answered, failed or cancelled: never left counted
                 self._jobs.put_nowait(job)
         return [job.future for job in jobs]
+
+    def _finished(self, _future: Future[Result]) -> None:
+        with self._idle:
+            self._unfinished -= 1
+            if not self._unfinished:
+                self._idle.notify_all()
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Block until no submitted item is queued or being run, or ``timeout`` seconds pass; whether it is idle.
+        Lower-priority work (an explanation's pass) calls this before it takes a model worker."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._unfinished, timeout)
 
     async def classify(self, items: Sequence[Item], return_exceptions: bool = False) -> list[Any]:
         """Submit items and await their results, in order; with ``return_exceptions``, an item's failure stands in
@@ -418,6 +439,9 @@ class DecodedImage:
     source: str
 
 
+Decoded = TypeVar("Decoded")
+
+
 class PixelBudget:
     """How many pixels may be decoding at once, across all requests: a weighted semaphore on the event loop.
 
@@ -543,6 +567,12 @@ class DecodeStage:
 
     async def decode(self, upload: io.BytesIO) -> DecodedImage:
         """Raises the image's InputError; never blocks the event loop, never runs on the model thread."""
+        pixels, source = await self.decode_with(upload, self.preprocessor.opened_to_pixels)
+        return DecodedImage(pixels, source)
+
+    async def decode_with(self, upload: io.BytesIO, convert: Callable[[OpenedImage], Decoded]) -> tuple[Decoded, str]:
+        """``convert(opened)`` on a decode thread, under the caps and within the pixel budget, and the upload's
+        name: the one way an upload is decoded, for a prediction (:meth:`decode`) or an explanation."""
         if self.watch.all_stalled():  # queued behind them, it would wait for as long as they run
             raise ServerBusyError(f"every decode thread ({self.watch.threads}) has been busy on one image for over "
                                   f"{self.watch.stall_s:g} s; retry later")
@@ -552,15 +582,14 @@ class DecodeStage:
         cost = opened.cost
         await self.budget.acquire(cost)
         try:
-            work = loop.run_in_executor(self.pool, self.watch.run, source, self.preprocessor.opened_to_pixels, opened)
+            work = loop.run_in_executor(self.pool, self.watch.run, source, convert, opened)
         except BaseException:
             await self.budget.release(cost)
             raise
         # The budget is returned when the decode ends, not when its request does: a client that disconnects
         # mid-decode must not free room that its decode still uses.
         work.add_done_callback(lambda _done: loop.create_task(self.budget.release(cost)))
-        pixels = await asyncio.shield(work)
-        return DecodedImage(pixels, opened.source)
+        return await asyncio.shield(work), opened.source
 
     async def decode_all(self, uploads: Sequence[io.BytesIO]) -> list[DecodedImage | FastVitDetectError]:
         """Every upload decoded; a bad one becomes its error in place, never failing the others."""
@@ -587,55 +616,110 @@ def classify_decoded(detector: Detector) -> Callable[[list[DecodedImage]], list[
 
 # --- explanations -------------------------------------------------------------------------------------------
 
-ExplainRun = Callable[[io.BytesIO, str, str, dict[str, Any]], Explanation]
+ExplainResult = tuple[Explanation, dict[str, Any]]  # the explanation and its answer's heat map
+EXPLAIN_SLICE_IMAGES = 1  # masked copies per model call: a prediction arriving meanwhile waits for one at most
+EXPLAIN_PREVIEW_SIDE = 1024  # the upright picture an explanation keeps after decoding (overlay()'s default size)
+EXPLAIN_NICENESS = 10  # added to the explain threads' nice value: the CPU goes to predictions' threads first
+
+
+def lower_thread_priority(increment: int = EXPLAIN_NICENESS) -> bool:
+    """Raise the calling thread's nice value by ``increment``, so that the kernel runs other threads first when
+    they compete for a core. Linux only, where a thread has a nice value of its own (elsewhere setpriority
+    would lower the whole process): returns False and does nothing there, or where it isn't allowed."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + increment))
+    except OSError:
+        return False
+    return True
 
 
 class ExplainStage:
-    """Explanations on their own threads, under their own limit, so they never hold up predictions.
+    """Explanations under their own limits, behind predictions.
 
     One explanation runs dozens of model passes: queued on the model thread it would make every prediction
-    behind it wait. Here at most ``explain_concurrency`` run at once, each on its own thread (reading its upload
-    there too, under the server's caps), and at most ``explain_queue`` more wait; the next gets 503 at once.
-    Predictions keep their own decode pool and model thread: an explanation only shares the cores with them.
+    behind it wait. Here at most ``explain_concurrency`` run at once, each on its own thread, and at most
+    ``explain_queue`` more wait; the next gets 503 at once. An explanation's upload is opened and decoded by the
+    decode stage, under the server's caps and within the same pixel budget as predictions, so what decodes at
+    once stays bounded whatever the mix; only the model input and a preview outlive the decode. Its passes run
+    in slices of ``EXPLAIN_SLICE_IMAGES`` on a worker of the detector's layout (never on extra threads), and each
+    slice first waits until no prediction is queued or running (at most ``explain_yield_s``, so explanations
+    still advance under a load that never pauses). The explain threads run at a lower CPU priority where the OS
+    allows it per thread, for what they compute around the passes.
     """
 
-    def __init__(self, detector: Detector, settings: ServeSettings) -> None:
+    def __init__(self, detector: Detector, settings: ServeSettings, decoder: DecodeStage,
+                 batcher: MicroBatcher[Any, Any]) -> None:
+        self.detector = detector
         self.settings = settings
         self.labels = detector.labels
-        self.pool = ThreadPoolExecutor(settings.explain_concurrency, thread_name_prefix="fastvit-explain")
+        self.decoder = decoder
+        self.batcher = batcher
+        self.pool = ThreadPoolExecutor(settings.explain_concurrency, thread_name_prefix="fastvit-explain",
+                                       initializer=lower_thread_priority)
         self.capacity = settings.explain_concurrency + settings.explain_queue
         self.admitted = 0  # running or waiting; only the event loop changes it
         self.explained = 0
-
-        def run(upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> Explanation:
-            opened = open_upload(upload, settings)
-            return explain_opened(detector, opened, method, target, **options)
-
-        self.run: ExplainRun = run
+        self.passes_waited = 0  # slices that found predictions at the model and waited for them
+        self.passes_forced = 0  # slices that ran after explain_yield_s although predictions were still there
+        self._counts_lock = threading.Lock()  # explain threads count at once
 
     def check(self, method: str, target: str, options: dict[str, Any]) -> None:
-        """Refuse what this server won't compute, before the upload is read."""
+        """Refuse what this server won't compute, and refuse while busy, before the upload is read."""
         Target.resolve(target, self.labels, predicted=self.labels[0])
         passes = model_passes(method, options)
         if passes > self.settings.explain_max_passes:
             raise InvalidOptionError(f"this explanation takes {passes} model passes; this server allows at most "
-                                     f"{self.settings.explain_max_passes} (use a smaller grid or fewer samples)")
+                                     f"{self.settings.explain_max_passes} (explain_max_passes: use a smaller grid "
+                                     "or fewer samples)")
+        self.check_room()
 
-    async def explain(self, upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> Explanation:
+    def model_pass(self, inputs: Any) -> Any:
+        """One slice of an explanation's passes: after the predictions at the model, on a worker of the layout."""
+        if not self.batcher.wait_until_idle(0):
+            idle = self.batcher.wait_until_idle(self.settings.explain_yield_s)
+            with self._counts_lock:
+                self.passes_waited += 1
+                self.passes_forced += not idle
+        return self.run_model(inputs)
+
+    def run_model(self, inputs: Any) -> Any:
+        return self.detector.pool.run(inputs)
+
+    def compute(self, prepared: PreparedImage, method: str, target: str, options: dict[str, Any]) -> ExplainResult:
+        """On an explain thread: the explanation, and its heat layer and grid (PNG encoding stays off the loop)."""
+        explanation = explain_prepared(self.detector, prepared, method, target, EXPLAIN_SLICE_IMAGES,
+                                       run=self.model_pass, **options)
+        return explanation, heatmap_body(explanation)
+
+    def check_room(self) -> None:
         if self.admitted >= self.capacity:
             raise ServerBusyError(f"explanations are busy ({self.admitted} running or waiting); retry later")
-        self.admitted += 1
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self.pool, self.run, upload, method, target, options)
 
-        def finished(_work: asyncio.Future[Explanation]) -> None:
+    async def explain(self, upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> ExplainResult:
+        self.check_room()  # again: others may have been admitted while this upload was read
+        self.admitted += 1
+        work = asyncio.ensure_future(self._explain(upload, method, target, options))
+
+        def finished(done: asyncio.Future[ExplainResult]) -> None:
             # Counted until the work itself ends, not its request: a client that leaves mid-explanation must not
             # free a slot that its explanation still occupies.
             self.admitted -= 1
             self.explained += 1
+            if not done.cancelled():
+                done.exception()  # retrieved: when its client has left, nobody else awaits it
 
         work.add_done_callback(finished)
         return await asyncio.shield(work)
+
+    async def _explain(self, upload: io.BytesIO, method: str, target: str, options: dict[str, Any]) -> ExplainResult:
+        preprocessor = self.detector.preprocessor
+        prepared, _source = await self.decoder.decode_with(
+            upload, lambda opened: prepare_opened(preprocessor, opened, EXPLAIN_PREVIEW_SIDE))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self.compute, prepared, method, target, options)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -643,6 +727,35 @@ class ExplainStage:
 
 EXPLAIN_PARAMETERS = ("method", "target", "grid", "samples", "baseline", "seed")
 WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+def repeated_query_parameters(items: Sequence[tuple[str, str]]) -> list[str]:
+    """The names that occur more than once among a query string's (name, value) pairs, in order."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name, _value in items:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
+
+
+class OneValuePerQueryParameter:
+    """ASGI middleware: a query parameter given twice is a 422 naming it, on every endpoint. Starlette keeps a
+    repeated parameter's last value, so ``?grid=5&grid=6`` would silently mean ``grid=6``."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "http":
+            repeated = repeated_query_parameters(QueryParams(scope.get("query_string", b"")).multi_items())
+            if repeated:
+                error = InvalidOptionError(f"query parameter(s) {', '.join(map(repr, repeated))[:200]} given more "
+                                           "than once; give each at most once")
+                await JSONResponse(error_body(error), status_code=http_status(error))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def explain_parameters(query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
@@ -664,13 +777,18 @@ def explain_parameters(query: Mapping[str, str]) -> tuple[str, str, dict[str, An
     return method, query.get("target", DEFAULT_TARGET)[:100], options
 
 
-def explanation_body(explanation: Explanation, model: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:
+def heatmap_body(explanation: Explanation) -> dict[str, Any]:
+    """The answer's heat map: a PNG layer over the photo's frame, its colour scale and a coarse grid."""
     layer = explanation.layer(EXPLAIN_LAYER_SIDE)
     png = io.BytesIO()
     layer.save(png, format="PNG", optimize=True)
-    heatmap = {"png": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii"),
-               "width": layer.width, "height": layer.height, "vmax": explanation.colour_scale(),
-               "colours": colour_stops(), "grid": explanation.grid(EXPLAIN_GRID_SIDE)}
+    return {"png": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii"),
+            "width": layer.width, "height": layer.height, "vmax": explanation.colour_scale(),
+            "colours": colour_stops(), "grid": explanation.grid(EXPLAIN_GRID_SIDE)}
+
+
+def explanation_body(explanation: Explanation, heatmap: dict[str, Any], model: dict[str, Any],
+                     elapsed_ms: float) -> dict[str, Any]:
     return {**prediction_body(explanation.prediction, model, elapsed_ms),
             "explanation": {**explanation.summary(), "heatmap": heatmap}}
 
@@ -837,7 +955,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     if found is None:
         raise RuntimeError("fastvit_detect/static/index.html is missing: the package was installed without its data")
 
-    explainer = ExplainStage(detector, settings)
+    explainer = ExplainStage(detector, settings, decoder, batcher)
 
     async def lifespan(_app: FastAPI):
         yield
@@ -879,6 +997,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(BadRequestError(str(exc.errors())[:1000])), status_code=422)
+
+    app.add_middleware(OneValuePerQueryParameter)  # added before log_request, so it runs inside: refusals are logged
 
     @app.middleware("http")
     async def log_request(request: Request, call_next):
@@ -949,8 +1069,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         uploads, as_list = await read_uploads(request, settings)
         if as_list:
             raise BadRequestError(f"explain takes one image per request, got {len(uploads)} files")
-        explanation = await explainer.explain(uploads[0], method, target, options)
-        return JSONResponse(explanation_body(explanation, model, 1000 * (time.perf_counter() - started)))
+        explanation, heatmap = await explainer.explain(uploads[0], method, target, options)
+        return JSONResponse(explanation_body(explanation, heatmap, model, 1000 * (time.perf_counter() - started)))
 
     @get_and_head("/healthz", summary="Liveness, and the model thread's and decode threads' counters")
     async def healthz() -> JSONResponse:
