@@ -18,11 +18,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
+OPENVINO_INSTALLED = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
+# fastvit-detect/auto always; fastvit-detect/openvino-int8 where the package could be exported with --openvino.
 EXPECTED_SYSTEMS = {
     "pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "torch.compile/fp32", "pytorch/bf16", "optimum/fp32",
-    "optimum/int8", "fastvit-detect/fp32", "fastvit-detect/int8", "openvino/fp32", "openvino/int8",
+    "optimum/int8", "fastvit-detect/fp32", "fastvit-detect/int8", "fastvit-detect/auto", "openvino/fp32",
+    "openvino/int8", *(["fastvit-detect/openvino-int8"] if OPENVINO_INSTALLED else []),
 }
-OPENVINO_INSTALLED = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
 
 
 def must_run() -> set[str]:
@@ -31,9 +33,9 @@ def must_run() -> set[str]:
     from fastvit_detect.session import cpu_flags
 
     systems = {"pytorch/fp32", "pytorch-pipeline/fp32", "pytorch/int8", "optimum/fp32", "optimum/int8",
-               "fastvit-detect/fp32", "fastvit-detect/int8"}
+               "fastvit-detect/fp32", "fastvit-detect/int8", "fastvit-detect/auto"}
     if OPENVINO_INSTALLED:
-        systems |= {"openvino/fp32", "openvino/int8"}
+        systems |= {"openvino/fp32", "openvino/int8", "fastvit-detect/openvino-int8"}
     if bf16_unavailable_reason(cpu_flags()) is None:
         systems.add("pytorch/bf16")
     return systems
@@ -303,6 +305,37 @@ def test_versus_best_alternative_pairs_our_fastest_variant_with_the_fastest_othe
     assert comparison["speedup"]["median"] == pytest.approx(5 / 6) and comparison["speedup"]["pairs"] == 3
     assert comparison["ours_ms"] == 60.0 and comparison["alternative_ms"] == 50.0
     assert versus_best_alternative([r for r in rows if r["system"] != "fastvit-detect"]) == []
+
+
+def test_the_report_compares_auto_with_its_targets(bench_run, results):
+    targets = {(c["figure"], c["target"]) for c in results["auto_against_targets"]}
+    assert ("throughput", "fastvit-detect/int8") in targets
+    if OPENVINO_INSTALLED:
+        assert {("latency_e2e", "openvino/int8"), ("throughput", "openvino/int8")} <= targets
+    auto = next(s for s in results["systems"] if s["system"] == "fastvit-detect" and s["variant"] == "auto")
+    assert auto["notes"]["choice"] and auto["notes"]["runtime"] in ("onnxruntime", "openvino")
+    assert "### The auto choice against its targets" in (bench_run / "report.md").read_text()
+
+
+def test_auto_is_compared_with_raw_openvino_and_onnxruntime_int8_cell_by_cell():
+    from benchmarks.__main__ import auto_against_targets
+
+    def row(variant, samples, system="fastvit-detect", figure="throughput", batch=8, threads=2):
+        return {"figure": figure, "system": system, "variant": variant, "batch_size": batch, "threads": threads,
+                "status": "ok", "samples_ms": samples}
+
+    rows = [row("auto", [400.0, 500.0, 600.0]), row("int8", [600.0, 600.0, 600.0]),
+            row("int8", [800.0, 800.0, 800.0], system="openvino"),
+            row("auto", [100.0], figure="latency_e2e", batch=1), row("int8", [90.0], "openvino", "latency_e2e", 1),
+            row("auto", [50.0], batch=32), row("fp32", [10.0])]  # no target at batch 32; fp32 is no target
+    found = {(c["figure"], c["batch_size"], c["target"]): c for c in auto_against_targets(rows)}
+    assert set(found) == {("throughput", 8, "fastvit-detect/int8"), ("throughput", 8, "openvino/int8"),
+                          ("latency_e2e", 1, "openvino/int8")}
+    # Per-trial ratios 600/400, 600/500, 600/600: median 1.2, auto is faster; the other way round for latency.
+    assert found[("throughput", 8, "fastvit-detect/int8")]["speedup"]["median"] == pytest.approx(1.2)
+    assert found[("throughput", 8, "openvino/int8")]["speedup"]["median"] == pytest.approx(1.6)
+    assert found[("latency_e2e", 1, "openvino/int8")]["speedup"]["median"] == pytest.approx(0.9)
+    assert found[("latency_e2e", 1, "openvino/int8")]["auto_ms"] == 100.0
 
 
 def test_calibration_options_are_checked_before_anything_is_built(tmp_path, capsys):
