@@ -1,0 +1,165 @@
+"""Calibration gives the right answer, not just an answer: which layout it keeps (from a fake measure of known
+speeds), which candidates it times on core counts that aren't powers of two (through the layout functions'
+``cores`` parameter, since this machine has 2), and which cache files it trusts.
+
+Expected values are written out by hand from the rule in layout.py's docstrings, never computed by the code under
+test."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+import fastvit_detect as fd
+from fastvit_detect import layout, pool
+from fastvit_detect.layout import Layout, cache_path, calibrate, candidate_layouts, read_calibration, rule_layout
+
+SHA = "cd" * 32
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTVIT_DETECT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def shapes(layouts):
+    return [(chosen.workers, chosen.threads_per_worker) for chosen in layouts]
+
+
+# Threads per worker: the powers of two up to the cores, and the cores themselves; workers fill the cores.
+@pytest.mark.parametrize("cores, expected", [
+    (1, [(1, 1)]),
+    (2, [(1, 2), (2, 1)]),
+    (3, [(1, 3), (1, 2), (3, 1)]),
+    (5, [(1, 5), (1, 4), (2, 2), (5, 1)]),
+    (6, [(1, 6), (1, 4), (3, 2), (6, 1)]),
+    (7, [(1, 7), (1, 4), (3, 2), (7, 1)]),
+    (8, [(1, 8), (2, 4), (4, 2), (8, 1)]),
+    (12, [(1, 12), (1, 8), (3, 4), (6, 2), (12, 1)]),
+    (24, [(1, 24), (1, 16), (3, 8), (6, 4), (12, 2), (24, 1)]),
+])
+def test_candidates_on_any_core_count(cores, expected):
+    found = candidate_layouts(cores)
+    assert shapes(found) == expected
+    assert all(chosen.source == "calibrated" and chosen.threads <= cores for chosen in found)
+
+
+@pytest.mark.parametrize("cores, expected", [(5, (2, 2)), (6, (3, 2)), (7, (3, 2)), (12, (6, 2)), (24, (12, 2))])
+def test_rule_on_core_counts_that_are_not_powers_of_two(cores, expected):
+    assert (rule_layout(cores).workers, rule_layout(cores).threads_per_worker) == expected
+
+
+def known_speeds(speeds: dict[tuple[int, int], list[float]]):
+    """A fake measure: each layout's images/s, round by round, and the order it was asked in."""
+    asked: list[tuple[int, int]] = []
+
+    def measure(chosen: Layout) -> float:
+        shape = (chosen.workers, chosen.threads_per_worker)
+        asked.append(shape)
+        return speeds[shape][sum(1 for seen in asked if seen == shape) - 1]
+
+    return measure, asked
+
+
+def test_calibrate_keeps_the_fastest_by_its_best_round_and_takes_turns():
+    candidates = candidate_layouts(6)  # 1x6, 1x4, 3x2, 6x1
+    # 3x2 is the fastest, but only in its second round (a slow phase of the machine hit its first);
+    # 6x1 has the best first round; 1x6 is steady.
+    measure, asked = known_speeds({(1, 6): [30.0, 30.0], (1, 4): [20.0, 21.0], (3, 2): [10.0, 45.0],
+                                   (6, 1): [40.0, 5.0]})
+    best, figures = calibrate(measure, candidates, rounds=2)
+    assert (best.workers, best.threads_per_worker) == (3, 2)
+    assert figures == {"1x6": 30.0, "1x4": 21.0, "3x2": 45.0, "6x1": 40.0}
+    assert asked == [(1, 6), (1, 4), (3, 2), (6, 1)] * 2  # round by round, not one layout's rounds in a row
+
+
+def test_calibrate_with_one_round_keeps_the_fastest_even_when_it_is_last():
+    measure, asked = known_speeds({(1, 5): [1.0], (1, 4): [2.0], (2, 2): [3.0], (5, 1): [9.5]})
+    best, figures = calibrate(measure, candidate_layouts(5), rounds=1)
+    assert (best.workers, best.threads_per_worker) == (5, 1) and figures["5x1"] == 9.5 and len(asked) == 4
+
+
+def test_calibrate_layout_times_the_candidates_of_the_given_cores_and_caches_the_winner(vit_package, monkeypatch,
+                                                                                        private_cache):
+    speeds = {(1, 6): 11.0, (1, 4): 12.0, (3, 2): 13.0, (6, 1): 17.0}
+    timed: list[tuple[int, int]] = []
+
+    def fake_measure(chosen, make_session, image_size, seconds=pool.CALIBRATION_SECONDS):
+        timed.append((chosen.workers, chosen.threads_per_worker))
+        assert image_size == (224, 224)  # read from the graph's input
+        return speeds[timed[-1]]
+
+    monkeypatch.setattr(pool, "measure_layout", fake_measure)
+    model = fd.ModelPackage.open(vit_package).variant("fp32")
+    best, figures, path = pool.calibrate_layout(model.path, model.sha256, cores=6, rounds=3)
+    assert timed == [(1, 6), (1, 4), (3, 2), (6, 1)] * 3
+    assert (best.workers, best.threads_per_worker) == (6, 1)
+    assert figures == {"1x6": 11.0, "1x4": 12.0, "3x2": 13.0, "6x1": 17.0}
+    assert path == cache_path(model.sha256) and path.parent == private_cache
+    stored = json.loads(path.read_text())
+    assert (stored["workers"], stored["threads_per_worker"]) == (6, 1)
+    cached = read_calibration(path, cores=6)
+    assert cached is not None and (cached.workers, cached.threads_per_worker) == (6, 1)
+    assert read_calibration(path, cores=5) is None  # 6 threads don't fit 5 cores
+
+
+# --- whose files it trusts ----------------------------------------------------------------------------------
+
+
+def write_record(path, **overrides):
+    record = {"format": layout.CACHE_FORMAT, "machine": layout.machine_key(), "created": time.time(),
+              "workers": 3, "threads_per_worker": 2, "images_per_s": {}, **overrides}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_a_file_owned_by_another_user_is_not_trusted(monkeypatch):
+    path = write_record(cache_path(SHA))
+    assert read_calibration(path, cores=6) is not None
+    owner = path.stat().st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)  # the same file, read by someone else
+    assert read_calibration(path, cores=6) is None
+
+
+def test_a_layout_that_fills_the_cores_exactly_is_kept_and_one_over_is_not():
+    path = write_record(cache_path(SHA), workers=3, threads_per_worker=2)
+    assert read_calibration(path, cores=6) is not None
+    assert read_calibration(path, cores=7) is not None
+    assert read_calibration(path, cores=5) is None
+
+
+def test_a_calibration_is_trusted_for_180_days_and_not_a_day_more():
+    day = 24 * 3600
+    assert read_calibration(write_record(cache_path(SHA), created=time.time() - 179.5 * day), cores=6) is not None
+    assert read_calibration(write_record(cache_path(SHA), created=time.time() - 180.5 * day), cores=6) is None
+    assert read_calibration(write_record(cache_path(SHA), created=time.time() + 60), cores=6) is None
+
+
+def test_a_calibration_from_another_machine_or_format_is_not_trusted():
+    assert read_calibration(write_record(cache_path(SHA), machine="0" * 24), cores=6) is None
+    assert read_calibration(write_record(cache_path(SHA), format=layout.CACHE_FORMAT + 1), cores=6) is None
+    cached = read_calibration(write_record(cache_path(SHA)), cores=6)
+    assert cached is not None and cached.source == "calibrated" and cached.reason.startswith("measured ")
+
+
+def test_a_file_just_under_the_size_cap_is_read_and_one_over_is_not():
+    record = json.dumps({"format": layout.CACHE_FORMAT, "machine": layout.machine_key(), "created": time.time(),
+                         "workers": 3, "threads_per_worker": 2, "images_per_s": {}})
+    path = cache_path(SHA)
+    path.parent.mkdir(parents=True)
+    path.write_text(record + " " * (layout.CACHE_MAX_BYTES - len(record)))
+    assert path.stat().st_size == layout.CACHE_MAX_BYTES and read_calibration(path, cores=6) is not None
+    path.write_text(record + " " * (layout.CACHE_MAX_BYTES + 1 - len(record)))
+    assert read_calibration(path, cores=6) is None
+
+
+def test_the_cache_key_differs_by_model_and_by_core_count(monkeypatch):
+    assert cache_path("aa" * 32) != cache_path("bb" * 32)
+    before = cache_path(SHA)
+    monkeypatch.setattr(layout, "physical_core_count", lambda: 64)  # another machine shape: another file
+    assert cache_path(SHA) != before
