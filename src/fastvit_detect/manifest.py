@@ -116,8 +116,8 @@ class Manifest:
                     for name, entry in entries.items()}
         labels = data.get("labels")
         if labels is not None:
-            if not isinstance(labels, list):
-                reader.fail("labels", "must be a list of label names")
+            if not isinstance(labels, list) or not labels:
+                reader.fail("labels", f"{_short(labels)} must be a non-empty list of label names")
             labels = tuple(reader.text(label, "labels") for label in labels)
         default = reader.optional_text(data, "default_variant")
         known = {"format", "format_version", "variants", "source", "created", "labels", "default_variant",
