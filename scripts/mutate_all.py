@@ -66,9 +66,11 @@ PACKAGE = "fastvit_detect"
 PACKAGE_DIR = ROOT / "src" / PACKAGE
 EXCLUDED_PARTS = ("build",)  # build time: torch, transformers, optimum; not the runtime
 EQUIVALENT_FILE = ROOT / "scripts" / "mutation_equivalent.txt"
+STRICT_FILE = ROOT / "scripts" / "mutation_strict.txt"  # modules triaged to zero survivors: CI holds them there
 NO_MUTATE = "pragma: no mutate"
 IMPORT_TIME_TESTS = 40
 DEFAULT_TEST_SECONDS = 2.0  # for a test the map has no duration for
+GRACE_S = 30.0  # how long after --time-budget the last mutant may run
 VERDICTS = ("killed", "survived", "uncovered", "timeout", "equivalent", "error", "not-run")
 
 
@@ -208,6 +210,11 @@ def apply(mutant: Mutant, source: str) -> str:
     end = sum(len(line) for line in lines[:mutant.end_line - 1]) + mutant.end_col
     data = source.encode("utf-8")
     return (data[:start] + mutant.replacement.encode("utf-8") + data[end:]).decode("utf-8")
+
+
+def read_module_list(path: Path) -> set[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return {line for line in lines if line}
 
 
 # --- the equivalent list ------------------------------------------------------------------------------------
@@ -422,7 +429,7 @@ def environment(src: Path, cache: Path) -> dict[str, str]:
 
 
 def run_mutant(mutant: Mutant, tests: list[str], copy_root: Path, cache: Path, covered: CoverageMap,
-               timeout_floor: float) -> Outcome:
+               timeout_floor: float, timeout_cap: float | None = None) -> Outcome:
     target = copy_root / "src" / PACKAGE / mutant.module
     original = target.read_text(encoding="utf-8")
     mutated = apply(mutant, original)
@@ -431,6 +438,7 @@ def run_mutant(mutant: Mutant, tests: list[str], copy_root: Path, cache: Path, c
     except SyntaxError as exc:
         return Outcome(mutant, "error", detail=f"the mutant doesn't compile: {exc}")
     timeout = timeout_floor + 3 * sum(covered.duration(test) for test in tests)
+    timeout = timeout if timeout_cap is None else max(1.0, min(timeout, timeout_cap))
     target.write_text(mutated, encoding="utf-8")
     started = time.perf_counter()
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", "-rf", *tests]
@@ -516,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="each mutant's timeout is this + 3 x its tests' mapped durations (default 60 s)")
     parser.add_argument("--strict", nargs="*", default=[], metavar="MODULE",
                         help="exit 1 when a mutant of one of these modules survives")
+    parser.add_argument("--strict-file", type=Path, metavar="FILE", help="more --strict modules, one a line "
+                        f"(# comments), e.g. {STRICT_FILE.relative_to(ROOT)}")
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the score table as Markdown here")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
@@ -582,11 +592,15 @@ def main(argv: list[str] | None = None) -> int:
 
         def run(item: tuple[Mutant, list[str]]) -> Outcome:
             mutant, tests = item
-            if args.time_budget is not None and time.perf_counter() - running_since > args.time_budget:
-                return Outcome(mutant, "not-run", detail=f"the time budget of {args.time_budget:.0f}s ran out")
+            cap = None
+            if args.time_budget is not None:
+                cap = args.time_budget - (time.perf_counter() - running_since)
+                if cap <= 0:
+                    return Outcome(mutant, "not-run", detail=f"the time budget of {args.time_budget:.0f}s ran out")
+                cap += GRACE_S  # a mutant started inside the budget may finish a little after it, never long after
             copy_root = free.pop()  # list.pop/append are atomic: each worker holds one copy at a time
             try:
-                outcome = run_mutant(mutant, tests, copy_root, cache, covered, args.timeout_floor)
+                outcome = run_mutant(mutant, tests, copy_root, cache, covered, args.timeout_floor, cap)
             finally:
                 free.append(copy_root)
             print(f"  {outcome.verdict:<9} {mutant.module}:{mutant.line} {mutation_label(mutant):<28} "
@@ -621,7 +635,12 @@ def main(argv: list[str] | None = None) -> int:
                   "sha256": {module: hashlib.sha256((PACKAGE_DIR / module).read_bytes()).hexdigest()
                              for module in modules}}
         args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    strict_survivors = [o for o in survivors if o.mutant.module in set(args.strict)]
+    strict = set(args.strict) | (read_module_list(args.strict_file) if args.strict_file else set())
+    strict_survivors = [o for o in survivors if o.mutant.module in strict]
+    if strict_survivors:
+        print(f"mutate_all: {len(strict_survivors)} survivor(s) in modules held to zero ({', '.join(sorted(strict))}):"
+              " add the test that kills each, or list it in scripts/mutation_equivalent.txt with the reason",
+              file=sys.stderr)
     return 1 if strict_survivors or lapsed else 0
 
 

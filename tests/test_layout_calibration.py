@@ -133,10 +133,10 @@ def test_a_layout_that_fills_the_cores_exactly_is_kept_and_one_over_is_not():
     assert read_calibration(path, cores=5) is None
 
 
-def test_a_calibration_is_trusted_for_180_days_and_not_a_day_more():
-    day = 24 * 3600
-    assert read_calibration(write_record(cache_path(SHA), created=time.time() - 179.5 * day), cores=6) is not None
-    assert read_calibration(write_record(cache_path(SHA), created=time.time() - 180.5 * day), cores=6) is None
+def test_a_calibration_is_trusted_for_180_days_and_not_a_minute_more():
+    days_180 = 180 * 24 * 3600
+    assert read_calibration(write_record(cache_path(SHA), created=time.time() - days_180 + 60), cores=6) is not None
+    assert read_calibration(write_record(cache_path(SHA), created=time.time() - days_180 - 60), cores=6) is None
     assert read_calibration(write_record(cache_path(SHA), created=time.time() + 60), cores=6) is None
 
 
@@ -147,7 +147,13 @@ def test_a_calibration_from_another_machine_or_format_is_not_trusted():
     assert cached is not None and cached.source == "calibrated" and cached.reason.startswith("measured ")
 
 
+def test_a_calibration_file_of_format_1_is_read():
+    """Files written by every release so far say format 1: a new format must keep reading them or say why."""
+    assert read_calibration(write_record(cache_path(SHA), format=1), cores=6) is not None
+
+
 def test_a_file_just_under_the_size_cap_is_read_and_one_over_is_not():
+    assert layout.CACHE_MAX_BYTES == 64 * 1024  # the documented cap: a calibration file is a few hundred bytes
     record = json.dumps({"format": layout.CACHE_FORMAT, "machine": layout.machine_key(), "created": time.time(),
                          "workers": 3, "threads_per_worker": 2, "images_per_s": {}})
     path = cache_path(SHA)
@@ -163,3 +169,47 @@ def test_the_cache_key_differs_by_model_and_by_core_count(monkeypatch):
     before = cache_path(SHA)
     monkeypatch.setattr(layout, "physical_core_count", lambda: 64)  # another machine shape: another file
     assert cache_path(SHA) != before
+
+
+# --- the layout's own bounds --------------------------------------------------------------------------------
+
+MAX_THREADS = 1024  # session.MAX_THREADS, as the README states it
+MAX_WORKERS = 256
+
+
+def test_layouts_at_the_thread_and_worker_limits():
+    assert Layout(2, MAX_THREADS // 2, "caller").threads == MAX_THREADS  # exactly at the limit: allowed
+    assert Layout(MAX_WORKERS, 1, "caller").workers == MAX_WORKERS
+    layout.check_layout_arguments(2, MAX_THREADS // 2)
+    layout.check_layout_arguments(MAX_WORKERS, None)
+    with pytest.raises(ValueError, match="workers"):
+        layout.check_layout_arguments(MAX_WORKERS + 1, None)
+    with pytest.raises(ValueError, match="workers"):
+        Layout(MAX_WORKERS + 1, 1, "caller")
+    with pytest.raises(ValueError, match="at most 1024 threads"):
+        layout.check_layout_arguments(3, MAX_THREADS // 2)
+    with pytest.raises(ValueError, match="at most 1024 threads"):
+        Layout(3, MAX_THREADS // 2, "caller")
+
+
+def test_a_layout_is_frozen():
+    chosen = Layout(2, 1, "caller")
+    with pytest.raises(AttributeError):
+        chosen.workers = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("shape, text", [((1, 1), "1 worker x 1 thread (rule)"),
+                                         ((2, 1), "2 workers x 1 thread (rule)"),
+                                         ((1, 2), "1 worker x 2 threads (rule)")])
+def test_describe_counts_in_words(shape, text):
+    assert Layout(*shape, "rule").describe() == text
+
+
+def test_core_counts_out_of_range_are_refused_naming_cores():
+    for call in (lambda: rule_layout(0), lambda: layout.choose_layout(cores=0, workers=2),
+                 lambda: layout.choose_layout(cores=0, threads_per_worker=2),
+                 lambda: layout.choose_layout(cores=MAX_THREADS + 1, workers=2), lambda: candidate_layouts(0)):
+        with pytest.raises(ValueError, match="cores"):
+            call()
+    with pytest.raises(ValueError, match="workers"):
+        layout.choose_layout(cores=4, workers=0)  # refused before it divides the cores by it
