@@ -213,3 +213,40 @@ def test_core_counts_out_of_range_are_refused_naming_cores():
             call()
     with pytest.raises(ValueError, match="workers"):
         layout.choose_layout(cores=4, workers=0)  # refused before it divides the cores by it
+
+
+# --- the cache file as written ------------------------------------------------------------------------------
+
+
+def test_the_machine_key_is_24_hex_digits_of_the_first_processors_model(monkeypatch):
+    """24 hex digits: the key every calibration file written so far holds."""
+    monkeypatch.setattr(layout, "cpuinfo", lambda: [{"model name": "CPU A"}])
+    first = layout.machine_key()
+    assert len(first) == 24 and int(first, 16) >= 0
+    monkeypatch.setattr(layout, "cpuinfo", lambda: [{"model name": "CPU B"}, {"model name": "CPU A"}])
+    assert layout.machine_key() != first  # the first processor's model counts
+
+
+def test_a_calibration_is_written_in_a_private_folder_made_on_the_way(tmp_path, monkeypatch):
+    path = tmp_path / "deep" / "er" / "layout-x.json"
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_size)  # what is on its way to the disk when it is synced
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(layout.os, "fsync", fsync)
+    layout.write_calibration(path, Layout(3, 2, "calibrated"), {"3x2": 12.34567, "6x1": 9.0})
+    layout.write_calibration(path, Layout(6, 1, "calibrated"), {"3x2": 12.34567, "6x1": 13.0004})  # again, same folder
+    stored = json.loads(path.read_text())
+    assert stored["images_per_s"] == {"3x2": 12.346, "6x1": 13.0}
+    assert (stored["workers"], stored["threads_per_worker"], stored["format"]) == (6, 1, 1)
+    assert len(synced) == 2 and synced[0] > 0 and synced[1] == path.stat().st_size  # synced whole, not empty
+    assert (path.parent.stat().st_mode & 0o777) == 0o700  # nobody else can plant a file in it
+
+
+def test_calibrate_takes_two_rounds_by_default():
+    measure, asked = known_speeds({(1, 2): [1.0, 2.0], (2, 1): [3.0, 1.0]})
+    best, figures = calibrate(measure, candidate_layouts(2))
+    assert len(asked) == 4 and figures == {"1x2": 2.0, "2x1": 3.0} and (best.workers, best.threads_per_worker) == (2, 1)
