@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -200,7 +201,18 @@ def generate(module: str, source: str | None = None) -> list[Mutant]:
         if isinstance(node, ast.Return) and node.value is not None \
                 and not (isinstance(node.value, ast.Constant) and node.value.value is None):
             add(node.value, "return", "return None", "(None)")
-    return sorted(found, key=lambda mutant: (mutant.line, mutant.col, mutant.operator, mutant.description))
+    found.sort(key=lambda mutant: (mutant.line, mutant.col, mutant.operator, mutant.description))
+    # The same mutation twice on one line (two True arguments): "(at 1)", "(at 2)" keep them apart in the
+    # equivalent list.
+    same = Counter((mutant.line, mutant.operator, mutant.description) for mutant in found)
+    seen: Counter[tuple[int, str, str]] = Counter()
+    numbered = []
+    for mutant in found:
+        key = (mutant.line, mutant.operator, mutant.description)
+        seen[key] += 1
+        numbered.append(mutant if same[key] == 1 else
+                        dataclasses.replace(mutant, description=f"{mutant.description} (at {seen[key]})"))
+    return numbered
 
 
 def apply(mutant: Mutant, source: str) -> str:
