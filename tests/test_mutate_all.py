@@ -108,3 +108,9 @@ def test_a_constant_maps_to_the_lines_that_read_it():
                 if text.startswith("MAX_WORKERS = "))
     used = mutate_all.where_used("layout.py", line)
     assert len(used["layout.py"]) >= 2  # its own line, and the check that reads it
+
+
+def test_the_same_mutation_twice_on_a_line_is_numbered():
+    source = "def stop(pool):\n    pool.shutdown(wait=True, cancel_futures=True)\n"
+    labels = [mutate_all.mutation_label(m) for m in mutate_all.generate("x.py", source) if m.operator == "constant"]
+    assert labels == ["constant: True -> False (at 1)", "constant: True -> False (at 2)"]
