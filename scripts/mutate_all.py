@@ -487,6 +487,20 @@ def _pytest(tests: Sequence[str], copy_root: Path, cache: Path, timeout: float) 
     return process.returncode, output
 
 
+def earlier_kills(report: Path) -> dict[str, str]:
+    """ident -> verdict of the killed and timed-out mutants of an earlier report, in modules unchanged since."""
+    data = json.loads(report.read_text(encoding="utf-8"))
+    unchanged = {module for module, digest in data.get("sha256", {}).items()
+                 if (PACKAGE_DIR / module).is_file()
+                 and hashlib.sha256((PACKAGE_DIR / module).read_bytes()).hexdigest() == digest}
+    kills = {}
+    for entry in data.get("mutants", []):
+        if entry["module"] in unchanged and entry["verdict"] in ("killed", "timeout"):
+            fields = {name: entry[name] for name in Mutant.__dataclass_fields__}
+            kills[Mutant(**fields).ident] = entry["verdict"]
+    return kills
+
+
 def changed_modules(since: str) -> list[str]:
     base = subprocess.run(["git", "merge-base", "HEAD", since], cwd=ROOT, capture_output=True, text=True)
     reference = base.stdout.strip() if base.returncode == 0 else since
@@ -553,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"(# comments), e.g. {STRICT_FILE.relative_to(ROOT)}")
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the score table as Markdown here")
+    parser.add_argument("--rerun", type=Path, metavar="JSON", help="a report of an earlier run: keep its killed "
+                        "verdicts for modules whose source is unchanged since, run the rest again (after triage)")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -586,10 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     to_run: list[Mutant] = []
+    earlier = earlier_kills(args.rerun) if args.rerun else {}
     for mutant in chosen:
         entry = equivalence(mutant, entries)
         if entry is not None:
             outcomes.append(Outcome(mutant, "equivalent", detail=entry.reason))
+        elif mutant.ident in earlier:
+            outcomes.append(Outcome(mutant, earlier[mutant.ident], detail=f"in {args.rerun}"))
         else:
             to_run.append(mutant)
     with tempfile.TemporaryDirectory(prefix="fastvit-mutate-") as scratch_name:

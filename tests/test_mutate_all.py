@@ -114,3 +114,21 @@ def test_the_same_mutation_twice_on_a_line_is_numbered():
     source = "def stop(pool):\n    pool.shutdown(wait=True, cancel_futures=True)\n"
     labels = [mutate_all.mutation_label(m) for m in mutate_all.generate("x.py", source) if m.operator == "constant"]
     assert labels == ["constant: True -> False (at 1)", "constant: True -> False (at 2)"]
+
+
+def test_a_rerun_keeps_the_kills_of_unchanged_modules_only(tmp_path):
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    mutants = mutate_all.generate("options.py")[:3]
+    digest = hashlib.sha256((mutate_all.PACKAGE_DIR / "options.py").read_bytes()).hexdigest()
+    report = {"sha256": {"options.py": digest},
+              "mutants": [{**asdict(mutants[0]), "verdict": "killed"}, {**asdict(mutants[1]), "verdict": "survived"},
+                          {**asdict(mutants[2]), "verdict": "timeout"}]}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    assert mutate_all.earlier_kills(path) == {mutants[0].ident: "killed", mutants[2].ident: "timeout"}
+    report["sha256"]["options.py"] = "0" * 64  # the module changed since: nothing is kept
+    path.write_text(json.dumps(report))
+    assert mutate_all.earlier_kills(path) == {}
