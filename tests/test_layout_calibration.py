@@ -166,6 +166,8 @@ def test_a_file_just_under_the_size_cap_is_read_and_one_over_is_not():
 
 def test_the_cache_key_differs_by_model_and_by_core_count(monkeypatch):
     assert cache_path("aa" * 32) != cache_path("bb" * 32)
+    name = cache_path("aa" * 32).name  # the name earlier calibrations were written under: found again
+    assert name.startswith("layout-") and name.endswith(".json") and len(name) == len("layout-.json") + 32
     before = cache_path(SHA)
     monkeypatch.setattr(layout, "physical_core_count", lambda: 64)  # another machine shape: another file
     assert cache_path(SHA) != before
