@@ -487,6 +487,40 @@ def _pytest(tests: Sequence[str], copy_root: Path, cache: Path, timeout: float) 
     return process.returncode, output
 
 
+def rescore(reports: Sequence[Path], markdown_path: Path | None, json_path: Path | None) -> int:
+    """Merge reports (later ones win for the same mutant) and re-judge their survivors against the equivalent
+    list as it is now; prints the table."""
+    entries = read_equivalents()
+    merged: dict[str, Outcome] = {}
+    commits, modules = [], []
+    for report in reports:
+        data = json.loads(report.read_text(encoding="utf-8"))
+        commits.append(f"{data['commit']} ({data['date']})")
+        for entry in data["mutants"]:
+            mutant = Mutant(**{name: entry[name] for name in Mutant.__dataclass_fields__})
+            verdict, detail = entry["verdict"], entry["detail"]
+            listed = equivalence(mutant, entries) if verdict in ("survived", "uncovered") else None
+            if listed is not None:
+                verdict, detail = "equivalent", listed.reason
+            merged[mutant.ident] = Outcome(mutant, verdict, entry["seconds"], detail, entry["tests"])
+            if mutant.module not in modules:
+                modules.append(mutant.module)
+    outcomes = list(merged.values())
+    table = markdown(score_table(outcomes, modules), f"Merged from {', '.join(commits)}")
+    print(table)
+    if markdown_path is not None:
+        markdown_path.write_text(table, encoding="utf-8")
+    if json_path is not None:
+        json_path.write_text(json.dumps({"merged_from": commits, "modules": score_table(outcomes, modules),
+                                         "mutants": [{**asdict(o.mutant), "verdict": o.verdict, "detail": o.detail}
+                                                     for o in outcomes]}, indent=1), encoding="utf-8")
+    for outcome in sorted(outcomes, key=lambda o: (o.mutant.module, o.mutant.line)):
+        if outcome.verdict in ("survived", "uncovered"):
+            print(f"{outcome.verdict}: {outcome.mutant.module}:{outcome.mutant.line} {mutation_label(outcome.mutant)}"
+                  f"  | {outcome.mutant.line_text}")
+    return 0
+
+
 def earlier_kills(report: Path) -> dict[str, str]:
     """ident -> verdict of the killed and timed-out mutants of an earlier report, in modules unchanged since."""
     data = json.loads(report.read_text(encoding="utf-8"))
@@ -569,11 +603,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the score table as Markdown here")
     parser.add_argument("--rerun", type=Path, metavar="JSON", help="a report of an earlier run: keep its killed "
                         "verdicts for modules whose source is unchanged since, run the rest again (after triage)")
+    parser.add_argument("--rescore", nargs="+", type=Path, metavar="JSON", help="run nothing: merge these reports "
+                        "and score them against today's equivalent list (entries reviewed since they ran)")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
 
+    if args.rescore:
+        return rescore(args.rescore, args.markdown, args.json)
     everything = runtime_modules()
     unknown = set(args.modules or ()) - set(everything)
     if unknown:
