@@ -252,3 +252,10 @@ def test_calibrate_takes_two_rounds_by_default():
     measure, asked = known_speeds({(1, 2): [1.0, 2.0], (2, 1): [3.0, 1.0]})
     best, figures = calibrate(measure, candidate_layouts(2))
     assert len(asked) == 4 and figures == {"1x2": 2.0, "2x1": 3.0} and (best.workers, best.threads_per_worker) == (2, 1)
+
+
+def test_calibrate_keeps_figures_below_one_image_per_second():
+    """A slow machine measures under 1 image/s: each candidate's figure is its best round, not a floor."""
+    measure, _asked = known_speeds({(1, 2): [0.25, 0.5], (2, 1): [0.75, 0.125]})
+    best, figures = calibrate(measure, candidate_layouts(2), rounds=2)
+    assert figures == {"1x2": 0.5, "2x1": 0.75} and (best.workers, best.threads_per_worker) == (2, 1)

@@ -90,3 +90,9 @@ def test_parsed_entries_are_immutable(manifest):
         FileEntry("a", "b", 1).name = "c"  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         Source().model = "c"  # type: ignore[misc]
+
+
+def test_the_exporter_writes_a_version_this_runtime_reads():
+    from fastvit_detect.manifest import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
+
+    assert FORMAT_VERSION == max(READABLE_FORMAT_VERSIONS) == 2
