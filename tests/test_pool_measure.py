@@ -79,7 +79,7 @@ def test_every_worker_of_a_measure_warms_up_and_runs(monkeypatch):
 
 
 @pytest.mark.parametrize("shape, expected", [(("batch", 3, 32, 48), (32, 48)), (("batch", 3, "h", "w"), (224, 224)),
-                                             ((1, 3, 0, 64), (224, 64))])
+                                             ((1, 3, 0, 64), (224, 64)), ((1, 3, 1, 1), (1, 1))])
 def test_calibration_times_the_graphs_input_size_or_224_where_it_is_dynamic(monkeypatch, tmp_path, shape, expected):
     sizes: list[tuple[int, int]] = []
     monkeypatch.setattr(pool, "OnnxSession", lambda path, threads, providers: FakeSession(threads, input_shape=shape))
