@@ -130,3 +130,25 @@ def test_closing_a_pipeline_runs_no_queued_decode_and_leaves_none_running():
     assert running[0] == 0 and classifying[0] == 0  # no decode, no batch outlives close()
     time.sleep(0.2)
     assert len(decoded) < taken - 2  # the queued decodes were cancelled, not run
+
+
+def test_closing_waits_for_a_decode_already_running_for_a_cancelled_batch():
+    running = [0]
+    lock = threading.Lock()
+
+    def decode(chunk):
+        with lock:
+            running[0] += 1
+        time.sleep(1.0 if chunk == 2 else 0.0)  # chunk 2's decode is still running when the stream is closed
+        with lock:
+            running[0] -= 1
+        return chunk
+
+    def classify(chunk, _decoded):
+        time.sleep(0.3 if chunk == 1 else 0.0)  # the one model thread is busy with chunk 1: chunk 2 never starts
+        return chunk
+
+    stream = ordered_pipeline(iter(range(100)), decode=decode, classify=classify, workers=1, decoders=2, ahead=2)
+    assert next(stream) == 0
+    stream.close()
+    assert running[0] == 0  # close() returned only after that decode ended: nothing of the stream outlives it
