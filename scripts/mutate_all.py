@@ -308,6 +308,7 @@ class CoverageMap:
             for module, used in where_used(mutant.module, mutant.line).items():
                 for line in used:
                     tests.update(self.lines.get(module, {}).get(line, ()))
+            tests.update(test_files_naming(defined_names(mutant.module, mutant.line)))
             if not tests:  # no use found: the module's tests, its own test file's first
                 every = sorted({test for covering in lines.values() for test in covering}, key=self.duration)
                 own = [test for test in every if Path(mutant.module).stem in test.split("::")[0]]
@@ -315,6 +316,9 @@ class CoverageMap:
         return sorted(tests, key=self.duration) if tests else None
 
     def duration(self, test: str) -> float:
+        if "::" not in test:  # a whole file: its tests' time, or a minute when the map didn't run it
+            inside = [seconds for node, seconds in self.durations.items() if node.startswith(test + "::")]
+            return sum(inside) if inside else 60.0
         return self.durations.get(test, DEFAULT_TEST_SECONDS)
 
 
@@ -324,6 +328,26 @@ SAFE_PARAMETERS = re.compile(r"\[[A-Za-z0-9_.\-]*\]")
 @functools.cache
 def _parsed(module: str) -> ast.Module:
     return ast.parse((PACKAGE_DIR / module).read_text(encoding="utf-8"))
+
+
+@functools.cache
+def defined_names(module: str, line: int) -> frozenset[str]:
+    """The names an import-time assignment on ``line`` defines (``positive_int = whole_number(...)``)."""
+    names: set[str] = set()
+    for node in ast.walk(_parsed(module)):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.lineno <= line <= (node.end_lineno or line):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(target.id for target in targets if isinstance(target, ast.Name))
+    return frozenset(names)
+
+
+def test_files_naming(names: frozenset[str]) -> set[str]:
+    """Test files that use one of ``names`` themselves (a test of a constant or of a parser built at import)."""
+    if not names:
+        return set()
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b")
+    return {path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "tests").glob("test_*.py"))
+            if pattern.search(path.read_text(encoding="utf-8", errors="replace"))}
 
 
 @functools.cache

@@ -259,3 +259,13 @@ def test_calibrate_keeps_figures_below_one_image_per_second():
     measure, _asked = known_speeds({(1, 2): [0.25, 0.5], (2, 1): [0.75, 0.125]})
     best, figures = calibrate(measure, candidate_layouts(2), rounds=2)
     assert figures == {"1x2": 0.5, "2x1": 0.75} and (best.workers, best.threads_per_worker) == (2, 1)
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def refuse(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(layout.os, "replace", refuse)
+    with pytest.raises(OSError, match="No space left"):
+        layout.write_calibration(tmp_path / "layout-x.json", Layout(1, 2, "calibrated"), {})
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
