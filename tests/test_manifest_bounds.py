@@ -96,3 +96,21 @@ def test_the_exporter_writes_a_version_this_runtime_reads():
     from fastvit_detect.manifest import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 
     assert FORMAT_VERSION == max(READABLE_FORMAT_VERSIONS) == 2
+
+
+@pytest.mark.parametrize("field, value, accepted", [
+    ("file", "model.onnx", True), ("file", "", False), ("file", ".", False), ("file", "..", False),
+    ("file", "sub/model.onnx", False), ("file", "sub\\model.onnx", False), ("file", ["model.onnx"], False),
+    ("sha256", "0" * 64, True), ("sha256", "0" * 63, False), ("sha256", "A" * 64, False), ("sha256", None, False),
+    ("size_bytes", 0, True), ("size_bytes", (1 << 50) - 1, True), ("size_bytes", 1 << 50, False),
+    ("size_bytes", -1, False), ("size_bytes", True, False), ("size_bytes", 1.0, False),
+])
+def test_a_file_entrys_fields_at_their_edges(manifest, field, value, accepted):
+    data = copy.deepcopy(manifest)
+    name, entry = next(iter(data["variants"].items()))
+    entry[field] = value
+    if accepted:
+        assert getattr(Manifest.parse(data).variants[name].graph, "name" if field == "file" else field) == value
+    else:
+        with pytest.raises(InvalidPackageError, match=f"{field}"):
+            Manifest.parse(data)
