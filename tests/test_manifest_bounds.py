@@ -114,3 +114,13 @@ def test_a_file_entrys_fields_at_their_edges(manifest, field, value, accepted):
     else:
         with pytest.raises(InvalidPackageError, match=f"{field}"):
             Manifest.parse(data)
+
+
+def test_a_variants_precision_holds_100_characters_and_not_one_more(manifest):
+    data = copy.deepcopy(manifest)
+    name, entry = next(iter(data["variants"].items()))
+    entry["precision"] = "p" * 100
+    assert Manifest.parse(data).variants[name].precision == "p" * 100
+    entry["precision"] = "p" * 101
+    with pytest.raises(InvalidPackageError, match="precision"):
+        Manifest.parse(data)
