@@ -87,3 +87,25 @@ def test_a_header_torn_before_its_line_end_starts_the_file_afresh(tmp_path):
     output.write_record(records(tmp_path)[0])
     output.close()
     assert images_in(path, "csv") == [records(tmp_path)[0]["image"]]
+
+
+@pytest.mark.parametrize("torn_length", [1, 65_535, 65_536, 65_537, 200_000])
+def test_a_torn_json_line_longer_than_the_repair_block_is_cut_whole(tmp_path, torn_length):
+    """The repair walks back from the end in 64 KiB blocks: a torn line of any length, within one block, at its
+    edge or across several, is cut back to the newline before it, and nothing earlier is touched."""
+    rows = records(tmp_path)
+    path = tmp_path / "results.jsonl"
+    before = written(path, "jsonl", rows[:2])
+    path.write_bytes(before + b"x" * torn_length)
+    output = ScanOutput(path, LABELS, "jsonl")
+    assert path.read_bytes() == before
+    assert output.done == {str(Path(row["image"]).resolve()) for row in rows[:2]}
+    output.close()
+
+
+@pytest.mark.parametrize("length", [1, 65_536, 65_537, 150_000])
+def test_a_file_holding_only_a_torn_line_is_emptied(tmp_path, length):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b"{" * length)
+    ScanOutput(path, LABELS, "jsonl").close()
+    assert path.read_bytes() == b""
