@@ -659,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(chosen)} mutant(s) in {len(modules)} module(s)")
         return 0
 
+    commit = git_commit()  # what is measured: the source as the run starts
     entries = read_equivalents()
     lapsed = lapsed_equivalents(entries, [m for module in modules for m in generated[module]], modules)
     started = time.perf_counter()
@@ -718,7 +719,6 @@ def main(argv: list[str] | None = None) -> int:
             outcomes += list(pool.map(run, planned))
     elapsed = time.perf_counter() - started
     rows = score_table(outcomes, modules)
-    commit = git_commit()
     header = (f"Mutation run of {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {len(chosen)} "
               f"mutant(s) in {elapsed:.0f}s wall")
     table = markdown(rows, header)
