@@ -21,3 +21,8 @@ def test_a_resumed_scan_says_what_it_skipped_and_its_rate():
 def test_no_rate_without_time():
     summary = ScanSummary(found=1, classified=1, seconds=0.0, labels=Counter({"Fake": 1}))
     assert summary.describe() == "1 image(s) found; 1 classified in 0.0s (0.0 images/s): Fake 1; 0 failed"
+
+
+def test_a_rate_over_less_than_a_second():
+    summary = ScanSummary(found=1, classified=1, seconds=0.5, labels=Counter({"Real": 1}))
+    assert "(2.0 images/s)" in summary.describe()

@@ -109,3 +109,19 @@ def test_a_file_holding_only_a_torn_line_is_emptied(tmp_path, length):
     path.write_bytes(b"{" * length)
     ScanOutput(path, LABELS, "jsonl").close()
     assert path.read_bytes() == b""
+
+
+def test_a_csv_holding_one_torn_byte_is_emptied(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_bytes(b"i")  # the first byte of the header, and the scan died
+    output = ScanOutput(path, LABELS, "csv")
+    output.write_record(records(tmp_path)[0])
+    output.close()
+    assert images_in(path, "csv") == [records(tmp_path)[0]["image"]]
+
+
+def test_a_line_that_is_no_record_is_named_by_its_number(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('not a record\n{"image": "a.png"}\n')
+    with pytest.raises(Exception, match=r"results\.jsonl:1: not a scan record"):
+        ScanOutput(path, LABELS, "jsonl")
