@@ -100,6 +100,14 @@ def decode_base64_image(value: Any, limit: int) -> io.BytesIO:
     return named_image(data, "image (base64)")
 
 
+def seed_body_limit(limit: int) -> int:
+    """The JSON body that carries an image of ``limit`` bytes in base64: 4 characters per 3 bytes, and, line-wrapped
+    as ``base64.encodebytes`` writes it, a line break per 76 characters, which JSON escapes to up to 4 bytes
+    (``\\r\\n``); 1 KiB for the rest of the JSON. The decoded image is then held to ``limit`` itself."""
+    characters = -(-limit // 3) * 4
+    return characters + -(-characters // 76) * 4 + 1024
+
+
 def seed_request_image(body: bytes, limit: int) -> io.BytesIO:
     """The image of a seed-client request body, JSON ``{"image": "<base64>"}``."""
     try:

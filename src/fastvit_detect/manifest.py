@@ -128,8 +128,8 @@ class Manifest:
                     for name, entry in entries.items()}
         labels = data.get("labels")
         if labels is not None:
-            if not isinstance(labels, list):
-                reader.fail("labels", "must be a list of label names")
+            if not isinstance(labels, list) or not labels:
+                reader.fail("labels", f"{_short(labels)} must be a non-empty list of label names")
             labels = tuple(reader.text(label, "labels") for label in labels)
         default = reader.optional_text(data, "default_variant")
         configs = reader.configs(data.get("configs"), required=version >= CONFIGS_VOUCHED_SINCE)

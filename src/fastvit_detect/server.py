@@ -81,6 +81,7 @@ from .httpapi import (
     http_status,
     missing_serve_modules,
     named_image,
+    seed_body_limit,
     seed_request_image,
 )
 from .options import check_finite, check_whole
@@ -1052,8 +1053,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     @app.post("/predict/", openapi_extra=SEED_REQUEST_DOCS, responses=ERROR_DOCS,
               summary="The seed project's API: {\"image\": base64} -> {\"result\": label}")
     async def predict_base64(request: Request) -> JSONResponse:
-        # base64 takes 4 bytes per 3: allow the JSON body that much more, then hold the decoded image to the limit.
-        body = await read_body(request, settings.max_upload_bytes * 4 // 3 + 1024, settings.body_timeout_s,
+        body = await read_body(request, seed_body_limit(settings.max_upload_bytes), settings.body_timeout_s,
                                f" (an image of {settings.max_upload_bytes:,} bytes, base64-encoded in JSON)")
         (result,) = await classify([seed_request_image(body, settings.max_upload_bytes)])
         if not isinstance(result, Prediction):

@@ -1,0 +1,134 @@
+"""scripts/mutate_all.py's cheap preconditions: its mutants of every runtime module compile and change exactly
+their span, the equivalent list parses and lapses when a line changes, and coverage contexts become node ids
+pytest takes back. The run itself is too long for the suite (docs/mutation/report.md)."""
+
+from __future__ import annotations
+
+import ast
+import random
+
+import pytest
+
+from scripts import mutate_all
+
+
+def test_every_runtime_module_is_mutated_and_every_mutant_compiles():
+    modules = mutate_all.runtime_modules()
+    assert "layout.py" in modules and "server.py" in modules
+    assert not any(module.startswith("build/") for module in modules)
+    pick = random.Random(0)
+    for module in modules:
+        source = (mutate_all.PACKAGE_DIR / module).read_text()
+        mutants = mutate_all.generate(module)
+        assert mutants or module.endswith("__init__.py"), module
+        # Compiling all ~3,000 takes a minute: a seeded tenth of them, at least one per module.
+        for mutant in pick.sample(mutants, max(1, len(mutants) // 10)) if mutants else []:
+            mutated = mutate_all.apply(mutant, source)
+            assert mutated != source, mutant.ident
+            compile(mutated, module, "exec")
+
+
+def test_each_operator_makes_the_mutant_it_names():
+    source = '''"""Doc: 1 < 2 is not mutated."""
+LIMIT = 3
+
+
+def check(value: int = 5) -> bool:
+    """Neither is this."""
+    if value < LIMIT and value != 0:
+        print(f"{value + 1}")
+        return value > 1
+    return False
+'''
+    found = {(m.line, m.operator, m.description): mutate_all.apply(m, source).splitlines()[m.line - 1].strip()
+             for m in mutate_all.generate("x.py", source)}
+    assert found[(2, "constant", "3 -> 4")] == "LIMIT = (4)"
+    assert found[(5, "constant", "5 -> 6")] == "def check(value: int = (6)) -> bool:"
+    assert found[(7, "boundary", "< -> <=")] == "if (value <= LIMIT) and value != 0:"
+    assert found[(7, "compare", "!= -> ==")] == "if value < LIMIT and (value == 0):"
+    assert found[(7, "boolean", "and -> or")] == "if (value < LIMIT or value != 0):"
+    assert found[(7, "negate", "not (...)")] == "if (not (value < LIMIT and value != 0)):"
+    assert found[(8, "call", "call removed")] == "pass"
+    assert found[(9, "return", "return None")] == "return (None)"
+    assert found[(10, "constant", "False -> True")] == "return (True)"
+    assert not [key for key in found if key[0] in (1, 6)]  # docstrings
+    assert not [key for key in found if key[0] == 8 and key[1] == "constant"]  # inside an f-string
+
+
+def test_multibyte_text_before_a_mutant_keeps_its_span():
+    source = 'NAME = "café ×"; LIMIT = 3\n'
+    (mutant,) = mutate_all.generate("x.py", source)
+    assert mutate_all.apply(mutant, source) == 'NAME = "café ×"; LIMIT = (4)\n'
+    ast.parse(mutate_all.apply(mutant, source))
+
+
+def test_an_equivalent_entry_matches_its_line_and_lapses_when_the_line_changes(tmp_path):
+    listed = tmp_path / "equivalent.txt"
+    listed.write_text("# comment\n\nx.py | boundary: < -> <= | if value < LIMIT:\n    reason: same for ints\n")
+    entries = mutate_all.read_equivalents(listed)
+    source = "LIMIT = 3\nvalue = 1\nif value < LIMIT:\n    pass\n"
+    mutants = mutate_all.generate("x.py", source)
+    boundary = next(m for m in mutants if m.operator == "boundary")
+    assert mutate_all.equivalence(boundary, entries).reason == "reason: same for ints"
+    assert mutate_all.lapsed_equivalents(entries, mutants, ["x.py"]) == []
+    changed = mutate_all.generate("x.py", source.replace("if value < LIMIT:", "if value < LIMIT + 1:"))
+    assert mutate_all.lapsed_equivalents(entries, changed, ["x.py"]) == entries
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("x.py | boundary: < -> <= | if a < b:\n", "no reason"),
+    ("   a reason alone\n", "without its mutant"),
+    ("x.py | if a < b:\n    why\n", "expected"),
+])
+def test_a_malformed_equivalent_list_is_refused(tmp_path, text, problem):
+    listed = tmp_path / "equivalent.txt"
+    listed.write_text(text)
+    with pytest.raises(SystemExit, match=problem):
+        mutate_all.read_equivalents(listed)
+
+
+def test_the_reviewed_list_parses():
+    for entry in mutate_all.read_equivalents():
+        assert entry.module in mutate_all.runtime_modules() and entry.reason
+
+
+@pytest.mark.parametrize("context, node", [
+    ("tests/test_a.py::test_b|run", "tests/test_a.py::test_b"),
+    ("tests/test_a.py::test_b[2-expected1]|setup", "tests/test_a.py::test_b[2-expected1]"),
+    ('tests/test_a.py::test_b[{"format": 1}]|run', "tests/test_a.py::test_b"),
+    ("tests/test_a.py::TestC::test_d[a b]|run", "tests/test_a.py::TestC::test_d"),
+])
+def test_coverage_contexts_become_node_ids_pytest_takes(context, node):
+    assert mutate_all._node_id(context) == node
+
+
+def test_a_constant_maps_to_the_lines_that_read_it():
+    line = next(number for number, text in
+                enumerate((mutate_all.PACKAGE_DIR / "layout.py").read_text().splitlines(), 1)
+                if text.startswith("MAX_WORKERS = "))
+    used = mutate_all.where_used("layout.py", line)
+    assert len(used["layout.py"]) >= 2  # its own line, and the check that reads it
+
+
+def test_the_same_mutation_twice_on_a_line_is_numbered():
+    source = "def stop(pool):\n    pool.shutdown(wait=True, cancel_futures=True)\n"
+    labels = [mutate_all.mutation_label(m) for m in mutate_all.generate("x.py", source) if m.operator == "constant"]
+    assert labels == ["constant: True -> False (at 1)", "constant: True -> False (at 2)"]
+
+
+def test_a_rerun_keeps_the_kills_of_unchanged_modules_only(tmp_path):
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    mutants = mutate_all.generate("options.py")[:3]
+    digest = hashlib.sha256((mutate_all.PACKAGE_DIR / "options.py").read_bytes()).hexdigest()
+    report = {"sha256": {"options.py": digest},
+              "mutants": [{**asdict(mutants[0]), "verdict": "killed"}, {**asdict(mutants[1]), "verdict": "survived"},
+                          {**asdict(mutants[2]), "verdict": "timeout"}]}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    assert mutate_all.earlier_kills(path) == {mutants[0].ident: "killed", mutants[2].ident: "timeout"}
+    report["sha256"]["options.py"] = "0" * 64  # the module changed since: nothing is kept
+    path.write_text(json.dumps(report))
+    assert mutate_all.earlier_kills(path) == {}
