@@ -7,7 +7,7 @@
     'Real'
 """
 
-from .detector import Detector, ImageResult, Prediction
+from .detector import Detector, FacesResult, ImageResult, Prediction
 from .errors import (
     BackendError,
     ChecksumMismatchError,
@@ -27,6 +27,7 @@ from .errors import (
     InvalidOptionError,
     InvalidPackageError,
     MissingExtraError,
+    MissingFaceDetectorError,
     MissingFileError,
     ModelOutputError,
     ModelPackageError,
@@ -39,6 +40,7 @@ from .errors import (
     WorkerCrashError,
 )
 from .explain import Explanation
+from .faces import Face
 from .package import ModelPackage
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preprocessor, load_image
 
@@ -52,6 +54,8 @@ __all__ = [
     "Detector",
     "EmptyImageError",
     "Explanation",
+    "Face",
+    "FacesResult",
     "FastVitDetectError",
     "HubAuthError",
     "HubDownloadError",
@@ -68,6 +72,7 @@ __all__ = [
     "InvalidOptionError",
     "InvalidPackageError",
     "MissingExtraError",
+    "MissingFaceDetectorError",
     "MissingFileError",
     "ModelOutputError",
     "ModelPackage",
