@@ -148,20 +148,21 @@ class FaceDetector:
                       ) -> tuple[np.ndarray, np.ndarray]:
         """MTCNN on an HxWx3 float32 array: boxes (N, 5: x0, y0, x1, y1, score) and landmarks (N, 5, 2), the most
         confident first."""
-        boxes = self._propose(pixels, min_face_size)
+        sampler = AreaSampler(pixels)
+        boxes = self._propose(pixels, sampler, min_face_size)
         if len(boxes):
-            boxes = self._refine(pixels, boxes)
+            boxes = self._refine(pixels, sampler, boxes)
         if not len(boxes):
             return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
-        return self._output(pixels, boxes)
+        return self._output(pixels, sampler, boxes)
 
     # --- stage 1: P-net over the pyramid ------------------------------------------------------------------------
 
-    def _propose(self, pixels: np.ndarray, min_face_size: int) -> np.ndarray:
+    def _propose(self, pixels: np.ndarray, sampler: AreaSampler, min_face_size: int) -> np.ndarray:
         height, width = pixels.shape[:2]
         found = []
         for scale in pyramid_scales(height, width, min_face_size):
-            level = area_resize(pixels, int(height * scale + 1), int(width * scale + 1))
+            level = sampler.resize(int(height * scale + 1), int(width * scale + 1))
             regression, probabilities = self.pnet(_normalized(level))[:2]
             candidates = _windows(regression, probabilities, scale)
             candidates = candidates[_top(candidates[:, 4], MAX_PROPOSALS)]
@@ -179,8 +180,8 @@ class FaceDetector:
 
     # --- stage 2: R-net on 24x24 crops ------------------------------------------------------------------------
 
-    def _refine(self, pixels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        crops, boxes = _crops(pixels, boxes, 24)
+    def _refine(self, pixels: np.ndarray, sampler: AreaSampler, boxes: np.ndarray) -> np.ndarray:
+        crops, boxes = _crops(pixels, sampler, boxes, 24)
         if not len(boxes):
             return boxes
         regression, probabilities = _checked(self.rnet(crops), 2, len(boxes))
@@ -193,8 +194,8 @@ class FaceDetector:
 
     # --- stage 3: O-net on 48x48 crops, landmarks -------------------------------------------------------------
 
-    def _output(self, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        crops, boxes = _crops(pixels, boxes, 48)
+    def _output(self, pixels: np.ndarray, sampler: AreaSampler, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        crops, boxes = _crops(pixels, sampler, boxes, 48)
         if not len(boxes):
             return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
         regression, landmarks, probabilities = _checked(self.onet(crops), 3, len(boxes))
@@ -227,23 +228,43 @@ def pyramid_scales(height: int, width: int, min_face_size: int, factor: float = 
     return scales
 
 
-def area_resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """HxWxC float32 resized as torch's ``interpolate(mode="area")`` (adaptive average pooling) resizes: output
-    cell i averages input cells floor(i*n/m) to ceil((i+1)*n/m). Separable, so two passes of cumulative sums."""
-    return _area_axis(_area_axis(pixels, height, 0), width, 1).astype(np.float32)
+class AreaSampler:
+    """Area resizing of any rectangle of one image, as torch's ``interpolate(mode="area")`` (adaptive average
+    pooling) resizes: output cell i averages input cells floor(i*n/m) to ceil((i+1)*n/m) - 1 of each axis.
+
+    One summed-area table (exact in float64: the pixels are whole numbers) serves every pyramid level and every
+    crop, so each resize costs four lookups per output pixel, whatever the size of the rectangle it averages.
+    """
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        height, width = pixels.shape[:2]
+        self.sums = np.zeros((height + 1, width + 1, pixels.shape[2]), dtype=np.float64)
+        np.cumsum(np.cumsum(pixels, axis=0, dtype=np.float64), axis=1, out=self.sums[1:, 1:])
+
+    def resize(self, height: int, width: int) -> np.ndarray:
+        """The whole image at height x width: H x W x C float32."""
+        full_height, full_width = self.sums.shape[0] - 1, self.sums.shape[1] - 1
+        return self.crops(np.array([[0, 0, full_width, full_height]]), height, width)[0]
+
+    def crops(self, rectangles: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Each (left, top, right, bottom) rectangle, in whole pixels inside the image and non-empty, at height x
+        width: N x H x W x C float32."""
+        left, top, right, bottom = (rectangles[:, index, None].astype(np.int64) for index in range(4))
+        row_start, row_end = _bins(top, bottom, height)
+        column_start, column_end = _bins(left, right, width)
+        rows_a, rows_b = row_start[:, :, None], row_end[:, :, None]
+        columns_a, columns_b = column_start[:, None, :], column_end[:, None, :]
+        sums = self.sums
+        total = sums[rows_b, columns_b] - sums[rows_a, columns_b] - sums[rows_b, columns_a] + sums[rows_a, columns_a]
+        counts = (rows_b - rows_a) * (columns_b - columns_a)
+        return (total / counts[..., None]).astype(np.float32)
 
 
-def _area_axis(values: np.ndarray, size: int, axis: int) -> np.ndarray:
-    length = values.shape[axis]
-    index = np.arange(size)
-    start = (index * length) // size
-    end = -((-(index + 1) * length) // size)
-    sums = np.cumsum(values, axis=axis, dtype=np.float64)
-    sums = np.concatenate([np.zeros_like(np.take(sums, [0], axis=axis)), sums], axis=axis)
-    counts = (end - start).astype(np.float64)
-    shape = [1] * values.ndim
-    shape[axis] = size
-    return (np.take(sums, end, axis=axis) - np.take(sums, start, axis=axis)) / counts.reshape(shape)
+def _bins(start: np.ndarray, end: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive pooling's bins of [start, end) into ``size`` cells, per row: (first, one past the last) indices."""
+    length = end - start
+    index = np.arange(size)[None, :]
+    return start + (index * length) // size, start - ((-(index + 1) * length) // size)
 
 
 def _normalized(pixels: np.ndarray) -> np.ndarray:
@@ -333,7 +354,7 @@ def _sane(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return boxes[(box_width > 0) & (box_height > 0) & (box_width <= limit) & (box_height <= limit)]
 
 
-def _crops(pixels: np.ndarray, boxes: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+def _crops(pixels: np.ndarray, sampler: AreaSampler, boxes: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Each box's pixels (clipped to the image, as MTCNN's ``pad``) resized to side x side, normalised; boxes that
     leave no pixel inside the image are dropped with their crops."""
     height, width = pixels.shape[:2]
@@ -343,11 +364,10 @@ def _crops(pixels: np.ndarray, boxes: np.ndarray, side: int) -> tuple[np.ndarray
     x1 = np.trunc(np.clip(boxes[:, 2], -1, width)).astype(np.int64)
     y1 = np.trunc(np.clip(boxes[:, 3], -1, height)).astype(np.int64)
     inside = (x1 > x0 - 1) & (y1 > y0 - 1)
-    crops = [area_resize(pixels[top - 1:bottom, left - 1:right], side, side)
-             for left, top, right, bottom in zip(x0[inside], y0[inside], x1[inside], y1[inside])]
-    if not crops:
+    if not inside.any():
         return np.zeros((0, 3, side, side), np.float32), boxes[:0]
-    return _normalized(np.stack(crops)), boxes[inside]
+    rectangles = np.stack([x0[inside] - 1, y0[inside] - 1, x1[inside], y1[inside]], axis=1)
+    return _normalized(sampler.crops(rectangles, side, side)), boxes[inside]
 
 
 def _checked(outputs: Sequence[np.ndarray], count: int, rows: int) -> list[np.ndarray]:
