@@ -1,0 +1,435 @@
+"""Faces first (issue 23): the MTCNN face detector on onnxruntime against facenet-pytorch's own MTCNN, the crops, the
+per-face verdicts, the package's face files, and the hostile cases.
+
+The reference (tests/face_reference.py) is facenet-pytorch 2.6.0 run in torch at test time, from its wheel fetched
+with pip download --no-deps; its answers are cached in the test cache by image, so only a first run pays for them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from face_reference import facenet_wheel, reference_faces, reference_mtcnn
+from PIL import Image
+
+from fastvit_detect import ChecksumMismatchError, Detector, MissingFileError
+from fastvit_detect.build import samples
+from fastvit_detect.cli import main as cli_main
+from fastvit_detect.errors import InvalidOptionError, MissingFaceDetectorError
+from fastvit_detect.faces import (
+    DEFAULT_MAX_SIDE,
+    FACE_FILES,
+    Face,
+    FaceDetector,
+    FaceOptions,
+    face_crop,
+    nms,
+)
+from fastvit_detect.package import MANIFEST_FILE
+
+# Where the sample photos' faces are (found by the reference), to paste them into scenes of our own.
+ASTRONAUT_FACE = (150, 30, 300, 210)  # x0, y0, x1, y1 of a patch around the face, with some hair and neck
+HOPPER_FACE = (140, 80, 390, 380)
+
+
+def _photo(name: str) -> Image.Image:
+    found = [path for path in samples.sample_photos() if path.name == name]
+    if not found:
+        pytest.skip(f"{name} isn't installed here")
+    with Image.open(found[0]) as image:
+        return image.convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def faces_package(packages) -> Path:
+    return packages["vit-faces"]
+
+
+@pytest.fixture(scope="module")
+def detector(faces_package) -> Detector:
+    return Detector.load(faces_package)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    pytest.importorskip("torch")
+    wheel = facenet_wheel()
+    if wheel is None:
+        pytest.skip("facenet-pytorch's wheel can't be downloaded here")
+    return reference_mtcnn(wheel)
+
+
+def _iou(a, b) -> float:
+    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _scene(width: int, height: int, placements) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
+    """A photo background with face patches pasted at (x, y, patch side scale); returns the scene and where each
+    pasted patch lies."""
+    scene = _photo("rocket.jpg").resize((width, height), Image.Resampling.BILINEAR)
+    astronaut = _photo("astronaut.png").crop(ASTRONAUT_FACE)
+    hopper = _photo("grace_hopper.jpg").crop(HOPPER_FACE)
+    where = []
+    for index, (x, y, scale) in enumerate(placements):
+        patch = (astronaut, hopper)[index % 2]
+        patch = patch.resize((round(patch.width * scale), round(patch.height * scale)), Image.Resampling.LANCZOS)
+        scene.paste(patch, (x, y))
+        where.append((x, y, x + patch.width, y + patch.height))
+    return scene, where
+
+
+COMPOSITION = [(40, 40, 0.35), (300, 60, 0.6), (620, 300, 1.0), (1000, 80, 0.8), (150, 420, 0.5)]
+
+
+def _compositions() -> dict[str, Image.Image]:
+    scene, _ = _scene(1400, 900, COMPOSITION)
+    return {"scene": scene, "scene-grayscale": scene.convert("L").convert("RGB")}
+
+
+# --- fidelity against facenet-pytorch's MTCNN ------------------------------------------------------------------
+
+
+def _assert_matches_reference(ours: list[Face], reference_answer, name: str) -> None:
+    boxes, scores, points = reference_answer
+    assert len(ours) == len(boxes), f"{name}: {len(ours)} faces, the reference finds {len(boxes)}"
+    unmatched = list(range(len(boxes)))
+    for face in ours:
+        best = max(unmatched, key=lambda index: _iou(face.box, boxes[index]))
+        assert _iou(face.box, boxes[best]) >= 0.9, f"{name}: {face.box} vs the reference's {boxes[best]}"
+        assert face.landmarks is not None
+        assert np.abs(np.asarray(face.landmarks) - points[best]).max() <= 3.0, name
+        assert abs(face.score - scores[best]) < 0.01, name
+        unmatched.remove(best)
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "grace_hopper.jpg", "coffee.png", "chelsea.png", "rocket.jpg",
+                                  "hubble_deep_field.jpg"])
+def test_sample_photos_match_the_reference(detector, reference, name):
+    """Same faces as facenet-pytorch's MTCNN on the photos that ship in packages, faces or none (the no-face photos
+    must give what the reference gives: none)."""
+    picture = _photo(name)
+    if max(picture.size) > DEFAULT_MAX_SIDE:
+        pytest.skip("compared on images under the detection cap; larger ones below")
+    ours = detector.detect_faces(picture)
+    _assert_matches_reference(ours, reference_faces(reference, picture), name)
+    if name in ("astronaut.png", "grace_hopper.jpg"):
+        assert len(ours) == 1
+    elif name != "chelsea.png":  # a cat's face may count as one; the reference decides, above
+        assert ours == []
+
+
+@pytest.mark.parametrize("name", ["scene", "scene-grayscale"])
+def test_compositions_match_the_reference(detector, reference, name):
+    picture = _compositions()[name]
+    _assert_matches_reference(detector.detect_faces(picture), reference_faces(reference, picture), name)
+
+
+def test_composition_recall(detector):
+    """Recall >= 0.95 at IoU 0.5 over the pasted faces of 40 px and more (the issue's target), no false faces."""
+    scene, patches = _scene(1400, 900, COMPOSITION)
+    astronaut_face = (181 - 150, 62 - 30, 268 - 150, 172 - 30)  # the face inside its patch (reference's box)
+    hopper_face = (174 - 140, 120 - 80, 356 - 140, 341 - 80)
+    truths = []
+    for index, ((x0, y0, _, _), (_, _, scale)) in enumerate(zip(patches, COMPOSITION)):
+        face = (astronaut_face, hopper_face)[index % 2]
+        truths.append(tuple(value * scale + offset for value, offset in zip(face, (x0, y0, x0, y0))))
+    found = detector.detect_faces(scene)
+    hits = sum(any(_iou(face.box, truth) >= 0.5 for face in found) for truth in truths)
+    assert min(truth[2] - truth[0] for truth in truths) >= 30
+    assert hits / len(truths) >= 0.95
+    assert len(found) == len(truths)
+
+
+def test_exif_rotated_copy_gives_the_upright_boxes(detector, reference):
+    """A JPEG stored sideways with an EXIF orientation: boxes in the upright image's pixels, as the reference finds
+    them on the upright pixels the file decodes to."""
+    upright = _photo("grace_hopper.jpg")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6 turns this back upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    ours = detector.detect_faces(buffer.getvalue())
+    decoded = Image.open(io.BytesIO(buffer.getvalue()))
+    from PIL import ImageOps
+
+    decoded = ImageOps.exif_transpose(decoded).convert("RGB")
+    assert decoded.size == upright.size
+    _assert_matches_reference(ours, reference_faces(reference, decoded), "exif-rotated")
+    assert len(ours) == 1
+
+
+def test_large_photo_is_detected_on_a_downscaled_copy(detector, reference):
+    """A 2800 px scene is detected on its 1600 px copy; boxes come back in the original's pixels, equal to the
+    reference's on that copy scaled back."""
+    scene, _ = _scene(1400, 900, COMPOSITION)
+    large = scene.resize((2800, 1800), Image.Resampling.BICUBIC)
+    ours = detector.detect_faces(large)
+    copy = large.resize((1600, round(1800 * 1600 / 2800)), Image.Resampling.BOX)
+    boxes, scores, points = reference_faces(reference, copy)
+    back = np.array([large.width / copy.width, large.height / copy.height])
+    _assert_matches_reference(ours, (boxes * np.tile(back, 2), scores, points * back), "2800 px scene")
+
+
+# --- crops and verdicts ------------------------------------------------------------------------------------------
+
+
+def test_predict_faces_classifies_every_crop_in_one_batch(detector, monkeypatch):
+    scene, _ = _scene(1400, 900, COMPOSITION)
+    calls = []
+    run = detector.session.run
+
+    def counting(pixels):
+        calls.append(len(pixels))
+        return run(pixels)
+
+    monkeypatch.setattr(detector.session, "run", counting)
+    result = detector.predict_faces(scene)
+    assert calls == [len(result.faces)] and len(result.faces) == len(COMPOSITION)
+    # each face's verdict is its crop's, and the face with the highest p(fake) decides
+    for face, prediction in result.faces:
+        crop = face_crop(scene, face, 0.3)
+        assert crop.shape[0] == crop.shape[1] == round(1.3 * face.size)
+        alone = detector.predict(crop)
+        assert alone.label == prediction.label and abs(alone.score - prediction.score) < 1e-5
+    fakest = max(range(len(result.faces)), key=lambda i: result.faces[i][1].fake_probability)
+    assert result.decisive == fakest and result.prediction is result.faces[fakest][1]
+    assert result.decided_by == "face"
+    record = json.loads(json.dumps(result.to_dict()))
+    assert len(record["faces"]) == len(COMPOSITION) and record["label"] == result.prediction.label
+
+
+def test_no_face_falls_back_to_the_whole_image_or_none(detector):
+    coffee = _photo("coffee.png")
+    whole = detector.predict_faces(coffee)
+    assert whole.faces == [] and whole.decided_by == "whole-image"
+    assert whole.prediction is not None and whole.prediction.label == detector.predict(coffee).label
+    none = detector.predict_faces(coffee, no_face="none")
+    assert none.prediction is None and none.decided_by == "none"
+    with pytest.raises(InvalidOptionError):
+        detector.predict_faces(coffee, no_face="skip")
+
+
+@pytest.mark.parametrize("options", [{"margin": float("nan")}, {"margin": -1}, {"max_faces": 0},
+                                     {"min_face_size": 5}, {"max_side": 10**9}, {"max_faces": True}])
+def test_face_options_are_checked(detector, options):
+    with pytest.raises(InvalidOptionError):
+        detector.predict_faces(_photo("astronaut.png"), **options)
+
+
+def test_faces_at_the_border_get_padded_crops(detector):
+    """A face cut by the image's corner: its crop is the full square, black where the image ends."""
+    astronaut = _photo("astronaut.png")
+    corner = astronaut.crop((200, 90, 456, 346))  # the face reaches past the top-left corner
+    result = detector.predict_faces(corner)
+    assert result.faces, "the cut face is still found"
+    face = result.faces[0][0]
+    assert face.box[0] < 0 or face.box[1] < 0 or face.box[0] - 0.15 * face.size < 0
+    crop = face_crop(corner, face, 0.3)
+    assert crop.shape == (round(1.3 * face.size), round(1.3 * face.size), 3)
+    assert (crop[0] == 0).all() or (crop[:, 0] == 0).all()  # padding, not pixels from the other side
+
+
+@pytest.mark.parametrize("box", [(-500.0, -500.0, -400.0, -400.0), (1e9, 1e9, 1e9 + 10, 1e9 + 10),
+                                 (10.0, 10.0, 10.0, 10.0), (-5.0, 3.0, 70.0, 60.0)])
+def test_crops_never_read_out_of_bounds(box):
+    picture = Image.new("RGB", (64, 48), (200, 100, 50))
+    crop = face_crop(picture, Face(box, 0.99), 0.3)
+    assert crop.ndim == 3 and crop.shape[0] == crop.shape[1] >= 1 and crop.dtype == np.uint8
+
+
+@pytest.mark.parametrize("box", [(0.0, 0.0, 1e12, 1e12), (float("nan"), 0.0, 10.0, 10.0),
+                                 (0.0, 0.0, float("inf"), 5.0)])
+def test_a_box_no_face_can_have_is_refused_not_allocated(box):
+    with pytest.raises(InvalidOptionError, match="isn't a face"):
+        face_crop(Image.new("RGB", (64, 48)), Face(box, 0.99), 0.3)
+
+
+# --- hostile cases ------------------------------------------------------------------------------------------------
+
+
+def _wrapped(detector: Detector, **patches) -> FaceDetector:
+    nets = detector.face_detector
+    return FaceDetector(patches.get("pnet", nets.pnet), patches.get("rnet", nets.rnet), patches.get("onet", nets.onet))
+
+
+def test_degenerate_boxes_from_the_nets_are_dropped(detector):
+    """NaN, infinite, huge and inverted boxes and non-finite landmarks from the nets' own outputs never become
+    faces, nor crash the crops: broken everywhere, no face; broken in some rows, only sound faces."""
+    picture = _photo("astronaut.png")
+    nets = detector.face_detector
+
+    def onet_with(rows, change):
+        def broken(crops):
+            regression, landmarks, probabilities = (output.copy() for output in nets.onet(crops))
+            change(rows, regression, landmarks)
+            return [regression, landmarks, probabilities]
+        return broken
+
+    def rnet_with(rows, value):
+        def broken(crops):
+            regression, probabilities = (output.copy() for output in nets.rnet(crops))
+            regression[rows, 1] = value
+            return [regression, probabilities]
+        return broken
+
+    def nan_box(rows, regression, landmarks):
+        regression[rows] = np.nan
+
+    def inverted(rows, regression, landmarks):
+        regression[rows, 2] = -50.0  # x1 far left of x0
+
+    def infinite_landmark(rows, landmarks_regression, landmarks):
+        landmarks[rows, 3] = np.inf
+
+    for change in (nan_box, inverted, infinite_landmark):
+        assert _wrapped(detector, onet=onet_with(slice(None), change)).detect(picture) == [], change.__name__
+    for value in (np.nan, np.inf, 1e30, -1e30):
+        assert _wrapped(detector, rnet=rnet_with(slice(None), value)).detect(picture) == [], value
+    for patched in (_wrapped(detector, onet=onet_with(slice(0, None, 2), nan_box)),
+                    _wrapped(detector, onet=onet_with(slice(1, None, 2), inverted),
+                             rnet=rnet_with(slice(0, None, 3), np.inf))):
+        for face in patched.detect(picture):
+            assert np.isfinite(face.box).all() and face.box[2] > face.box[0] and face.box[3] > face.box[1]
+            assert np.isfinite(face.landmarks).all()
+
+    def nan_pnet(pixels):
+        regression, probabilities = nets.pnet(pixels)
+        return [regression, np.full_like(probabilities, np.nan)]
+
+    assert _wrapped(detector, pnet=nan_pnet).detect(picture) == []
+
+
+def test_hundreds_of_faces_are_capped_in_bounded_time(detector):
+    """A wall of 300 faces: at most max_faces come back, the most confident first, in seconds (unbounded NMS over
+    every proposal would take minutes)."""
+    patch = _photo("astronaut.png").crop(ASTRONAUT_FACE).resize((50, 60))
+    wall = Image.new("RGB", (20 * 50, 15 * 60))
+    for row in range(15):
+        for column in range(20):
+            wall.paste(patch, (column * 50, row * 60))
+    started = time.process_time()
+    faces = detector.detect_faces(wall)
+    assert time.process_time() - started < 60
+    assert len(faces) == 64
+    assert [face.score for face in faces] == sorted((face.score for face in faces), reverse=True)
+    assert len(detector.detect_faces(wall, max_faces=5)) == 5
+
+
+def test_a_30_px_face_in_a_12_mp_photo(detector):
+    """A 4000x3000 photo whose only face is 30 px: detected on the 1600 px copy (where it is 12 px, P-net's window),
+    found where it was pasted, in the original's pixels, and nothing else is, in bounded time."""
+    background = np.random.default_rng(0).normal(128, 20, (300, 400, 3)).clip(0, 255).astype(np.uint8)
+    photo = Image.fromarray(background).resize((4000, 3000), Image.Resampling.BILINEAR)
+    face = _photo("astronaut.png").crop(ASTRONAUT_FACE)
+    scale = 30 / 87  # the astronaut's face box is 87 px wide in its photo
+    face = face.resize((round(face.width * scale), round(face.height * scale)), Image.Resampling.LANCZOS)
+    photo.paste(face, (2500, 1200))
+    truth = (2500 + 31 * scale, 1200 + 32 * scale, 2500 + 118 * scale, 1200 + 142 * scale)
+    started = time.process_time()
+    found = detector.detect_faces(photo)
+    assert time.process_time() - started < 60
+    assert len(found) == 1 and _iou(found[0].box, truth) >= 0.5, found
+
+
+def test_a_tampered_face_file_is_refused(faces_package, tmp_path):
+    import shutil
+
+    copy = tmp_path / "package"
+    shutil.copytree(faces_package, copy)
+    graph = copy / FACE_FILES["onet"]
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    detector = Detector.load(copy)
+    with pytest.raises(ChecksumMismatchError, match=FACE_FILES["onet"]):
+        detector.predict_faces(_photo("astronaut.png"))
+
+
+def test_a_package_without_the_face_detector_raises_a_typed_error(vit_package, faces_package, tmp_path):
+    detector = Detector.load(vit_package)
+    with pytest.raises(MissingFaceDetectorError, match=FACE_FILES["pnet"]) as caught:
+        detector.predict_faces(_photo("astronaut.png"))
+    assert isinstance(caught.value, MissingFileError)
+    assert detector.predict(_photo("astronaut.png")).label in detector.labels  # predict is unchanged
+
+    import shutil
+
+    copy = tmp_path / "package"
+    shutil.copytree(faces_package, copy)
+    (copy / FACE_FILES["rnet"]).unlink()
+    with pytest.raises(MissingFaceDetectorError, match=FACE_FILES["rnet"]):
+        Detector.load(copy).detect_faces(_photo("astronaut.png"))
+
+
+def test_the_manifest_vouches_for_the_face_files(faces_package):
+    manifest = json.loads((faces_package / MANIFEST_FILE).read_text())
+    section = manifest["faces"]
+    for net, name in FACE_FILES.items():
+        entry = section["files"][net]
+        assert entry["file"] == name and entry["size_bytes"] == (faces_package / name).stat().st_size
+        assert len(entry["sha256"]) == 64
+    assert (faces_package / section["license_file"]).read_text().count("MIT License") == 1
+    assert "expects_faces" not in manifest
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=np.float32)
+    assert nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5).tolist() == [1, 2]
+
+
+def test_face_options_defaults():
+    options = FaceOptions()
+    assert (options.min_face_size, options.max_faces, options.max_side, options.margin) == (20, 64, 1600, 0.3)
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+
+def test_cli_predict_faces(faces_package, tmp_path, capsys):
+    scene, _ = _scene(1400, 900, COMPOSITION)
+    group = tmp_path / "group.jpg"
+    scene.save(group, quality=95)
+    assert cli_main(["predict", "--model", str(faces_package), "--faces", str(group)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[1] for line in lines] == ["face"] * len(COMPOSITION) + ["image"]
+    assert all("[" in line and "p(fake)" in line for line in lines[:-1])
+    assert "decides" in lines[-1]
+    assert cli_main(["predict", "--model", str(faces_package), "--faces", "--json", str(group)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["image"] == str(group) and len(record["faces"]) == len(COMPOSITION)
+    assert all(len(face["box"]) == 4 and face["label"] in ("Fake", "Real") for face in record["faces"])
+
+
+def test_cli_predict_faces_needs_the_face_detector(vit_package, tmp_path, capsys):
+    image = tmp_path / "a.png"
+    _photo("astronaut.png").save(image)
+    assert cli_main(["predict", "--model", str(vit_package), "--faces", str(image)]) != 0
+    assert FACE_FILES["pnet"] in capsys.readouterr().err
+
+
+def test_a_package_that_expects_faces_predicts_by_face(faces_package, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "package"
+    shutil.copytree(faces_package, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["expects_faces"] = True
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    image = tmp_path / "a.png"
+    _photo("astronaut.png").save(image)
+    assert cli_main(["predict", "--model", str(copy), str(image)]) == 0
+    assert " face 1 [" in capsys.readouterr().out
+    assert cli_main(["predict", "--model", str(copy), "--no-faces", str(image)]) == 0
+    assert " face 1 [" not in capsys.readouterr().out
+    assert cli_main(["info", str(copy)]) == 0
+    assert "face detector mtcnn (3 graphs); the model expects face crops" in capsys.readouterr().out
