@@ -371,6 +371,31 @@ def test_a_package_without_the_face_detector_raises_a_typed_error(vit_package, f
         Detector.load(copy).detect_faces(_photo("astronaut.png"))
 
 
+def test_another_graph_in_place_of_a_face_net_is_a_typed_error(faces_package, tmp_path):
+    """With verification off (or a manifest rewritten to match), another model's graph where the P-net belongs is an
+    IncompatibleModelError, and bytes that aren't a graph an InvalidPackageError, not onnxruntime's exceptions."""
+    import shutil
+
+    from fastvit_detect.errors import IncompatibleModelError, InvalidPackageError
+    from fastvit_detect.faces import open_face_detector
+    from fastvit_detect.package import ModelPackage
+
+    onnx = pytest.importorskip("onnx")
+    copy = tmp_path / "package"
+    shutil.copytree(faces_package, copy)
+    tensor = onnx.helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, [1, 3, 224, 224])
+    output = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3, 224, 224])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["pixel_values"], ["logits"])], "other",
+                                   [tensor], [output])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+              str(copy / FACE_FILES["pnet"]))
+    with pytest.raises(IncompatibleModelError, match="pnet"):
+        open_face_detector(ModelPackage.open(copy), verify=False)
+    (copy / FACE_FILES["pnet"]).write_bytes(b"not a graph")
+    with pytest.raises(InvalidPackageError, match="pnet"):
+        open_face_detector(ModelPackage.open(copy), verify=False)
+
+
 def test_the_manifest_vouches_for_the_face_files(faces_package):
     manifest = json.loads((faces_package / MANIFEST_FILE).read_text())
     section = manifest["faces"]

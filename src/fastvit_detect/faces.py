@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidOptionError, InvalidPackageError, MissingFaceDetectorError, ModelOutputError
+from .errors import (
+    IncompatibleModelError,
+    InvalidOptionError,
+    InvalidPackageError,
+    MissingFaceDetectorError,
+    ModelOutputError,
+)
 from .manifest import VariantEntry, parse_file_entry
 from .options import check_finite, check_whole
 from .package import MANIFEST_FILE, ModelPackage, Variant
@@ -119,14 +125,26 @@ class FaceDetector:
 
         from .session import session_options
 
-        def net(path: Path) -> Net:
-            session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        def net(name: str, path: Path) -> Net:
+            try:
+                session = ort.InferenceSession(str(path), session_options(threads),
+                                               providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own types for a file that isn't a usable graph
+                raise InvalidPackageError(f"{path}: the face detector's {name} isn't a usable ONNX graph: "
+                                          f"{exc}") from exc
+            inputs = session.get_inputs()
+            if [item.name for item in inputs] != ["input"] or len(inputs[0].shape) != 4:
+                raise IncompatibleModelError(f"{path}: the face detector's {name} must take one NCHW 'input', it takes "
+                                             f"{[(item.name, item.shape) for item in inputs]}")
 
             def run(pixels: np.ndarray) -> list[np.ndarray]:
-                return [np.asarray(output) for output in session.run(None, {"input": pixels})]
+                try:
+                    return [np.asarray(output) for output in session.run(None, {"input": pixels})]
+                except Exception as exc:  # the graph's failure on an input: the model's fault, never a verdict
+                    raise ModelOutputError(f"the face detector's {name} failed on {pixels.shape}: {exc}") from exc
             return run
 
-        return cls(net(paths["pnet"]), net(paths["rnet"]), net(paths["onet"]))
+        return cls(*(net(name, paths[name]) for name in ("pnet", "rnet", "onet")))
 
     def detect(self, image: Image.Image, options: FaceOptions = FaceOptions()) -> list[Face]:
         """The faces in an upright RGB image, the most confident first."""
