@@ -470,3 +470,47 @@ def test_a_package_that_expects_faces_predicts_by_face(faces_package, tmp_path, 
     assert " face 1 [" not in capsys.readouterr().out
     assert cli_main(["info", str(copy)]) == 0
     assert "face detector mtcnn (3 graphs); the model expects face crops" in capsys.readouterr().out
+
+
+# --- export --------------------------------------------------------------------------------------------------------
+
+
+def test_export_flags_reach_the_settings(tmp_path):
+    from fastvit_detect.build.export import ExportSettings, build_parser
+
+    args = build_parser().parse_args(["ckpt", "-o", str(tmp_path / "out"), "--expects-faces", "--faces-wheel",
+                                      str(tmp_path / "w.whl")])
+    settings = ExportSettings(**vars(args))
+    assert settings.expects_faces and not settings.faces and settings.faces_wheel == tmp_path / "w.whl"
+
+
+def test_a_wheel_with_other_bytes_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    from fastvit_detect.build import ExportError
+    from fastvit_detect.build.faces import WHEEL_NAME, check_wheel
+
+    wheel = facenet_wheel()
+    if wheel is None:
+        pytest.skip("facenet-pytorch's wheel can't be downloaded here")
+    other = tmp_path / WHEEL_NAME
+    data = bytearray(wheel.read_bytes())
+    data[-100] ^= 1
+    other.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="refusing its weights"):
+        check_wheel(other)
+    with pytest.raises(ExportError, match="no such file"):
+        check_wheel(tmp_path / "absent.whl")
+    assert check_wheel(wheel) == wheel
+
+
+def test_expects_faces_is_written_when_asked(tmp_path):
+    pytest.importorskip("torch")
+    from fastvit_detect.build import export
+
+    wheel = facenet_wheel()
+    if wheel is None:
+        pytest.skip("facenet-pytorch's wheel can't be downloaded here")
+    section = export._add_faces(tmp_path, wheel, True, lambda _text: None)
+    assert section["expects_faces"] is True
+    assert sorted(section["faces"]["files"]) == sorted(FACE_FILES)
+    assert max(section["faces"]["validation"]["max_abs_output_diff"].values()) < 1e-4
