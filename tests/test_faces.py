@@ -514,3 +514,26 @@ def test_expects_faces_is_written_when_asked(tmp_path):
     assert section["expects_faces"] is True
     assert sorted(section["faces"]["files"]) == sorted(FACE_FILES)
     assert max(section["faces"]["validation"]["max_abs_output_diff"].values()) < 1e-4
+
+
+@pytest.mark.parametrize("size", [(1, 1), (11, 11), (1, 5000), (5000, 3), (12, 40)])
+def test_images_too_small_for_a_face_have_none(detector, size):
+    """No pyramid level fits: no face, no error; predict_faces falls back to the whole image."""
+    picture = Image.new("RGB", size, (120, 90, 60))
+    assert detector.detect_faces(picture) == []
+    assert detector.predict_faces(picture).decided_by == "whole-image"
+
+
+@pytest.mark.parametrize("convert", [lambda image: image.convert("L"), lambda image: image.convert("RGBA"),
+                                     lambda image: np.asarray(image.convert("L")), lambda image: np.asarray(image)])
+def test_any_accepted_input_kind_finds_the_face(detector, convert):
+    faces = detector.detect_faces(convert(_photo("astronaut.png")))
+    assert len(faces) == 1 and _iou(faces[0].box, (181.1, 62.2, 267.7, 172.1)) > 0.8
+
+
+def test_bad_inputs_are_typed_errors(detector, tmp_path):
+    from fastvit_detect import InputError
+
+    for bad in (b"", b"not an image", tmp_path / "absent.jpg", np.zeros((4, 4, 3), dtype=np.float32)):
+        with pytest.raises(InputError):
+            detector.predict_faces(bad)
