@@ -147,7 +147,9 @@ class FaceDetector:
         return cls(*(net(name, paths[name]) for name in ("pnet", "rnet", "onet")))
 
     def detect(self, image: Image.Image, options: FaceOptions = FaceOptions()) -> list[Face]:
-        """The faces in an upright RGB image, the most confident first."""
+        """The faces in an upright image (converted to RGB if it isn't), the most confident first."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         copy = image
         if options.max_side is not None and max(image.size) > options.max_side:
             scale = options.max_side / max(image.size)
