@@ -537,3 +537,34 @@ def test_bad_inputs_are_typed_errors(detector, tmp_path):
     for bad in (b"", b"not an image", tmp_path / "absent.jpg", np.zeros((4, 4, 3), dtype=np.float32)):
         with pytest.raises(InputError):
             detector.predict_faces(bad)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's warnings about the corrupt files it still opens
+def test_the_fuzz_corpus_through_predict_faces_has_no_escapes(detector, tmp_path):
+    """Every hostile array, PIL image and object of the fuzz campaign (tests/fuzzing.py), and its first mutated and
+    resized files (bombs left to the campaign's memory-limited workers), through predict_faces: a FacesResult or a
+    FastVitDetectError, never another exception."""
+    import fuzzing
+
+    from fastvit_detect import FastVitDetectError
+    from fastvit_detect.detector import FacesResult
+
+    context = fuzzing.Context(fuzzing.saved(fuzzing.picture(), "PNG"), fuzzing.saved(fuzzing.picture(), "JPEG"),
+                              tmp_path)
+    indices = [*fuzzing.coverage_indices(), *range(120)]
+    outcomes: dict[str, int] = {}
+    for index in indices:
+        plan, rng = fuzzing.plan(0, index, with_model=False)
+        if plan.family == "bomb":
+            continue
+        case = fuzzing.build_case(plan, rng, context)
+        try:
+            result = detector.predict_faces(case.input)
+            assert isinstance(result, FacesResult)
+            outcome = "ok"
+        except FastVitDetectError as exc:
+            outcome = type(exc).__name__
+        finally:
+            case.close()
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert sum(outcomes.values()) > 100 and outcomes.get("ok", 0) > 10, outcomes
