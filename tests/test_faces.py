@@ -510,7 +510,10 @@ def test_expects_faces_is_written_when_asked(tmp_path):
     wheel = facenet_wheel()
     if wheel is None:
         pytest.skip("facenet-pytorch's wheel can't be downloaded here")
-    section = export._add_faces(tmp_path, wheel, True, lambda _text: None)
+    from fastvit_detect.build.chatter import library_warnings_hidden
+
+    with library_warnings_hidden():  # as export_package runs it: torch's exporter chatter hidden
+        section = export._add_faces(tmp_path, wheel, True, lambda _text: None)
     assert section["expects_faces"] is True
     assert sorted(section["faces"]["files"]) == sorted(FACE_FILES)
     assert max(section["faces"]["validation"]["max_abs_output_diff"].values()) < 1e-4
