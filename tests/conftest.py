@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from face_reference import facenet_wheel
 from fixture_models import brightness_decides
 from PIL import Image
 
@@ -73,6 +74,7 @@ class FixtureModel:
     seed: int = 0
     gain: float = 1.0  # the head's: wider margins, more saturated probabilities (fixture_models.py)
     openvino: bool = False  # the package also holds the openvino-int8 variant (export --openvino)
+    faces: bool = False  # the package also holds the face detector (export --faces; tests/test_faces.py)
 
 
 # Every family of preprocessing, both label orders, both architectures, and more than two labels. On the sample
@@ -87,6 +89,8 @@ FIXTURE_MODELS = {
     "multi": FixtureModel(VIT_PROCESSOR, ("Real", "Unsure", "Fake"), (-1, 0, 1), (-0.5, 0.25), seed=4, gain=2.0),
     # The vit model again, exported with --openvino: both runtimes on the same weights (tests/test_openvino.py).
     "vit-openvino": FixtureModel(VIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.2,), openvino=True),
+    # The vit model again, exported with --faces (no int8: the face tests need one variant only).
+    "vit-faces": FixtureModel(VIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.2,), faces=True),
 }
 
 # Exported fixture packages are cached here when set (the mutation check points it at a fresh temporary folder and
@@ -121,7 +125,14 @@ def _build_fixture(kind: str, directory: Path) -> None:
         adjust=lambda torch_model: brightness_decides(torch_model, model.slopes, model.thresholds, model.gain))
     if model.openvino:
         pytest.importorskip("nncf")
-    EXPORT.export_package(EXPORT.ExportSettings(str(checkpoint), directory / "package", openvino=model.openvino),
+    wheel = None
+    if model.faces:
+        wheel = facenet_wheel()
+        if wheel is None:
+            pytest.skip("facenet-pytorch's wheel (the face detector's weights) can't be downloaded here")
+    EXPORT.export_package(EXPORT.ExportSettings(str(checkpoint), directory / "package", openvino=model.openvino,
+                                                faces=model.faces, faces_wheel=wheel,
+                                                quantize="none" if model.faces else EXPORT.ExportSettings.quantize),
                           log=lambda _text: None)
 
 

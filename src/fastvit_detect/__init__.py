@@ -7,7 +7,7 @@
     'Real'
 """
 
-from .detector import Detector, ImageResult, Prediction
+from .detector import Detector, FacesResult, ImageResult, Prediction
 from .errors import (
     BackendError,
     ChecksumMismatchError,
@@ -28,6 +28,7 @@ from .errors import (
     InvalidOptionError,
     InvalidPackageError,
     MissingExtraError,
+    MissingFaceDetectorError,
     MissingFileError,
     ModelOutputError,
     ModelPackageError,
@@ -40,6 +41,7 @@ from .errors import (
     WorkerCrashError,
 )
 from .explain import Explanation
+from .faces import Face
 from .package import ModelPackage
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preprocessor, load_image
 
@@ -53,6 +55,8 @@ __all__ = [
     "Detector",
     "EmptyImageError",
     "Explanation",
+    "Face",
+    "FacesResult",
     "FastVitDetectError",
     "HubAuthError",
     "HubDownloadError",
@@ -70,6 +74,7 @@ __all__ = [
     "InvalidOptionError",
     "InvalidPackageError",
     "MissingExtraError",
+    "MissingFaceDetectorError",
     "MissingFileError",
     "ModelOutputError",
     "ModelPackage",

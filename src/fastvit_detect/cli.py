@@ -34,6 +34,16 @@ from .explain import (
     Explanation,
     resolve_options,
 )
+from .faces import (
+    DEFAULT_MARGIN,
+    DEFAULT_MAX_FACES,
+    DEFAULT_MIN_FACE_SIZE,
+    FACE_FILES,
+    FACES_SECTION,
+    MAX_MAX_FACES,
+    MAX_MIN_FACE_SIZE,
+    expects_faces,
+)
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
 from .layout import MAX_WORKERS, Layout, cache_path, choose_layout, read_calibration
@@ -157,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", metavar="DIR", default=None,
                          help="also write a heat-map overlay per image into DIR (see `explain`)")
     add_explain_arguments(predict.add_argument_group("explanations (with --explain DIR)"))
+    add_face_arguments(predict.add_argument_group("faces (the package needs export --faces)"))
     predict.set_defaults(handler=run_predict)
 
     explain = commands.add_parser(
@@ -400,6 +411,10 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     writer = OverlayWriter(args.explain, args) if args.explain is not None else None
     detector = load_detector(args)
     note_intended_use(detector.package)
+    if args.faces or (expects_faces(detector.package) and not args.no_faces):
+        if writer is not None:
+            raise InvalidOptionError("--explain with faces isn't built yet; pass --no-faces to explain whole images")
+        return run_predict_faces(args, detector, out)
     started = time.perf_counter()
     results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
     elapsed = time.perf_counter() - started
@@ -427,6 +442,61 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
         file=sys.stderr,
     )
     return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def add_face_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--faces", action="store_true",
+                        help="find the faces, classify each face's crop, and decide the image by its faces (the "
+                             "default for a package whose model expects faces)")
+    parser.add_argument("--no-faces", action="store_true", help="classify whole images even if the model expects faces")
+    parser.add_argument("--margin", type=finite_number(0, 4), default=DEFAULT_MARGIN,
+                        help="a face crop's side is (1 + margin) x the face box's longer side (default %(default)s)")
+    parser.add_argument("--min-face-size", type=whole_number(12, MAX_MIN_FACE_SIZE), default=DEFAULT_MIN_FACE_SIZE,
+                        metavar="PX", help="smallest face searched for, in px of the detection copy (default "
+                                           "%(default)s)")
+    parser.add_argument("--max-faces", type=whole_number(1, MAX_MAX_FACES), default=DEFAULT_MAX_FACES, metavar="N",
+                        help="at most N faces per image, the most confident (default %(default)s)")
+
+
+def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO) -> int:
+    """``predict --faces``: one line per face (its box and verdict), then the image's verdict; ``--json``: one
+    record per image with its faces."""
+    detector.face_detector  # noqa: B018 - a package without the face detector fails before any image is read
+    started = time.perf_counter()
+    failed = 0
+    for image in args.images:
+        try:
+            result = detector.predict_faces(image, margin=args.margin, min_face_size=args.min_face_size,
+                                            max_faces=args.max_faces)
+        except (InputError, ModelOutputError) as exc:
+            failed += 1
+            if args.json:
+                print(json.dumps(result_record(image, exc)), file=out)
+            else:
+                print(f"{image}  ERROR  {type(exc).__name__}: {exc}", file=out)
+            continue
+        if args.json:
+            print(json.dumps({"image": image, **result.to_dict()}), file=out)
+            continue
+        for number, (face, prediction) in enumerate(result.faces, start=1):
+            box = ", ".join(f"{value:.0f}" for value in face.box)
+            print(f"{image}  face {number} [{box}] (detector score {face.score:.3f})  {describe(prediction)}",
+                  file=out)
+        if result.prediction is None:
+            print(f"{image}  image: no face found, no verdict", file=out)
+        else:
+            why = (f"face {result.decisive + 1} decides" if result.decisive is not None
+                   else "no face found: the whole image")
+            print(f"{image}  image ({len(result.faces)} face(s); {why})  {describe(result.prediction)}", file=out)
+    out.flush()
+    print(f"{len(args.images)} image(s), {failed} failed; variant {detector.variant.name}; faces first; "
+          f"{1000 * (time.perf_counter() - started) / max(1, len(args.images)):.1f} ms/image", file=sys.stderr)
+    return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def describe(prediction: Prediction) -> str:
+    fake = "" if prediction.fake_probability is None else f"  p(fake) {prediction.fake_probability:.4f}"
+    return f"{prediction.label} {prediction.score:.4f}{fake}"
 
 
 def note_intended_use(package: ModelPackage) -> None:
@@ -737,8 +807,18 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
             lines.extend(describe_quantization(entry.quantization))
         if entry is not None and entry.validation is not None:
             lines.append(f"           validation   {format_validation(entry.validation)}")
+    lines.append(f"faces        {describe_faces(package)}")
     print("\n".join(lines), file=out)
     return EXIT_OK
+
+
+def describe_faces(package: ModelPackage) -> str:
+    """info's faces line: whether the package holds the face detector and whether its model expects faces."""
+    section = package.manifest.extra.get(FACES_SECTION) if package.manifest is not None else None
+    held = (f"face detector {section.get('detector', '?')} ({len(FACE_FILES)} graphs)" if isinstance(section, dict)
+            else "no face detector (export --faces adds it)")
+    return held + ("; the model expects face crops: predict finds the faces by default" if expects_faces(package)
+                   else "")
 
 
 def layout_for(package: ModelPackage, variant: str) -> Layout:

@@ -14,6 +14,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
+from PIL import Image
 
 from .backends import Backend, OnnxRuntimeOptions, OpenVinoOptions, Session, backend_for
 from .choice import VariantChoice, choose_variant, unmet_cpu_requirement
@@ -22,8 +23,19 @@ from .errors import (
     FastVitDetectError,
     IncompatibleModelError,
     InputError,
+    InvalidOptionError,
     MissingExtraError,
     ModelOutputError,
+)
+from .faces import (
+    DEFAULT_MARGIN,
+    DEFAULT_MAX_FACES,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MIN_FACE_SIZE,
+    Face,
+    FaceDetector,
+    FaceOptions,
+    face_crop,
 )
 from .hub import fetch
 from .layout import Layout, cache_path, check_layout_arguments, choose_layout, read_calibration
@@ -35,6 +47,7 @@ from .preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageInput,
     Preprocessor,
+    decode_opened,
     describe_source,
 )
 from .session import MAX_THREADS, physical_core_count
@@ -44,7 +57,8 @@ if TYPE_CHECKING:
 
     from .explain import Explanation
 
-__all__ = ["Detector", "ImageResult", "Prediction", "VariantChoice", "choose_variant", "unmet_cpu_requirement"]
+__all__ = ["Detector", "FacesResult", "ImageResult", "Prediction", "VariantChoice", "choose_variant",
+           "unmet_cpu_requirement"]
 
 DEFAULT_BATCH_SIZE = 16
 MAX_BATCH_SIZE = 4096  # one session call's images; more is an operator's typo, not a batch
@@ -150,6 +164,7 @@ class Detector:
         self._backend = backend
         self._pool: SessionPool | None = None
         self._pool_lock = threading.Lock()
+        self._face_detector: FaceDetector | None = None  # opened by the first call that needs faces
 
     @classmethod
     def load(
@@ -498,3 +513,98 @@ class Detector:
             f"threads={self.session.threads}, layout={self.layout.workers}x{self.layout.threads_per_worker}, "
             f"runtime={self.runtime!r}, providers={self.session.providers}, choice={self.choice.describe()!r})"
         )
+
+    # --- faces first (see fastvit_detect.faces for the detector and the crop convention) ------------------------
+
+    @property
+    def face_detector(self) -> FaceDetector:
+        """The package's face detector, opened (and its files verified against the manifest) at first use.
+
+        Raises :class:`~fastvit_detect.errors.MissingFaceDetectorError` for a package exported without ``--faces``.
+        """
+        detector = self._face_detector
+        if detector is None:
+            from .faces import open_face_detector
+
+            with self._pool_lock:
+                detector = self._face_detector
+                if detector is None:
+                    detector = open_face_detector(self.package, threads=self.session.threads)
+                    self._face_detector = detector
+        return detector
+
+    def _upright_image(self, image: ImageInput) -> Image.Image:
+        """The image decoded as the classifier decodes it (caps, EXIF orientation, RGB), at full size."""
+        return decode_opened(self.preprocessor.open(image))
+
+    def detect_faces(self, image: ImageInput, *, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
+                     max_faces: int = DEFAULT_MAX_FACES, max_side: int | None = DEFAULT_MAX_SIDE) -> list[Face]:
+        """The faces in ``image``, the most confident first, boxes in the upright original's pixels.
+
+        ``min_face_size``: the smallest face searched for, in px of the detection copy, whose long side is at most
+        ``max_side`` (None: the full image); ``max_faces``: at most this many. See :mod:`fastvit_detect.faces`.
+        """
+        options = FaceOptions(min_face_size, max_faces, max_side)
+        detector = self.face_detector  # a package without faces fails before the image is decoded
+        return detector.detect(self._upright_image(image), options)
+
+    def predict_faces(self, image: ImageInput, *, margin: float = DEFAULT_MARGIN,
+                      min_face_size: int = DEFAULT_MIN_FACE_SIZE, max_faces: int = DEFAULT_MAX_FACES,
+                      max_side: int | None = DEFAULT_MAX_SIDE,
+                      no_face: Literal["whole-image", "none"] = "whole-image") -> FacesResult:
+        """Find the faces, classify each face's crop, and decide the image by its faces.
+
+        Each crop is a square of side ``(1 + margin)`` times the face box's longer side, about its centre, taken
+        from the original image (black beyond the border); all of an image's crops go through the classifier in one
+        batch. The image's verdict is the prediction of the face with the highest fake probability (for labels that
+        name no fake class: the most confident face's). With no face found, ``no_face="whole-image"`` classifies the
+        whole image as :meth:`predict` does; ``"none"`` leaves ``prediction`` None. Other options as
+        :meth:`detect_faces`.
+        """
+        if no_face not in ("whole-image", "none"):
+            raise InvalidOptionError(f"no_face must be 'whole-image' or 'none', got {no_face!r}")
+        options = FaceOptions(min_face_size, max_faces, max_side, margin)
+        detector = self.face_detector
+        picture = self._upright_image(image)
+        faces = detector.detect(picture, options)
+        if not faces:
+            return FacesResult([], self.predict(picture) if no_face == "whole-image" else None, no_face, None)
+        crops = [face_crop(picture, face, margin) for face in faces]
+        # errors="raise": every result is a Prediction, or the call raised
+        predictions = [result for result in self._classify_chunk(crops, "raise", self.session.run)
+                       if isinstance(result, Prediction)]
+
+        def fakeness(index: int) -> float:
+            chosen = predictions[index]
+            return chosen.fake_probability if chosen.fake_probability is not None else chosen.score
+
+        decisive = max(range(len(faces)), key=fakeness)
+        return FacesResult(list(zip(faces, predictions)), predictions[decisive], no_face, decisive)
+
+
+@dataclass(frozen=True, eq=False)
+class FacesResult:
+    """:meth:`Detector.predict_faces`'s answer: each face with its own prediction, and the image's.
+
+    ``prediction``: the face at ``decisive`` decides (the highest fake probability); with no face, the whole
+    image's prediction (``no_face="whole-image"``) or None (``"none"``).
+    """
+
+    faces: list[tuple[Face, Prediction]]
+    prediction: Prediction | None
+    no_face: str  # the policy asked for: "whole-image" or "none"
+    decisive: int | None  # index in ``faces`` of the face that decided; None when no face was found
+
+    @property
+    def decided_by(self) -> str:
+        """Where the image's verdict comes from: "face", "whole-image", or "none" (no face, no verdict)."""
+        if self.decisive is not None:
+            return "face"
+        return "whole-image" if self.prediction is not None else "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the image's prediction (its fields at the top level, as a plain prediction's), then the
+        faces with their boxes and verdicts."""
+        verdict = self.prediction.to_dict() if self.prediction is not None else {"label": None}
+        return {**verdict, "decided_by": self.decided_by,
+                "faces": [{**face.to_dict(), **prediction.to_dict()} for face, prediction in self.faces]}

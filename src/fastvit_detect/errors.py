@@ -58,6 +58,10 @@ class MissingFileError(ModelPackageError):
     """A file the package needs is absent."""
 
 
+class MissingFaceDetectorError(MissingFileError):
+    """Faces were asked for, but the model package holds no (or not all of the) face detector's files."""
+
+
 class InvalidPackageError(ModelPackageError):
     """A package file is present but malformed (bad JSON, missing keys, unsupported format version)."""
 

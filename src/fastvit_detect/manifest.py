@@ -274,3 +274,12 @@ class _Reader:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_file_entry(entry: Any, key: str, where: str) -> FileEntry:
+    """A file entry (file, sha256, size_bytes) of a manifest section beside the variants (the face detector's
+    graphs), held to the same checks as a variant's graph."""
+    reader = _Reader(where)
+    if not isinstance(entry, Mapping):
+        reader.fail(key, "must be an object")
+    return reader.file(entry, "", key)

@@ -25,9 +25,10 @@ import numpy as np
 from ..backends import OPENVINO
 from ..detector import Detector
 from ..errors import FastVitDetectError
+from ..faces import EXPECTS_FACES, FACE_FILES, FACE_LICENSE_FILE
 from ..fidelity import logit_agreement
 from ..manifest import DEFAULT_RUNTIME, FileEntry, Manifest, Source, VariantEntry
-from ..options import finite_number, positive_int, refuse_empty_text, whole_number
+from ..options import finite_number, non_empty_path, positive_int, refuse_empty_text, whole_number
 from ..package import CONFIG_FILE, OPTIMUM_FILES, PREPROCESSOR_FILE, ModelPackage, Variant
 from ..preprocess import Preprocessor
 from ..session import physical_core_count
@@ -38,7 +39,7 @@ from .graphs import export_fp32, move_weights_to_data_file
 from .quantize import CALIBRATION_METHODS, Int8Options, calibration_pixels, check_int8_options, make_int8, select_int8
 from .reference import TorchReference
 from .samples import validation_set
-from .writer import FP32_MAX_ABS_LOGIT_DIFF, apply_umask, write_manifest
+from .writer import FP32_MAX_ABS_LOGIT_DIFF, apply_umask, file_entry, write_manifest
 
 DEFAULT_OPSET = 18  # Optimum's recommended minimum for ViT; onnxruntime >= 1.14 runs it
 VALIDATION_BATCH = 8
@@ -74,6 +75,9 @@ class ExportSettings:
     description: str | None = None
     intended_use: str | None = None
     openvino: bool = False  # add the openvino-int8 variant (NNCF int8, run by OpenVINO)
+    faces: bool = False  # add the face detector (MTCNN from facenet-pytorch's wheel)
+    expects_faces: bool = False  # mark the model as trained on face crops (implies faces)
+    faces_wheel: Path | None = None  # a local copy of facenet-pytorch's wheel, instead of pip download
 
     @property
     def int8(self) -> Int8Options:
@@ -106,11 +110,17 @@ def _export(settings: ExportSettings, output: Path, log: Log) -> Manifest:
         log(f"[{number}/5 {time.perf_counter() - started:6.1f}s] {text}")
 
     step(1, f"loading checkpoint {settings.model}")
+    wheel = None
+    if settings.faces or settings.expects_faces:  # before minutes of work: an unreachable wheel is said at once
+        from . import faces  # torch at import: only when asked (the test suite imports this module torch-free)
+
+        wheel = (faces.fetch_wheel(faces.wheel_cache(), log) if settings.faces_wheel is None
+                 else faces.check_wheel(Path(settings.faces_wheel)))
     loaded = load_checkpoint(settings.model, settings.revision, settings.trust_pickle, log)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
-        manifest = _build_package(staging, loaded, settings, step, log, started)
+        manifest = _build_package(staging, loaded, settings, step, log, started, wheel)
         apply_umask(staging)
     except BaseException as exc:
         if not (isinstance(exc, ExportError) and str(staging) in str(exc)):  # keep what the message points to
@@ -134,7 +144,8 @@ class _Expected:
 
 
 def _build_package(staging: Path, loaded: LoadedCheckpoint, settings: ExportSettings, step: Step, log: Log,
-                   started: float) -> Manifest:
+                   started: float, wheel: Path | None = None) -> Manifest:
+    """``wheel``: facenet-pytorch's, when the face detector is to be added."""
     for name in (CONFIG_FILE, PREPROCESSOR_FILE):  # byte for byte: the HF files are the contract with Optimum
         shutil.copyfile(loaded.checkpoint.directory / name, staging / name)
 
@@ -161,6 +172,7 @@ def _build_package(staging: Path, loaded: LoadedCheckpoint, settings: ExportSett
     if openvino.VARIANT in variants:
         _gate(staging, variants, openvino.VARIANT, settings.int8, log)
 
+    sections = _add_faces(staging, wheel, settings.expects_faces, log) if wheel is not None else None
     step(5, "writing the manifest")
     checkpoint, config = loaded.checkpoint, loaded.config
     source = Source(model=checkpoint.public_name, revision=checkpoint.revision,
@@ -168,7 +180,21 @@ def _build_package(staging: Path, loaded: LoadedCheckpoint, settings: ExportSett
     return write_manifest(staging, source=source, labels=[config.id2label[i] for i in range(len(config.id2label))],
                           image_size=loaded.image_size, opset=settings.opset, variants=variants,
                           image_names=expected.names, notes=settings.notes,
-                          export_seconds=time.perf_counter() - started)
+                          export_seconds=time.perf_counter() - started, sections=sections)
+
+
+def _add_faces(staging: Path, wheel: Path, expects_faces: bool, log: Log) -> dict[str, Any]:
+    """The face detector's graphs and licence written into ``staging``; the manifest's ``faces`` section (and
+    ``expects_faces`` when asked)."""
+    from . import faces
+
+    figures = faces.add_face_detector(staging, wheel, log)
+    files = {net: file_entry(staging / name).to_dict() for net, name in FACE_FILES.items()}
+    section: dict[str, Any] = {"faces": {"detector": "mtcnn", **figures, "files": files,
+                                         "license_file": FACE_LICENSE_FILE}}
+    if expects_faces:
+        section[EXPECTS_FACES] = True
+    return section
 
 
 def _add_int8(staging: Path, fp32_path: Path, int8: Int8Options, expected: _Expected, step: Step,
@@ -299,6 +325,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="also add the openvino-int8 variant: NNCF int8 run by OpenVINO, the fastest CPU path on "
                              "most CPUs (needs the openvino extra; calibrates on --calibration DIR when given, and "
                              "is gated by --min-agreement / --max-probability-diff like --optimize auto)")
+    parser.add_argument("--faces", action="store_true",
+                        help="also add the face detector (MTCNN's three nets, from facenet-pytorch 2.6.0's wheel, "
+                             "fetched with pip download --no-deps), so predict --faces classifies each face")
+    parser.add_argument("--expects-faces", action="store_true",
+                        help="mark the model as trained on face crops (implies --faces): predict then finds the "
+                             "faces by default, and info says so")
+    parser.add_argument("--faces-wheel", type=non_empty_path, metavar="WHEEL",
+                        help="a local copy of facenet_pytorch-2.6.0-py3-none-any.whl (offline exports)")
     parser.add_argument("--opset", type=whole_number(14, 30), default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--description", help="what the model is, recorded in the manifest and shown by info")

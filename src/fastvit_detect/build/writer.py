@@ -60,9 +60,11 @@ def variant_entry(staging: Path, name: str, figures: Mapping[str, Any]) -> Varia
 
 def write_manifest(staging: Path, *, source: Source, labels: Sequence[str], image_size: tuple[int, int], opset: int,
                    variants: Mapping[str, Mapping[str, Any]], image_names: Sequence[str],
-                   notes: Mapping[str, str], export_seconds: float) -> Manifest:
+                   notes: Mapping[str, str], export_seconds: float,
+                   sections: Mapping[str, Any] | None = None) -> Manifest:
     """Write ``staging``'s manifest through the runtime's Manifest model, so what the exporter writes is what the
-    runtime reads; returns it. The configs must be in ``staging`` already: the manifest vouches for them too."""
+    runtime reads; returns it. The configs must be in ``staging`` already: the manifest vouches for them too.
+    ``sections``: more top-level entries (the face detector's ``faces``)."""
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         variants={name: variant_entry(staging, name, figures) for name, figures in variants.items()},
@@ -82,6 +84,7 @@ def write_manifest(staging: Path, *, source: Source, labels: Sequence[str], imag
                            "images": list(image_names)},
             "exporter": library_versions(),
             "export_seconds": round(export_seconds, 1),
+            **(sections or {}),
         },
     )
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
