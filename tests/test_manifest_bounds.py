@@ -30,11 +30,11 @@ def nested(levels: int):
     return 1 if levels == 0 else {"level": nested(levels - 1)}
 
 
-def test_format_versions_1_and_2_are_read_and_no_other(manifest):
-    assert manifest["format_version"] == 2  # what the exporter writes today
-    for version in (1, 2):
+def test_format_versions_1_to_3_are_read_and_no_other(manifest):
+    assert manifest["format_version"] == 3  # what the exporter writes today: the configs vouched for too
+    for version in (1, 2, 3):
         assert Manifest.parse(changed(manifest, format_version=version)).format_version == version
-    for version in (0, 3, "2", True):
+    for version in (0, 4, "3", True):
         with pytest.raises(InvalidPackageError, match="format_version"):
             Manifest.parse(changed(manifest, format_version=version))
 
@@ -95,7 +95,7 @@ def test_parsed_entries_are_immutable(manifest):
 def test_the_exporter_writes_a_version_this_runtime_reads():
     from fastvit_detect.manifest import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 
-    assert FORMAT_VERSION == max(READABLE_FORMAT_VERSIONS) == 2
+    assert FORMAT_VERSION == max(READABLE_FORMAT_VERSIONS) == 3
 
 
 @pytest.mark.parametrize("field, value, accepted", [
