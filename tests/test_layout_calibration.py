@@ -269,3 +269,13 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         layout.write_calibration(tmp_path / "layout-x.json", Layout(1, 2, "calibrated"), {})
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_a_layout_cant_be_changed_once_made():
+    """Layouts are shared (the detector's, the pool's, /healthz's): one changed in place would change them all."""
+    import dataclasses
+
+    layout = Layout(2, 1, "rule")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layout.workers = 3  # type: ignore[misc]
+    assert (layout.workers, layout.threads_per_worker) == (2, 1)

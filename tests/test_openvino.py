@@ -413,8 +413,8 @@ def test_the_export_gate_leaves_out_an_openvino_variant_that_strays(checkpoints,
     assert fd.Detector.load(tmp_path / "strict").runtime == "onnxruntime"
 
 
-@pytest.mark.parametrize("cores, expected", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (4, (4, 1)), (6, (3, 2)),
-                                             (16, (8, 2))])
+@pytest.mark.parametrize("cores, expected", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (4, (4, 1)), (5, (2, 2)),
+                                             (6, (3, 2)), (16, (8, 2))])
 def test_openvinos_rule_runs_streams_and_onnxruntimes_is_unchanged(cores, expected):
     from fastvit_detect.layout import rule_layout
 
