@@ -279,3 +279,19 @@ def test_a_layout_cant_be_changed_once_made():
     with pytest.raises(dataclasses.FrozenInstanceError):
         layout.workers = 3  # type: ignore[misc]
     assert (layout.workers, layout.threads_per_worker) == (2, 1)
+
+
+def test_the_writability_probe_leaves_a_private_folder_and_nothing_else(tmp_path):
+    """info --calibrate's early check: an existing folder is fine, a new one is private (0700), and the probe
+    leaves neither its file nor an open descriptor behind."""
+    import os
+
+    from fastvit_detect.layout import check_cache_writable
+
+    fresh = tmp_path / "new" / "cache"
+    before = len(os.listdir("/proc/self/fd"))
+    check_cache_writable(fresh)
+    check_cache_writable(fresh)  # again, now that it exists
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert list(fresh.iterdir()) == []
+    assert fresh.stat().st_mode & 0o777 == 0o700
