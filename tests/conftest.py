@@ -89,7 +89,7 @@ FIXTURE_MODELS = {
     "multi": FixtureModel(VIT_PROCESSOR, ("Real", "Unsure", "Fake"), (-1, 0, 1), (-0.5, 0.25), seed=4, gain=2.0),
     # The vit model again, exported with --openvino: both runtimes on the same weights (tests/test_openvino.py).
     "vit-openvino": FixtureModel(VIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.2,), openvino=True),
-    # The vit model again, exported with --faces (no int8: the face tests need one variant only).
+    # The vit model again, exported with --faces: every fixture's variants, plus the face detector.
     "vit-faces": FixtureModel(VIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.2,), faces=True),
 }
 
@@ -131,8 +131,7 @@ def _build_fixture(kind: str, directory: Path) -> None:
         if wheel is None:
             pytest.skip("facenet-pytorch's wheel (the face detector's weights) can't be downloaded here")
     EXPORT.export_package(EXPORT.ExportSettings(str(checkpoint), directory / "package", openvino=model.openvino,
-                                                faces=model.faces, faces_wheel=wheel,
-                                                quantize="none" if model.faces else EXPORT.ExportSettings.quantize),
+                                                faces=model.faces, faces_wheel=wheel),
                           log=lambda _text: None)
 
 
