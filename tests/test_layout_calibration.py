@@ -88,7 +88,7 @@ def test_calibrate_layout_times_the_candidates_of_the_given_cores_and_caches_the
     speeds = {(1, 6): 11.0, (1, 4): 12.0, (3, 2): 13.0, (6, 1): 17.0}
     timed: list[tuple[int, int]] = []
 
-    def fake_measure(chosen, make_session, image_size, seconds=pool.CALIBRATION_SECONDS):
+    def fake_measure(chosen, backend, path, image_size, seconds=pool.CALIBRATION_SECONDS):
         timed.append((chosen.workers, chosen.threads_per_worker))
         assert image_size == (224, 224)  # read from the graph's input
         return speeds[timed[-1]]

@@ -8,12 +8,15 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from fastvit_detect import pool
+from fastvit_detect.backends import OnnxRuntimeBackend
 from fastvit_detect.layout import Layout
 from fastvit_detect.pool import SessionPool, measure_layout, ordered_pipeline
 
@@ -29,11 +32,29 @@ class FakeSession:
         self.shapes: list[tuple[int, ...]] = []
         FakeSession.opened.append(self)
 
+    @property
+    def signature(self) -> SimpleNamespace:
+        return SimpleNamespace(input_shape=tuple(self.input_shape))
+
     def run(self, pixels: np.ndarray) -> np.ndarray:
         self.shapes.append(pixels.shape)
         if self.clock is not None:
             self.clock[0] += self.step
         return np.zeros((pixels.shape[0], 2), np.float32)
+
+
+class FakeBackend(OnnxRuntimeBackend):
+    """onnxruntime's backend (its rule for sharing sessions between workers) opening fake sessions."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+
+    def open(self, path, threads):
+        return self.make(threads)
+
+
+MODEL = Path("model.onnx")
 
 
 @pytest.fixture(autouse=True)
@@ -48,23 +69,24 @@ def test_one_thread_workers_share_one_session_and_others_get_one_each():
         threads_asked.append(threads)
         return FakeSession(threads)
 
-    shared = SessionPool.build(Layout(3, 1, "caller"), make)
+    backend = FakeBackend(make)
+    shared = SessionPool.build(Layout(3, 1, "caller"), backend, MODEL)
     assert threads_asked == [1] and len({id(session) for session in shared.sessions}) == 1
     assert len(shared.sessions) == 3
     threads_asked.clear()
-    separate = SessionPool.build(Layout(2, 2, "caller"), make)
+    separate = SessionPool.build(Layout(2, 2, "caller"), backend, MODEL)
     assert threads_asked == [2, 2] and len({id(session) for session in separate.sessions}) == 2
     threads_asked.clear()
     first = FakeSession(2)
-    reused = SessionPool.build(Layout(3, 2, "caller"), make, first=first)
+    reused = SessionPool.build(Layout(3, 2, "caller"), backend, MODEL, first=first)
     assert threads_asked == [2, 2] and reused.sessions[0] is first
 
 
 def test_a_measure_runs_batches_of_8_until_the_deadline_and_reports_images_per_second(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(pool.time, "perf_counter", lambda: clock[0])
-    figure = measure_layout(Layout(1, 2, "calibrated"), lambda threads: FakeSession(threads, clock), (32, 48),
-                            seconds=1.0)
+    figure = measure_layout(Layout(1, 2, "calibrated"), FakeBackend(lambda threads: FakeSession(threads, clock)),
+                            MODEL, (32, 48), seconds=1.0)
     (session,) = FakeSession.opened
     # One warm-up call, then calls of 0.125 s each until 1 s has passed: 8 timed batches of 8 images in 1 s.
     assert session.shapes == [(8, 3, 32, 48)] * 9
@@ -72,7 +94,7 @@ def test_a_measure_runs_batches_of_8_until_the_deadline_and_reports_images_per_s
 
 
 def test_every_worker_of_a_measure_warms_up_and_runs(monkeypatch):
-    figure = measure_layout(Layout(2, 1, "calibrated"), lambda threads: FakeSession(threads), (16, 16), seconds=0.05)
+    figure = measure_layout(Layout(2, 1, "calibrated"), FakeBackend(FakeSession), MODEL, (16, 16), seconds=0.05)
     (session,) = FakeSession.opened  # one-thread workers share it
     assert len(session.shapes) >= 4  # two warm-ups, and each worker ran at least once
     assert figure > 0
@@ -82,14 +104,15 @@ def test_every_worker_of_a_measure_warms_up_and_runs(monkeypatch):
                                              ((1, 3, 0, 64), (224, 64)), ((1, 3, 1, 1), (1, 1))])
 def test_calibration_times_the_graphs_input_size_or_224_where_it_is_dynamic(monkeypatch, tmp_path, shape, expected):
     sizes: list[tuple[int, int]] = []
-    monkeypatch.setattr(pool, "OnnxSession", lambda path, threads, providers: FakeSession(threads, input_shape=shape))
+    backend = FakeBackend(lambda threads: FakeSession(threads, input_shape=shape))
 
-    def fake_measure(layout, make_session, image_size, seconds=pool.CALIBRATION_SECONDS):
+    def fake_measure(layout, backend, path, image_size, seconds=pool.CALIBRATION_SECONDS):
         sizes.append(image_size)
         return float(layout.workers)
 
     monkeypatch.setattr(pool, "measure_layout", fake_measure)
-    best, _figures, path = pool.calibrate_layout("model.onnx", "ab" * 32, cores=2, cache_directory=tmp_path)
+    best, _figures, path = pool.calibrate_layout("model.onnx", "ab" * 32, cores=2, backend=backend,
+                                                 cache_directory=tmp_path)
     assert sizes == [expected] * 4  # 2 candidates, 2 rounds by default
     assert (best.workers, best.threads_per_worker) == (2, 1) and path.parent == tmp_path
 
