@@ -102,6 +102,18 @@ def test_every_text_option_of_every_command_refuses_empty_text():
     assert checked > 30
 
 
+def test_choices_and_flags_keep_argparses_own_handling(capsys):
+    """The empty-text rule leaves options with choices to argparse's own check (its message lists the choices)
+    and flags (which take no value) alone."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["scan", "photos", "--model", "m", "--engine", ""])
+    assert exit_.value.code == 2 and "invalid choice: ''" in capsys.readouterr().err
+    for name, parser in {**subcommands(build_parser())}.items():
+        for action in parser._actions:
+            if action.nargs == 0:
+                assert action.type is None, f"{name} {action.option_strings}: a flag given a type"
+
+
 @pytest.mark.parametrize("argv", [
     ["explain", "--model", "m", "--target", "", "-o", "out", "x.jpg"],
     ["predict", "--model", "m", "--explain", "", "x.jpg"],
