@@ -430,3 +430,18 @@ def test_the_default_layout_follows_the_runtime(package, monkeypatch):
     assert (openvino.layout.workers, openvino.layout.threads_per_worker) == (2, 1)
     assert (onnx.layout.workers, onnx.layout.threads_per_worker) == (1, 2)
     assert openvino.session.threads == 2  # predict() still has every core, on a latency-hinted model
+
+
+@pytest.mark.parametrize("config, cause", [
+    ("INFERENCE_NUM_THREADS=2", "must be a mapping"), ({1: 2}, "property names are non-empty strings"),
+    ({"": 1}, "property names are non-empty strings"), ({"NUM_STREAMS": float("inf")}, "not a finite number"),
+    ({"NUM_STREAMS": float("nan")}, "not a finite number"), ({"NUM_STREAMS": [2]}, "a string, number or bool"),
+])
+def test_a_malformed_ov_config_is_an_invalid_option_naming_it(package, config, cause):
+    with pytest.raises(fd.InvalidOptionError, match=cause):
+        fd.Detector.load(package, variant="openvino-int8", ov_config=config)
+
+
+def test_a_property_openvino_refuses_is_a_backend_error_naming_the_config(package):
+    with pytest.raises(fd.BackendError, match=r"with ov_config \{'INFERENCE_NUM_THREADS': -5\}"):
+        fd.Detector.load(package, variant="openvino-int8", ov_config={"INFERENCE_NUM_THREADS": -5})

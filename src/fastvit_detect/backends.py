@@ -13,6 +13,7 @@ of OpenVINO properties, as optimum-intel's ``ov_config``, and the compiled-model
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, InvalidOptionError
 from .session import OnnxSession, Signature
 
 if TYPE_CHECKING:
@@ -118,6 +119,21 @@ class OpenVinoOptions:
 
     config: Mapping[str, Any] = field(default_factory=dict)
     cache: bool = True
+
+    def __post_init__(self) -> None:
+        # Checked here, naming the option: a string or a NaN would otherwise surface as OpenVINO's compile error.
+        config = self.config
+        if not isinstance(config, Mapping):
+            raise InvalidOptionError(f"ov_config must be a mapping of OpenVINO property names to values, got "
+                                     f"{type(config).__name__}")
+        for name, value in config.items():
+            if not isinstance(name, str) or not name:
+                raise InvalidOptionError(f"ov_config: property names are non-empty strings, got {name!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidOptionError(f"ov_config[{name!r}] = {value!r}: not a finite number")
+            if not isinstance(value, (str, int, float, bool)):
+                raise InvalidOptionError(f"ov_config[{name!r}]: a string, number or bool, got {type(value).__name__}")
+        object.__setattr__(self, "config", dict(config))
 
 
 class OpenVinoBackend(Backend):

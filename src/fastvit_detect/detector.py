@@ -216,7 +216,7 @@ class Detector:
         preprocessor = Preprocessor.from_hf(package.preprocessor_config, max_pixels=max_pixels, jpeg_draft=jpeg_draft,
                                             max_bytes=max_bytes, formats=formats)
         runtimes = (OnnxRuntimeOptions(providers, session_options, provider_options),
-                    OpenVinoOptions(dict(ov_config or {})))
+                    OpenVinoOptions(ov_config if ov_config is not None else {}))
         try:
             chosen, backend, session = _open(package, choice.name, verify, threads, runtimes)
         except (MissingExtraError, BackendError) as exc:

@@ -114,6 +114,7 @@ class OpenVinoSession:
             warnings.warn(f"OpenVINO's compiled-model cache {cache_directory} isn't a private directory this user "
                           "can write (a symlink, someone else's, writable by others, or read-only): compiling "
                           "without it", RuntimeWarning, stacklevel=2)
+        self._given = dict(config or {})
         self._compiled = self._compile(properties)
         self.providers = [f"OpenVINO {openvino_version()} CPU"]
         self.inference_precision = self._property("INFERENCE_PRECISION_HINT")
@@ -144,7 +145,8 @@ class OpenVinoSession:
 
     def _compile_error(self, exc: BaseException) -> BackendError:
         text = " ".join(str(exc).split())
-        return BackendError(f"{self.path}: OpenVINO {openvino_version()} can't compile this graph for the CPU: "
+        given = f" with ov_config {self._given}" if self._given else ""
+        return BackendError(f"{self.path}: OpenVINO {openvino_version()} can't compile this graph for the CPU{given}: "
                             f"{type(exc).__name__}: {text[:500]}")
 
     def _property(self, name: str) -> str:

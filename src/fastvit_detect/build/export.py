@@ -313,11 +313,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "that stays close to PyTorch; the figures go into the manifest")
     parser.add_argument("--max-probability-diff", type=finite_number(0, 1),
                         default=_INT8_DEFAULTS.max_probability_diff, metavar="P",
-                        help="--optimize auto: largest max |p - p_pytorch| a kept recipe may show "
-                             "(default %(default)s)")
+                        help="--optimize auto and --openvino: largest max |p - p_pytorch| a kept recipe (or the "
+                             "openvino-int8 variant) may show (default %(default)s)")
     parser.add_argument("--min-agreement", type=finite_number(0, 1), default=_INT8_DEFAULTS.min_agreement,
-                        metavar="F", help="--optimize auto: smallest top-1 agreement with PyTorch a kept recipe may "
-                                          "show (default %(default)s)")
+                        metavar="F", help="--optimize auto and --openvino: smallest top-1 agreement with PyTorch a "
+                                          "kept recipe (or the openvino-int8 variant) may show (default %(default)s)")
     parser.add_argument("--cpu-specific", action="store_true",
                         help="let --optimize auto keep a recipe that needs this CPU's instruction set (8-bit "
                              "weights need VNNI); the package then refuses to load on CPUs without it")
