@@ -67,6 +67,12 @@ class Backend:
         may be reused."""
         raise NotImplementedError
 
+    def layout_cache(self, graph_sha256: str, directory: Path | None = None) -> Path:
+        """Where a layout calibrated for this graph on this runtime (and its version) is cached."""
+        from .layout import cache_path
+
+        return cache_path(graph_sha256, directory, self.runtime, self.version())
+
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:

@@ -22,7 +22,14 @@ from .detector import (
     choose_variant,
     unmet_cpu_requirement,
 )
-from .errors import FastVitDetectError, InputError, InvalidOptionError, MissingExtraError, ModelOutputError
+from .errors import (
+    BackendError,
+    FastVitDetectError,
+    InputError,
+    InvalidOptionError,
+    MissingExtraError,
+    ModelOutputError,
+)
 from .explain import (
     BASELINES,
     DEFAULT_METHOD,
@@ -46,7 +53,7 @@ from .faces import (
 )
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
-from .layout import MAX_WORKERS, Layout, cache_path, choose_layout, read_calibration
+from .layout import MAX_WORKERS, Layout, choose_layout, read_calibration
 from .options import finite_number, positive_int, refuse_empty_text, whole_number
 from .package import ModelPackage, Variant
 from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig, check_formats, server_formats
@@ -827,12 +834,12 @@ def layout_for(package: ModelPackage, variant: str) -> Layout:
     chosen = package.lookup(variant)  # from the manifest: the graph needn't be here
     if not chosen.sha256:
         return choose_layout(cores, runtime=chosen.runtime)
-    version = None
-    if chosen.runtime == "openvino":
-        from .openvino_session import openvino_available, openvino_version
+    from .backends import backend_for
 
-        version = openvino_version() if openvino_available() is None else None
-    path = cache_path(chosen.sha256, None, chosen.runtime, version)
+    try:
+        path = backend_for(chosen.runtime).layout_cache(chosen.sha256)
+    except (MissingExtraError, BackendError):  # a runtime not installed or not known has no calibration here
+        return choose_layout(cores, runtime=chosen.runtime)
     return choose_layout(cores, calibrated=read_calibration(path, cores), runtime=chosen.runtime)
 
 

@@ -38,7 +38,7 @@ from .faces import (
     face_crop,
 )
 from .hub import fetch
-from .layout import Layout, cache_path, check_layout_arguments, choose_layout, read_calibration
+from .layout import Layout, check_layout_arguments, choose_layout, read_calibration
 from .options import check_whole
 from .package import ModelPackage, Variant
 from .pool import SessionPool, ordered_pipeline
@@ -229,8 +229,7 @@ class Detector:
         cores = threads if threads is not None else physical_core_count()
         calibrated = None
         if workers is None and threads_per_worker is None and chosen.sha256:
-            version = backend.version() if chosen.runtime != "onnxruntime" else None
-            calibrated = read_calibration(cache_path(chosen.sha256, None, chosen.runtime, version), cores)
+            calibrated = read_calibration(backend.layout_cache(chosen.sha256), cores)
         layout = choose_layout(cores, workers, threads_per_worker, calibrated, chosen.runtime)
         return cls(package, chosen, session, preprocessor, layout, backend, choice)
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from .backends import Backend, OnnxRuntimeBackend, Session
-from .layout import Layout, cache_path, calibrate, candidate_layouts, check_cache_writable, write_calibration
+from .layout import Layout, calibrate, candidate_layouts, check_cache_writable, write_calibration
 from .session import physical_core_count
 
 Chunk = TypeVar("Chunk")
@@ -135,7 +135,7 @@ def calibrate_layout(model_path: str | os.PathLike[str], model_sha256: str, core
     model; returns it, the figures and the cache file."""
     cores = cores or physical_core_count()
     backend = backend or OnnxRuntimeBackend()
-    cache = cache_path(model_sha256, cache_directory, backend.runtime, backend.version())
+    cache = backend.layout_cache(model_sha256, cache_directory)
     check_cache_writable(cache.parent)  # before the timing: finding out afterwards wastes it
     path = Path(model_path)
     probe = backend.open(path, 1)
