@@ -445,3 +445,31 @@ def test_a_malformed_ov_config_is_an_invalid_option_naming_it(package, config, c
 def test_a_property_openvino_refuses_is_a_backend_error_naming_the_config(package):
     with pytest.raises(fd.BackendError, match=r"with ov_config \{'INFERENCE_NUM_THREADS': -5\}"):
         fd.Detector.load(package, variant="openvino-int8", ov_config={"INFERENCE_NUM_THREADS": -5})
+
+
+def test_a_planted_or_malformed_choice_cache_is_ignored(package, monkeypatch, tmp_path):
+    """The cached choice decides which runtime runs: a symlink, someone else's file, a foreign winner or a
+    non-JSON file there is ignored (the rule decides), never followed or fatal."""
+    import json as json_module
+
+    monkeypatch.setattr(choice_module, "cpu_flags", lambda: VNNI)  # the rule says openvino-int8
+    opened = ModelPackage.open(package)
+    path = choice_module.choice_cache_path(opened.variants["int8"], opened.variants["openvino-int8"],
+                                           openvino_version())
+    choice_module.write_choice(path, {"int8": 50.0, "openvino-int8": 10.0})
+    record = path.read_text()
+    assert fd.Detector.load(package).variant.name == "int8"  # the genuine record is followed
+    elsewhere = tmp_path / "planted.json"
+    elsewhere.write_text(record)
+    path.unlink()
+    path.symlink_to(elsewhere)
+    assert fd.Detector.load(package).choice.source == "rule"
+    path.unlink()
+    for text in ("not json", json_module.dumps({**json_module.loads(record), "winner": "fp32"}),
+                 json_module.dumps({**json_module.loads(record), "machine": "another"})):
+        path.write_text(text)
+        assert fd.Detector.load(package).choice.source == "rule"
+    if os.getuid() == 0:
+        path.write_text(record)
+        os.chown(path, 65534, 65534)
+        assert fd.Detector.load(package).choice.source == "rule"
