@@ -1,10 +1,12 @@
 """fastvit-detect: torch-free CPU inference for Vision-Transformer deepfake detectors.
 
-    >>> from fastvit_detect import Detector
-    >>> detector = Detector.load("deepfake_vit_onnx")        # a package made by fastvit-detect export
-    >>> detector = Detector.from_pretrained("org/name")      # or one published on the Hub (the hub extra)
-    >>> detector.predict("face.jpg").label
-    'Real'
+```python
+from fastvit_detect import Detector
+
+detector = Detector.load("deepfake_vit_onnx")        # a package made by fastvit-detect export
+detector = Detector.from_pretrained("org/name")      # or one published on the Hub (the hub extra)
+detector.predict("face.jpg").label                   # "Real" or "Fake"
+```
 """
 
 from .detector import Detector, FacesResult, ImageResult, Prediction
