@@ -44,8 +44,9 @@ from .errors import (
 )
 from .explain import Explanation
 from .faces import Face
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image
 from .package import ModelPackage
-from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preprocessor, load_image
+from .preprocess import Preprocessor
 
 __version__ = "0.1.0"
 

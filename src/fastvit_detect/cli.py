@@ -54,9 +54,10 @@ from .faces import (
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
 from .layout import MAX_WORKERS, Layout, choose_layout, read_calibration
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_formats, server_formats
 from .options import finite_number, positive_int, refuse_empty_text, whole_number
 from .package import ModelPackage, Variant
-from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig, check_formats, server_formats
+from .preprocess import PreprocessConfig
 from .progress import stderr_progress
 from .scan import check_scan_target, output_format, result_record
 from .session import MAX_THREADS, physical_core_count

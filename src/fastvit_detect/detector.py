@@ -39,17 +39,11 @@ from .faces import (
 )
 from .hub import fetch
 from .layout import Layout, check_layout_arguments, choose_layout, read_calibration
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageInput, decode_opened, describe_source
 from .options import check_whole
 from .package import ModelPackage, Variant
 from .pool import SessionPool, ordered_pipeline
-from .preprocess import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    ImageInput,
-    Preprocessor,
-    decode_opened,
-    describe_source,
-)
+from .preprocess import Preprocessor
 from .session import MAX_THREADS, physical_core_count
 
 if TYPE_CHECKING:

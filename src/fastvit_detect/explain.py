@@ -48,8 +48,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import InvalidOptionError, ModelOutputError
+from .media import ImageInput, OpenedImage, decode_boundary, decode_opened
 from .options import check_whole
-from .preprocess import ImageInput, OpenedImage, PreprocessConfig, Preprocessor, decode_boundary, decode_opened
+from .preprocess import PreprocessConfig, Preprocessor
 
 if TYPE_CHECKING:  # the detector imports this module lazily; at run time the objects arrive as arguments
     from .detector import Detector, Prediction

@@ -50,8 +50,8 @@ import ray.data
 from .detector import DEFAULT_BATCH_SIZE, Detector, choose_variant
 from .errors import ClusterUnreachableError, FastVitDetectError, ImageNotFoundError, WorkerCrashError
 from .httpapi import named_image
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
 from .package import ModelPackage
-from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
 from .progress import Progress
 from .scan import ScanOutput, ScanSummary, _identity, result_record
 

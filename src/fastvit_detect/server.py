@@ -84,8 +84,8 @@ from .httpapi import (
     seed_body_limit,
     seed_request_image,
 )
+from .media import DECODE_COST, OpenedImage, check_formats, describe_source, open_image, server_formats
 from .options import check_finite, check_whole
-from .preprocess import DECODE_COST, OpenedImage, check_formats, describe_source, open_image, server_formats
 from .session import physical_core_count
 
 try:
