@@ -6,6 +6,7 @@ answering meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import shutil
@@ -132,9 +133,15 @@ def test_faces_0_and_the_default_follow_the_package(app, detector, faces_package
     manifest["expects_faces"] = True
     (expecting / MANIFEST_FILE).write_text(json.dumps(manifest))
     expecting_app = create_app(Detector.load(expecting, variant="fp32", threads=1), ServeSettings(max_wait_ms=0))
+    # Grace Hopper's photo is Fake as a whole to this fixture model, and her face is Real: the answers tell which.
+    hopper = _png(_photo("grace_hopper.jpg"))
+    assert (detector.predict(hopper).label, detector.predict_faces(hopper).prediction.label) == ("Fake", "Real")
     try:
-        assert len(call(expecting_app, "POST", "/api/v1/predict", content=astronaut).json()["faces"]) == 1
-        assert "faces" not in call(expecting_app, "POST", "/api/v1/predict?faces=0", content=astronaut).json()
+        body = call(expecting_app, "POST", "/api/v1/predict", content=hopper).json()
+        assert len(body["faces"]) == 1 and body["label"] == "Real"
+        assert call(expecting_app, "POST", "/api/v1/predict?faces=0", content=hopper).json()["label"] == "Fake"
+        seed = call(expecting_app, "POST", "/predict/", json={"image": base64.b64encode(hopper).decode()})
+        assert seed.json() == {"result": "Real"}  # the seed's API follows the package too
         model = call(expecting_app, "GET", "/api/v1/model").json()
         assert model["faces"]["expected"] is True and model["faces"]["available"] is True
     finally:
@@ -341,6 +348,22 @@ def test_busy_face_detection_gets_503_and_predictions_go_on(detector, astronaut)
     assert "face detection is busy" in refused.json()["error"]["message"]
     assert plain.status_code == 200
     assert health.status_code == 200 and health.json()["faces"]["in_progress"] == 1
+
+
+def test_a_wide_margin_crop_may_pass_the_upload_pixel_cap(faces_package, detector, astronaut):
+    """A crop is derived, and bounded by MAX_CROP_SIDE: the upload's pixel cap applies to the upload only. Here the
+    512 px photo passes a 300,000 px cap (serve --max-pixels sets both the server's and the detector's), and its
+    face's crop with margin 4 (about 600 px a side) does not."""
+    capped_detector = Detector.load(faces_package, variant="fp32", threads=1, max_pixels=300_000)
+    capped = create_app(capped_detector, ServeSettings(max_pixels=300_000, max_wait_ms=0))
+    try:
+        response = call(capped, "POST", "/api/v1/predict?faces=1&margin=4", content=astronaut)
+    finally:
+        capped.state.batcher.close()
+    assert response.status_code == 200, response.text
+    expected = detector.predict_faces(astronaut, margin=4.0)
+    assert response.json()["faces"][0]["fake_probability"] == pytest.approx(
+        expected.faces[0][1].fake_probability, abs=1e-6)
 
 
 def test_face_crops_are_bounded_in_memory():

@@ -47,6 +47,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
+from PIL import Image
+
 from . import __version__
 from .detector import Detector, FacesResult, ImageResult, Prediction, face_fields
 from .errors import (
@@ -966,8 +968,11 @@ class FaceStage:
             faces = self.detector.face_detector.detect(picture, request.options)
             preprocessor = self.detector.preprocessor
             if faces:
-                pixels = [preprocessor.to_pixels(bounded_face_crop(picture, face, request.options.margin))
-                          for face in faces]
+                # Opened as the crops they are, not as uploads: bounded_face_crop bounds their size, and the
+                # upload's pixel cap (which a crop with a wide margin may pass) was checked on the upload.
+                pixels = [preprocessor.opened_to_pixels(OpenedImage(Image.fromarray(bounded_face_crop(
+                    picture, face, request.options.margin)), f"{opened.source} face {number}", owned=True))
+                    for number, face in enumerate(faces, start=1)]
             else:
                 pixels = [preprocessor.to_pixels(picture)] if request.no_face == "whole-image" else []
             return FoundFaces(faces, pixels, picture.width, picture.height)
@@ -1373,7 +1378,14 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def predict_base64(request: Request) -> JSONResponse:
         body = await read_body(request, seed_body_limit(settings.max_upload_bytes), settings.body_timeout_s,
                                f" (an image of {settings.max_upload_bytes:,} bytes, base64-encoded in JSON)")
-        (result,) = await classify([seed_request_image(body, settings.max_upload_bytes)])
+        image = seed_request_image(body, settings.max_upload_bytes)
+        face_request = faces.request({})  # the seed's client sends no options: the package decides, as predict's
+        if face_request is not None:
+            faces.check_room()
+            decided, _found = await faces.predict(image, face_request)
+            assert decided.prediction is not None  # no face: the whole image decides, by default
+            return JSONResponse({"result": decided.prediction.label})
+        (result,) = await classify([image])
         if not isinstance(result, Prediction):
             raise result
         return JSONResponse({"result": result.label})
