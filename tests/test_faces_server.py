@@ -385,3 +385,23 @@ def test_a_faces_record_keeps_the_detector_score_beside_the_verdict():
     verdict = Prediction("Fake", 0.75, {"Fake": 0.75, "Real": 0.25}, np.array([1.0, 0.0]), 0.75)
     (record,) = FacesResult.decide([(face, verdict)], "whole-image").to_dict()["faces"]
     assert record["face_score"] == 0.875 and record["score"] == 0.75
+
+
+def test_serve_face_flags_reach_the_settings(faces_package, monkeypatch):
+    from fastvit_detect import server
+    from fastvit_detect.cli import main
+
+    served = {}
+    monkeypatch.setattr(server, "serve", lambda detector, **options: served.update(detector=detector, **options))
+    assert main(["serve", "--model", str(faces_package), "--variant", "fp32", "--threads", "1",
+                 "--faces-max-per-image", "7", "--faces-detect-side", "800", "--faces-concurrency", "2",
+                 "--faces-queue", "0"]) == 0
+    settings = served["settings"]
+    assert (settings.faces_max_per_image, settings.faces_detect_side, settings.faces_concurrency,
+            settings.faces_queue) == (7, 800, 2, 0)
+    assert main(["serve", "--model", str(faces_package), "--variant", "fp32"]) == 0
+    assert served["settings"].faces_max_per_image == ServeSettings().faces_max_per_image
+    for flag, value in (("--faces-max-per-image", "0"), ("--faces-max-per-image", "1025"),
+                        ("--faces-detect-side", "63"), ("--faces-concurrency", "nan"), ("--faces-queue", "-1")):
+        with pytest.raises(SystemExit):
+            main(["serve", "--model", str(faces_package), flag, value])
