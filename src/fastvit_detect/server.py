@@ -21,6 +21,10 @@ A request goes through three stages, so that no single client can stall the othe
    concurrent requests run in parallel batches. Should a call fail, each image is retried alone, so only the
    image that breaks the model gets the error. The queue is bounded: a request that doesn't fit gets 503 at once.
 
+``POST /api/v1/predict?faces=1`` finds the faces first: the image is decoded and its faces detected on a face
+stage of its own (:class:`FaceStage`: its own bounded threads, at a lower priority, within the same pixel budget),
+and each face's crop goes through stage 3 as an image of its own.
+
 Each model thread is supervised: if it ever dies it is restarted and ``/healthz`` counts it; a thread that keeps
 dying makes ``/healthz`` answer 503 and requests get 503 at once, never a hang. Connections are capped and timed
 out: headers must arrive within ``header_timeout_s``, the body within ``body_timeout_s``.
