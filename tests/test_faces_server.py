@@ -279,39 +279,42 @@ def test_fuzzed_bytes_with_faces_are_typed_4xx_never_500(app, tmp_path):
     assert call(app, "GET", "/healthz").json()["status"] == "ok"
 
 
-def test_a_wall_of_faces_is_capped_and_the_server_keeps_answering(detector, astronaut):
-    """1,760 faces in one photo: at most faces_cap come back, and /healthz and other predictions are answered
-    while it is detected (on the face thread, off the event loop and the decode threads)."""
-    app = create_app(detector, ServeSettings(max_wait_ms=0, faces_max_per_image=16))
+def test_walls_of_faces_are_capped_and_the_server_keeps_answering(detector, astronaut):
+    """Three clients each send a photo of 1,760 faces at once: one is detected, one waits, the third is refused at
+    once (faces_queue=1); the answers hold at most faces_cap faces, and /healthz and a plain prediction are
+    answered while the walls are detected (on the face thread, off the event loop and the decode threads)."""
+    app = create_app(detector, ServeSettings(max_wait_ms=0, faces_max_per_image=16, faces_queue=1))
     wall = _png(wall_of_faces())
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
                                      timeout=300) as client:
-            crowd = asyncio.create_task(client.post("/api/v1/predict?faces=1", content=wall))
-            seen_busy, health_times, plain = False, [], None
-            while not crowd.done():
+            crowds = [asyncio.create_task(client.post("/api/v1/predict?faces=1", content=wall)) for _ in range(3)]
+            seen_busy, health_times, plain, refused_while_busy = False, [], None, False
+            while not all(crowd.done() for crowd in crowds):
                 started = time.perf_counter()
                 health = await client.get("/healthz")
                 health_times.append(time.perf_counter() - started)
                 assert health.status_code == 200, health.text
                 if health.json()["faces"]["threads_busy"]:
                     seen_busy = True
+                    refused_while_busy |= any(crowd.done() and crowd.result().status_code == 503 for crowd in crowds)
                     if plain is None:
                         plain = await client.post("/api/v1/predict", content=astronaut)
                 await asyncio.sleep(0.05)
-            return await crowd, seen_busy, health_times, plain
+            return [crowd.result() for crowd in crowds], seen_busy, health_times, plain, refused_while_busy
 
     try:
-        crowd, seen_busy, health_times, plain = asyncio.run(scenario())
+        crowds, seen_busy, health_times, plain, refused_while_busy = asyncio.run(scenario())
     finally:
         app.state.batcher.close()
         app.state.faces.close()
-    assert crowd.status_code == 200, crowd.text
-    assert len(crowd.json()["faces"]) == 16
-    assert seen_busy, "the wall's detection was never seen running: the test proves nothing"
+    assert sorted(crowd.status_code for crowd in crowds) == [200, 200, 503], [crowd.text[:200] for crowd in crowds]
+    assert all(len(crowd.json()["faces"]) == 16 for crowd in crowds if crowd.status_code == 200)
+    assert seen_busy and refused_while_busy, "the walls' detection was never seen running: the test proves nothing"
     assert plain is not None and plain.status_code == 200 and "faces" not in plain.json()
     assert max(health_times) < 5, health_times  # generous: unblocked it answers in milliseconds
+    assert call(app, "GET", "/healthz").json()["faces"]["in_progress"] == 0
 
 
 def test_busy_face_detection_gets_503_and_predictions_go_on(detector, astronaut):
