@@ -566,13 +566,7 @@ class Detector:
         # errors="raise": every result is a Prediction, or the call raised
         predictions = [result for result in self._classify_chunk(crops, "raise", self.session.run)
                        if isinstance(result, Prediction)]
-
-        def fakeness(index: int) -> float:
-            chosen = predictions[index]
-            return chosen.fake_probability if chosen.fake_probability is not None else chosen.score
-
-        decisive = max(range(len(faces)), key=fakeness)
-        return FacesResult(list(zip(faces, predictions)), predictions[decisive], no_face, decisive)
+        return FacesResult.decide(list(zip(faces, predictions)), no_face)
 
 
 @dataclass(frozen=True, eq=False)
@@ -588,6 +582,22 @@ class FacesResult:
     no_face: str  # the policy asked for: "whole-image" or "none"
     decisive: int | None  # index in ``faces`` of the face that decided; None when no face was found
 
+    @classmethod
+    def decide(cls, faces: list[tuple[Face, Prediction]], no_face: str,
+               whole_image: Prediction | None = None) -> FacesResult:
+        """The image's verdict from its faces' (the one place for the rule): the face with the highest fake
+        probability decides (for labels that name no fake class, the most confident face); with no face,
+        ``whole_image`` (the whole image's prediction, or None)."""
+        if not faces:
+            return cls([], whole_image, no_face, None)
+
+        def fakeness(index: int) -> float:
+            chosen = faces[index][1]
+            return chosen.fake_probability if chosen.fake_probability is not None else chosen.score
+
+        decisive = max(range(len(faces)), key=fakeness)
+        return cls(faces, faces[decisive][1], no_face, decisive)
+
     @property
     def decided_by(self) -> str:
         """Where the image's verdict comes from: "face", "whole-image", or "none" (no face, no verdict)."""
@@ -600,4 +610,12 @@ class FacesResult:
         faces with their boxes and verdicts."""
         verdict = self.prediction.to_dict() if self.prediction is not None else {"label": None}
         return {**verdict, "decided_by": self.decided_by,
-                "faces": [{**face.to_dict(), **prediction.to_dict()} for face, prediction in self.faces]}
+                "faces": [{**face_fields(face), **prediction.to_dict()} for face, prediction in self.faces]}
+
+
+def face_fields(face: Face) -> dict[str, Any]:
+    """A face's fields in a record that also holds its verdict: the detector's score is ``face_score`` there, so
+    the verdict's ``score`` doesn't hide it."""
+    fields = face.to_dict()
+    fields["face_score"] = fields.pop("score")
+    return fields
