@@ -17,7 +17,7 @@ import shutil
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,20 +93,22 @@ FIXTURE_MODELS = {
     "vit-faces": FixtureModel(VIT_PROCESSOR, ("Fake", "Real"), (-1, 1), (-0.2,), faces=True),
 }
 
-# Exported fixture packages are cached here when set (the mutation check points it at a fresh temporary folder and
-# runs pytest dozens of times); unset, every session builds its own. Keyed by content: the fixture's spec, the
-# build-side code and the library versions, not by src/ (the runtime under test doesn't shape a package).
+# Exported fixture packages are cached here when set (scripts/test.sh sets .cache/test-fixtures in the checkout;
+# the mutation checks point it at a fresh temporary folder and run pytest dozens of times); unset, every session
+# builds its own. Keyed by content: the fixture's spec, the build-side code (BUILD: the copy under test when the
+# mutation check mutates it), the checkout's runtime modules (the exporter writes and validates through them; a
+# mutated copy of the runtime doesn't change the key, so mutants share one build) and the library versions.
 CACHE_ENVIRONMENT = "FASTVIT_TEST_CACHE"
 _BUILD_FILES = (*sorted(BUILD.glob("*.py")), Path(__file__).resolve().with_name("fixture_models.py"))
-_BUILD_LIBRARIES = ("torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "pillow", "numpy", "openvino",
+BUILD_LIBRARIES = ("torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "pillow", "numpy", "openvino",
                     "nncf")
 
 
 def _fixture_key(kind: str) -> str:
     digest = hashlib.sha256(json.dumps([kind, asdict(FIXTURE_MODELS[kind])], sort_keys=True).encode())
-    for path in _BUILD_FILES:
+    for path in (*_BUILD_FILES, *sorted((ROOT / "src" / "fastvit_detect").glob("*.py"))):
         digest.update(path.read_bytes())
-    for library in _BUILD_LIBRARIES:
+    for library in BUILD_LIBRARIES:
         try:
             digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
         except importlib.metadata.PackageNotFoundError:
@@ -146,6 +148,41 @@ def _cached_fixture(kind: str, cache: Path) -> Path:
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
     return entry
+
+
+def cached_build(name: str, sources: Sequence[Path], build: Callable[[Path], None], destination: Path,
+                 libraries: Sequence[str] = BUILD_LIBRARIES) -> Path:
+    """``build(destination)``, or with FASTVIT_TEST_CACHE set a copy of an earlier build of the same content.
+
+    The key is every byte of ``sources`` (files, or folders' Python files, recursively) and the libraries'
+    versions: a changed line of training, export or runtime code, or another torch, builds anew. For fixtures that
+    take minutes (a trained model, a benchmark run) and whose result the suite only reads.
+    """
+    cache = os.environ.get(CACHE_ENVIRONMENT)
+    if not cache:
+        build(destination)
+        return destination
+    digest = hashlib.sha256(name.encode())
+    for source in sources:
+        for path in sorted(source.rglob("*.py")) if source.is_dir() else [source]:
+            name_in_key = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            digest.update(str(name_in_key).encode() + b"\0" + path.read_bytes())
+    for library in libraries:
+        try:
+            digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{library} absent".encode())
+    entry = Path(cache) / f"{name}-{digest.hexdigest()[:16]}"
+    if not entry.is_dir():
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        build(staging)
+        try:
+            staging.rename(entry)  # atomic: a concurrent session either finds it whole or builds its own
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(entry, destination, dirs_exist_ok=True)  # a copy: tests may change what they're given
+    return destination
 
 
 class FixtureBuilds(dict):

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BUILD_LIBRARIES, ROOT, cached_build
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
 
 OPENVINO_INSTALLED = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
 # fastvit-detect/auto always; fastvit-detect/openvino-int8 where the package could be exported with --openvino.
@@ -53,6 +52,7 @@ FIGURES = {
     "accuracy": ("accuracy", "images"),
 }
 BATCH_SIZES, THREADS = (1, 2), ("1", "all")
+BENCH_LIBRARIES = (*BUILD_LIBRARIES, "optimum", "matplotlib", "scikit-image")
 
 
 def key(row: dict) -> str:
@@ -61,24 +61,39 @@ def key(row: dict) -> str:
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory) -> Path:
-    """One end-to-end run of ``python -m benchmarks`` on the tiny preset, with a labelled folder for accuracy."""
+    """One end-to-end run of ``python -m benchmarks`` on the tiny preset, with a labelled folder for accuracy.
+
+    With FASTVIT_TEST_CACHE set the run is kept there, keyed by the benchmark and runtime code and the libraries'
+    versions (conftest.cached_build): the tests read its results, they don't time it."""
     pytest.importorskip("torch")
     pytest.importorskip("optimum.onnxruntime")
-    base = tmp_path_factory.mktemp("bench")
-    rng = np.random.default_rng(0)
-    for label in ("Real", "Fake"):
-        (base / "data" / label).mkdir(parents=True)
-        for index in range(2):
-            pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(base / "data" / label / f"{index}.png")
-    command = [sys.executable, "-m", "benchmarks", "--preset", "tiny", "--output", str(base / "out"),
-               "--cache-dir", str(base / "cache"), "--data", str(base / "data"), "--rounds", "1", "--large-mp", "0.3",
-               "--batch-sizes", ",".join(map(str, BATCH_SIZES)), "--threads", ",".join(THREADS),
-               "--coldstart-repeats", "1", "--no-compile"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "end-to-end latency" in result.stderr  # progress goes to stderr while it runs
+
+    def build(base: Path) -> None:
+        rng = np.random.default_rng(0)
+        for label in ("Real", "Fake"):
+            (base / "data" / label).mkdir(parents=True)
+            for index in range(2):
+                pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(base / "data" / label / f"{index}.png")
+        command = [sys.executable, "-m", "benchmarks", "--preset", "tiny", "--output", str(base / "out"),
+                   "--cache-dir", str(base / "cache"), "--data", str(base / "data"), "--rounds", "1",
+                   "--large-mp", "0.3", "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
+                   "--threads", ",".join(THREADS), "--coldstart-repeats", "1", "--no-compile"]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (base / "stderr.txt").write_text(result.stderr)
+        (base / "built-in.txt").write_text(str(base))  # results.json records paths under it (see relocated)
+
+    base = cached_build("bench-run", [ROOT / "benchmarks", ROOT / "src" / "fastvit_detect", Path(__file__)], build,
+                        tmp_path_factory.mktemp("bench"), libraries=(*BENCH_LIBRARIES,))
+    assert "end-to-end latency" in (base / "stderr.txt").read_text()  # progress goes to stderr while it runs
     return base / "out"
+
+
+def relocated(bench_run: Path, recorded: str) -> Path:
+    """A path results.json recorded, in this session's copy of the run (it may have been built in the cache)."""
+    built_in = Path((bench_run.parent / "built-in.txt").read_text())
+    return bench_run.parent / Path(recorded).relative_to(built_in)
 
 
 @pytest.fixture(scope="module")
@@ -359,13 +374,13 @@ def test_openvino_int8_is_rebuilt_when_calibration_changes_and_refuses_an_empty_
     from fastvit_detect.build import ExportError
 
     results = json.loads((bench_run / "results.json").read_text())
-    package = Path(results["model"]["package"])
+    package = relocated(bench_run, results["model"]["package"])
     calibration = tmp_path / "calibration"
     calibration.mkdir()
     artifacts = Artifacts("tiny", package, package, package, openvino_dir=tmp_path / "ov", calibration_dir=calibration)
     with pytest.raises(ExportError, match="no images found"):
         openvino_int8(artifacts)  # an empty folder, as export.py --calibration refuses it
-    photos = sorted(Path(results["model"]["calibration"]["dir"]).iterdir())
+    photos = sorted(relocated(bench_run, results["model"]["calibration"]["dir"]).iterdir())
     shutil.copyfile(photos[0], calibration / photos[0].name)
     first = openvino_int8(artifacts)
     assert first["calibration_images"] == 1 and artifacts.openvino_int8_xml.is_file()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cached_build
 
 from fastvit_detect.cli import main
 
@@ -22,19 +22,26 @@ pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(data set, checkpoint, package): 1,900 images, 3 epochs of the tiny ViT, exported with Test as validation."""
-    base = tmp_path_factory.mktemp("trained")
-    data, checkpoint, package = base / "data", base / "checkpoint", base / "package"
-    run = [sys.executable, str(ROOT / "train" / "make_dataset.py"), "--output", str(data), "--images", "1900",
-           "--seed", "3"]
-    subprocess.run(run, check=True, timeout=1800, capture_output=True)
-    run = [sys.executable, str(ROOT / "train" / "finetune.py"), "--data", str(data), "--base", "tiny",
-           "--output", str(checkpoint), "--epochs", "3", "--seed", "3"]
-    subprocess.run(run, check=True, timeout=1800, capture_output=True)
-    run = [sys.executable, str(ROOT / "export" / "export.py"), str(checkpoint), "--output", str(package),
-           "--validation-images", str(data / "Test"), "--validation-limit", "100"]
-    subprocess.run(run, check=True, timeout=1800, capture_output=True)
-    return data, checkpoint, package
+    """(data set, checkpoint, package): 1,900 images, 3 epochs of the tiny ViT, exported with Test as validation.
+
+    Minutes of work: with FASTVIT_TEST_CACHE set it is kept there, keyed by the training, export and runtime code
+    and the libraries' versions (conftest.cached_build)."""
+    def build(base: Path) -> None:
+        data, checkpoint, package = base / "data", base / "checkpoint", base / "package"
+        run = [sys.executable, str(ROOT / "train" / "make_dataset.py"), "--output", str(data), "--images", "1900",
+               "--seed", "3"]
+        subprocess.run(run, check=True, timeout=1800, capture_output=True)
+        run = [sys.executable, str(ROOT / "train" / "finetune.py"), "--data", str(data), "--base", "tiny",
+               "--output", str(checkpoint), "--epochs", "3", "--seed", "3"]
+        subprocess.run(run, check=True, timeout=1800, capture_output=True)
+        run = [sys.executable, str(ROOT / "export" / "export.py"), str(checkpoint), "--output", str(package),
+               "--validation-images", str(data / "Test"), "--validation-limit", "100"]
+        subprocess.run(run, check=True, timeout=1800, capture_output=True)
+
+    base = cached_build("trained", [ROOT / "train", ROOT / "export", ROOT / "src" / "fastvit_detect", Path(__file__)],
+                        build,
+                        tmp_path_factory.mktemp("trained"))
+    return base / "data", base / "checkpoint", base / "package"
 
 
 def test_int8_accuracy_within_one_point_of_fp32_and_pytorch(trained, capsys):
