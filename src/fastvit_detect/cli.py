@@ -49,6 +49,7 @@ from .faces import (
     FACES_SECTION,
     MAX_MAX_FACES,
     MAX_MIN_FACE_SIZE,
+    FaceOptions,
     expects_faces,
 )
 from .httpapi import SERVER_MAX_PIXELS
@@ -373,6 +374,8 @@ def load_detector(args: argparse.Namespace, variant: str | None = None,
                                    max_pixels=args.max_pixels, max_bytes=max(1, int(args.max_image_mb * MiB)),
                                    jpeg_draft=args.jpeg_draft, workers=args.workers,
                                    threads_per_worker=args.threads_per_worker)
+    if hasattr(args, "faces"):  # the commands with add_face_arguments
+        options.update(faces=faces_choice(args), face_options=face_options(args))
     reference = parse_model_reference(args.model) if package is None else None
     if reference is not None:
         with reference.local_reading_first():
@@ -418,7 +421,7 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     writer = OverlayWriter(args.explain, args) if args.explain is not None else None
     detector = load_detector(args)
     note_intended_use(detector.package)
-    if args.faces or (expects_faces(detector.package) and not args.no_faces):
+    if detector.faces_first:
         if writer is not None:
             raise InvalidOptionError("--explain with faces isn't built yet; pass --no-faces to explain whole images")
         return run_predict_faces(args, detector, out)
@@ -465,6 +468,17 @@ def add_face_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                         help="at most N faces per image, the most confident (default %(default)s)")
 
 
+def faces_choice(args: argparse.Namespace) -> bool | str:
+    """``Detector.load``'s ``faces`` from --faces / --no-faces: "auto" (as the manifest says) when neither."""
+    if args.faces and args.no_faces:
+        raise InvalidOptionError("--faces and --no-faces contradict each other; pass one")
+    return True if args.faces else False if args.no_faces else "auto"
+
+
+def face_options(args: argparse.Namespace) -> FaceOptions:
+    return FaceOptions(min_face_size=args.min_face_size, max_faces=args.max_faces, margin=args.margin)
+
+
 def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO) -> int:
     """``predict --faces``: one line per face (its box and verdict), then the image's verdict; ``--json``: one
     record per image with its faces."""
@@ -473,8 +487,7 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO)
     failed = 0
     for image in args.images:
         try:
-            result = detector.predict_faces(image, margin=args.margin, min_face_size=args.min_face_size,
-                                            max_faces=args.max_faces)
+            result = detector.predict_faces(image)
         except (InputError, ModelOutputError) as exc:
             failed += 1
             if args.json:
