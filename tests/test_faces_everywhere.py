@@ -129,3 +129,145 @@ def test_cli_faces_flags_contradicting_are_refused(faces_package, tmp_path, caps
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
     assert cli_main(["predict", "--model", str(faces_package), "--faces", "--no-faces", str(image)]) != 0
     assert "contradict" in capsys.readouterr().err
+
+
+# --- 2. scan --faces: a record per face, then the image's; resumable -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_folder(scene, tmp_path_factory) -> Path:
+    """A group photo, a face, a photo without one, and a file that isn't an image."""
+    folder = tmp_path_factory.mktemp("photos")
+    scene.save(folder / "a-group.png")
+    _photo("astronaut.png").save(folder / "b-astronaut.png")
+    _photo("coffee.png").save(folder / "c-coffee.png")
+    (folder / "d-broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _expected_records(detector: Detector, folder: Path) -> list[dict]:
+    from fastvit_detect.scan import faces_records
+
+    records = []
+    for path in sorted(folder.iterdir()):
+        try:
+            result = detector.predict_faces(path)
+        except InputError as exc:
+            result = exc
+        records.extend(json.loads(json.dumps(faces_records(str(path), result))))
+    return records
+
+
+def _close(a: dict, b: dict) -> bool:
+    """Records equal, their numbers within float noise (crops batched with other images' crops)."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        if isinstance(a[key], float):
+            if abs(a[key] - b[key]) > 1e-4:
+                return False
+        elif isinstance(a[key], dict):
+            if not _close(a[key], b[key]):
+                return False
+        elif isinstance(a[key], list) and a[key] and isinstance(a[key][0], float):
+            if not np.allclose(a[key], b[key], atol=1e-3):
+                return False
+        elif a[key] != b[key] and key != "error":
+            return False
+    return True
+
+
+def test_scan_with_faces_writes_a_record_per_face_then_the_images(expecting, photo_folder, tmp_path):
+    from fastvit_detect.scan import scan
+
+    output = tmp_path / "results.jsonl"
+    summary = scan(expecting, photo_folder, output, batch_size=3)
+    records = _jsonl(output)
+    expected = _expected_records(expecting, photo_folder)
+    assert len(records) == len(expected) and all(_close(a, b) for a, b in zip(records, expected))
+    kinds = [(Path(record["image"]).name, record.get("face"), record.get("decided_by")) for record in records]
+    assert kinds == [*(("a-group.png", number, None) for number in range(1, len(COMPOSITION) + 1)),
+                     ("a-group.png", None, "face"), ("b-astronaut.png", 1, None), ("b-astronaut.png", None, "face"),
+                     ("c-coffee.png", None, "whole-image"), ("d-broken.png", None, None)]
+    assert records[len(COMPOSITION)]["faces"] == len(COMPOSITION) and len(records[0]["box"]) == 4
+    assert "error" in records[-1]
+    assert (summary.classified, summary.failed, summary.faces) == (3, 1, len(COMPOSITION) + 1)
+    assert "classified (6 face(s))" in summary.describe()
+    again = scan(expecting, photo_folder, output)  # resumed: every image done, faces don't count as images
+    assert again.already_done == 4 and again.classified == 0 and len(_jsonl(output)) == len(records)
+
+
+def test_scan_with_faces_to_csv_and_its_cap(faces_package, photo_folder, tmp_path):
+    import csv
+
+    from fastvit_detect.scan import scan
+
+    capped = Detector.load(faces_package, variant="fp32", faces=True, face_options=FaceOptions(max_faces=2))
+    output = tmp_path / "results.csv"
+    scan(capped, photo_folder, output)
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    group = [row for row in rows if row["image"].endswith("a-group.png")]
+    assert [row["face"] for row in group] == ["1", "2", ""]  # max_faces caps the records
+    assert group[-1]["decided_by"] == "face" and group[-1]["faces"] == "2"
+    assert all(float(row["box_x1"]) > float(row["box_x0"]) and row["label"] for row in group[:2])
+    coffee = next(row for row in rows if row["image"].endswith("c-coffee.png"))
+    assert coffee["decided_by"] == "whole-image" and coffee["faces"] == "0" and not coffee["face"]
+    # A scan without faces into this file is refused, the file left whole (not cut back to nothing).
+    before = output.read_bytes()
+    from fastvit_detect import FastVitDetectError
+
+    with pytest.raises(FastVitDetectError, match="columns"):
+        scan(Detector.load(faces_package, variant="fp32"), photo_folder, output)
+    assert output.read_bytes() == before
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_scan_stopped_inside_an_images_faces_resumes_with_that_image(tmp_path, fmt):
+    """Torn at every byte of an image's records (two faces, then the image's): everything of that image is cut and
+    it is done again; the image before it is kept."""
+    from fastvit_detect.scan import ScanOutput
+
+    good = {"label": "Real", "score": 0.75, "fake_probability": 0.25, "probabilities": {"Fake": 0.25, "Real": 0.75}}
+
+    def face(image: str, number: int) -> dict:
+        return {"image": image, "face": number, "box": [1.0, 2.0, 30.5, 40.0], "face_score": 0.99, **good}
+
+    first = [face("a.png", 1), {"image": "a.png", **good, "decided_by": "face", "faces": 1}]
+    second = [face("b.png", 1), face("b.png", 2), {"image": "b.png", **good, "decided_by": "face", "faces": 2}]
+    path = tmp_path / f"results.{fmt}"
+
+    def written(records: list[dict]) -> bytes:
+        with ScanOutput(path, ("Fake", "Real"), fmt, overwrite=True, faces=True) as output:
+            for record in records:
+                output.write_record(record)
+        return path.read_bytes()
+
+    before, whole = written(first), written(first + second)
+    for cut in range(len(before), len(whole) + 1):
+        path.write_bytes(whole[:cut])
+        output = ScanOutput(path, ("Fake", "Real"), fmt, faces=True)
+        output.close()
+        done = {Path(name).name for name in output.done}
+        if cut == len(whole):
+            assert done == {"a.png", "b.png"} and path.read_bytes() == whole
+        else:
+            assert done == {"a.png"}, cut
+            assert path.read_bytes() == before, cut
+
+
+def test_cli_scan_faces_and_no_faces(expecting_package, photo_folder, tmp_path):
+    output = tmp_path / "faces.jsonl"
+    assert cli_main(["scan", str(photo_folder), "--model", str(expecting_package), "--variant", "fp32",
+                     "-o", str(output)]) != 0  # the broken file fails; the package expects faces: faces by default
+    assert sum("face" in record for record in _jsonl(output)) == len(COMPOSITION) + 1
+    plain = tmp_path / "plain.jsonl"
+    cli_main(["scan", str(photo_folder), "--model", str(expecting_package), "--no-faces", "-o", str(plain)])
+    assert len(_jsonl(plain)) == 4 and not any("face" in record or "decided_by" in record for record in _jsonl(plain))
+    capped = tmp_path / "capped.jsonl"
+    cli_main(["scan", str(photo_folder), "--model", str(expecting_package), "--max-faces", "1", "-o", str(capped)])
+    assert sum("face" in record for record in _jsonl(capped)) == 2

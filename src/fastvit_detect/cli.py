@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
                       help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
     scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
+    add_face_arguments(scan.add_argument_group("faces (a record per face, then the image's; the package needs "
+                                                "export --faces)"))
     cluster = scan.add_argument_group("Ray (needs the ray extra)")
     cluster.add_argument("--engine", choices=("local", "ray"), default="local",
                          help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")

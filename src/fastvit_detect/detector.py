@@ -609,6 +609,25 @@ class Detector:
         (result,) = self._faces_results([image], options, no_face, "raise", self.session.run, None)
         return result  # type: ignore[return-value]  # "raise" returns results only
 
+    def predict_faces_iter(self, images: Iterable[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,
+                           errors: Literal["raise", "return"] = "raise",
+                           no_face: Literal["whole-image", "none"] = "whole-image"
+                           ) -> Generator[FacesResult | FastVitDetectError, None, None]:
+        """:meth:`predict_faces` for each image, streamed in input order, with :attr:`face_options`: the crops of
+        ``batch_size`` images share session calls (at most ``batch_size`` crops a call, one image's faces never
+        split). ``errors`` as in :meth:`predict_batch`."""
+        check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+        _check_errors(errors)
+        if no_face not in ("whole-image", "none"):
+            raise InvalidOptionError(f"no_face must be 'whole-image' or 'none', got {no_face!r}")
+        self.face_detector  # noqa: B018 - a package without faces fails at the call, before any image is read
+        return self._faces_stream(images, batch_size, errors, no_face)
+
+    def _faces_stream(self, images: Iterable[ImageInput], batch_size: int, errors: str,
+                      no_face: str) -> Generator[FacesResult | FastVitDetectError, None, None]:
+        for chunk in _chunks(images, batch_size):
+            yield from self._faces_results(chunk, self.face_options, no_face, errors, self.session.run, batch_size)
+
     def _face_options(self, margin: float | None, min_face_size: int | None, max_faces: int | None,
                       max_side: int | Literal["default"] | None) -> FaceOptions:
         """:attr:`face_options`, with the arguments given in place of its values (each checked)."""
