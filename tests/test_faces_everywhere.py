@@ -271,3 +271,78 @@ def test_cli_scan_faces_and_no_faces(expecting_package, photo_folder, tmp_path):
     capped = tmp_path / "capped.jsonl"
     cli_main(["scan", str(photo_folder), "--model", str(expecting_package), "--max-faces", "1", "-o", str(capped)])
     assert sum("face" in record for record in _jsonl(capped)) == 2
+
+
+# --- 3. the Ray engine with faces: the local scan's records ---------------------------------------------------------
+
+
+def _by_image(records: list[dict]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for record in records:
+        grouped.setdefault(Path(record["image"]).name, []).append(json.dumps({**record, "image": "-"}))
+    return grouped
+
+
+def test_the_ray_actor_writes_the_local_scans_face_records(faces_package, photo_folder, tmp_path):
+    """Without a cluster: the actor's records for a batch, through Arrow and back, are the local scan's, byte for
+    byte (same variant, same batching)."""
+    pa = pytest.importorskip("pyarrow")
+    engine = pytest.importorskip("fastvit_detect.ray")
+    from fastvit_detect.scan import scan
+
+    local = tmp_path / "local.jsonl"
+    scan(Detector.load(faces_package, variant="fp32", faces=True), photo_folder, local)
+    classifier = engine.BatchClassifier(faces_package, variant="fp32", faces=True)
+    files = sorted(photo_folder.iterdir())
+    batch = pa.table({"path": [str(path) for path in files],
+                      "file": pa.array([bytes(path) for path in files], pa.binary())})
+    records = [json.dumps(record) for record in engine.table_records(classifier(batch))]
+    assert records == local.read_text().splitlines()
+    plain = engine.BatchClassifier(faces_package, variant="fp32")  # auto: the package doesn't expect faces
+    assert len(list(engine.table_records(plain(batch)))) == len(files)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import logging
+
+    ray = pytest.importorskip("ray")
+    engine = pytest.importorskip("fastvit_detect.ray")
+    try:
+        engine.init_local(num_cpus=2, logging_level=logging.WARNING)
+    except Exception:  # noqa: BLE001 - Ray gives a raylet 30 s to register: once more on a crowded machine
+        ray.shutdown()
+        engine.init_local(num_cpus=2, logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_scan_with_faces_gives_the_local_scans_records(local_ray, expecting_package, photo_folder, tmp_path,
+                                                           capsys):
+    import pyarrow.parquet as pq
+
+    import fastvit_detect.ray as engine
+
+    local = tmp_path / "local.jsonl"
+    assert cli_main(["scan", str(photo_folder), "--model", str(expecting_package), "--variant", "fp32",
+                     "-o", str(local)]) != 0  # the broken image
+    want = _by_image(_jsonl(local))
+    ray_jsonl = tmp_path / "ray.jsonl"
+    assert cli_main(["scan", str(photo_folder), "--model", str(expecting_package), "--variant", "fp32",
+                     "--engine", "ray", "--actors", "2", "--batch-size", "2", "-o", str(ray_jsonl)]) != 0
+    got = _by_image(_jsonl(ray_jsonl))
+    assert got.keys() == want.keys()
+    for name in want:  # each image's records in the local scan's order; numbers within batching noise
+        assert len(got[name]) == len(want[name])
+        assert all(_close(json.loads(a), json.loads(b)) for a, b in zip(got[name], want[name])), name
+    assert "classified (6 face(s))" in capsys.readouterr().err
+    parquet = tmp_path / "ray.parquet"
+    summary = engine.classify(photo_folder, expecting_package, parquet, variant="fp32", actors=1, batch_size=4,
+                              face_options=FaceOptions(max_faces=1))
+    records = list(engine.table_records(pq.read_table(parquet)))
+    assert summary.faces == 2 and sum("face" in record for record in records) == 2
+    assert [json.dumps(record) for record in records if record["image"].endswith("c-coffee.png")] == [
+        json.dumps({**json.loads(want["c-coffee.png"][0]), "image": str(photo_folder / "c-coffee.png")})]
+    again = engine.classify(photo_folder, expecting_package, parquet, variant="fp32")  # resumed: all done
+    assert again.already_done == 4 and again.classified == 0

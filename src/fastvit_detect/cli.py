@@ -644,7 +644,8 @@ def run_ray_scan(args: argparse.Namespace) -> int:
                                   variant=args.variant, actors=args.actors, threads_per_actor=args.threads_per_actor,
                                   batch_size=args.batch_size, max_pixels=args.max_pixels,
                                   max_bytes=max(1, int(args.max_image_mb * MiB)), jpeg_draft=args.jpeg_draft,
-                                  ship_model=args.ship_model, progress=stderr_progress("ray"))
+                                  ship_model=args.ship_model, progress=stderr_progress("ray"),
+                                  faces=faces_choice(args), face_options=face_options(args))
     dropped = summary.duplicates_dropped
     retried = f"; {dropped} record(s) of retried batches arrived twice, written once" if dropped else ""
     print(f"{summary.describe()}; {summary.actors} actor(s) x {args.threads_per_actor or 1} thread(s){retried}",
