@@ -346,3 +346,61 @@ def test_ray_scan_with_faces_gives_the_local_scans_records(local_ray, expecting_
         json.dumps({**json.loads(want["c-coffee.png"][0]), "image": str(photo_folder / "c-coffee.png")})]
     again = engine.classify(photo_folder, expecting_package, parquet, variant="fp32")  # resumed: all done
     assert again.already_done == 4 and again.classified == 0
+
+
+# --- 5. fine-tuning crops faces with the runtime's code ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finetune():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_train_data import load_train_script
+
+    return load_train_script("finetune")
+
+
+def test_finetune_trains_on_the_crop_predict_faces_classifies(finetune, faces_package, scene, tmp_path):
+    from fastvit_detect.faces import face_crop
+
+    group = tmp_path / "group.png"
+    scene.save(group)
+    detector = Detector.load(faces_package, variant="fp32")
+    result = detector.predict_faces(group)
+    face = result.faces[0][0]  # the most confident face
+    want = detector.preprocessor.to_pixels(face_crop(scene, face, 0.3))
+    crops = finetune.FaceCrops(faces_package)
+    trained_on = crops(group)
+    np.testing.assert_array_equal(trained_on, want)
+    assert _same(detector.predict(trained_on), result.faces[0][1])
+    wider = finetune.FaceCrops(faces_package, margin=0.8)(group)
+    assert not np.array_equal(wider, trained_on)
+    np.testing.assert_array_equal(wider, detector.preprocessor.to_pixels(face_crop(scene, face, 0.8)))
+    coffee = tmp_path / "coffee.png"
+    _photo("coffee.png").save(coffee)
+    np.testing.assert_array_equal(crops(coffee), finetune.load_resized(coffee))  # no face: the whole image
+    assert crops.faceless == {coffee}
+
+
+def test_finetune_with_faces_end_to_end(finetune, faces_package, tmp_path):
+    """The flag reaches the loader: a few steps on a small data set with faces pasted into some images."""
+    from test_train_data import TINY_SMOKE_ARGUMENTS
+
+    astronaut = _photo("astronaut.png")
+    for split in ("Train", "Validation", "Test"):
+        for label, shade in (("Real", 90), ("Fake", 160)):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for index in range(3):
+                picture = Image.new("RGB", (160, 120), (shade, shade, shade))
+                if index:
+                    picture.paste(astronaut.crop((150, 30, 300, 210)).resize((60, 72)), (40 * index, 20))
+                picture.save(folder / f"{index}.png")
+    output = tmp_path / "checkpoint"
+    assert finetune.main(["--data", str(tmp_path / "data"), "--output", str(output), "--faces", str(faces_package),
+                          *TINY_SMOKE_ARGUMENTS]) == 0
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["faces"]["margin"] == 0.3 and summary["faces"]["images_without_a_face"] == 6
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--data", str(tmp_path / "data"), "--base", "tiny", "--output", "x", "--faces",
+                             str(tmp_path / "absent")])

@@ -32,8 +32,8 @@ from .faces import (
     FaceDetector,
     FaceOptions,
     expects_faces,
-    face_crop,
     face_detector_variants,
+    face_pixels,
 )
 from .hub import fetch
 from .layout import Layout, check_layout_arguments, choose_layout, read_calibration
@@ -175,7 +175,7 @@ class Detector:
         self.face_options = face_options if face_options is not None else FaceOptions()
         if not isinstance(self.face_options, FaceOptions):
             raise InvalidOptionError(f"face_options must be a FaceOptions, got {type(face_options).__name__}")
-        self.faces_first = _faces_first(package, faces)
+        self.faces_first = decides_by_faces(package, faces)
         if self.faces_first:
             face_detector_variants(package)  # a package that lacks the detector fails here, not at the first image
 
@@ -301,7 +301,7 @@ class Detector:
                 choice = choose_variant(package, variant)
             # auto's fallback too: should OpenVINO fail to compile its variant, the onnxruntime one is there to run
             chosen = [package.lookup(name) for name in (choice.name, choice.fallback) if name is not None]
-            if _faces_first(package, load_options.get("faces", "auto")):
+            if decides_by_faces(package, load_options.get("faces", "auto")):
                 chosen.extend(face_detector_variants(package).values())
             return chosen
 
@@ -642,17 +642,10 @@ class Detector:
         """The faces of ``image`` and the classifier's input for each: their crops (:func:`face_crop`) resized and
         cropped as :meth:`predict` prepares an image, N x H x W x 3 uint8. With no face, no rows, or
         (``whole_image``) one row: the whole image. The one way a face becomes the classifier's input, shared by
-        :meth:`predict_faces`, the faces-first predictions and scans."""
-        options = options or self.face_options
-        picture = self._upright_image(image)
-        faces = self.face_detector.detect(picture, options)
-        if not faces and whole_image:
-            return faces, self.preprocessor.to_pixels(picture)[None]
-        height, width = self.preprocessor.output_size
-        pixels = np.zeros((len(faces), height, width, 3), dtype=np.uint8)
-        for row, face in enumerate(faces):
-            pixels[row] = self.preprocessor.to_pixels(face_crop(picture, face, options.margin))
-        return faces, pixels
+        :meth:`predict_faces`, the faces-first predictions and scans (see :func:`fastvit_detect.faces.face_pixels`)."""
+        detector = self.face_detector  # a package without faces fails before the image is decoded
+        return face_pixels(self._upright_image(image), detector, options or self.face_options,
+                           self.preprocessor.to_pixels, self.preprocessor.output_size, whole_image)
 
     def _faces_results(self, images: Sequence[ImageInput], options: FaceOptions, no_face: str, errors: str,
                        run: Callable[[np.ndarray], np.ndarray], call_size: int | None
@@ -739,8 +732,9 @@ def _check_faces_argument(faces: object) -> None:
         raise InvalidOptionError(f"faces must be True, False or 'auto', got {faces!r}")
 
 
-def _faces_first(package: ModelPackage, faces: object) -> bool:
-    """Whether predictions decide by faces: ``faces`` True or False, or "auto": as the manifest says."""
+def decides_by_faces(package: ModelPackage, faces: object) -> bool:
+    """Whether a detector of ``package`` loaded with ``faces`` (True, False or "auto": as the manifest says) decides
+    by faces (:attr:`Detector.faces_first`)."""
     _check_faces_argument(faces)
     return expects_faces(package) if faces == "auto" else bool(faces)
 

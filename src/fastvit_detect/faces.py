@@ -47,7 +47,7 @@ from .options import check_finite, check_whole
 from .package import MANIFEST_FILE, ModelPackage, Variant
 
 __all__ = ["DEFAULT_MARGIN", "DEFAULT_MAX_FACES", "DEFAULT_MAX_SIDE", "DEFAULT_MIN_FACE_SIZE", "FACE_FILES",
-           "Face", "FaceDetector", "FaceOptions", "MissingFaceDetectorError", "face_crop"]
+           "Face", "FaceDetector", "FaceOptions", "MissingFaceDetectorError", "face_crop", "face_pixels"]
 
 FACE_FILES = {"pnet": "face_pnet.onnx", "rnet": "face_rnet.onnx", "onet": "face_onet.onnx"}
 FACE_LICENSE_FILE = "face_detector_LICENSE.txt"
@@ -410,6 +410,23 @@ def face_crop(image: Image.Image, face: Face, margin: float = DEFAULT_MARGIN) ->
     top = math.floor((y0 + y1) / 2 - side / 2)
     # PIL's crop fills what lies outside the image with zeros, and never reads out of bounds.
     return np.asarray(image.crop((left, top, left + side, top + side)), dtype=np.uint8)
+
+
+def face_pixels(picture: Image.Image, detector: FaceDetector, options: FaceOptions,
+                to_pixels: Callable[[Any], np.ndarray], size: tuple[int, int],
+                whole_image: bool = False) -> tuple[list[Face], np.ndarray]:
+    """The faces of an upright picture and the classifier's input for each: :func:`face_crop` with
+    ``options.margin``, then ``to_pixels`` (a preprocessor's resize and crop to ``size``, height x width), N x H x W
+    x 3 uint8, the most confident face first. With no face, no rows, or (``whole_image``) one row: the whole picture.
+    The one way a face becomes a classifier's input: inference (:meth:`Detector.face_pixels`) and fine-tuning
+    (``train/finetune.py --faces``) both call it."""
+    faces = detector.detect(picture, options)
+    if not faces and whole_image:
+        return faces, to_pixels(picture)[None]
+    pixels = np.zeros((len(faces), size[0], size[1], 3), dtype=np.uint8)
+    for row, face in enumerate(faces):
+        pixels[row] = to_pixels(face_crop(picture, face, options.margin))
+    return faces, pixels
 
 
 # --- the face detector's files in a model package ---------------------------------------------------------------
