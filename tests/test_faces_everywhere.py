@@ -404,3 +404,56 @@ def test_finetune_with_faces_end_to_end(finetune, faces_package, tmp_path):
     with pytest.raises(SystemExit):
         finetune.parse_args(["--data", str(tmp_path / "data"), "--base", "tiny", "--output", "x", "--faces",
                              str(tmp_path / "absent")])
+
+
+# --- 4. explain on a face ---------------------------------------------------------------------------------------------
+
+
+def test_explain_the_deciding_face_in_the_crops_coordinates(faces_package, expecting, scene):
+    from fastvit_detect.faces import face_crop
+
+    detector = Detector.load(faces_package, variant="fp32")
+    result = detector.predict_faces(scene)
+    deciding = result.faces[result.decisive][0]
+    explanation = detector.explain(scene, face="decisive", grid=2)
+    assert explanation.face == deciding and explanation.model_passes == 5
+    crop = face_crop(scene, deciding, 0.3)
+    # the crop predict_faces classified is what was explained, and crop_box places it on the photo
+    np.testing.assert_array_equal(explanation.pixels, detector.preprocessor.to_pixels(crop))
+    np.testing.assert_array_equal(np.asarray(explanation.image), crop)
+    np.testing.assert_array_equal(np.asarray(scene.crop(explanation.crop_box)), crop)
+    assert explanation.original_heatmap.shape == crop.shape[:2]
+    assert explanation.prediction.label == result.prediction.label
+    summary = json.loads(json.dumps(explanation.summary()))
+    assert summary["face"]["crop_box"] == list(explanation.crop_box) and len(summary["face"]["box"]) == 4
+    # a detector that decides by faces explains its deciding face unasked; one that doesn't, the whole image
+    assert expecting.explain(scene, grid=2).face == deciding
+    whole = detector.explain(scene, grid=2)
+    assert whole.face is None and whole.image.size == scene.size
+
+
+def test_explain_a_chosen_face_and_the_refusals(faces_package, scene):
+    detector = Detector.load(faces_package, variant="fp32")
+    faces = detector.detect_faces(scene)
+    assert detector.explain(scene, face=2, grid=2).face == faces[2]
+    assert detector.explain(scene, face=faces[1], grid=2).crop_box is not None
+    for wrong in (len(faces), -1, True, "largest", 1.0):
+        with pytest.raises(InvalidOptionError, match="face"):
+            detector.explain(scene, face=wrong, grid=2)
+    coffee = _photo("coffee.png")
+    no_face = detector.explain(coffee, face="decisive", grid=2)  # the whole image decides: it is explained
+    assert no_face.face is None and no_face.image.size == coffee.size
+
+
+def test_cli_predict_faces_explain_writes_the_deciding_faces_overlay(faces_package, scene, tmp_path, capsys):
+    group = tmp_path / "group.png"
+    scene.save(group)
+    overlays = tmp_path / "overlays"
+    assert cli_main(["predict", "--model", str(faces_package), "--variant", "fp32", "--faces", "--json",
+                     "--explain", str(overlays), "--grid", "2", str(group)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["faces"]) == len(COMPOSITION) and Path(record["explanation"]).is_file()
+    assert cli_main(["explain", "--model", str(faces_package), "--variant", "fp32", "--faces", "-o",
+                     str(overlays), "--grid", "2", str(group)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["explanation"]["face"]["crop_box"]) == 4 and record["explanation"]["file"].endswith(".png")

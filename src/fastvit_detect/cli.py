@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(explain)
     explain.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the overlay PNGs")
     add_explain_arguments(explain)
+    add_face_arguments(explain.add_argument_group("faces (explain the deciding face's crop; the package needs export "
+                                                  "--faces)"))
     explain.set_defaults(handler=run_explain)
 
     evaluate = commands.add_parser(
@@ -424,9 +426,7 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     detector = load_detector(args)
     note_intended_use(detector.package)
     if detector.faces_first:
-        if writer is not None:
-            raise InvalidOptionError("--explain with faces isn't built yet; pass --no-faces to explain whole images")
-        return run_predict_faces(args, detector, out)
+        return run_predict_faces(args, detector, out, writer)
     started = time.perf_counter()
     results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
     elapsed = time.perf_counter() - started
@@ -481,9 +481,11 @@ def face_options(args: argparse.Namespace) -> FaceOptions:
     return FaceOptions(min_face_size=args.min_face_size, max_faces=args.max_faces, margin=args.margin)
 
 
-def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO) -> int:
+def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO,
+                      writer: OverlayWriter | None = None) -> int:
     """``predict --faces``: one line per face (its box and verdict), then the image's verdict; ``--json``: one
-    record per image with its faces."""
+    record per image with its faces. ``--explain``: an overlay of the deciding face's crop per image (the whole
+    image's where no face was found)."""
     detector.face_detector  # noqa: B018 - a package without the face detector fails before any image is read
     started = time.perf_counter()
     failed = 0
@@ -497,8 +499,16 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO)
             else:
                 print(f"{image}  ERROR  {type(exc).__name__}: {exc}", file=out)
             continue
+        file = None
+        if writer is not None:
+            try:
+                file = str(writer.write(detector, image)[1])
+            except (InputError, ModelOutputError) as exc:  # unreadable since predicted (replaced, say)
+                failed += 1
+                print(f"{image}  explanation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"image": image, **result.to_dict()}), file=out)
+            print(json.dumps({"image": image, **result.to_dict(),
+                              **({"explanation": file} if file is not None else {})}), file=out)
             continue
         for number, (face, prediction) in enumerate(result.faces, start=1):
             box = ", ".join(f"{value:.0f}" for value in face.box)
@@ -510,6 +520,9 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO)
             why = (f"face {result.decisive + 1} decides" if result.decisive is not None
                    else "no face found: the whole image")
             print(f"{image}  image ({len(result.faces)} face(s); {why})  {describe(result.prediction)}", file=out)
+        if file is not None:
+            print(f"{image}  explanation ({'the deciding face' if result.faces else 'the whole image'}): {file}",
+                  file=out)
     out.flush()
     print(f"{len(args.images)} image(s), {failed} failed; variant {detector.variant.name}; faces first; "
           f"{1000 * (time.perf_counter() - started) / max(1, len(args.images)):.1f} ms/image", file=sys.stderr)

@@ -492,16 +492,25 @@ class Detector:
                 for row, ok, name in zip(logits, finite, names)]
 
     def explain(
-        self, image: ImageInput, method: str = "occlusion", target: str = "fake", **options: Any
+        self, image: ImageInput, method: str = "occlusion", target: str = "fake", *,
+        face: str | int | Face | None = None, **options: Any
     ) -> Explanation:
         """Why the verdict: a heat map of the regions whose hiding lowers p(``target``) most.
 
         ``method``: "occlusion" (options ``grid``, ``baseline``) or "rise" (``samples``, ``grid``, ``baseline``,
         ``seed``); ``target``: a label, "predicted" (the verdict's label) or "fake"; ``batch_size``: masked copies
         per session call. See :mod:`fastvit_detect.explain` for the methods, their defaults and the geometry.
+        ``face``: explain one face's crop instead of the whole image: "decisive" (the face that decides the image;
+        the default when :attr:`faces_first`), a face's index in :meth:`predict_faces`'s ``faces``, or a
+        :class:`~fastvit_detect.faces.Face`. The heat map is then the crop's, and ``crop_box`` places it on the
+        photo (see :func:`fastvit_detect.explain.explain_face`).
         """
-        from .explain import explain  # explain builds on this module: import it where it is used
+        from .explain import explain, explain_face  # explain builds on this module: import it where it is used
 
+        if face is None and self.faces_first:
+            face = "decisive"
+        if face is not None:
+            return explain_face(self, image, face, method=method, target=target, **options)
         return explain(self, image, method=method, target=target, **options)
 
     def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -400,16 +400,22 @@ def _checked(outputs: Sequence[np.ndarray], count: int, rows: int) -> list[np.nd
 def face_crop(image: Image.Image, face: Face, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """The square crop the classifier sees for ``face``: side ``(1 + margin) * face.size`` about the box's centre,
     from the original image, the parts beyond the border black. HxWx3 uint8, never empty."""
+    # PIL's crop fills what lies outside the image with zeros, and never reads out of bounds.
+    return np.asarray(image.crop(crop_box(face, margin, image.size)), dtype=np.uint8)
+
+
+def crop_box(face: Face, margin: float, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where :func:`face_crop` cuts ``face`` from an image of ``image_size`` (width, height): (left, top, right,
+    bottom) in whole pixels, a square that may reach past the border."""
     x0, y0, x1, y1 = face.box
     extent = (1 + margin) * max(x1 - x0, y1 - y0)
     if not (math.isfinite(extent) and math.isfinite(x0 + y0) and extent <= MAX_BOX_FACTOR * (1 + margin) * max(
-            image.size)):
-        raise InvalidOptionError(f"face box {face.box} isn't a face of a {image.width}x{image.height} image")
+            image_size)):
+        raise InvalidOptionError(f"face box {face.box} isn't a face of a {image_size[0]}x{image_size[1]} image")
     side = max(1, round(extent))
     left = math.floor((x0 + x1) / 2 - side / 2)
     top = math.floor((y0 + y1) / 2 - side / 2)
-    # PIL's crop fills what lies outside the image with zeros, and never reads out of bounds.
-    return np.asarray(image.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    return left, top, left + side, top + side
 
 
 def face_pixels(picture: Image.Image, detector: FaceDetector, options: FaceOptions,
