@@ -457,3 +457,65 @@ def test_cli_predict_faces_explain_writes_the_deciding_faces_overlay(faces_packa
                      str(overlays), "--grid", "2", str(group)]) == 0
     record = json.loads(capsys.readouterr().out)
     assert len(record["explanation"]["face"]["crop_box"]) == 4 and record["explanation"]["file"].endswith(".png")
+
+
+# --- 6. the fuzz campaign through the face stage ---------------------------------------------------------------------
+
+FUZZ_FACES_CASES = 200
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_fuzz_campaign_through_the_face_stage(faces_package, tmp_path):
+    """The decoder fuzz campaign (tests/fuzzing.py) with every case through predict_faces, or through the batches of
+    a detector that decides by faces, in memory- and time-limited worker processes, plus one case of every hostile
+    array, PIL image, object and bomb kind: 0 escapes, hangs, memory overruns, crashes or neighbours failed."""
+    import fuzzing
+
+    settings = fuzzing.Settings(cases=FUZZ_FACES_CASES, workers=2, package=str(faces_package), faces=True,
+                                extra=tuple(fuzzing.coverage_indices()))
+    report = fuzzing.run_campaign(settings, log_dir=tmp_path)
+    failed = [result for result in report.results if fuzzing.is_failure(result["outcome"])]
+    assert not failed, report.table()
+    calls = {result["call"] for result in report.results}
+    assert {"predict_faces", "predict_batch", "predict_iter"} <= calls, calls
+    through_faces = [result for result in report.results if result["call"] == "predict_faces"]
+    assert sum(result["outcome"] == "ok" for result in through_faces) > 20
+    assert {"ImageDecodeError", "ImageTooLargeError"} <= {result["outcome"] for result in through_faces}
+    assert len(report.results) == len({*range(FUZZ_FACES_CASES), *fuzzing.coverage_indices()})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_mutated_photos_of_faces_through_predict_faces(expecting):
+    """The campaign's pictures hold no face, so its cases never reach the crops: here its mutations of photos with
+    faces (JPEG and PNG), through predict_faces and a faces-first batch: a result or a typed error, never another
+    exception, and the crops reached on many."""
+    import io
+    import random
+
+    import fuzzing
+
+    from fastvit_detect import FastVitDetectError
+    from fastvit_detect.detector import FacesResult
+
+    astronaut = _photo("astronaut.png").resize((256, 256))
+    seeds = []
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        astronaut.save(buffer, fmt)
+        seeds.append(fuzzing.Seed(f"astronaut-{fmt}", fmt, buffer.getvalue()))
+    outcomes: dict[str, int] = {}
+    with_faces = 0
+    for index in range(80):
+        seed = seeds[index % 2]
+        data, _ = fuzzing.mutate(seed, random.Random(index))
+        try:
+            result = expecting.predict_faces(data)
+            assert isinstance(result, FacesResult)
+            with_faces += bool(result.faces)
+            outcome = "ok"
+        except FastVitDetectError as exc:
+            outcome = type(exc).__name__
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        batch = expecting.predict_batch([np.asarray(astronaut), data], errors="return")
+        assert batch[0].decided_by == "face" and (isinstance(batch[1], FastVitDetectError) or batch[1].decided_by)
+    assert with_faces > 10 and outcomes.get("ImageDecodeError", 0) > 5, (with_faces, outcomes)
