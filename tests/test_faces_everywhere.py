@@ -519,3 +519,39 @@ def test_mutated_photos_of_faces_through_predict_faces(expecting):
         batch = expecting.predict_batch([np.asarray(astronaut), data], errors="return")
         assert batch[0].decided_by == "face" and (isinstance(batch[1], FastVitDetectError) or batch[1].decided_by)
     assert with_faces > 10 and outcomes.get("ImageDecodeError", 0) > 5, (with_faces, outcomes)
+
+
+# --- from the Hub: the face graphs come with the variant when faces are asked for ------------------------------------
+
+
+def test_from_pretrained_with_faces_downloads_the_face_detector(faces_package, scene, tmp_path, monkeypatch):
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    pytest.importorskip("uvicorn")
+    from fakehub import FakeHub
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True, raising=False)  # the fake Hub speaks LFS
+    files = {str(path.relative_to(faces_package)): path.read_bytes()
+             for path in faces_package.rglob("*") if path.is_file()}
+    with FakeHub() as hub:
+        hub.add_commit("deepfakes/vit-faces", files)
+        plain = Detector.from_pretrained("deepfakes/vit-faces", variant="fp32", cache_dir=tmp_path / "a",
+                                         endpoint=hub.url)
+        assert not any(name.startswith("face_") for name in hub.downloads())  # not asked: not fetched
+        assert not plain.faces_first
+        detector = Detector.from_pretrained("deepfakes/vit-faces", variant="fp32", cache_dir=tmp_path / "b",
+                                            endpoint=hub.url, faces=True)
+        assert {"face_pnet.onnx", "face_rnet.onnx", "face_onet.onnx"} <= set(hub.downloads())
+    assert detector.faces_first and detector.predict(scene).decided_by == "face"
+
+
+def test_ray_scan_with_faces_of_a_package_without_them_fails_before_ray_starts(vit_package, photo_folder, tmp_path,
+                                                                               monkeypatch, capsys):
+    engine = pytest.importorskip("fastvit_detect.ray")
+
+    def no_ray(*_args, **_kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(engine, "connected", no_ray)
+    assert cli_main(["scan", str(photo_folder), "--model", str(vit_package), "--engine", "ray", "--faces",
+                     "-o", str(tmp_path / "x.jsonl")]) != 0
+    assert "face_pnet.onnx" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from .detector import (
     ImageResult,
     Prediction,
     choose_variant,
+    decides_by_faces,
     unmet_cpu_requirement,
 )
 from .errors import (
@@ -51,6 +52,7 @@ from .faces import (
     MAX_MIN_FACE_SIZE,
     FaceOptions,
     expects_faces,
+    face_detector_variants,
 )
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
@@ -648,7 +650,10 @@ def run_ray_scan(args: argparse.Namespace) -> int:
     if not engine.is_uri(args.folder) and not os.path.isdir(args.folder):
         raise FastVitDetectError(f"{args.folder}: not a directory to scan")
     output_format(args.output, args.format, engine.FORMATS)  # before Ray starts
-    note_intended_use(ModelPackage.open(args.model))  # a bad package fails here, before Ray starts
+    package = ModelPackage.open(args.model)  # a bad package fails here, before Ray starts
+    note_intended_use(package)
+    if decides_by_faces(package, faces_choice(args)):
+        face_detector_variants(package)  # as does one without the face detector that faces are asked of
     timeout = engine.JOIN_TIMEOUT_S if args.connect_timeout is None else args.connect_timeout
     with engine.connected(args.address, timeout=timeout, verbose=args.ray_verbose) as seconds:
         print(f"ray: {engine.describe_cluster()}, ready in {seconds:.1f}s; scanning {args.folder} into {args.output}",
