@@ -516,8 +516,10 @@ def test_mutated_photos_of_faces_through_predict_faces(expecting):
         except FastVitDetectError as exc:
             outcome = type(exc).__name__
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        batch = expecting.predict_batch([np.asarray(astronaut), data], errors="return")
-        assert batch[0].decided_by == "face" and (isinstance(batch[1], FastVitDetectError) or batch[1].decided_by)
+        if index % 4 == 0:  # and beside a good image in a faces-first batch, which it never fails
+            batch = expecting.predict_batch([np.asarray(astronaut), data], errors="return")
+            assert batch[0].decided_by == "face"
+            assert isinstance(batch[1], FastVitDetectError) or batch[1].decided_by in ("face", "whole-image")
     assert with_faces > 10 and outcomes.get("ImageDecodeError", 0) > 5, (with_faces, outcomes)
 
 
