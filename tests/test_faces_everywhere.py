@@ -348,6 +348,24 @@ def test_ray_scan_with_faces_gives_the_local_scans_records(local_ray, expecting_
     assert again.already_done == 4 and again.classified == 0
 
 
+def test_ray_records_of_a_batch_that_arrives_twice_are_written_once(local_ray, faces_package, photo_folder, tmp_path):
+    import pyarrow as pa
+
+    import fastvit_detect.ray as engine
+
+    class Twice(engine.BatchClassifier):
+        def __call__(self, batch):
+            table = super().__call__(batch)
+            return pa.concat_tables([table, table])
+
+    once, twice = tmp_path / "once.jsonl", tmp_path / "twice.jsonl"
+    options = dict(variant="fp32", actors=1, batch_size=4, faces=True)
+    engine.classify(photo_folder, faces_package, once, **options)
+    summary = engine.classify(photo_folder, faces_package, twice, classifier=Twice, **options)
+    assert once.read_text() == twice.read_text()
+    assert summary.duplicates_dropped == len(once.read_text().splitlines()) and summary.classified == 3
+
+
 # --- 5. fine-tuning crops faces with the runtime's code ------------------------------------------------------------
 
 

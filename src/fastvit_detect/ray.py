@@ -703,28 +703,32 @@ def classify(
                                crash_ledger=start_crash_ledger() if readable else None,
                                faces=with_faces, face_options=face_options)
         summary.actors = job.actors
-        written: set[str] = set()
+        # A record's key: its image (the Dataset's key for the file) and, for a face's record, the face's number. A
+        # retried batch brings the same keys again, however Ray cuts its output into tables.
+        written: set[tuple[str, int | None]] = set()
+        images = 0
         if job.dataset is not None:
             for table in _batches(job.dataset):
-                arrived: set[str] = set()  # this table's images: an image's records (faces, then its own) share one
                 for record in table_records(table):
-                    path = record["image"]  # the Dataset's key for the file: one per image
-                    if path in written:
+                    path = record["image"]
+                    key = (path, record.get(FACE_KEY))
+                    if key in written:
                         summary.duplicates_dropped += 1
                         continue
-                    arrived.add(path)
+                    written.add(key)
                     name = job.names[path]
                     if "error" in record:
                         message = _named_in_message(record["error"]["message"], path, name)
                         record = {**record, "error": {**record["error"], "message": message}}
                     writer.write_record({**record, "image": name})
                     summary.count(record)
-                    done += FACE_KEY not in record
-                written |= arrived
+                    if FACE_KEY not in record:
+                        images += 1
+                        done += 1
                 writer.flush()
                 if progress:
                     progress(done, len(todo))
-        missing = len(readable) - len(written)
+        missing = len(readable) - images
         if missing:  # Ray dropped blocks: never expected with its default settings, and resumable if it happens
             raise FastVitDetectError(f"{missing} image(s) came back from no actor; run the job again to resume")
     finally:
