@@ -455,7 +455,11 @@ def test_explain_a_chosen_face_and_the_refusals(faces_package, scene):
     faces = detector.detect_faces(scene)
     assert detector.explain(scene, face=2, grid=2).face == faces[2]
     assert detector.explain(scene, face=faces[1], grid=2).crop_box is not None
-    for wrong in (len(faces), -1, True, "largest", 1.0):
+    assert detector.explain(scene, face=np.int64(2), grid=2).face == faces[2]
+    from fastvit_detect.faces import Face
+
+    for wrong in (len(faces), -1, True, "largest", 1.0, np.arange(3), np.bool_(True), Face((np.nan, 0, 9, 9), 0.9),
+                  Face((0, 0, 1e12, 1e12), 0.9)):
         with pytest.raises(InvalidOptionError, match="face"):
             detector.explain(scene, face=wrong, grid=2)
     coffee = _photo("coffee.png")

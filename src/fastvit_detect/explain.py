@@ -535,8 +535,10 @@ def explain_face(
     then comes from it (``face`` None in the result); an index with no such face is an InvalidOptionError."""
     started = time.perf_counter()
     resolve_options(method, options)  # bad options fail before the image is read
-    if not (face == "decisive" or isinstance(face, Face) or (isinstance(face, int) and not isinstance(face, bool))):
-        raise InvalidOptionError(f"face must be 'decisive', a face's index or a Face, got {face!r}")
+    if isinstance(face, numbers.Integral) and not isinstance(face, bool):
+        face = int(face)  # numpy's integers too
+    elif not (isinstance(face, Face) or (isinstance(face, str) and face == "decisive")):
+        raise InvalidOptionError(f"face must be 'decisive', a face's index or a Face, got {face!r}"[:300])
     margin = detector.face_options.margin
     detector.face_detector  # noqa: B018 - a package without faces fails before the image is decoded
     opened = detector.preprocessor.open(image)
