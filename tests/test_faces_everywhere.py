@@ -122,6 +122,12 @@ def test_faces_arguments_are_checked(vit_package, faces_package):
             Detector.load(faces_package, faces=wrong)
     with pytest.raises(InvalidOptionError, match="face_options"):
         Detector.load(faces_package, face_options={"margin": 0.5})
+    detector = Detector.load(faces_package, variant="fp32")
+    for wrong in ("skip", np.arange(3), None):
+        with pytest.raises(InvalidOptionError, match="no_face"):
+            detector.predict_faces(b"", no_face=wrong)
+        with pytest.raises(InvalidOptionError, match="no_face"):
+            detector.predict_faces_iter([b""], no_face=wrong)
 
 
 def test_cli_faces_flags_contradicting_are_refused(faces_package, tmp_path, capsys):

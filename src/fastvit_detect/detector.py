@@ -611,8 +611,7 @@ class Detector:
         whole image as :meth:`predict` does; ``"none"`` leaves ``prediction`` None. Other options as
         :meth:`detect_faces`; each defaults to :attr:`face_options`'s.
         """
-        if no_face not in ("whole-image", "none"):
-            raise InvalidOptionError(f"no_face must be 'whole-image' or 'none', got {no_face!r}")
+        _check_no_face(no_face)
         options = self._face_options(margin, min_face_size, max_faces, max_side)
         self.face_detector  # noqa: B018 - a package without faces fails before the image is decoded
         (result,) = self._faces_results([image], options, no_face, "raise", self.session.run, None)
@@ -627,8 +626,7 @@ class Detector:
         split). ``errors`` as in :meth:`predict_batch`."""
         check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
         _check_errors(errors)
-        if no_face not in ("whole-image", "none"):
-            raise InvalidOptionError(f"no_face must be 'whole-image' or 'none', got {no_face!r}")
+        _check_no_face(no_face)
         self.face_detector  # noqa: B018 - a package without faces fails at the call, before any image is read
         return self._faces_stream(images, batch_size, errors, no_face)
 
@@ -734,6 +732,11 @@ def _call_groups(sizes: Sequence[int], call_size: int | None) -> list[list[int]]
         groups[-1].append(index)
         rows += size
     return [group for group in groups if sum(sizes[index] for index in group)]
+
+
+def _check_no_face(no_face: object) -> None:
+    if not (isinstance(no_face, str) and no_face in ("whole-image", "none")):
+        raise InvalidOptionError(f"no_face must be 'whole-image' or 'none', got {no_face!r}"[:300])
 
 
 def _check_faces_argument(faces: object) -> None:
