@@ -430,6 +430,19 @@ def test_finetune_with_faces_end_to_end(finetune, faces_package, tmp_path):
                              str(tmp_path / "absent")])
 
 
+def test_finetune_faces_of_a_package_without_a_face_detector_is_a_clear_error(finetune, vit_package, tmp_path,
+                                                                              capsys):
+    from test_train_data import TINY_SMOKE_ARGUMENTS
+
+    for split in ("Train", "Validation", "Test"):
+        for label in ("Real", "Fake"):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / label / "a.png")
+    assert finetune.main(["--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--faces",
+                          str(vit_package), *TINY_SMOKE_ARGUMENTS]) == 2
+    assert "face_pnet.onnx" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 # --- 4. explain on a face ---------------------------------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
+from fastvit_detect.errors import FastVitDetectError
 from fastvit_detect.faces import DEFAULT_MARGIN, FaceOptions, face_pixels, open_face_detector
 from fastvit_detect.options import refuse_empty_text
 from fastvit_detect.package import ModelPackage
@@ -435,7 +436,10 @@ def train(args: argparse.Namespace) -> dict:
     weight_decay = args.weight_decay if args.weight_decay is not None else defaults["weight_decay"]
 
     splits = {name: find_split(args.data, name) for name in SPLITS}
-    crops = FaceCrops(args.faces, args.face_margin) if args.faces is not None else None
+    try:
+        crops = FaceCrops(args.faces, args.face_margin) if args.faces is not None else None
+    except FastVitDetectError as exc:  # not a package, no face detector, a tampered face graph
+        raise TrainingError(f"--faces {args.faces}: {exc}") from exc
     if crops is not None:
         log(f"training on face crops (margin {args.face_margin}, face detector of {args.faces})")
         for split in splits.values():
