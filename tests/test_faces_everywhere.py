@@ -199,7 +199,7 @@ def test_scan_with_faces_writes_a_record_per_face_then_the_images(expecting, pho
     assert kinds == [*(("a-group.png", number, None) for number in range(1, len(COMPOSITION) + 1)),
                      ("a-group.png", None, "face"), ("b-astronaut.png", 1, None), ("b-astronaut.png", None, "face"),
                      ("c-coffee.png", None, "whole-image"), ("d-broken.png", None, None)]
-    assert records[len(COMPOSITION)]["faces"] == len(COMPOSITION) and len(records[0]["box"]) == 4
+    assert records[len(COMPOSITION)]["face_count"] == len(COMPOSITION) and len(records[0]["box"]) == 4
     assert "error" in records[-1]
     assert (summary.classified, summary.failed, summary.faces) == (3, 1, len(COMPOSITION) + 1)
     assert "classified (6 face(s))" in summary.describe()
@@ -219,10 +219,10 @@ def test_scan_with_faces_to_csv_and_its_cap(faces_package, photo_folder, tmp_pat
         rows = list(csv.DictReader(handle))
     group = [row for row in rows if row["image"].endswith("a-group.png")]
     assert [row["face"] for row in group] == ["1", "2", ""]  # max_faces caps the records
-    assert group[-1]["decided_by"] == "face" and group[-1]["faces"] == "2"
+    assert group[-1]["decided_by"] == "face" and group[-1]["face_count"] == "2"
     assert all(float(row["box_x1"]) > float(row["box_x0"]) and row["label"] for row in group[:2])
     coffee = next(row for row in rows if row["image"].endswith("c-coffee.png"))
-    assert coffee["decided_by"] == "whole-image" and coffee["faces"] == "0" and not coffee["face"]
+    assert coffee["decided_by"] == "whole-image" and coffee["face_count"] == "0" and not coffee["face"]
     # A scan without faces into this file is refused, the file left whole (not cut back to nothing).
     before = output.read_bytes()
     from fastvit_detect import FastVitDetectError
@@ -243,8 +243,8 @@ def test_a_scan_stopped_inside_an_images_faces_resumes_with_that_image(tmp_path,
     def face(image: str, number: int) -> dict:
         return {"image": image, "face": number, "box": [1.0, 2.0, 30.5, 40.0], "face_score": 0.99, **good}
 
-    first = [face("a.png", 1), {"image": "a.png", **good, "decided_by": "face", "faces": 1}]
-    second = [face("b.png", 1), face("b.png", 2), {"image": "b.png", **good, "decided_by": "face", "faces": 2}]
+    first = [face("a.png", 1), {"image": "a.png", **good, "decided_by": "face", "face_count": 1}]
+    second = [face("b.png", 1), face("b.png", 2), {"image": "b.png", **good, "decided_by": "face", "face_count": 2}]
     path = tmp_path / f"results.{fmt}"
 
     def written(records: list[dict]) -> bytes:

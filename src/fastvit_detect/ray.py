@@ -60,7 +60,7 @@ FORMATS = ("jsonl", "csv", "parquet")
 PARQUET_ROWS_PER_FILE = 10_000
 _PREDICTION_KEYS = ("image", "label", "score", "probabilities", "fake_probability", "logits")
 _FACE_KEYS = (FACE_KEY, "box", "face_score")  # a face record's, before its prediction's (scan.faces_records)
-_DECISION_KEYS = ("decided_by", "faces")  # an image record's, after its prediction's, in a scan with faces
+_DECISION_KEYS = ("decided_by", "face_count")  # an image record's, after its prediction's, in a scan with faces
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PART = re.compile(r"part-\d{6,}\.parquet")  # the files ParquetOutput writes; any others are left alone
 LOOPBACK = "127.0.0.1"
@@ -76,7 +76,7 @@ def record_schema(labels: Sequence[str], faces: bool = False) -> pa.Schema:
     ``faces``: a scan with faces' records (:func:`fastvit_detect.scan.faces_records`): the face columns are null
     in an image's record, the decision columns null in a face's."""
     face_columns = [(FACE_KEY, pa.int32()), ("box", pa.list_(pa.float64())), ("face_score", pa.float64()),
-                    ("decided_by", pa.string()), ("faces", pa.int32())] if faces else []
+                    ("decided_by", pa.string()), ("face_count", pa.int32())] if faces else []
     return pa.schema([
         ("image", pa.string()),
         *face_columns,

@@ -7,9 +7,9 @@ error and never stop the scan; they count as done on resume (``--overwrite`` ret
 With faces (``scan --faces``, or a detector that decides by faces: :attr:`Detector.faces_first`), each image gets
 one record per face, the most confident first (``face``: 1, 2, ...; ``box``: x0, y0, x1, y1 in the upright image's
 pixels; ``face_score``: the face detector's; the face crop's verdict), then the image's own record (its verdict,
-``decided_by`` "face" or "whole-image", and ``faces``: how many). At most ``max_faces`` faces per image are recorded.
-An image is done once its own record is written: a scan stopped between an image's face records and its own record
-resumes by cutting those face records and doing the image again.
+``decided_by`` "face" or "whole-image", and ``face_count``: how many). At most ``max_faces`` faces per image are
+recorded. An image is done once its own record is written: a scan stopped between an image's face records and its
+own record resumes by cutting those face records and doing the image again.
 
 Image names are paths exactly as the file system has them. A name that isn't valid UTF-8 is kept losslessly:
 Python decodes it with ``surrogateescape``, JSON lines escape those characters (``\\udcXX``), and CSV files hold
@@ -90,7 +90,7 @@ def faces_records(image: str, result: FacesResult | FastVitDetectError) -> list[
          **prediction.to_dict()}
         for number, (face, prediction) in enumerate(result.faces, start=1)]
     verdict = result.prediction.to_dict() if result.prediction is not None else {"label": None}
-    records.append({"image": image, **verdict, "decided_by": result.decided_by, "faces": len(result.faces)})
+    records.append({"image": image, **verdict, "decided_by": result.decided_by, "face_count": len(result.faces)})
     return records
 
 
@@ -133,7 +133,7 @@ class ScanOutput:
         self.path = path
         self.format = output_format(path, fmt)
         self.columns = ["image", *(FACE_COLUMNS if faces else []), "label", "score", "fake_probability",
-                        *(f"p_{label}" for label in labels), *(["decided_by", "faces"] if faces else []),
+                        *(f"p_{label}" for label in labels), *(["decided_by", "face_count"] if faces else []),
                         "error_type", "error_message"]
         _check_regular_output(path)
         if overwrite and path.exists():
@@ -207,7 +207,7 @@ class ScanOutput:
             row.update({f"p_{label}": p for label, p in record["probabilities"].items()})
         if FACE_KEY in record:
             row.update(zip(FACE_COLUMNS, [record[FACE_KEY], *record["box"], record["face_score"]]))
-        row.update({key: record[key] for key in ("decided_by", "faces") if key in record})
+        row.update({key: record[key] for key in ("decided_by", "face_count") if key in record})
         self._csv.writerow(row)
 
     def flush(self) -> None:
