@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"images per session call, 1-{MAX_BATCH_SIZE} (default {DEFAULT_BATCH_SIZE})")
     predict.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     predict.add_argument("--explain", metavar="DIR", default=None,
-                         help="also write a heat-map overlay per image into DIR (see `explain`)")
+                         help="also write a heat-map overlay per image into DIR (see `explain`; with faces, of the "
+                              "deciding face's crop)")
     add_explain_arguments(predict.add_argument_group("explanations (with --explain DIR)"))
     add_face_arguments(predict.add_argument_group("faces (the package needs export --faces)"))
     predict.set_defaults(handler=run_predict)
