@@ -352,6 +352,10 @@ def test_ray_scan_with_faces_gives_the_local_scans_records(local_ray, expecting_
         json.dumps({**json.loads(want["c-coffee.png"][0]), "image": str(photo_folder / "c-coffee.png")})]
     again = engine.classify(photo_folder, expecting_package, parquet, variant="fp32")  # resumed: all done
     assert again.already_done == 4 and again.classified == 0
+    shipped = tmp_path / "shipped.jsonl"  # the package's files through the object store, face graphs included
+    engine.classify(photo_folder, expecting_package, shipped, variant="fp32", actors=1, ship_model=True)
+    got = _by_image(_jsonl(shipped))
+    assert got.keys() == want.keys() and sum("face" in record for record in _jsonl(shipped)) == len(COMPOSITION) + 1
 
 
 def test_ray_records_of_a_batch_that_arrives_twice_are_written_once(local_ray, faces_package, photo_folder, tmp_path):

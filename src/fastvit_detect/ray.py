@@ -128,12 +128,14 @@ class ShippedModel:
     variant: str
 
     @classmethod
-    def put(cls, path: str | os.PathLike[str], variant: str = "auto") -> ShippedModel:
-        """Ship the package's JSON files and one variant's graph and weights (not the other variants)."""
+    def put(cls, path: str | os.PathLike[str], variant: str = "auto", faces: bool = False) -> ShippedModel:
+        """Ship the package's JSON files and one variant's graph and weights (not the other variants), and with
+        ``faces`` the face detector's graphs."""
         package = ModelPackage.open(path)
         chosen = package.variant(variant)
         package.verify(chosen)
-        paths = [*sorted(package.root.glob("*.json")), *(path for path, _, _ in chosen.files)]
+        shipped = [chosen, *(face_detector_variants(package).values() if faces else [])]
+        paths = [*sorted(package.root.glob("*.json")), *(path for item in shipped for path, _, _ in item.files)]
         files = {item.name: item.read_bytes() for item in paths}
         return cls(ray.put(files), chosen.name)
 
@@ -253,7 +255,9 @@ class BatchClassifier:
             self.detector = Detector.load(path, variant=variant, threads=threads or _assigned_cpus(),
                                           max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft,
                                           faces=faces, face_options=face_options)
-        self.faces = self.detector.faces_first
+            self.faces = self.detector.faces_first
+            if self.faces:  # opened here, while a shipped package's files exist, and checked once per actor
+                self.detector.face_detector  # noqa: B018
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.labels = self.detector.labels
@@ -695,7 +699,8 @@ def classify(
             done += 1
         if progress and done:
             progress(done, len(todo))
-        model_source: str | ShippedModel = ShippedModel.put(model, chosen.name) if ship_model else str(model)
+        model_source: str | ShippedModel = (ShippedModel.put(model, chosen.name, with_faces) if ship_model
+                                            else str(model))
         job = classify_dataset(readable, model_source, variant=chosen.name, actors=actors,
                                threads_per_actor=threads_per_actor, batch_size=batch_size, max_pixels=max_pixels,
                                max_bytes=max_bytes, jpeg_draft=jpeg_draft, runtime_env=runtime_env,
