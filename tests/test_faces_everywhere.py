@@ -205,6 +205,17 @@ def test_scan_with_faces_writes_a_record_per_face_then_the_images(expecting, pho
     assert "classified (6 face(s))" in summary.describe()
     again = scan(expecting, photo_folder, output)  # resumed: every image done, faces don't count as images
     assert again.already_done == 4 and again.classified == 0 and len(_jsonl(output)) == len(records)
+    # Resumed without faces, or a scan without faces resumed with them: refused, the file left whole.
+    from fastvit_detect import FastVitDetectError
+
+    before = output.read_bytes()
+    with pytest.raises(FastVitDetectError, match="a record of a scan with faces"):
+        scan(Detector.load(expecting.package, variant="fp32", faces=False), photo_folder, output)
+    assert output.read_bytes() == before
+    plain = tmp_path / "plain.jsonl"
+    scan(Detector.load(expecting.package, variant="fp32", faces=False), photo_folder, plain)
+    with pytest.raises(FastVitDetectError, match="a record of a scan without faces"):
+        scan(expecting, photo_folder, plain)
 
 
 def test_scan_with_faces_to_csv_and_its_cap(faces_package, photo_folder, tmp_path):

@@ -131,6 +131,7 @@ class ScanOutput:
         """``faces``: the scan records faces (:func:`faces_records`): CSV files get the face and decision columns,
         and face records an interrupted run left without their image's record are cut before resuming."""
         self.path = path
+        self.faces = faces
         self.format = output_format(path, fmt)
         self.columns = ["image", *(FACE_COLUMNS if faces else []), "label", "score", "fake_probability",
                         *(f"p_{label}" for label in labels), *(["decided_by", "face_count"] if faces else []),
@@ -184,6 +185,12 @@ class ScanOutput:
                     if not isinstance(image, str):
                         raise FastVitDetectError(
                             f"{self.path}:{number}: not a scan record; pass --overwrite to start afresh"
+                        )
+                    if "error" not in record and (FACE_KEY in record or "decided_by" in record) != self.faces:
+                        raise FastVitDetectError(
+                            f"{self.path}:{number}: a record of a scan {'without' if self.faces else 'with'} faces; "
+                            f"resume it {'without' if self.faces else 'with'} faces (--no-faces / --faces), or write "
+                            "to another file or pass --overwrite"
                         )
                     if FACE_KEY not in record:  # an image is done by its own record, not its faces'
                         done.add(image)
