@@ -722,7 +722,8 @@ def _decided(faces: list[Face], predictions: list[Prediction], no_face: str) -> 
 
 def _call_groups(sizes: Sequence[int], call_size: int | None) -> list[list[int]]:
     """Consecutive items grouped into session calls of at most ``call_size`` rows, an item never split (one with
-    more rows gets a call of its own); None: all in one call. Items with no rows join any group."""
+    more rows gets a call of its own); None: all in one call. Groups without rows (images with neither a face nor a
+    whole-image row) need no call and are left out."""
     groups: list[list[int]] = [[]]
     rows = 0
     for index, size in enumerate(sizes):
