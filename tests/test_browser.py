@@ -7,6 +7,7 @@ to Chromium with ``websocket-client``. Screenshots land in the test's tmp dir an
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -40,8 +41,8 @@ def detector(vit_package) -> Detector:
     return Detector.load(vit_package, threads=1)
 
 
-@pytest.fixture(scope="module")
-def server_url(detector) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(detector: Detector) -> Iterator[str]:
     """uvicorn on 127.0.0.1, on a port the OS picks: the socket is bound before the server starts, so no race."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -52,10 +53,18 @@ def server_url(detector) -> Iterator[str]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn didn't start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(30)
-    listener.close()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(detector) -> Iterator[str]:
+    with serving(detector) as url:
+        yield url
 
 
 class Browser:
@@ -195,15 +204,20 @@ def test_upload_shows_the_verdict_and_errors(browser, server_url, reference, tmp
     assert not outside, f"the page fetched from elsewhere: {outside}"
 
 
-def explained(server_url: str, photo: Path) -> dict[str, Any]:
+def posted(url: str, photo: Path) -> Any:
+    """The JSON answer to ``photo`` sent to ``url`` as the page sends it: multipart field ``file``."""
     boundary = "fastvit-test-boundary"
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{photo.name}\"\r\n"
             "Content-Type: application/octet-stream\r\n\r\n")
     body = head.encode() + photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(server_url + "/api/v1/explain?target=predicted", data=body, method="POST",
+    request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
+
+
+def explained(server_url: str, photo: Path) -> dict[str, Any]:
+    return posted(server_url + "/api/v1/explain?target=predicted", photo)
 
 
 def test_show_evidence_draws_the_heat_map_over_the_preview(browser, server_url, detector, tmp_path):
@@ -262,4 +276,52 @@ def test_show_evidence_draws_the_heat_map_over_the_preview(browser, server_url, 
     requested = browser.requested_urls()
     assert sum("/api/v1/explain" in url for url in requested) == 1
     outside = [url for url in requested if not url.startswith((server_url + "/", "blob:", "data:"))]
+    assert not outside, f"the page fetched from elsewhere: {outside}"
+
+
+def test_find_faces_draws_each_box_with_its_verdict(browser, packages, tmp_path):
+    """A group photo (test_faces' scene: five faces pasted on a photo) to a package with the face detector: with
+    "Find faces" on, the page draws one box per face of the JSON answer, where that face is on the preview, tagged
+    with its verdict."""
+    from test_faces import COMPOSITION, _scene
+
+    photo = tmp_path / "group.png"
+    _scene(1400, 900, COMPOSITION)[0].save(photo)
+    # fp32: a crop's verdict doesn't depend on its batch-mates, so the page's answer equals the one fetched here.
+    with serving(Detector.load(packages["vit-faces"], variant="fp32", threads=1)) as url:
+        answer = posted(url + "/api/v1/predict?faces=1", photo)
+        browser.send("Network.enable")
+        browser.send("Page.navigate", url=url + "/")
+        browser.wait_for("document.readyState === 'complete' && !document.getElementById('faces').disabled")
+        assert not browser.evaluate("document.getElementById('faces').checked")  # the package doesn't expect faces
+        browser.evaluate("document.getElementById('faces').click()")
+        browser.upload("#file", photo)
+        assert browser.wait_for("['done', 'error'].includes(document.body.dataset.state) && "
+                                "document.body.dataset.state") == "done", \
+            browser.evaluate("document.getElementById('error').textContent")
+        assert browser.evaluate("document.body.dataset.faces") == "shown"
+        shown = browser.evaluate("""(() => {
+            const rect = (node) => { const r = node.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; };
+            return {preview: rect(document.getElementById('preview')),
+                    boxes: [...document.querySelectorAll('#face-boxes .face-box')].map((box) => ({
+                        rect: rect(box), tag: box.querySelector('.face-tag').textContent,
+                        label: box.dataset.label, decisive: box.classList.contains('decisive')})),
+                    listed: document.getElementById('face-list').children.length,
+                    summary: document.getElementById('faces-summary').textContent,
+                    verdict: document.getElementById('label').textContent};
+        })()""")
+        save_screenshot(browser, tmp_path, "upload-faces.png")
+        requested = browser.requested_urls()
+    assert len(answer["faces"]) == 5 and answer["image"] == {"width": 1400, "height": 900}
+    assert len(shown["boxes"]) == shown["listed"] == 5
+    assert shown["verdict"] == answer["label"] and "5 faces found" in shown["summary"]
+    x, y, width, height = shown["preview"]
+    for drawn, face in zip(shown["boxes"], answer["faces"]):
+        x0, y0, x1, y1 = face["box"]
+        expected = [x + width * x0 / 1400, y + height * y0 / 900, width * (x1 - x0) / 1400, height * (y1 - y0) / 900]
+        assert drawn["rect"] == pytest.approx(expected, abs=1.0), (drawn, face)
+        assert drawn["label"] == face["label"].lower() and face["label"] in drawn["tag"]
+    assert [drawn["decisive"] for drawn in shown["boxes"]] == [index == answer["decisive"] for index in range(5)]
+    assert any(link.endswith("/api/v1/predict?faces=1") for link in requested)
+    outside = [link for link in requested if not link.startswith((url + "/", "blob:", "data:"))]
     assert not outside, f"the page fetched from elsewhere: {outside}"

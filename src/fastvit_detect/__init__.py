@@ -1,10 +1,12 @@
 """fastvit-detect: torch-free CPU inference for Vision-Transformer deepfake detectors.
 
-    >>> from fastvit_detect import Detector
-    >>> detector = Detector.load("deepfake_vit_onnx")        # a package made by fastvit-detect export
-    >>> detector = Detector.from_pretrained("org/name")      # or one published on the Hub (the hub extra)
-    >>> detector.predict("face.jpg").label
-    'Real'
+```python
+from fastvit_detect import Detector
+
+detector = Detector.load("deepfake_vit_onnx")        # a package made by fastvit-detect export
+detector = Detector.from_pretrained("org/name")      # or one published on the Hub (the hub extra)
+detector.predict("face.jpg").label                   # "Real" or "Fake"
+```
 """
 
 from .detector import Detector, FacesResult, ImageResult, Prediction
@@ -42,8 +44,9 @@ from .errors import (
 )
 from .explain import Explanation
 from .faces import Face
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image
 from .package import ModelPackage
-from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preprocessor, load_image
+from .preprocess import Preprocessor
 
 __version__ = "0.1.0"
 

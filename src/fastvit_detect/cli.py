@@ -57,9 +57,10 @@ from .faces import (
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
 from .layout import MAX_WORKERS, Layout, choose_layout, read_calibration
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_formats, server_formats
 from .options import finite_number, positive_int, refuse_empty_text, whole_number
 from .package import ModelPackage, Variant
-from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig, check_formats, server_formats
+from .preprocess import PreprocessConfig
 from .progress import stderr_progress
 from .scan import check_scan_target, output_format, result_record
 from .session import MAX_THREADS, physical_core_count
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--explain-yield", type=finite_number(0, 3600), default=1.0, metavar="S",
                        help="seconds an explanation's pass waits for queued predictions before it runs anyway "
                             "(default 1)")
+    add_serve_face_arguments(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=run_serve)
 
@@ -789,6 +791,26 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_serve_face_arguments(serve: argparse.ArgumentParser) -> None:
+    """serve's limits on ?faces=1 requests (ServeSettings.faces_*; unset: its defaults)."""
+    from .faces import DEFAULT_MAX_SIDE, MAX_MAX_FACES, MAX_MAX_SIDE, MIN_MAX_SIDE
+
+    faces = serve.add_argument_group("faces (?faces=1; the package needs export --faces)")
+    faces.add_argument("--faces-max-per-image", type=whole_number(1, MAX_MAX_FACES), default=None, metavar="N",
+                       help="the most faces one image's answer holds, each a place in the inference queue (default "
+                            "32, at most --queue-size)")
+    faces.add_argument("--faces-detect-side", type=whole_number(MIN_MAX_SIDE, MAX_MAX_SIDE), default=None,
+                       metavar="PX", help="faces are detected on a copy whose long side is at most PX (default "
+                                      f"{DEFAULT_MAX_SIDE}; larger finds smaller faces, at more CPU and memory)")
+    faces.add_argument("--faces-concurrency", type=whole_number(1, 256), default=None, metavar="N",
+                       help="images in face detection at once, on threads of their own (default 1)")
+    faces.add_argument("--faces-queue", type=whole_number(0, 100_000), default=None, metavar="N",
+                       help="images that may wait for face detection; more get 503 (default 4)")
+
+
+SERVE_FACE_SETTINGS = ("faces_max_per_image", "faces_detect_side", "faces_concurrency", "faces_queue")
+
+
 def serve_settings(args: argparse.Namespace) -> Any:
     """The ServeSettings that serve's flags describe (needs the serve extra)."""
     from .server import ServeSettings
@@ -800,7 +822,8 @@ def serve_settings(args: argparse.Namespace) -> Any:
         body_timeout_s=args.body_timeout, explain_concurrency=args.explain_concurrency,
         explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes,
         explain_yield_s=args.explain_yield, formats=args.formats,
-        **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
+        **({"decode_workers": args.decode_workers} if args.decode_workers else {}),
+        **{name: getattr(args, name) for name in SERVE_FACE_SETTINGS if getattr(args, name) is not None})
 
 
 # --- info ---------------------------------------------------------------------------------------------------

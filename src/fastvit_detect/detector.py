@@ -37,17 +37,11 @@ from .faces import (
 )
 from .hub import fetch
 from .layout import Layout, check_layout_arguments, choose_layout, read_calibration
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageInput, decode_opened, describe_source
 from .options import check_whole
 from .package import ModelPackage, Variant
 from .pool import SessionPool, ordered_pipeline
-from .preprocess import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    ImageInput,
-    Preprocessor,
-    decode_opened,
-    describe_source,
-)
+from .preprocess import Preprocessor
 from .session import MAX_THREADS, physical_core_count
 
 if TYPE_CHECKING:
@@ -505,13 +499,11 @@ class Detector:
         :class:`~fastvit_detect.faces.Face`. The heat map is then the crop's, and ``crop_box`` places it on the
         photo (see :func:`fastvit_detect.explain.explain_face`).
         """
-        from .explain import explain, explain_face  # explain builds on this module: import it where it is used
+        from .explain import explain  # explain builds on this module: import it where it is used
 
         if face is None and self.faces_first:
             face = "decisive"
-        if face is not None:
-            return explain_face(self, image, face, method=method, target=target, **options)
-        return explain(self, image, method=method, target=target, **options)
+        return explain(self, image, method=method, target=target, face=face, **options)
 
     def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:
         """Raw logits for an already preprocessed float32 NCHW batch, on the all-cores session."""
@@ -689,7 +681,8 @@ class Detector:
                     raise error
                 results.append(error)
                 continue
-            results.append(_decided(faces, own, no_face))  # type: ignore[arg-type]  # all predictions here
+            whole_image = own[0] if own and not faces else None
+            results.append(FacesResult.decide(list(zip(faces, own)), no_face, whole_image))  # type: ignore[arg-type]
         return results
 
     def _faces_chunk(self, images: Sequence[ImageInput], errors: str, run: Callable[[np.ndarray], np.ndarray],
@@ -704,20 +697,6 @@ class Detector:
                 assert result.prediction is not None  # "whole-image": every image gets a verdict
                 results.append(replace(result.prediction, decided_by=result.decided_by))
         return results
-
-
-def _decided(faces: list[Face], predictions: list[Prediction], no_face: str) -> FacesResult:
-    """The image-level result: the face with the highest fake probability decides (for labels that name no fake
-    class, the most confident face); with no face, the whole image's prediction or none."""
-    if not faces:
-        return FacesResult([], predictions[0] if predictions else None, no_face, None)
-
-    def fakeness(index: int) -> float:
-        chosen = predictions[index]
-        return chosen.fake_probability if chosen.fake_probability is not None else chosen.score
-
-    decisive = max(range(len(faces)), key=fakeness)
-    return FacesResult(list(zip(faces, predictions)), predictions[decisive], no_face, decisive)
 
 
 def _call_groups(sizes: Sequence[int], call_size: int | None) -> list[list[int]]:
@@ -765,6 +744,22 @@ class FacesResult:
     no_face: str  # the policy asked for: "whole-image" or "none"
     decisive: int | None  # index in ``faces`` of the face that decided; None when no face was found
 
+    @classmethod
+    def decide(cls, faces: list[tuple[Face, Prediction]], no_face: str,
+               whole_image: Prediction | None = None) -> FacesResult:
+        """The image's verdict from its faces' (the one place for the rule): the face with the highest fake
+        probability decides (for labels that name no fake class, the most confident face); with no face,
+        ``whole_image`` (the whole image's prediction, or None)."""
+        if not faces:
+            return cls([], whole_image, no_face, None)
+
+        def fakeness(index: int) -> float:
+            chosen = faces[index][1]
+            return chosen.fake_probability if chosen.fake_probability is not None else chosen.score
+
+        decisive = max(range(len(faces)), key=fakeness)
+        return cls(faces, faces[decisive][1], no_face, decisive)
+
     @property
     def decided_by(self) -> str:
         """Where the image's verdict comes from: "face", "whole-image", or "none" (no face, no verdict)."""
@@ -777,4 +772,12 @@ class FacesResult:
         faces with their boxes and verdicts."""
         verdict = self.prediction.to_dict() if self.prediction is not None else {"label": None}
         return {**verdict, "decided_by": self.decided_by,
-                "faces": [{**face.to_dict(), **prediction.to_dict()} for face, prediction in self.faces]}
+                "faces": [{**face_fields(face), **prediction.to_dict()} for face, prediction in self.faces]}
+
+
+def face_fields(face: Face) -> dict[str, Any]:
+    """A face's fields in a record that also holds its verdict: the detector's score is ``face_score`` there, so
+    the verdict's ``score`` doesn't hide it."""
+    fields = face.to_dict()
+    fields["face_score"] = fields.pop("score")
+    return fields

@@ -18,7 +18,7 @@ import numpy as np
 from .detector import Detector, Prediction, fake_label_index, softmax
 from .errors import FastVitDetectError, InputError, UnsupportedInputError
 from .fidelity import probability_agreement
-from .preprocess import find_images
+from .media import find_images
 from .progress import Progress
 
 

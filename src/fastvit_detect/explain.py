@@ -55,8 +55,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import InvalidOptionError, ModelOutputError
 from .faces import Face, crop_box, face_crop
+from .media import ImageInput, OpenedImage, decode_boundary, decode_opened
 from .options import check_whole
-from .preprocess import ImageInput, OpenedImage, PreprocessConfig, Preprocessor, decode_boundary, decode_opened
+from .preprocess import PreprocessConfig, Preprocessor
 
 if TYPE_CHECKING:  # the detector imports this module lazily; at run time the objects arrive as arguments
     from .detector import Detector, Prediction
@@ -506,9 +507,13 @@ def explain(
     method: str = DEFAULT_METHOD,
     target: str = DEFAULT_TARGET,
     batch_size: int = EXPLAIN_BATCH_SIZE,
+    face: FaceChoice | None = None,
     **options: Any,
 ) -> Explanation:
-    """Explain the detector's verdict on one image; see the module docstring for methods and options."""
+    """Explain the detector's verdict on one image; see the module docstring for methods and options. ``face``:
+    explain that face's crop instead (:func:`explain_face`)."""
+    if face is not None:
+        return explain_face(detector, image, face, method, target, batch_size, **options)
     started = time.perf_counter()
     resolve_options(method, options)  # bad options fail before the image is read
     return explain_opened(detector, detector.preprocessor.open(image), method, target, batch_size, started,

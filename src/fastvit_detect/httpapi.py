@@ -18,6 +18,7 @@ from .errors import (
     ImageTooLargeError,
     InputError,
     InvalidOptionError,
+    MissingFaceDetectorError,
     RequestTimeoutError,
     ServerBusyError,
     UnsupportedInputError,
@@ -55,6 +56,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     BadRequestError: 422,
     InputError: 422,
     InvalidOptionError: 422,  # an explain parameter out of range: the request's fault
+    MissingFaceDetectorError: 409,  # faces asked of a package without the face detector: not this request's form
     ServerBusyError: 503,
 }
 

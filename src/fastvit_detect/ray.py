@@ -51,8 +51,8 @@ from .detector import DEFAULT_BATCH_SIZE, Detector, choose_variant, decides_by_f
 from .errors import ClusterUnreachableError, FastVitDetectError, ImageNotFoundError, WorkerCrashError
 from .faces import FaceOptions, face_detector_variants
 from .httpapi import named_image
+from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
 from .package import ModelPackage
-from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
 from .progress import Progress
 from .scan import FACE_KEY, ScanOutput, ScanSummary, _identity, faces_records, result_record
 

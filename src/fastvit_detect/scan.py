@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from .detector import Detector, FacesResult, ImageResult, Prediction
 from .errors import FastVitDetectError
-from .preprocess import find_images
+from .media import find_images
 from .progress import Progress
 
 FORMATS = ("jsonl", "csv")  # this engine's; the Ray engine also writes Parquet

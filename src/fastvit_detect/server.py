@@ -21,6 +21,10 @@ A request goes through three stages, so that no single client can stall the othe
    concurrent requests run in parallel batches. Should a call fail, each image is retried alone, so only the
    image that breaks the model gets the error. The queue is bounded: a request that doesn't fit gets 503 at once.
 
+``POST /api/v1/predict?faces=1`` finds the faces first: the image is decoded and its faces detected on a face
+stage of its own (:class:`FaceStage`: its own bounded threads, at a lower priority, within the same pixel budget),
+and each face's crop goes through stage 3 as an image of its own.
+
 Each model thread is supervised: if it ever dies it is restarted and ``/healthz`` counts it; a thread that keeps
 dying makes ``/healthz`` answer 503 and requests get 503 at once, never a hang. Connections are capped and timed
 out: headers must arrive within ``header_timeout_s``, the body within ``body_timeout_s``.
@@ -47,14 +51,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
+from PIL import Image
+
 from . import __version__
-from .detector import Detector, ImageResult, Prediction
+from .detector import Detector, FacesResult, ImageResult, Prediction, face_fields
 from .errors import (
     BadRequestError,
     FastVitDetectError,
     ImageDecodeError,
     ImageTooLargeError,
     InvalidOptionError,
+    MissingFaceDetectorError,
     ModelOutputError,
     RequestTimeoutError,
     ServerBusyError,
@@ -74,6 +81,18 @@ from .explain import (
     prepare_opened,
     resolve_options,
 )
+from .faces import (
+    DEFAULT_MARGIN,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MIN_FACE_SIZE,
+    MAX_MAX_FACES,
+    MAX_MAX_SIDE,
+    MIN_MAX_SIDE,
+    Face,
+    FaceOptions,
+    expects_faces,
+    face_crop,
+)
 from .httpapi import (
     INTERNAL_ERROR,
     SERVER_MAX_PIXELS,
@@ -84,8 +103,16 @@ from .httpapi import (
     seed_body_limit,
     seed_request_image,
 )
+from .media import (
+    DECODE_COST,
+    OpenedImage,
+    check_formats,
+    decode_opened,
+    describe_source,
+    open_image,
+    server_formats,
+)
 from .options import check_finite, check_whole
-from .preprocess import DECODE_COST, OpenedImage, check_formats, describe_source, open_image, server_formats
 from .session import physical_core_count
 
 try:
@@ -145,6 +172,12 @@ class ServeSettings:
     explain_max_passes: int = 49  # the most model passes one explanation may ask for (grid**2 or samples, + 1)
     explain_yield_s: float = 1.0  # the longest an explanation's pass waits for predictions to leave the model
     formats: tuple[str, ...] | None = field(default_factory=server_formats)  # None: all Pillow opens but EPS
+    # Faces first (?faces=1): each face's crop takes a place in the inference queue, so the answer holds at most
+    # min(faces_max_per_image, queue_size) faces; detection runs on faces_concurrency threads of its own.
+    faces_max_per_image: int = 32  # the most faces one image's answer holds (a request's max_faces up to this)
+    faces_detect_side: int = DEFAULT_MAX_SIDE  # faces are detected on a copy whose long side is at most this
+    faces_concurrency: int = 1  # images in face detection at once, each on its own thread, at a lower priority
+    faces_queue: int = 4  # images that may wait for face detection; more get 503 at once
 
     # (name, low, high, whole number?) — every numeric option is finite and in range: inf, nan, 1e300 and
     # negative values are an operator's mistake, refused before anything starts.
@@ -154,7 +187,10 @@ class ServeSettings:
               ("max_connections", 1, 1_000_000, True), ("header_timeout_s", 0.1, 3600, False),
               ("body_timeout_s", 0.1, 3600, False), ("keep_alive_s", 0.1, 3600, False),
               ("explain_concurrency", 1, 256, True), ("explain_queue", 0, 100_000, True),
-              ("explain_max_passes", 2, 1_000_000, True), ("explain_yield_s", 0, 3600, False))
+              ("explain_max_passes", 2, 1_000_000, True), ("explain_yield_s", 0, 3600, False),
+              ("faces_max_per_image", 1, MAX_MAX_FACES, True),
+              ("faces_detect_side", MIN_MAX_SIDE, MAX_MAX_SIDE, True), ("faces_concurrency", 1, 256, True),
+              ("faces_queue", 0, 100_000, True))
 
     def __post_init__(self) -> None:
         for name, low, high, whole in self.LIMITS:
@@ -166,6 +202,11 @@ class ServeSettings:
     @property
     def budget_pixels(self) -> int:
         return self.decode_budget_pixels or self.max_pixels * 3 // 2
+
+    @property
+    def faces_cap(self) -> int:
+        """The most faces one image's answer holds: each face's crop takes a place in the inference queue."""
+        return min(self.faces_max_per_image, self.queue_size)
 
 
 def open_upload(upload: io.BytesIO, settings: ServeSettings) -> OpenedImage:
@@ -571,9 +612,13 @@ class DecodeStage:
         pixels, source = await self.decode_with(upload, self.preprocessor.opened_to_pixels)
         return DecodedImage(pixels, source)
 
-    async def decode_with(self, upload: io.BytesIO, convert: Callable[[OpenedImage], Decoded]) -> tuple[Decoded, str]:
+    async def decode_with(self, upload: io.BytesIO, convert: Callable[[OpenedImage], Decoded],
+                          pool: ThreadPoolExecutor | None = None, watch: DecodeWatch | None = None
+                          ) -> tuple[Decoded, str]:
         """``convert(opened)`` on a decode thread, under the caps and within the pixel budget, and the upload's
-        name: the one way an upload is decoded, for a prediction (:meth:`decode`) or an explanation."""
+        name: the one way an upload is decoded, for a prediction (:meth:`decode`), an explanation or faces. A
+        stage whose conversion costs more than decoding (face detection) runs it on its own ``pool``, timed by
+        its own ``watch``: the header is still read here, and the budget still holds the decoded pixels."""
         if self.watch.all_stalled():  # queued behind them, it would wait for as long as they run
             raise ServerBusyError(f"every decode thread ({self.watch.threads}) has been busy on one image for over "
                                   f"{self.watch.stall_s:g} s; retry later")
@@ -583,7 +628,7 @@ class DecodeStage:
         cost = opened.cost
         await self.budget.acquire(cost)
         try:
-            work = loop.run_in_executor(self.pool, self.watch.run, source, convert, opened)
+            work = loop.run_in_executor(pool or self.pool, (watch or self.watch).run, source, convert, opened)
         except BaseException:
             await self.budget.release(cost)
             raise
@@ -798,6 +843,246 @@ EXPLAIN_LAYER_SIDE = 512  # the heat layer's longer side: the page stretches it 
 EXPLAIN_GRID_SIDE = 32
 
 
+# --- faces first: POST /api/v1/predict?faces=1 ----------------------------------------------------------------
+
+PREDICT_PARAMETERS = ("faces", "margin", "min_face_size", "max_faces", "no_face")
+FACE_GEOMETRY_PARAMETERS = PREDICT_PARAMETERS[1:]
+FACES_SWITCH = {"1": True, "true": True, "0": False, "false": False}
+NO_FACE_POLICIES = ("whole-image", "none")
+MAX_CROP_SIDE = 4096  # a face crop larger than this is cut from a reduced copy: see bounded_face_crop
+
+
+@dataclass(frozen=True)
+class FaceRequest:
+    """What a predict request with faces asks for: the detection and crop geometry, and what no face means."""
+
+    options: FaceOptions
+    no_face: str  # "whole-image" or "none", as Detector.predict_faces takes it
+
+
+@dataclass(frozen=True)
+class FoundFaces:
+    """An upload's faces, found on a face thread, and the model-size pixels to classify: each face's crop, or
+    the whole image's when no face was found and the request falls back to it (none otherwise)."""
+
+    faces: list[Face]
+    pixels: list[Any]  # HxWx3 uint8 each, the model's input size
+    width: int  # of the upright original, the boxes' frame
+    height: int
+
+
+def bounded_face_crop(picture: Any, face: Face, margin: float, limit: int = MAX_CROP_SIDE) -> Any:
+    """:func:`~fastvit_detect.faces.face_crop`, with memory bounded whatever the box and margin: a crop whose
+    side would pass ``limit`` px (a close-up face in a 40 MP photo with margin 4 is a 30,000 px square, 2.7 GB)
+    is cut from a copy reduced by a whole factor, to at most ``limit`` px a side; below it, exactly face_crop.
+    The classifier sees 224 px either way."""
+    x0, y0, x1, y1 = face.box
+    side = (1 + margin) * max(x1 - x0, y1 - y0)
+    factor = math.ceil(side / limit) if math.isfinite(side) else 1  # face_crop refuses a box that isn't finite
+    if factor <= 1:
+        return face_crop(picture, face, margin)
+    reduced = picture.reduce(factor)
+    scale_x, scale_y = reduced.width / picture.width, reduced.height / picture.height
+    shrunk = replace(face, box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y), landmarks=None)
+    return face_crop(reduced, shrunk, margin)
+
+
+class FaceStage:
+    """Face detection for predict requests, where it can't stall anything else.
+
+    Detection costs a second or more of CPU per photo, more than decoding it. It runs on ``faces_concurrency``
+    threads of its own, at a lower CPU priority (as explanations), so decode threads stay free for plain
+    uploads and predictions get the cores first; ``faces_queue`` more images may wait (on the event loop,
+    holding no thread), the next gets 503 at once. Each image is decoded on its face thread, within the decode
+    stage's pixel budget, which stays held until its crops are cut: what decodes and detects at once is bounded
+    with everything else. Detection runs on a copy of at most ``faces_detect_side`` px and returns at most
+    ``faces_cap`` faces (the faces first of all: MTCNN's own stage caps bound a crowd's cost, see
+    :mod:`fastvit_detect.faces`); each face's crop then takes a place in the micro-batcher's queue, so a photo of
+    many faces is batched with other requests' images, and waits or is refused as that many images would be.
+    """
+
+    def __init__(self, detector: Detector, settings: ServeSettings, decoder: DecodeStage,
+                 batcher: MicroBatcher[DecodedImage, ImageResult]) -> None:
+        self.detector, self.settings, self.decoder, self.batcher = detector, settings, decoder, batcher
+        self.expected = expects_faces(detector.package)
+        try:
+            detector.face_detector  # noqa: B018 - opened and verified now, not during the first request
+            self.available = True
+        except MissingFaceDetectorError:
+            if self.expected:  # every default request would fail: say so before serving
+                raise
+            self.available = False
+        self.pool = ThreadPoolExecutor(settings.faces_concurrency, thread_name_prefix="fastvit-faces",
+                                       initializer=lower_thread_priority)
+        self.watch = DecodeWatch(settings.faces_concurrency, settings.decode_stall_s)
+        self.slots = PixelBudget(settings.faces_concurrency)  # a weighted semaphore: here each image weighs 1
+        self.capacity = settings.faces_concurrency + settings.faces_queue
+        self.admitted = 0  # images detecting or waiting to; only the event loop changes it
+        self.detected = 0
+
+    def request(self, query: Mapping[str, str]) -> FaceRequest | None:
+        """The predict request's face parameters, or None for a whole-image prediction. Refuses (422) unknown or
+        malformed parameters, and (409) faces from a package without the face detector, before the upload is
+        read. Without ``faces``, the package decides: faces when its manifest says the model expects them."""
+        unknown = sorted(set(query) - set(PREDICT_PARAMETERS))
+        if unknown:
+            raise InvalidOptionError(f"unknown query parameter(s) {', '.join(map(repr, unknown))[:200]}; "
+                                     f"predict takes {', '.join(PREDICT_PARAMETERS)}")
+        wanted = self.expected
+        if "faces" in query:
+            switch = FACES_SWITCH.get(query["faces"].strip().lower())
+            if switch is None:
+                raise InvalidOptionError(f"faces must be 1 or 0 (or true, false), got {query['faces'][:40]!r}")
+            wanted = switch
+        geometry = [name for name in FACE_GEOMETRY_PARAMETERS if name in query]
+        if not wanted:
+            if geometry:
+                raise InvalidOptionError(f"{', '.join(geometry)} only apply to faces: ask with faces=1")
+            return None
+        if not self.available:
+            raise MissingFaceDetectorError(
+                f"faces=1: this server's model package ({public_model_name(self.detector)}) has no face detector "
+                "(it was exported without --faces); ask with faces=0, or serve a package exported with --faces")
+        cap = self.settings.faces_cap
+        max_faces = _whole_parameter(query, "max_faces", cap)
+        if max_faces > cap:
+            raise InvalidOptionError(f"max_faces={max_faces:,}: this server answers with at most {cap} faces per "
+                                     f"image (faces_max_per_image, within queue_size)")
+        no_face = query.get("no_face", NO_FACE_POLICIES[0])
+        if no_face not in NO_FACE_POLICIES:
+            raise InvalidOptionError(f"no_face must be one of {', '.join(NO_FACE_POLICIES)}, got {no_face[:40]!r}")
+        # FaceOptions holds the bounds the CLI and the library use: one place for them.
+        options = FaceOptions(min_face_size=_whole_parameter(query, "min_face_size", DEFAULT_MIN_FACE_SIZE),
+                              max_faces=max_faces, max_side=self.settings.faces_detect_side,
+                              margin=_number_parameter(query, "margin", DEFAULT_MARGIN))
+        return FaceRequest(options, no_face)
+
+    def check_room(self) -> None:
+        if self.admitted >= self.capacity:
+            raise ServerBusyError(f"face detection is busy ({self.admitted} images detecting or waiting); retry "
+                                  "later")
+        if self.watch.all_stalled():
+            raise ServerBusyError(f"every face detection thread ({self.watch.threads}) has been busy on one image "
+                                  f"for over {self.watch.stall_s:g} s; retry later")
+
+    def find(self, opened: OpenedImage, request: FaceRequest) -> FoundFaces:
+        """On a face thread: decode the upright original, find its faces, cut and resize their crops."""
+        picture = decode_opened(opened)
+        try:
+            faces = self.detector.face_detector.detect(picture, request.options)
+            preprocessor = self.detector.preprocessor
+            if faces:
+                # Opened as the crops they are, not as uploads: bounded_face_crop bounds their size, and the
+                # upload's pixel cap (which a crop with a wide margin may pass) was checked on the upload.
+                pixels = [preprocessor.opened_to_pixels(OpenedImage(Image.fromarray(bounded_face_crop(
+                    picture, face, request.options.margin)), f"{opened.source} face {number}", owned=True))
+                    for number, face in enumerate(faces, start=1)]
+            else:
+                pixels = [preprocessor.to_pixels(picture)] if request.no_face == "whole-image" else []
+            return FoundFaces(faces, pixels, picture.width, picture.height)
+        finally:
+            picture.close()
+
+    async def predict(self, upload: io.BytesIO, request: FaceRequest) -> tuple[FacesResult, FoundFaces]:
+        """One upload's faces and verdicts; raises the image's error (an InputError, or a 503 while busy)."""
+        self.check_room()
+        self.admitted += 1
+        work = asyncio.ensure_future(self._find(upload, request))
+
+        def finished(done: asyncio.Future[tuple[FoundFaces, str]]) -> None:
+            # Counted until the detection ends, not its request: a client that leaves mid-detection must not free
+            # the place that its detection still occupies.
+            self.admitted -= 1
+            self.detected += 1
+            if not done.cancelled():
+                done.exception()  # retrieved: when its client has left, nobody else awaits it
+
+        work.add_done_callback(finished)
+        found, source = await asyncio.shield(work)
+        numbers = range(1, len(found.faces) + 1) if found.faces else [0]
+        items = [DecodedImage(pixels, f"{source} face {number}" if number else source)
+                 for pixels, number in zip(found.pixels, numbers)]
+        answers = await self.batcher.classify(items, return_exceptions=True) if items else []
+        predictions = []
+        for item, answer in zip(items, answers):
+            result = _model_result(item, answer)
+            if not isinstance(result, Prediction):
+                raise result  # a crop the model failed on fails its image, as in Detector.predict_faces
+            predictions.append(result)
+        if found.faces:
+            return FacesResult.decide(list(zip(found.faces, predictions)), request.no_face), found
+        return FacesResult.decide([], request.no_face, predictions[0] if predictions else None), found
+
+    async def _find(self, upload: io.BytesIO, request: FaceRequest) -> tuple[FoundFaces, str]:
+        await self.slots.acquire(1)  # a free face thread first: the pixel budget is taken only when it can decode
+        try:
+            return await self.decoder.decode_with(upload, lambda opened: self.find(opened, request),
+                                                  pool=self.pool, watch=self.watch)
+        finally:
+            await self.slots.release(1)
+
+    async def predict_all(self, uploads: Sequence[io.BytesIO], request: FaceRequest
+                          ) -> list[tuple[FacesResult, FoundFaces] | FastVitDetectError]:
+        """Every upload's faces; a bad image becomes its error in place, never failing the others."""
+        results = await asyncio.gather(*(self.predict(upload, request) for upload in uploads),
+                                       return_exceptions=True)
+        for result in results:  # anything but an image's own error is the server's fault: raise it
+            if isinstance(result, BaseException) and not isinstance(result, FastVitDetectError):
+                raise result
+        return list(results)  # type: ignore[arg-type]
+
+    def report(self) -> dict[str, Any]:
+        """``/healthz``'s faces fields."""
+        threads = self.watch.report()
+        return {"available": self.available, "expected": self.expected, "in_progress": self.admitted,
+                "detected": self.detected, "threads": threads["decode_threads"],
+                "threads_busy": threads["decode_threads_busy"], "threads_stalled": threads["decode_threads_stalled"],
+                "longest_detection_s": threads["longest_decode_s"]}
+
+    def summary(self) -> dict[str, Any]:
+        """``/api/v1/model``'s faces fields: what a client may ask for."""
+        return {"available": self.available, "expected": self.expected, "max_faces": self.settings.faces_cap,
+                "detect_side": self.settings.faces_detect_side, "margin": DEFAULT_MARGIN,
+                "min_face_size": DEFAULT_MIN_FACE_SIZE, "no_face": list(NO_FACE_POLICIES)}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _whole_parameter(query: Mapping[str, str], name: str, default: int) -> int:
+    if name not in query:
+        return default
+    if not WHOLE_NUMBER.fullmatch(query[name]):
+        raise InvalidOptionError(f"{name} must be a whole number, got {query[name][:40]!r}")
+    return int(query[name])
+
+
+def _number_parameter(query: Mapping[str, str], name: str, default: float) -> float:
+    """A number from the query; NaN and infinities pass through, for FaceOptions to refuse with its range."""
+    if name not in query:
+        return default
+    try:
+        return float(query[name]) if len(query[name]) <= 40 else math.nan
+    except ValueError:
+        raise InvalidOptionError(f"{name} must be a number, got {query[name][:40]!r}") from None
+
+
+def faces_body(result: FacesResult, found: FoundFaces, request: FaceRequest, model: dict[str, Any],
+               elapsed_ms: float) -> dict[str, Any]:
+    """A faces answer: the image's verdict (its fields where a plain prediction's are; all None when no face was
+    found and none was asked for), which path decided, and each face with its box and verdict."""
+    verdict = (prediction_fields(result.prediction) if result.prediction is not None else
+               {"label": None, "score": None, "probabilities": None, "fake_probability": None})
+    options = request.options
+    return {**verdict, "decided_by": result.decided_by, "decisive": result.decisive,
+            "image": {"width": found.width, "height": found.height},
+            "faces": [{**face_fields(face), **prediction_fields(prediction)} for face, prediction in result.faces],
+            "face_options": {"margin": options.margin, "min_face_size": options.min_face_size,
+                             "max_faces": options.max_faces, "detect_side": options.max_side,
+                             "no_face": request.no_face},
+            "model": model, "elapsed_ms": round(elapsed_ms, 2)}
+
+
 # --- reading requests ---------------------------------------------------------------------------------------
 
 
@@ -886,12 +1171,31 @@ def model_summary(detector: Detector) -> dict[str, Any]:
             "variant": detector.variant.name}
 
 
-def prediction_body(prediction: Prediction, model: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:
+def prediction_fields(prediction: Prediction) -> dict[str, Any]:
     return {"label": prediction.label, "score": prediction.score, "probabilities": dict(prediction.probabilities),
-            "fake_probability": prediction.fake_probability, "model": model, "elapsed_ms": round(elapsed_ms, 2)}
+            "fake_probability": prediction.fake_probability}
 
 
-PREDICT_REQUEST_DOCS = {"requestBody": {"required": True, "content": {
+def prediction_body(prediction: Prediction, model: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:
+    return {**prediction_fields(prediction), "model": model, "elapsed_ms": round(elapsed_ms, 2)}
+
+
+PREDICT_REQUEST_DOCS = {"parameters": [
+    {"name": "faces", "in": "query", "schema": {"type": "string", "enum": ["1", "0"]},
+     "description": "find the faces first: each face's box and verdict, the image decided by its faces (default: "
+                    "as the package's manifest says, see /api/v1/model's faces.expected)"},
+    {"name": "margin", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 4,
+                                                 "default": DEFAULT_MARGIN},
+     "description": "faces: a crop's side is (1 + margin) x the face box's longer side"},
+    {"name": "min_face_size", "in": "query", "schema": {"type": "integer", "minimum": 12,
+                                                        "default": DEFAULT_MIN_FACE_SIZE},
+     "description": "faces: the smallest face searched for, in px of the detection copy"},
+    {"name": "max_faces", "in": "query", "schema": {"type": "integer", "minimum": 1},
+     "description": "faces: at most this many, the most confident (default and limit: /api/v1/model's "
+                    "faces.max_faces)"},
+    {"name": "no_face", "in": "query", "schema": {"type": "string", "enum": list(NO_FACE_POLICIES)},
+     "description": "faces: with no face found, classify the whole image (default) or give no verdict"},
+], "requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"},
                  "description": "one image, or several: several are answered with a list in the same order"}}}},
@@ -926,11 +1230,13 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
     for status, description, example in [
         (408, "the request body took longer than the body timeout",
          error_body(RequestTimeoutError("request body not received within 60 s"))),
+        (409, "faces=1 asked of a model package without the face detector",
+         error_body(MissingFaceDetectorError("faces=1: this server's model package has no face detector"))),
         (413, "body over the upload limit, or an image over the pixel cap",
          error_body(UploadTooLargeError("request body exceeds the upload limit of 20,971,520 bytes"))),
         (415, "not an image that can be decoded",
          error_body(ImageDecodeError("x.jpg: not a recognised image format"))),
-        (422, "missing field, malformed body, empty image, an explain parameter out of range",
+        (422, "missing field, malformed body, empty image, a query parameter unknown or out of range",
          error_body(BadRequestError("multipart field 'file' is missing"))),
         (500, "the server failed (not the request)", INTERNAL_ERROR),
         (503, "inference queue full, or the inference worker stopped: retry later",
@@ -957,17 +1263,19 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         raise RuntimeError("fastvit_detect/static/index.html is missing: the package was installed without its data")
 
     explainer = ExplainStage(detector, settings, decoder, batcher)
+    faces = FaceStage(detector, settings, decoder, batcher)
 
     async def lifespan(_app: FastAPI):
         yield
         await asyncio.to_thread(batcher.close)
         decoder.close()
         explainer.close()
+        faces.close()
 
     app = FastAPI(title="fastvit-detect", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Torch-free deepfake detection with ONNX Vision Transformers.")
     app.state.detector, app.state.batcher, app.state.decoder, app.state.settings = detector, batcher, decoder, settings
-    app.state.explainer = explainer
+    app.state.explainer, app.state.faces = explainer, faces
     app.mount("/static", static, name="static")
 
     @app.exception_handler(Exception)
@@ -1036,6 +1344,10 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
               summary="Classify one image (object) or several multipart files (list, in order)")
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
+        face_request = faces.request(request.query_params)
+        if face_request is not None:
+            faces.check_room()  # before the upload is read; again per image
+            return await predict_faces(request, face_request, started)
         uploads, as_list = await read_uploads(request, settings)
         results = await classify(uploads)
         elapsed_ms = 1000 * (time.perf_counter() - started)
@@ -1050,12 +1362,34 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
             for upload, result in zip(uploads, results)
         ])
 
+    async def predict_faces(request: Request, face_request: FaceRequest, started: float) -> JSONResponse:
+        uploads, as_list = await read_uploads(request, settings)
+        results = await faces.predict_all(uploads, face_request)
+        elapsed_ms = 1000 * (time.perf_counter() - started)
+        if not as_list:
+            (result,) = results
+            if isinstance(result, FastVitDetectError):
+                raise result
+            return JSONResponse(faces_body(*result, face_request, model, elapsed_ms))
+        return JSONResponse([
+            {"filename": upload.name, **(faces_body(*result, face_request, model, elapsed_ms)
+                                        if not isinstance(result, FastVitDetectError) else _error_entry(result))}
+            for upload, result in zip(uploads, results)
+        ])
+
     @app.post("/predict/", openapi_extra=SEED_REQUEST_DOCS, responses=ERROR_DOCS,
               summary="The seed project's API: {\"image\": base64} -> {\"result\": label}")
     async def predict_base64(request: Request) -> JSONResponse:
         body = await read_body(request, seed_body_limit(settings.max_upload_bytes), settings.body_timeout_s,
                                f" (an image of {settings.max_upload_bytes:,} bytes, base64-encoded in JSON)")
-        (result,) = await classify([seed_request_image(body, settings.max_upload_bytes)])
+        image = seed_request_image(body, settings.max_upload_bytes)
+        face_request = faces.request({})  # the seed's client sends no options: the package decides, as predict's
+        if face_request is not None:
+            faces.check_room()
+            decided, _found = await faces.predict(image, face_request)
+            assert decided.prediction is not None  # no face: the whole image decides, by default
+            return JSONResponse({"result": decided.prediction.label})
+        (result,) = await classify([image])
         if not isinstance(result, Prediction):
             raise result
         return JSONResponse({"result": result.label})
@@ -1086,7 +1420,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
                 "queue_depth": batcher.queue_depth, "batches": batcher.batches_run, "images": batcher.images_run,
                 "largest_batch": batcher.largest_batch, "failed_batches": batcher.failed_batches,
                 "decoding_pixels": decoder.budget.in_use, **decoding,
-                "explanations_in_progress": explainer.admitted, "explanations": explainer.explained}
+                "explanations_in_progress": explainer.admitted, "explanations": explainer.explained,
+                "faces": faces.report()}
         if stalled:
             body["reason"] = (f"every decode thread ({decoding['decode_threads']}) has been busy on one image for "
                               f"over {decoding['decode_stall_s']:g} s: new uploads get 503")
@@ -1096,7 +1431,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     async def model_info() -> dict[str, Any]:
         return {**model, "labels": list(detector.labels), "manifest": detector.package.public_manifest(),
                 "serving": asdict(settings), "layout": detector.layout.to_dict(), "runtime": detector.runtime,
-                "variant_choice": detector.choice.to_dict()}
+                "variant_choice": detector.choice.to_dict(), "faces": faces.summary()}
 
     return app
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..fidelity import logit_agreement
-from ..preprocess import Preprocessor, find_images
+from ..media import find_images
+from ..preprocess import Preprocessor
 from ..session import VNNI_FLAGS, has_vnni, physical_core_count
 from . import ExportError, Log
 from .timing import interleave

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..preprocess import find_images
+from ..media import find_images
 from . import ExportError
 
 # Real photos shipped inside PyPI packages: (package, folder inside it, file). From 451x300 to 1411x1411,

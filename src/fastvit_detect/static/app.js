@@ -1,8 +1,9 @@
 "use strict";
 // The upload page: pick or drop an image, preview it, POST it to api/v1/predict, show the verdict or the error.
 // With "Show evidence" on, it also POSTs the image to api/v1/explain and lays the returned heat map over the
-// preview. Relative URLs, so the page works wherever the app is mounted. body[data-state] and
-// body[data-evidence] tell tests where we are.
+// preview. With "Find faces" on, it asks api/v1/predict?faces=1 and draws each face's box with its verdict over the
+// preview. Relative URLs, so the page works wherever the app is mounted. body[data-state], body[data-evidence]
+// and body[data-faces] tell tests where we are.
 
 const $ = (id) => document.getElementById(id);
 let previewUrl = null;
@@ -24,6 +25,7 @@ async function loadModelInfo() {
     const response = await fetch("api/v1/model");
     const info = await response.json();
     $("model").textContent = `Model ${info.name} · variant ${info.variant} · labels ${info.labels.join(", ")}`;
+    setUpFaces(info.faces);
   } catch (error) {
     $("model").textContent = "Model information unavailable";
   }
@@ -38,10 +40,89 @@ function showPreview(file) {
   $("preview-box").hidden = false;
 }
 
+function setUpFaces(faces) {
+  const toggle = $("faces");
+  if (!faces || !faces.available) {
+    toggle.checked = false;
+    toggle.disabled = true;
+    $("faces-hint").textContent = "— not available: this model package has no face detector (export --faces)";
+    return;
+  }
+  toggle.disabled = false;
+  toggle.checked = faces.expected;  // the package's own default: on when its model was trained on face crops
+}
+
+function predictUrl() {
+  // Disabled (no detector, or the model information hasn't arrived): no parameter, the package decides.
+  return $("faces").disabled ? "api/v1/predict" : `api/v1/predict?faces=${$("faces").checked ? 1 : 0}`;
+}
+
+function clearFaces() {
+  $("face-boxes").replaceChildren();
+  $("face-boxes").hidden = true;
+  $("face-list").replaceChildren();
+  $("face-list").hidden = true;
+  $("faces-summary").hidden = true;
+  document.body.dataset.faces = "off";
+}
+
+function faceVerdict(face) {
+  return face.fake_probability === null ? `${face.label} ${percent(face.score)}`
+    : `${face.label} · p(fake) ${percent(face.fake_probability)}`;
+}
+
+function showFaces(result) {
+  if (!result.faces) {
+    clearFaces();
+    return;
+  }
+  // Boxes are in the upright original's pixels; as percentages of its size they land on the preview at any scale.
+  const { width, height } = result.image;
+  const share = (value, whole) => `${(100 * value / whole).toFixed(3)}%`;
+  $("face-boxes").replaceChildren(...result.faces.map((face, index) => {
+    const [x0, y0, x1, y1] = face.box;
+    const box = document.createElement("div");
+    box.className = "face-box";
+    box.classList.toggle("decisive", index === result.decisive);
+    box.classList.toggle("low", y0 < 0.08 * height);  // no room above the box: its tag goes below
+    box.classList.toggle("right", x0 > 0.75 * width);  // near the right edge: the tag ends where the box does
+    box.dataset.label = face.label.toLowerCase();
+    box.dataset.index = String(index);
+    box.style.left = share(x0, width);
+    box.style.top = share(y0, height);
+    box.style.width = share(x1 - x0, width);
+    box.style.height = share(y1 - y0, height);
+    const tag = document.createElement("span");
+    tag.className = "face-tag";
+    const fake = face.fake_probability === null ? "" : ` ${(100 * face.fake_probability).toFixed(0)}%`;
+    tag.textContent = `${index + 1} ${face.label}${fake}`;
+    box.title = `Face ${index + 1}: ${faceVerdict(face)}`;
+    box.append(tag);
+    return box;
+  }));
+  $("face-list").replaceChildren(...result.faces.map((face, index) => {
+    const item = document.createElement("li");
+    const box = face.box.map((value) => value.toFixed(0)).join(", ");
+    item.textContent = `${faceVerdict(face)} — box [${box}] px, detector score ${face.face_score.toFixed(3)}`
+      + (index === result.decisive ? " (decides)" : "");
+    return item;
+  }));
+  const count = result.faces.length;
+  $("faces-summary").textContent = result.decided_by === "face"
+    ? `${count} face${count === 1 ? "" : "s"} found; face ${result.decisive + 1}, the most likely fake, decides.`
+    : result.decided_by === "whole-image" ? "No face found: the whole image decides." : "No face found: no verdict.";
+  $("faces-summary").hidden = false;
+  $("face-list").hidden = count === 0;
+  $("face-boxes").hidden = count === 0;
+  document.body.dataset.faces = "shown";
+}
+
 function showResult(result) {
-  $("label").textContent = result.label;
-  $("label").dataset.label = result.label.toLowerCase();
-  $("score").textContent = percent(result.score);
+  showFaces(result);
+  const decided = result.label !== null;  // null: faces asked, none found, and no whole-image fallback
+  $("label").textContent = decided ? result.label : "No verdict";
+  $("label").dataset.label = decided ? result.label.toLowerCase() : "";
+  $("score").textContent = decided ? percent(result.score) : "";
   const fake = result.fake_probability;
   $("fake-meter").hidden = fake === null;
   if (fake !== null) {
@@ -50,7 +131,7 @@ function showResult(result) {
     $("fake-text").textContent = `p(fake) ${percent(fake)}`;
   }
   const list = $("probabilities");
-  list.replaceChildren(...Object.entries(result.probabilities).map(([label, probability]) => {
+  list.replaceChildren(...Object.entries(result.probabilities || {}).map(([label, probability]) => {
     const item = document.createElement("li");
     item.textContent = `${label}: ${percent(probability)}`;
     return item;
@@ -129,6 +210,7 @@ function evidenceToggled() {
 async function classify(file) {
   $("result").hidden = true;
   $("error").hidden = true;
+  clearFaces();
   currentFile = file;
   evidence = null;
   evidenceRequest++;
@@ -136,7 +218,7 @@ async function classify(file) {
   showPreview(file);
   setState("loading");
   try {
-    showResult(await postImage("api/v1/predict", file, "classify"));
+    showResult(await postImage(predictUrl(), file, "classify"));
     setState("done");
     if ($("evidence").checked) explain(file);
   } catch (error) {
@@ -150,6 +232,9 @@ function setUp() {
   $("preview").addEventListener("error", () => { $("preview").hidden = true; });  // not an image the browser shows
   $("preview").addEventListener("load", () => { $("preview").hidden = false; });
   $("evidence").addEventListener("change", evidenceToggled);
+  $("faces").addEventListener("change", () => {
+    if (currentFile && document.body.dataset.state !== "loading") classify(currentFile);  // the same photo, asked anew
+  });
   const zone = $("drop-zone");
   input.addEventListener("change", () => {
     if (input.files.length) classify(input.files[0]);
