@@ -613,3 +613,34 @@ def test_ray_scan_with_faces_of_a_package_without_them_fails_before_ray_starts(v
     assert cli_main(["scan", str(photo_folder), "--model", str(vit_package), "--engine", "ray", "--faces",
                      "-o", str(tmp_path / "x.jsonl")]) != 0
     assert "face_pnet.onnx" in capsys.readouterr().err
+
+
+def test_a_huge_face_crop_is_cut_from_a_reduced_copy_in_every_path(expecting, monkeypatch):
+    """A close-up whose crop would be 6,000 px a side (108 MB; a 40 MP photo's with margin 4: 2.7 GB) is cut from a
+    copy reduced by a whole factor, to at most MAX_CROP_SIDE px, wherever faces become the classifier's input
+    (predict_faces, faces-first batches and scans, fine-tuning); a crop up to that side is face_crop's, exactly."""
+    from fastvit_detect import faces as faces_module
+    from fastvit_detect.faces import MAX_CROP_SIDE, Face, FaceOptions, face_crop, face_pixels
+
+    picture = Image.new("RGB", (3000, 3000), (120, 100, 90))
+    close_up = Face((0.0, 0.0, 3000.0, 3000.0), 0.99)
+    small = Face((1000.0, 1000.0, 1100.0, 1120.0), 0.98)
+
+    class Found:
+        def detect(self, _picture, _options):
+            return [close_up, small]
+
+    sides = []
+    cropping = faces_module.face_crop
+
+    def measured(image, face, margin=0.3):
+        crop = cropping(image, face, margin)
+        sides.append(crop.shape[0])
+        return crop
+
+    monkeypatch.setattr(faces_module, "face_crop", measured)
+    found, pixels = face_pixels(picture, Found(), FaceOptions(margin=1.0), expecting.preprocessor.to_pixels,
+                                expecting.preprocessor.output_size)
+    assert found == [close_up, small] and pixels.shape[0] == 2
+    assert max(sides) <= MAX_CROP_SIDE and sides[1] == round(2.0 * 120)
+    np.testing.assert_array_equal(pixels[1], expecting.preprocessor.to_pixels(face_crop(picture, small, 1.0)))
