@@ -33,7 +33,9 @@ On a face (``detector.explain(image, face="decisive")``, the default for a detec
 ``predict --faces --explain``): the face's crop, the one :meth:`Detector.predict_faces` classifies, is explained as
 an image of its own. The heat map, ``image`` and ``original_heatmap`` are then the *crop's* (a square, black where it
 reaches past the photo's border); ``crop_box`` (left, top, right, bottom) places the crop on the upright photo: crop
-pixel (x, y) is photo pixel (left + x, top + y), at the crop's own scale (it isn't resized).
+pixel (x, y) is photo pixel (left + x, top + y), at the crop's own scale (it isn't resized), save for a crop over
+``faces.MAX_CROP_SIDE`` px, cut from a copy reduced by a whole factor (then scale by ``crop_box``'s side over the
+crop's).
 
 Explanations decode at full resolution even when the detector drafts JPEGs (``jpeg_draft``), so the heat map
 lands on the file's own pixel grid; their verdict can then differ from a drafted ``predict`` as much as the
@@ -54,7 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import InvalidOptionError, ModelOutputError
-from .faces import Face, crop_box, face_crop
+from .faces import Face, bounded_face_crop, crop_box
 from .media import ImageInput, OpenedImage, decode_boundary, decode_opened
 from .options import check_whole
 from .preprocess import PreprocessConfig, Preprocessor
@@ -562,7 +564,7 @@ def explain_face(
                                     batch_size, started, **options)
         chosen = result.faces[result.decisive][0]
     box = crop_box(chosen, margin, picture.size)
-    crop = face_crop(picture, chosen, margin)
+    crop = bounded_face_crop(picture, chosen, margin)  # as predict_faces cuts it: a huge one from a reduced copy
     crop_picture = Image.fromarray(crop)
     prepared = PreparedImage(detector.preprocessor.to_pixels(crop), crop_picture.size, crop_picture,
                              f"{opened.source}: face at {[round(value) for value in chosen.box]}")
