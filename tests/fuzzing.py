@@ -51,7 +51,7 @@ import warnings
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from PIL import Image
 
 import fastvit_detect
 from fastvit_detect import FastVitDetectError, ImageTooLargeError, Preprocessor
+from fastvit_detect.detector import FacesResult
 from fastvit_detect.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, server_formats
 
 # ============================================================================================================
@@ -1958,10 +1959,14 @@ def _reset_peak_rss() -> bool:
 class Runner:
     """Runs cases in this process: the worker's side of the harness, also used by ``--replay``."""
 
-    def __init__(self, seed: int, package: str | None, scratch: Path, formats: list[str] | None = None):
-        """``formats``: open only these image formats (a server's allowlist), as every call's ``formats=``."""
+    def __init__(self, seed: int, package: str | None, scratch: Path, formats: list[str] | None = None,
+                 faces: bool = False):
+        """``formats``: open only these image formats (a server's allowlist), as every call's ``formats=``.
+        ``faces``: the face stage (``package`` must hold the face detector): every case that isn't a batch goes
+        through ``Detector.predict_faces``, and batches through a detector that decides by faces."""
         self.seed = seed
         self.formats = formats
+        self.faces = faces
         self.preprocessors = {
             "vit": Preprocessor(PreprocessConfig.from_hf(VIT_CONFIG), formats=formats),
             "deit": Preprocessor(PreprocessConfig.from_hf(DEIT_CONFIG), formats=formats),
@@ -1971,7 +1976,8 @@ class Runner:
         self.ctx = Context(saved(picture(seed=11), "PNG"), saved(picture(seed=12), "JPEG"), scratch)
         self.detector = None
         if package:
-            self.detector = fastvit_detect.Detector.load(package, variant="fp32", threads=1, formats=formats)
+            self.detector = fastvit_detect.Detector.load(package, variant="fp32", threads=1, formats=formats,
+                                                         faces=True if faces else "auto")
             self.neighbours = [np.asarray(picture(64, 48, seed=21)), np.asarray(picture(30, 70, seed=22))]
             self.alone = [self.detector.predict_batch([image])[0].logits for image in self.neighbours]
 
@@ -1979,6 +1985,8 @@ class Runner:
         if index < 0:
             return self._selftest(index)
         the_plan, rng = plan(self.seed, index, self.detector is not None)
+        if self.faces and the_plan.call not in ("predict_batch", "predict_iter"):
+            the_plan = replace(the_plan, call="predict_faces")
         record: dict[str, Any] = {"index": index, "family": the_plan.family, "item": the_plan.item,
                                   "format": the_plan.format, "call": the_plan.call, "delivery": the_plan.delivery,
                                   "size_class": the_plan.size_class}
@@ -2033,6 +2041,8 @@ class Runner:
                 raise RuntimeError("selftest: an exception outside the hierarchy")
             if call in ("predict_batch", "predict_iter"):
                 return self._predict(call, case)
+            if call == "predict_faces":
+                return self._predict_faces(case)
             if call == "load_image":
                 image = fastvit_detect.load_image(case.input, formats=self.formats)
                 return {"outcome": "ok", "decoded": list(image.size)}
@@ -2077,6 +2087,19 @@ class Runner:
         return {"outcome": "bad-output", "message": f"result of type {type(middle).__name__}"}
 
 
+    def _predict_faces(self, case: Case) -> dict[str, Any]:
+        assert self.detector is not None
+        result = self.detector.predict_faces(case.input)
+        if not isinstance(result, FacesResult) or result.prediction is None:
+            return {"outcome": "bad-output", "message": f"predict_faces gave {result!r}"[:300]}
+        predictions = [result.prediction, *(prediction for _, prediction in result.faces)]
+        boxes = np.array([face.box for face, _ in result.faces], dtype=np.float64).reshape(-1, 4)
+        if not all(np.isfinite(prediction.logits).all() for prediction in predictions) or not np.isfinite(
+                boxes).all() or (boxes[:, 2:] <= boxes[:, :2]).any():
+            return {"outcome": "bad-output", "message": f"a non-finite verdict or a degenerate box: {boxes.tolist()}"}
+        return {"outcome": "ok", "faces": len(result.faces)}
+
+
 def _classified(exc: FastVitDetectError, case: Case) -> dict[str, Any]:
     # Out of address space (the RLIMIT_AS backstop) inside a decoder is a memory failure, though the runtime
     # reports it as an oversized image; hostile objects that raise MemoryError on purpose say so in their name.
@@ -2115,7 +2138,8 @@ def worker_main(options: dict[str, Any]) -> None:
     warnings.simplefilter("ignore")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fuzz-worker-") as scratch:
-        runner = Runner(options["seed"], options.get("package"), Path(scratch), options.get("formats"))
+        runner = Runner(options["seed"], options.get("package"), Path(scratch), options.get("formats"),
+                        options.get("faces", False))
         baseline = _status_kb("VmRSS")
         if options.get("address_space_kb"):  # a backstop: the parent's RSS polling is the real limit
             limit = (_status_kb("VmSize") + options["address_space_kb"]) * 1024
@@ -2155,6 +2179,7 @@ class Settings:
     wall_limit_s: float = 300.0  # per case: a decoder blocked without spinning
     rss_budget_kb: int = field(default_factory=default_rss_budget_kb)  # how far one case may raise a worker's RSS
     selftest: bool = False  # workers accept the negative indices of Runner._selftest
+    faces: bool = False  # the face stage: cases go through predict_faces, batches through a faces-first detector
     tasks_per_worker: int = 2000
     startup_timeout_s: float = 180.0
     poll_s: float = 0.05
@@ -2174,7 +2199,8 @@ class Pool:
 
     def _spawn(self) -> _Worker:
         options = {"seed": self.settings.seed, "package": self.settings.package, "selftest": self.settings.selftest,
-                   "address_space_kb": 8 * 1024 * 1024, "formats": self.settings.formats}
+                   "address_space_kb": 8 * 1024 * 1024, "formats": self.settings.formats,
+                   "faces": self.settings.faces}
         log = open(self.log_dir / f"worker-{self.spawned}.log", "wb")  # noqa: SIM115 - closed with the worker
         self.spawned += 1
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -2460,6 +2486,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-seeds", action="store_true", help="list the seed images and exit")
     parser.add_argument("--formats", help="open only these formats, comma-separated, or 'server' for the server's "
                         "allowlist (default: every format, the library's default)")
+    parser.add_argument("--faces", action="store_true",
+                        help="run the cases through the face stage (predict_faces; --package must hold the face "
+                             "detector: export --faces)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     formats = None
@@ -2489,12 +2518,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.replay is not None:
         with tempfile.TemporaryDirectory() as scratch:
-            runner = Runner(args.seed, args.package, Path(scratch), formats)
+            runner = Runner(args.seed, args.package, Path(scratch), formats, args.faces)
             print(json.dumps(runner.run(args.replay), indent=2))
         return 0
     settings = Settings(cases=args.cases, start=args.start, seed=args.seed, workers=args.workers, package=args.package,
                         formats=formats, extra=tuple(coverage_indices()) if args.coverage else (),
-                        cpu_limit_s=args.cpu_limit, wall_limit_s=args.wall_limit)
+                        cpu_limit_s=args.cpu_limit, wall_limit_s=args.wall_limit, faces=args.faces)
     if args.rss_budget_mb:
         settings.rss_budget_kb = int(args.rss_budget_mb * 1024)
 

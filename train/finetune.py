@@ -19,6 +19,12 @@ The output directory receives ``model.safetensors`` + ``config.json``
 (``id2label = {0: "Fake", 1: "Real"}``), ``preprocessor_config.json`` and
 ``training_summary.json``.
 
+``--faces PKG`` trains on the face crops inference classifies: each image is cut to its most confident face by the
+runtime's own code (``fastvit_detect.faces.face_pixels``: MTCNN from model package PKG, exported with ``--faces``, and
+``face_crop`` with ``--face-margin``, default 0.3, as ``predict --faces``), then preprocessed as above; an image with
+no face is used whole, as inference falls back to the whole image. So training and inference can't disagree on
+what a face crop is. Export the checkpoint with ``--expects-faces`` so that ``predict`` finds the faces too.
+
 ``--base tiny`` builds a small randomly initialised ViT (224x224 input, 16x16
 patches, so the export / runtime path is the same as for ViT-Base; hidden 192,
 2 layers, 3 heads by default) that trains in minutes on a CPU and needs no
@@ -66,8 +72,11 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
+from fastvit_detect.errors import FastVitDetectError
+from fastvit_detect.faces import DEFAULT_MARGIN, FaceOptions, face_pixels, open_face_detector
 from fastvit_detect.options import refuse_empty_text
-from fastvit_detect.preprocess import Preprocessor, find_images
+from fastvit_detect.package import ModelPackage
+from fastvit_detect.preprocess import Preprocessor, decode_opened, find_images
 
 ID2LABEL = {0: "Fake", 1: "Real"}
 LABEL2ID = {label: index for index, label in ID2LABEL.items()}
@@ -119,6 +128,24 @@ PREPROCESSOR = Preprocessor.from_hf(make_image_processor().to_dict())
 def load_resized(path: Path) -> np.ndarray:
     """Decode and resize like the runtime (and the slow ViTImageProcessor); uint8 (224, 224, 3)."""
     return PREPROCESSOR.to_pixels(path)
+
+
+class FaceCrops:
+    """Loads an image as its most confident face's crop, resized as :func:`load_resized` resizes, exactly as
+    inference makes it (``fastvit_detect.faces.face_pixels``); the whole image when it has no face."""
+
+    def __init__(self, package: Path, margin: float = DEFAULT_MARGIN) -> None:
+        self.detector = open_face_detector(ModelPackage.open(package))  # its files checked against the manifest
+        self.options = FaceOptions(max_faces=1, margin=margin)  # the most confident face: the same as with more
+        self.package, self.faceless = package, set[Path]()
+
+    def __call__(self, path: Path) -> np.ndarray:
+        picture = decode_opened(PREPROCESSOR.open(path))  # as Detector decodes for its face detector
+        faces, pixels = face_pixels(picture, self.detector, self.options, PREPROCESSOR.to_pixels,
+                                    PREPROCESSOR.output_size, whole_image=True)
+        if not faces:
+            self.faceless.add(path)
+        return pixels[0]
 
 
 # Augmentation works on [0, 1] values: the processor's rescale (float64, cast to float32) as a lookup table.
@@ -175,6 +202,7 @@ class ImageSplit:
     paths: list[Path]
     labels: np.ndarray  # int64 class ids
     cache: np.ndarray | None = None  # uint8 (N, 224, 224, 3) when preloaded
+    load: Callable[[Path], np.ndarray] = load_resized  # or a FaceCrops
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -186,13 +214,13 @@ class ImageSplit:
         start = time.perf_counter()
         self.cache = np.empty((len(self), MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3), dtype=np.uint8)
         for index, path in enumerate(self.paths):
-            self.cache[index] = load_resized(path)
+            self.cache[index] = self.load(path)
         log(f"{self.name}: decoded and resized {len(self)} images in {time.perf_counter() - start:.1f} s")
 
     def pixels(self, indices: np.ndarray) -> np.ndarray:
         if self.cache is not None:
             return self.cache[indices]
-        return np.stack([load_resized(self.paths[i]) for i in indices])
+        return np.stack([self.load(self.paths[i]) for i in indices])
 
 
 def find_split(data_dir: Path, split: str) -> ImageSplit:
@@ -408,6 +436,14 @@ def train(args: argparse.Namespace) -> dict:
     weight_decay = args.weight_decay if args.weight_decay is not None else defaults["weight_decay"]
 
     splits = {name: find_split(args.data, name) for name in SPLITS}
+    try:
+        crops = FaceCrops(args.faces, args.face_margin) if args.faces is not None else None
+    except FastVitDetectError as exc:  # not a package, no face detector, a tampered face graph
+        raise TrainingError(f"--faces {args.faces}: {exc}") from exc
+    if crops is not None:
+        log(f"training on face crops (margin {args.face_margin}, face detector of {args.faces})")
+        for split in splits.values():
+            split.load = crops
     for split in splits.values():
         log(f"{split.name}: {len(split)} images {split.class_counts()}")
 
@@ -521,6 +557,8 @@ def train(args: argparse.Namespace) -> dict:
             "keep_best": args.keep_best,
             "tiny_patch_init": args.tiny_patch_init if is_tiny else None,
         },
+        "faces": None if crops is None else {"package": str(crops.package), "margin": args.face_margin,
+                                             "images_without_a_face": len(crops.faceless)},
         "seed": args.seed,
         "threads": args.threads,
         "images": {name: split.class_counts() for name, split in splits.items()},
@@ -581,6 +619,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-gb", type=float, default=4.0,
                         help="preload the resized images when they fit in this many GiB")
     parser.add_argument("--log-every", type=int, default=20, help="print the training loss every N steps")
+    parser.add_argument("--faces", type=Path, default=None, metavar="PKG",
+                        help="train on each image's most confident face crop, cut as inference cuts it, with the "
+                             "face detector of model package PKG (exported with --faces); faceless images whole")
+    parser.add_argument("--face-margin", type=float, default=DEFAULT_MARGIN,
+                        help="with --faces: a crop's side is (1 + margin) x the face box's longer side")
     tiny = parser.add_argument_group(f"--base {TINY_BASE} model shape")
     tiny.add_argument("--tiny-hidden-size", type=int, default=TinyViTShape.hidden_size)
     tiny.add_argument("--tiny-layers", type=int, default=TinyViTShape.layers)
@@ -605,6 +648,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio})")
     if not args.data.is_dir():
         parser.error(f"--data {args.data} is not a directory")
+    if args.faces is not None and not args.faces.is_dir():
+        parser.error(f"--faces {args.faces} is not a model package directory")
+    if not (math.isfinite(args.face_margin) and 0 <= args.face_margin <= 4):
+        parser.error(f"--face-margin must be in [0, 4] (got {args.face_margin})")
     if args.tiny_hidden_size % args.tiny_heads:
         parser.error("--tiny-hidden-size must be a multiple of --tiny-heads")
     return args

@@ -20,6 +20,7 @@ from .detector import (
     ImageResult,
     Prediction,
     choose_variant,
+    decides_by_faces,
     unmet_cpu_requirement,
 )
 from .errors import (
@@ -49,7 +50,9 @@ from .faces import (
     FACES_SECTION,
     MAX_MAX_FACES,
     MAX_MIN_FACE_SIZE,
+    FaceOptions,
     expects_faces,
+    face_detector_variants,
 )
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
@@ -173,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"images per session call, 1-{MAX_BATCH_SIZE} (default {DEFAULT_BATCH_SIZE})")
     predict.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     predict.add_argument("--explain", metavar="DIR", default=None,
-                         help="also write a heat-map overlay per image into DIR (see `explain`)")
+                         help="also write a heat-map overlay per image into DIR (see `explain`; with faces, of the "
+                              "deciding face's crop)")
     add_explain_arguments(predict.add_argument_group("explanations (with --explain DIR)"))
     add_face_arguments(predict.add_argument_group("faces (the package needs export --faces)"))
     predict.set_defaults(handler=run_predict)
@@ -188,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(explain)
     explain.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the overlay PNGs")
     add_explain_arguments(explain)
+    add_face_arguments(explain.add_argument_group("faces (explain the deciding face's crop; the package needs export "
+                                                  "--faces)"))
     explain.set_defaults(handler=run_explain)
 
     evaluate = commands.add_parser(
@@ -222,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
                       help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
     scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
+    add_face_arguments(scan.add_argument_group("faces (a record per face, then the image's; the package needs "
+                                                "export --faces)"))
     cluster = scan.add_argument_group("Ray (needs the ray extra)")
     cluster.add_argument("--engine", choices=("local", "ray"), default="local",
                          help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")
@@ -375,6 +383,8 @@ def load_detector(args: argparse.Namespace, variant: str | None = None,
                                    max_pixels=args.max_pixels, max_bytes=max(1, int(args.max_image_mb * MiB)),
                                    jpeg_draft=args.jpeg_draft, workers=args.workers,
                                    threads_per_worker=args.threads_per_worker)
+    if hasattr(args, "faces"):  # the commands with add_face_arguments
+        options.update(faces=faces_choice(args), face_options=face_options(args))
     reference = parse_model_reference(args.model) if package is None else None
     if reference is not None:
         with reference.local_reading_first():
@@ -420,10 +430,8 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     writer = OverlayWriter(args.explain, args) if args.explain is not None else None
     detector = load_detector(args)
     note_intended_use(detector.package)
-    if args.faces or (expects_faces(detector.package) and not args.no_faces):
-        if writer is not None:
-            raise InvalidOptionError("--explain with faces isn't built yet; pass --no-faces to explain whole images")
-        return run_predict_faces(args, detector, out)
+    if detector.faces_first:
+        return run_predict_faces(args, detector, out, writer)
     started = time.perf_counter()
     results = detector.predict_batch(args.images, batch_size=args.batch_size, errors="return")
     elapsed = time.perf_counter() - started
@@ -467,16 +475,28 @@ def add_face_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                         help="at most N faces per image, the most confident (default %(default)s)")
 
 
-def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO) -> int:
+def faces_choice(args: argparse.Namespace) -> bool | str:
+    """``Detector.load``'s ``faces`` from --faces / --no-faces: "auto" (as the manifest says) when neither."""
+    if args.faces and args.no_faces:
+        raise InvalidOptionError("--faces and --no-faces contradict each other; pass one")
+    return True if args.faces else False if args.no_faces else "auto"
+
+
+def face_options(args: argparse.Namespace) -> FaceOptions:
+    return FaceOptions(min_face_size=args.min_face_size, max_faces=args.max_faces, margin=args.margin)
+
+
+def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO,
+                      writer: OverlayWriter | None = None) -> int:
     """``predict --faces``: one line per face (its box and verdict), then the image's verdict; ``--json``: one
-    record per image with its faces."""
+    record per image with its faces. ``--explain``: an overlay of the deciding face's crop per image (the whole
+    image's where no face was found)."""
     detector.face_detector  # noqa: B018 - a package without the face detector fails before any image is read
     started = time.perf_counter()
     failed = 0
     for image in args.images:
         try:
-            result = detector.predict_faces(image, margin=args.margin, min_face_size=args.min_face_size,
-                                            max_faces=args.max_faces)
+            result = detector.predict_faces(image)
         except (InputError, ModelOutputError) as exc:
             failed += 1
             if args.json:
@@ -484,8 +504,16 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO)
             else:
                 print(f"{image}  ERROR  {type(exc).__name__}: {exc}", file=out)
             continue
+        file = None
+        if writer is not None:
+            try:
+                file = str(writer.write(detector, image)[1])
+            except (InputError, ModelOutputError) as exc:  # unreadable since predicted (replaced, say)
+                failed += 1
+                print(f"{image}  explanation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"image": image, **result.to_dict()}), file=out)
+            print(json.dumps({"image": image, **result.to_dict(),
+                              **({"explanation": file} if file is not None else {})}), file=out)
             continue
         for number, (face, prediction) in enumerate(result.faces, start=1):
             box = ", ".join(f"{value:.0f}" for value in face.box)
@@ -497,6 +525,9 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO)
             why = (f"face {result.decisive + 1} decides" if result.decisive is not None
                    else "no face found: the whole image")
             print(f"{image}  image ({len(result.faces)} face(s); {why})  {describe(result.prediction)}", file=out)
+        if file is not None:
+            print(f"{image}  explanation ({'the deciding face' if result.faces else 'the whole image'}): {file}",
+                  file=out)
     out.flush()
     print(f"{len(args.images)} image(s), {failed} failed; variant {detector.variant.name}; faces first; "
           f"{1000 * (time.perf_counter() - started) / max(1, len(args.images)):.1f} ms/image", file=sys.stderr)
@@ -622,7 +653,10 @@ def run_ray_scan(args: argparse.Namespace) -> int:
     if not engine.is_uri(args.folder) and not os.path.isdir(args.folder):
         raise FastVitDetectError(f"{args.folder}: not a directory to scan")
     output_format(args.output, args.format, engine.FORMATS)  # before Ray starts
-    note_intended_use(ModelPackage.open(args.model))  # a bad package fails here, before Ray starts
+    package = ModelPackage.open(args.model)  # a bad package fails here, before Ray starts
+    note_intended_use(package)
+    if decides_by_faces(package, faces_choice(args)):
+        face_detector_variants(package)  # as does one without the face detector that faces are asked of
     timeout = engine.JOIN_TIMEOUT_S if args.connect_timeout is None else args.connect_timeout
     with engine.connected(args.address, timeout=timeout, verbose=args.ray_verbose) as seconds:
         print(f"ray: {engine.describe_cluster()}, ready in {seconds:.1f}s; scanning {args.folder} into {args.output}",
@@ -631,7 +665,8 @@ def run_ray_scan(args: argparse.Namespace) -> int:
                                   variant=args.variant, actors=args.actors, threads_per_actor=args.threads_per_actor,
                                   batch_size=args.batch_size, max_pixels=args.max_pixels,
                                   max_bytes=max(1, int(args.max_image_mb * MiB)), jpeg_draft=args.jpeg_draft,
-                                  ship_model=args.ship_model, progress=stderr_progress("ray"))
+                                  ship_model=args.ship_model, progress=stderr_progress("ray"),
+                                  faces=faces_choice(args), face_options=face_options(args))
     dropped = summary.duplicates_dropped
     retried = f"; {dropped} record(s) of retried batches arrived twice, written once" if dropped else ""
     print(f"{summary.describe()}; {summary.actors} actor(s) x {args.threads_per_actor or 1} thread(s){retried}",

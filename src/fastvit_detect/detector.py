@@ -9,7 +9,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -28,14 +28,12 @@ from .errors import (
     ModelOutputError,
 )
 from .faces import (
-    DEFAULT_MARGIN,
-    DEFAULT_MAX_FACES,
-    DEFAULT_MAX_SIDE,
-    DEFAULT_MIN_FACE_SIZE,
     Face,
     FaceDetector,
     FaceOptions,
-    face_crop,
+    expects_faces,
+    face_detector_variants,
+    face_pixels,
 )
 from .hub import fetch
 from .layout import Layout, check_layout_arguments, choose_layout, read_calibration
@@ -68,16 +66,23 @@ class Prediction:
     probabilities: Mapping[str, float]
     logits: np.ndarray
     fake_probability: float | None  # None when the labels name neither "fake" nor "real"
+    decided_by: str | None = None
+    """For a detector that decides by faces (:attr:`Detector.faces_first`): "face" (a face's crop decided) or
+    "whole-image" (no face found); None for a plain whole-image prediction."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the one record shape of a prediction in CLI output, scan files and server responses."""
-        return {
+        """JSON-ready: the one record shape of a prediction in CLI output, scan files and server responses
+        (``decided_by`` only where a detector decided by faces)."""
+        record: dict[str, Any] = {
             "label": self.label,
             "score": self.score,
             "probabilities": dict(self.probabilities),
             "fake_probability": self.fake_probability,
             "logits": [float(value) for value in self.logits],
         }
+        if self.decided_by is not None:
+            record["decided_by"] = self.decided_by
+        return record
 
 
 ImageResult = Prediction | FastVitDetectError
@@ -141,9 +146,11 @@ class Detector:
 
     def __init__(self, package: ModelPackage, variant: Variant, session: Session, preprocessor: Preprocessor,
                  layout: Layout | None = None, backend: Backend | None = None,
-                 choice: VariantChoice | None = None):
+                 choice: VariantChoice | None = None, faces: bool | str = "auto",
+                 face_options: FaceOptions | None = None):
         """``backend`` opens the sessions of a layout of several workers; without one the layout is the given
-        session alone. ``choice``: how the variant was chosen (shown by ``repr``, ``info`` and the server)."""
+        session alone. ``choice``: how the variant was chosen (shown by ``repr``, ``info`` and the server).
+        ``faces``, ``face_options``: as :meth:`load`."""
         self.package = package
         self.variant = variant
         self.session = session
@@ -159,6 +166,12 @@ class Detector:
         self._pool: SessionPool | None = None
         self._pool_lock = threading.Lock()
         self._face_detector: FaceDetector | None = None  # opened by the first call that needs faces
+        self.face_options = face_options if face_options is not None else FaceOptions()
+        if not isinstance(self.face_options, FaceOptions):
+            raise InvalidOptionError(f"face_options must be a FaceOptions, got {type(face_options).__name__}")
+        self.faces_first = decides_by_faces(package, faces)
+        if self.faces_first:
+            face_detector_variants(package)  # a package that lacks the detector fails here, not at the first image
 
     @classmethod
     def load(
@@ -177,6 +190,8 @@ class Detector:
         threads_per_worker: int | None = None,
         formats: Sequence[str] | None = None,
         ov_config: Mapping[str, Any] | None = None,
+        faces: bool | str = "auto",
+        face_options: FaceOptions | None = None,
     ) -> Detector:
         """Open a model package (a directory, or a :class:`ModelPackage` already open) and start a session on one
         of its variants.
@@ -201,8 +216,14 @@ class Detector:
         sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
         differ slightly from the HF reference, see the README's performance notes).
+        ``faces``: whether :meth:`predict`, :meth:`predict_batch` and :meth:`predict_iter` decide by faces (each
+        image's verdict is :meth:`predict_faces`'s): "auto" (default) when the manifest says the model expects face
+        crops, True always (the package needs the face detector: ``MissingFaceDetectorError`` here otherwise),
+        False never. ``face_options``: the detection and crop geometry those calls use (default
+        :class:`~fastvit_detect.faces.FaceOptions`).
         """
         check_layout_arguments(workers, threads_per_worker)  # a typo fails before seconds of loading
+        _check_faces_argument(faces)
         if threads is not None:
             check_whole("threads", threads, 1, MAX_THREADS)
         package = path if isinstance(path, ModelPackage) else ModelPackage.open(path)
@@ -225,7 +246,7 @@ class Detector:
         if workers is None and threads_per_worker is None and chosen.sha256:
             calibrated = read_calibration(backend.layout_cache(chosen.sha256), cores)
         layout = choose_layout(cores, workers, threads_per_worker, calibrated, chosen.runtime)
-        return cls(package, chosen, session, preprocessor, layout, backend, choice)
+        return cls(package, chosen, session, preprocessor, layout, backend, choice, faces, face_options)
 
     @property
     def pool(self) -> SessionPool:
@@ -273,7 +294,10 @@ class Detector:
                 warnings.simplefilter("ignore")
                 choice = choose_variant(package, variant)
             # auto's fallback too: should OpenVINO fail to compile its variant, the onnxruntime one is there to run
-            return [package.lookup(name) for name in (choice.name, choice.fallback) if name is not None]
+            chosen = [package.lookup(name) for name in (choice.name, choice.fallback) if name is not None]
+            if decides_by_faces(package, load_options.get("faces", "auto")):
+                chosen.extend(face_detector_variants(package).values())
+            return chosen
 
         fetched = fetch(repo_id, revision=revision, select=select,
                         cache_dir=cache_dir, local_files_only=local_files_only, token=token,
@@ -282,7 +306,13 @@ class Detector:
             return cls.load(fetched.package, variant=variant, **load_options)
 
     def predict(self, image: ImageInput) -> Prediction:
-        """Classify one image (path, bytes, binary file, PIL image or uint8 numpy array), with every core."""
+        """Classify one image (path, bytes, binary file, PIL image or uint8 numpy array), with every core.
+
+        With :attr:`faces_first`, the image is decided by its faces: :meth:`predict_faces`'s image-level
+        prediction, its ``decided_by`` saying "face" or "whole-image" (no face found)."""
+        if self.faces_first:
+            (result,) = self._faces_chunk([image], "raise", self.session.run)
+            return result  # type: ignore[return-value]  # "raise" returns predictions only
         (result,) = self._classify_chunk([image], "raise", self.session.run)
         return result  # type: ignore[return-value]  # "raise" returns predictions only
 
@@ -306,9 +336,17 @@ class Detector:
 
         ``errors="raise"`` raises the first failed image's error; ``errors="return"`` puts the error in that
         image's place and classifies the rest. Either way one image's failure never changes another's result.
+        With :attr:`faces_first`, each image is decided by its faces, as :meth:`predict` does, and the face crops of
+        ``batch_size`` images go through the classifier together (in session calls of at most ``batch_size``
+        crops, or of one image's faces where it has more).
         """
         check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
         _check_errors(errors)
+        results: list[ImageResult] = []
+        if self.faces_first:
+            for chunk in _chunks(images, batch_size):
+                results.extend(self._faces_chunk(chunk, errors, self.session.run, batch_size))
+            return results
         workers = self.layout.workers
         if workers > 1:
             items = list(images)
@@ -317,7 +355,6 @@ class Detector:
                 return list(chain.from_iterable(self._pipeline(items, size, 1, errors)))
             images = items
         run = self.pool.run if workers == 1 else self.session.run
-        results: list[ImageResult] = []
         for chunk in _chunks(images, batch_size):
             results.extend(self._classify_chunk(chunk, errors, run))
         return results
@@ -336,7 +373,8 @@ class Detector:
         background thread decodes the next ``prefetch`` batches: Pillow releases the GIL while it decodes and
         resizes, so file reading overlaps inference. ``prefetch=0`` decodes in the calling thread. With a layout
         of several workers, that many batches run at once and decode threads keep ``prefetch`` more ready per
-        worker; results still come in input order.
+        worker; results still come in input order. With :attr:`faces_first`, images are decided by their faces
+        as in :meth:`predict_batch`, decoded and detected in the calling thread (``prefetch`` doesn't apply).
         """
         # Checked here, not in the generator, so bad arguments fail at the call.
         check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
@@ -347,6 +385,10 @@ class Detector:
     def _stream(
         self, images: Iterable[ImageInput], batch_size: int, prefetch: int, errors: str
     ) -> Generator[ImageResult, None, None]:
+        if self.faces_first:
+            for chunk in _chunks(images, batch_size):
+                yield from self._faces_chunk(chunk, errors, self.session.run, batch_size)
+            return
         if self.layout.workers > 1:
             for results in self._pipeline(images, batch_size, prefetch, errors):
                 yield from results
@@ -444,17 +486,24 @@ class Detector:
                 for row, ok, name in zip(logits, finite, names)]
 
     def explain(
-        self, image: ImageInput, method: str = "occlusion", target: str = "fake", **options: Any
+        self, image: ImageInput, method: str = "occlusion", target: str = "fake", *,
+        face: str | int | Face | None = None, **options: Any
     ) -> Explanation:
         """Why the verdict: a heat map of the regions whose hiding lowers p(``target``) most.
 
         ``method``: "occlusion" (options ``grid``, ``baseline``) or "rise" (``samples``, ``grid``, ``baseline``,
         ``seed``); ``target``: a label, "predicted" (the verdict's label) or "fake"; ``batch_size``: masked copies
         per session call. See :mod:`fastvit_detect.explain` for the methods, their defaults and the geometry.
+        ``face``: explain one face's crop instead of the whole image: "decisive" (the face that decides the image;
+        the default when :attr:`faces_first`), a face's index in :meth:`predict_faces`'s ``faces``, or a
+        :class:`~fastvit_detect.faces.Face`. The heat map is then the crop's, and ``crop_box`` places it on the
+        photo (see :func:`fastvit_detect.explain.explain_face`).
         """
         from .explain import explain  # explain builds on this module: import it where it is used
 
-        return explain(self, image, method=method, target=target, **options)
+        if face is None and self.faces_first:
+            face = "decisive"
+        return explain(self, image, method=method, target=target, face=face, **options)
 
     def run_logits(self, pixel_values: np.ndarray) -> np.ndarray:
         """Raw logits for an already preprocessed float32 NCHW batch, on the all-cores session."""
@@ -530,20 +579,20 @@ class Detector:
         """The image decoded as the classifier decodes it (caps, EXIF orientation, RGB), at full size."""
         return decode_opened(self.preprocessor.open(image))
 
-    def detect_faces(self, image: ImageInput, *, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
-                     max_faces: int = DEFAULT_MAX_FACES, max_side: int | None = DEFAULT_MAX_SIDE) -> list[Face]:
+    def detect_faces(self, image: ImageInput, *, min_face_size: int | None = None, max_faces: int | None = None,
+                     max_side: int | Literal["default"] | None = "default") -> list[Face]:
         """The faces in ``image``, the most confident first, boxes in the upright original's pixels.
 
         ``min_face_size``: the smallest face searched for, in px of the detection copy, whose long side is at most
-        ``max_side`` (None: the full image); ``max_faces``: at most this many. See :mod:`fastvit_detect.faces`.
+        ``max_side`` (None: the full image); ``max_faces``: at most this many. Each defaults to
+        :attr:`face_options`'s. See :mod:`fastvit_detect.faces`.
         """
-        options = FaceOptions(min_face_size, max_faces, max_side)
+        options = self._face_options(None, min_face_size, max_faces, max_side)
         detector = self.face_detector  # a package without faces fails before the image is decoded
         return detector.detect(self._upright_image(image), options)
 
-    def predict_faces(self, image: ImageInput, *, margin: float = DEFAULT_MARGIN,
-                      min_face_size: int = DEFAULT_MIN_FACE_SIZE, max_faces: int = DEFAULT_MAX_FACES,
-                      max_side: int | None = DEFAULT_MAX_SIDE,
+    def predict_faces(self, image: ImageInput, *, margin: float | None = None, min_face_size: int | None = None,
+                      max_faces: int | None = None, max_side: int | Literal["default"] | None = "default",
                       no_face: Literal["whole-image", "none"] = "whole-image") -> FacesResult:
         """Find the faces, classify each face's crop, and decide the image by its faces.
 
@@ -552,21 +601,134 @@ class Detector:
         batch. The image's verdict is the prediction of the face with the highest fake probability (for labels that
         name no fake class: the most confident face's). With no face found, ``no_face="whole-image"`` classifies the
         whole image as :meth:`predict` does; ``"none"`` leaves ``prediction`` None. Other options as
-        :meth:`detect_faces`.
+        :meth:`detect_faces`; each defaults to :attr:`face_options`'s.
         """
-        if no_face not in ("whole-image", "none"):
-            raise InvalidOptionError(f"no_face must be 'whole-image' or 'none', got {no_face!r}")
-        options = FaceOptions(min_face_size, max_faces, max_side, margin)
-        detector = self.face_detector
-        picture = self._upright_image(image)
-        faces = detector.detect(picture, options)
-        if not faces:
-            return FacesResult([], self.predict(picture) if no_face == "whole-image" else None, no_face, None)
-        crops = [face_crop(picture, face, margin) for face in faces]
-        # errors="raise": every result is a Prediction, or the call raised
-        predictions = [result for result in self._classify_chunk(crops, "raise", self.session.run)
-                       if isinstance(result, Prediction)]
-        return FacesResult.decide(list(zip(faces, predictions)), no_face)
+        _check_no_face(no_face)
+        options = self._face_options(margin, min_face_size, max_faces, max_side)
+        self.face_detector  # noqa: B018 - a package without faces fails before the image is decoded
+        (result,) = self._faces_results([image], options, no_face, "raise", self.session.run, None)
+        return result  # type: ignore[return-value]  # "raise" returns results only
+
+    def predict_faces_iter(self, images: Iterable[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,
+                           errors: Literal["raise", "return"] = "raise",
+                           no_face: Literal["whole-image", "none"] = "whole-image"
+                           ) -> Generator[FacesResult | FastVitDetectError, None, None]:
+        """:meth:`predict_faces` for each image, streamed in input order, with :attr:`face_options`: the crops of
+        ``batch_size`` images share session calls (at most ``batch_size`` crops a call, one image's faces never
+        split). ``errors`` as in :meth:`predict_batch`."""
+        check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+        _check_errors(errors)
+        _check_no_face(no_face)
+        self.face_detector  # noqa: B018 - a package without faces fails at the call, before any image is read
+        return self._faces_stream(images, batch_size, errors, no_face)
+
+    def _faces_stream(self, images: Iterable[ImageInput], batch_size: int, errors: str,
+                      no_face: str) -> Generator[FacesResult | FastVitDetectError, None, None]:
+        for chunk in _chunks(images, batch_size):
+            yield from self._faces_results(chunk, self.face_options, no_face, errors, self.session.run, batch_size)
+
+    def _face_options(self, margin: float | None, min_face_size: int | None, max_faces: int | None,
+                      max_side: int | Literal["default"] | None) -> FaceOptions:
+        """:attr:`face_options`, with the arguments given in place of its values (each checked)."""
+        base = self.face_options
+        return FaceOptions(base.min_face_size if min_face_size is None else min_face_size,
+                           base.max_faces if max_faces is None else max_faces,
+                           base.max_side if max_side == "default" else max_side,
+                           base.margin if margin is None else margin)
+
+    def face_pixels(self, image: ImageInput, options: FaceOptions | None = None,
+                    whole_image: bool = False) -> tuple[list[Face], np.ndarray]:
+        """The faces of ``image`` and the classifier's input for each: their crops (:func:`face_crop`) resized and
+        cropped as :meth:`predict` prepares an image, N x H x W x 3 uint8. With no face, no rows, or
+        (``whole_image``) one row: the whole image. The one way a face becomes the classifier's input, shared by
+        :meth:`predict_faces`, the faces-first predictions and scans (see :func:`fastvit_detect.faces.face_pixels`)."""
+        detector = self.face_detector  # a package without faces fails before the image is decoded
+        return face_pixels(self._upright_image(image), detector, options or self.face_options,
+                           self.preprocessor.to_pixels, self.preprocessor.output_size, whole_image)
+
+    def _faces_results(self, images: Sequence[ImageInput], options: FaceOptions, no_face: str, errors: str,
+                       run: Callable[[np.ndarray], np.ndarray], call_size: int | None
+                       ) -> list[FacesResult | FastVitDetectError]:
+        """Each image decided by its faces. The crops of all ``images`` (and the whole image of each image with no
+        face, for ``no_face="whole-image"``) go through the classifier together, in session calls of at most
+        ``call_size`` crops or one image's crops where it has more (None: one call for all)."""
+        found: list[tuple[list[Face], np.ndarray] | FastVitDetectError] = []
+        for image in images:
+            try:
+                found.append(self.face_pixels(image, options, whole_image=no_face == "whole-image"))
+            except (InputError, ModelOutputError) as exc:
+                if errors == "raise":
+                    raise
+                found.append(exc)
+        rows = [item[1] for item in found if not isinstance(item, FastVitDetectError)]
+        calls = _call_groups([len(pixels) for pixels in rows], call_size)
+        predictions: list[ImageResult] = []
+        for group in calls:
+            predictions.extend(self._classify_pixels(np.concatenate([rows[index] for index in group]), None, None, run))
+        results: list[FacesResult | FastVitDetectError] = []
+        offset = 0
+        for image, item in zip(images, found):
+            if isinstance(item, FastVitDetectError):
+                results.append(item)
+                continue
+            faces, pixels = item
+            own, offset = predictions[offset:offset + len(pixels)], offset + len(pixels)
+            failed = next((result for result in own if not isinstance(result, Prediction)), None)
+            if failed is not None:
+                source = describe_source(image)
+                error = ModelOutputError(f"{source}: {'a face crop' if faces else 'the whole image'}: {failed}", source)
+                if errors == "raise":
+                    raise error
+                results.append(error)
+                continue
+            whole_image = own[0] if own and not faces else None
+            results.append(FacesResult.decide(list(zip(faces, own)), no_face, whole_image))  # type: ignore[arg-type]
+        return results
+
+    def _faces_chunk(self, images: Sequence[ImageInput], errors: str, run: Callable[[np.ndarray], np.ndarray],
+                     call_size: int | None = None) -> list[ImageResult]:
+        """Each image's prediction as :attr:`faces_first` decides it: the image-level prediction of its faces,
+        marked with the path that decided."""
+        results: list[ImageResult] = []
+        for result in self._faces_results(images, self.face_options, "whole-image", errors, run, call_size):
+            if isinstance(result, FastVitDetectError):
+                results.append(result)
+            else:
+                assert result.prediction is not None  # "whole-image": every image gets a verdict
+                results.append(replace(result.prediction, decided_by=result.decided_by))
+        return results
+
+
+def _call_groups(sizes: Sequence[int], call_size: int | None) -> list[list[int]]:
+    """Consecutive items grouped into session calls of at most ``call_size`` rows, an item never split (one with
+    more rows gets a call of its own); None: all in one call. Groups without rows (images with neither a face nor a
+    whole-image row) need no call and are left out."""
+    groups: list[list[int]] = [[]]
+    rows = 0
+    for index, size in enumerate(sizes):
+        if call_size is not None and rows and rows + size > call_size:
+            groups.append([])
+            rows = 0
+        groups[-1].append(index)
+        rows += size
+    return [group for group in groups if sum(sizes[index] for index in group)]
+
+
+def _check_no_face(no_face: object) -> None:
+    if not (isinstance(no_face, str) and no_face in ("whole-image", "none")):
+        raise InvalidOptionError(f"no_face must be 'whole-image' or 'none', got {no_face!r}"[:300])
+
+
+def _check_faces_argument(faces: object) -> None:
+    if not isinstance(faces, bool) and not (isinstance(faces, str) and faces == "auto"):
+        raise InvalidOptionError(f"faces must be True, False or 'auto', got {faces!r}")
+
+
+def decides_by_faces(package: ModelPackage, faces: object) -> bool:
+    """Whether a detector of ``package`` loaded with ``faces`` (True, False or "auto": as the manifest says) decides
+    by faces (:attr:`Detector.faces_first`)."""
+    _check_faces_argument(faces)
+    return expects_faces(package) if faces == "auto" else bool(faces)
 
 
 @dataclass(frozen=True, eq=False)

@@ -29,6 +29,14 @@ resize and, for DeiT, a center crop: per axis an affine map, ``x_model = x * res
 in continuous pixel coordinates. :class:`Geometry` holds it; the map back samples the model-resolution heat map
 bilinearly at each original pixel's centre. Pixels the model never saw (outside a DeiT center crop) get NaN.
 
+On a face (``detector.explain(image, face="decisive")``, the default for a detector that decides by faces, and
+``predict --faces --explain``): the face's crop, the one :meth:`Detector.predict_faces` classifies, is explained as
+an image of its own. The heat map, ``image`` and ``original_heatmap`` are then the *crop's* (a square, black where it
+reaches past the photo's border); ``crop_box`` (left, top, right, bottom) places the crop on the upright photo: crop
+pixel (x, y) is photo pixel (left + x, top + y), at the crop's own scale (it isn't resized), save for a crop over
+``faces.MAX_CROP_SIDE`` px, cut from a copy reduced by a whole factor (then scale by ``crop_box``'s side over the
+crop's).
+
 Explanations decode at full resolution even when the detector drafts JPEGs (``jpeg_draft``), so the heat map
 lands on the file's own pixel grid; their verdict can then differ from a drafted ``predict`` as much as the
 draft's pixels do.
@@ -40,7 +48,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import InvalidOptionError, ModelOutputError
+from .faces import Face, bounded_face_crop, crop_box
 from .media import ImageInput, OpenedImage, decode_boundary, decode_opened
 from .options import check_whole
 from .preprocess import PreprocessConfig, Preprocessor
@@ -224,6 +233,8 @@ class Explanation:
     target_probability: float
     model_passes: int
     seconds: float
+    face: Face | None = None  # the face explained; None: the whole image
+    crop_box: tuple[int, int, int, int] | None = None  # where the face's crop (``image``) lies on the upright photo
 
     @cached_property
     def original_heatmap(self) -> np.ndarray:
@@ -274,10 +285,13 @@ class Explanation:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: what was explained, how, and at what cost (the verdict itself is ``prediction``)."""
-        return {"method": self.method, "target": self.target, "options": dict(self.options),
-                "target_probability": self.target_probability, "heat_min": float(self.heatmap.min()),
-                "heat_max": self.heat_max, "units": f"drop in p({self.target}) when the region is hidden",
-                "model_passes": self.model_passes, "elapsed_ms": round(1000 * self.seconds, 2)}
+        summary = {"method": self.method, "target": self.target, "options": dict(self.options),
+                   "target_probability": self.target_probability, "heat_min": float(self.heatmap.min()),
+                   "heat_max": self.heat_max, "units": f"drop in p({self.target}) when the region is hidden",
+                   "model_passes": self.model_passes, "elapsed_ms": round(1000 * self.seconds, 2)}
+        if self.face is not None:  # the heat lies on the face's crop, placed on the photo by crop_box
+            summary["face"] = {**self.face.to_dict(), "crop_box": list(self.crop_box or ())}
+        return summary
 
     def grid(self, max_side: int = 32) -> list[list[float | None]]:
         """The heat on a coarse grid over the upright original (longer side ``max_side`` cells, the aspect ratio
@@ -495,13 +509,67 @@ def explain(
     method: str = DEFAULT_METHOD,
     target: str = DEFAULT_TARGET,
     batch_size: int = EXPLAIN_BATCH_SIZE,
+    face: FaceChoice | None = None,
     **options: Any,
 ) -> Explanation:
-    """Explain the detector's verdict on one image; see the module docstring for methods and options."""
+    """Explain the detector's verdict on one image; see the module docstring for methods and options. ``face``:
+    explain that face's crop instead (:func:`explain_face`)."""
+    if face is not None:
+        return explain_face(detector, image, face, method, target, batch_size, **options)
     started = time.perf_counter()
     resolve_options(method, options)  # bad options fail before the image is read
     return explain_opened(detector, detector.preprocessor.open(image), method, target, batch_size, started,
                           **options)
+
+
+FaceChoice = str | int | Face
+"""Which face to explain: "decisive" (the face whose verdict decides the image), a face's index in
+:meth:`Detector.predict_faces`'s ``faces`` (from 0), or a :class:`~fastvit_detect.faces.Face` (its box)."""
+
+
+def explain_face(
+    detector: Detector,
+    image: ImageInput,
+    face: FaceChoice = "decisive",
+    method: str = DEFAULT_METHOD,
+    target: str = DEFAULT_TARGET,
+    batch_size: int = EXPLAIN_BATCH_SIZE,
+    **options: Any,
+) -> Explanation:
+    """Explain the verdict on one face of ``image``: its crop (as :meth:`Detector.predict_faces` cuts it, with the
+    detector's :attr:`~Detector.face_options`) explained as an image of its own; the heat map is the crop's, and
+    ``crop_box`` places it on the photo. With no face found, "decisive" explains the whole image, as the verdict
+    then comes from it (``face`` None in the result); an index with no such face is an InvalidOptionError."""
+    started = time.perf_counter()
+    resolve_options(method, options)  # bad options fail before the image is read
+    if isinstance(face, numbers.Integral) and not isinstance(face, bool):
+        face = int(face)  # numpy's integers too
+    elif not (isinstance(face, Face) or (isinstance(face, str) and face == "decisive")):
+        raise InvalidOptionError(f"face must be 'decisive', a face's index or a Face, got {face!r}"[:300])
+    margin = detector.face_options.margin
+    detector.face_detector  # noqa: B018 - a package without faces fails before the image is decoded
+    opened = detector.preprocessor.open(image)
+    picture = decode_opened(opened)  # upright: predict_faces and detect_faces below take it as it is
+    if isinstance(face, Face):
+        chosen = face
+    elif isinstance(face, int):
+        faces = detector.detect_faces(picture)
+        if not 0 <= face < len(faces):
+            raise InvalidOptionError(f"{opened.source}: face={face}, but {len(faces)} face(s) were found")
+        chosen = faces[face]
+    else:  # "decisive"
+        result = detector.predict_faces(picture, no_face="none")
+        if result.decisive is None:  # no face: the whole image decides, so it is what is explained
+            return explain_prepared(detector, prepare_opened(detector.preprocessor, opened), method, target,
+                                    batch_size, started, **options)
+        chosen = result.faces[result.decisive][0]
+    box = crop_box(chosen, margin, picture.size)
+    crop = bounded_face_crop(picture, chosen, margin)  # as predict_faces cuts it: a huge one from a reduced copy
+    crop_picture = Image.fromarray(crop)
+    prepared = PreparedImage(detector.preprocessor.to_pixels(crop), crop_picture.size, crop_picture,
+                             f"{opened.source}: face at {[round(value) for value in chosen.box]}")
+    explanation = explain_prepared(detector, prepared, method, target, batch_size, started, **options)
+    return replace(explanation, face=chosen, crop_box=box)
 
 
 def explain_opened(

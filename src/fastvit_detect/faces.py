@@ -47,7 +47,8 @@ from .options import check_finite, check_whole
 from .package import MANIFEST_FILE, ModelPackage, Variant
 
 __all__ = ["DEFAULT_MARGIN", "DEFAULT_MAX_FACES", "DEFAULT_MAX_SIDE", "DEFAULT_MIN_FACE_SIZE", "FACE_FILES",
-           "Face", "FaceDetector", "FaceOptions", "MissingFaceDetectorError", "face_crop"]
+           "Face", "FaceDetector", "FaceOptions", "MissingFaceDetectorError", "bounded_face_crop", "face_crop",
+           "face_pixels"]
 
 FACE_FILES = {"pnet": "face_pnet.onnx", "rnet": "face_rnet.onnx", "onet": "face_onet.onnx"}
 FACE_LICENSE_FILE = "face_detector_LICENSE.txt"
@@ -64,6 +65,7 @@ PYRAMID_FACTOR = 0.709
 THRESHOLDS = (0.6, 0.7, 0.7)  # P-, R-, O-net face probability
 MAX_PROPOSALS = 4096  # P-net windows per pyramid level and overall, the most confident kept
 MAX_REFINED = 512  # R-net survivors sent to the O-net
+MAX_CROP_SIDE = 4096  # a face crop larger than this is cut from a reduced copy: see bounded_face_crop
 MAX_BOX_FACTOR = 2.0  # a face box's side is at most this times the image's longer side (a close-up's box overhangs)
 _CELL, _STRIDE = 12, 2  # P-net's window and step, in pyramid pixels
 
@@ -400,16 +402,55 @@ def _checked(outputs: Sequence[np.ndarray], count: int, rows: int) -> list[np.nd
 def face_crop(image: Image.Image, face: Face, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """The square crop the classifier sees for ``face``: side ``(1 + margin) * face.size`` about the box's centre,
     from the original image, the parts beyond the border black. HxWx3 uint8, never empty."""
+    # PIL's crop fills what lies outside the image with zeros, and never reads out of bounds.
+    return np.asarray(image.crop(crop_box(face, margin, image.size)), dtype=np.uint8)
+
+
+def crop_box(face: Face, margin: float, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where :func:`face_crop` cuts ``face`` from an image of ``image_size`` (width, height): (left, top, right,
+    bottom) in whole pixels, a square that may reach past the border."""
     x0, y0, x1, y1 = face.box
     extent = (1 + margin) * max(x1 - x0, y1 - y0)
     if not (math.isfinite(extent) and math.isfinite(x0 + y0) and extent <= MAX_BOX_FACTOR * (1 + margin) * max(
-            image.size)):
-        raise InvalidOptionError(f"face box {face.box} isn't a face of a {image.width}x{image.height} image")
+            image_size)):
+        raise InvalidOptionError(f"face box {face.box} isn't a face of a {image_size[0]}x{image_size[1]} image")
     side = max(1, round(extent))
     left = math.floor((x0 + x1) / 2 - side / 2)
     top = math.floor((y0 + y1) / 2 - side / 2)
-    # PIL's crop fills what lies outside the image with zeros, and never reads out of bounds.
-    return np.asarray(image.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    return left, top, left + side, top + side
+
+
+def bounded_face_crop(picture: Image.Image, face: Face, margin: float, limit: int = MAX_CROP_SIDE) -> np.ndarray:
+    """:func:`face_crop`, with memory bounded whatever the box and margin: a crop whose side would pass ``limit`` px
+    (a close-up face in a 40 MP photo with margin 4 is a 30,000 px square, 2.7 GB) is cut from a copy reduced by a
+    whole factor, to at most ``limit`` px a side; below it, exactly face_crop. The classifier sees 224 px either
+    way."""
+    x0, y0, x1, y1 = face.box
+    side = (1 + margin) * max(x1 - x0, y1 - y0)
+    factor = math.ceil(side / limit) if math.isfinite(side) else 1  # face_crop refuses a box that isn't finite
+    if factor <= 1:
+        return face_crop(picture, face, margin)
+    reduced = picture.reduce(factor)
+    scale_x, scale_y = reduced.width / picture.width, reduced.height / picture.height
+    shrunk = replace(face, box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y), landmarks=None)
+    return face_crop(reduced, shrunk, margin)
+
+
+def face_pixels(picture: Image.Image, detector: FaceDetector, options: FaceOptions,
+                to_pixels: Callable[[Any], np.ndarray], size: tuple[int, int],
+                whole_image: bool = False) -> tuple[list[Face], np.ndarray]:
+    """The faces of an upright picture and the classifier's input for each: :func:`bounded_face_crop` (that is,
+    :func:`face_crop` for any crop up to :data:`MAX_CROP_SIDE` px) with ``options.margin``, then ``to_pixels`` (a
+    preprocessor's resize and crop to ``size``, height x width), N x H x W x 3 uint8, the most confident face first.
+    With no face, no rows, or (``whole_image``) one row: the whole picture. The one way a face becomes a classifier's
+    input: inference (:meth:`Detector.face_pixels`) and fine-tuning (``train/finetune.py --faces``) both call it."""
+    faces = detector.detect(picture, options)
+    if not faces and whole_image:
+        return faces, to_pixels(picture)[None]
+    pixels = np.zeros((len(faces), size[0], size[1], 3), dtype=np.uint8)
+    for row, face in enumerate(faces):
+        pixels[row] = to_pixels(bounded_face_crop(picture, face, options.margin))
+    return faces, pixels
 
 
 # --- the face detector's files in a model package ---------------------------------------------------------------

@@ -47,17 +47,20 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from .detector import DEFAULT_BATCH_SIZE, Detector, choose_variant
+from .detector import DEFAULT_BATCH_SIZE, Detector, choose_variant, decides_by_faces
 from .errors import ClusterUnreachableError, FastVitDetectError, ImageNotFoundError, WorkerCrashError
+from .faces import FaceOptions, face_detector_variants
 from .httpapi import named_image
 from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
 from .package import ModelPackage
 from .progress import Progress
-from .scan import ScanOutput, ScanSummary, _identity, result_record
+from .scan import FACE_KEY, ScanOutput, ScanSummary, _identity, faces_records, result_record
 
 FORMATS = ("jsonl", "csv", "parquet")
 PARQUET_ROWS_PER_FILE = 10_000
 _PREDICTION_KEYS = ("image", "label", "score", "probabilities", "fake_probability", "logits")
+_FACE_KEYS = (FACE_KEY, "box", "face_score")  # a face record's, before its prediction's (scan.faces_records)
+_DECISION_KEYS = ("decided_by", "face_count")  # an image record's, after its prediction's, in a scan with faces
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PART = re.compile(r"part-\d{6,}\.parquet")  # the files ParquetOutput writes; any others are left alone
 LOOPBACK = "127.0.0.1"
@@ -68,10 +71,15 @@ JOIN_TIMEOUT_S = 60.0
 # --- records as Arrow tables --------------------------------------------------------------------------------
 
 
-def record_schema(labels: Sequence[str]) -> pa.Schema:
-    """The Arrow form of scan's records: one column per key of a JSON line, ``error`` null for a prediction."""
+def record_schema(labels: Sequence[str], faces: bool = False) -> pa.Schema:
+    """The Arrow form of scan's records: one column per key of a JSON line, ``error`` null for a prediction.
+    ``faces``: a scan with faces' records (:func:`fastvit_detect.scan.faces_records`): the face columns are null
+    in an image's record, the decision columns null in a face's."""
+    face_columns = [(FACE_KEY, pa.int32()), ("box", pa.list_(pa.float64())), ("face_score", pa.float64()),
+                    ("decided_by", pa.string()), ("face_count", pa.int32())] if faces else []
     return pa.schema([
         ("image", pa.string()),
+        *face_columns,
         ("label", pa.string()),
         ("score", pa.float64()),
         ("probabilities", pa.struct([(label, pa.float64()) for label in labels])),
@@ -81,10 +89,11 @@ def record_schema(labels: Sequence[str]) -> pa.Schema:
     ])
 
 
-def records_table(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pa.Table:
-    """Records from :func:`fastvit_detect.scan.result_record` as a table of :func:`record_schema`; names that
-    aren't UTF-8, in ``image`` and error messages, keep their bytes as ``\\xNN`` escapes (Arrow strings are UTF-8)."""
-    return pa.Table.from_pylist([_arrow_record(record) for record in records], schema=record_schema(labels))
+def records_table(records: Sequence[Mapping[str, Any]], labels: Sequence[str], faces: bool = False) -> pa.Table:
+    """Records from :func:`fastvit_detect.scan.result_record` (or, ``faces``, ``faces_records``) as a table of
+    :func:`record_schema`; names that aren't UTF-8, in ``image`` and error messages, keep their bytes as ``\\xNN``
+    escapes (Arrow strings are UTF-8)."""
+    return pa.Table.from_pylist([_arrow_record(record) for record in records], schema=record_schema(labels, faces))
 
 
 def _arrow_record(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,8 +108,12 @@ def table_records(table: pa.Table) -> Iterator[dict[str, Any]]:
     for row in table.to_pylist():
         if row["error"] is not None:
             yield {"image": row["image"], "error": row["error"]}
+        elif row.get(FACE_KEY) is not None:
+            yield {"image": row["image"], **{key: row[key] for key in _FACE_KEYS},
+                   **{key: row[key] for key in _PREDICTION_KEYS[1:]}}
         else:
-            yield {key: row[key] for key in _PREDICTION_KEYS}
+            yield {**{key: row[key] for key in _PREDICTION_KEYS},
+                   **{key: row[key] for key in _DECISION_KEYS if row.get(key) is not None}}
 
 
 # --- the actor ----------------------------------------------------------------------------------------------
@@ -115,12 +128,14 @@ class ShippedModel:
     variant: str
 
     @classmethod
-    def put(cls, path: str | os.PathLike[str], variant: str = "auto") -> ShippedModel:
-        """Ship the package's JSON files and one variant's graph and weights (not the other variants)."""
+    def put(cls, path: str | os.PathLike[str], variant: str = "auto", faces: bool = False) -> ShippedModel:
+        """Ship the package's JSON files and one variant's graph and weights (not the other variants), and with
+        ``faces`` the face detector's graphs."""
         package = ModelPackage.open(path)
         chosen = package.variant(variant)
         package.verify(chosen)
-        paths = [*sorted(package.root.glob("*.json")), *(path for path, _, _ in chosen.files)]
+        shipped = [chosen, *(face_detector_variants(package).values() if faces else [])]
+        paths = [*sorted(package.root.glob("*.json")), *(path for item in shipped for path, _, _ in item.files)]
         files = {item.name: item.read_bytes() for item in paths}
         return cls(ray.put(files), chosen.name)
 
@@ -210,7 +225,8 @@ class BatchClassifier:
     ``model``: a package path every worker can read (shared storage), or a :class:`ShippedModel`.
     ``threads``: onnxruntime intra-op threads; default the CPUs Ray reserved for the actor (``num_cpus``).
     ``crash_ledger``: a :func:`start_crash_ledger` actor; without one, an image that kills its worker every
-    time is retried by Ray for ever. The other options are :meth:`Detector.load`'s.
+    time is retried by Ray for ever. The other options are :meth:`Detector.load`'s; with a detector that decides by
+    faces (``faces``), the records are :func:`fastvit_detect.scan.faces_records`'s, as the local scan writes them.
     """
 
     crashes_before_giving_up = 2
@@ -226,6 +242,8 @@ class BatchClassifier:
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         jpeg_draft: bool = False,
         crash_ledger: ray.actor.ActorHandle | None = None,
+        faces: bool | str = "auto",
+        face_options: FaceOptions | None = None,
     ) -> None:
         self.crash_ledger = crash_ledger
         if isinstance(model, ShippedModel):
@@ -235,7 +253,11 @@ class BatchClassifier:
             package = nullcontext(model)
         with package as path:
             self.detector = Detector.load(path, variant=variant, threads=threads or _assigned_cpus(),
-                                          max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft)
+                                          max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft,
+                                          faces=faces, face_options=face_options)
+            self.faces = self.detector.faces_first
+            if self.faces:  # opened here, while a shipped package's files exist, and checked once per actor
+                self.detector.face_detector  # noqa: B018
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.labels = self.detector.labels
@@ -257,7 +279,11 @@ class BatchClassifier:
             else:
                 results = self._predict(sources, paths)
             ray.get(ledger.end.remote(key))
-        return records_table([result_record(path, result) for path, result in zip(paths, results)], self.labels)
+        if self.faces:
+            records = [record for path, result in zip(paths, results) for record in faces_records(path, result)]
+        else:
+            records = [result_record(path, result) for path, result in zip(paths, results)]
+        return records_table(records, self.labels, self.faces)
 
     def _source(self, file: str, path: str) -> ImageSource:
         """A local file (``file://`` URIs too) stays a path: the detector reads it, with its checks. Another URI
@@ -303,20 +329,25 @@ class BatchClassifier:
         def images(indices: Iterable[int]) -> list[Any]:
             return [_image(sources[index], paths[index]) for index in indices]
 
+        predict = self._predict_faces if self.faces else self.detector.predict_batch
         predictions: list[Any] = []
         try:
-            predictions.extend(self.detector.predict_batch(images(readable), batch_size=self.batch_size,
-                                                           errors="return"))
+            predictions.extend(predict(images(readable), batch_size=self.batch_size, errors="return"))
         except Exception:  # noqa: BLE001 - whatever broke the batch belongs to one image: find it, keep the rest
             predictions = []
             for index in readable:
                 try:
-                    predictions.extend(self.detector.predict_batch(images([index]), errors="return"))
+                    predictions.extend(predict(images([index]), errors="return"))
                 except Exception as exc:  # noqa: BLE001 - this image's record carries it
                     predictions.append(exc)
         for index, prediction in zip(readable, predictions):
             results[index] = prediction
         return results
+
+
+    def _predict_faces(self, images: list[Any], batch_size: int = DEFAULT_BATCH_SIZE, errors: str = "return"
+                       ) -> list[Any]:
+        return list(self.detector.predict_faces_iter(images, batch_size=batch_size, errors="return"))
 
 
 def _image(source: ImageSource, path: str) -> Any:
@@ -429,6 +460,8 @@ def classify_dataset(
     runtime_env: dict[str, Any] | None = None,
     classifier: type[BatchClassifier] = BatchClassifier,
     crash_ledger: ray.actor.ActorHandle | None = None,
+    faces: bool | str = "auto",
+    face_options: FaceOptions | None = None,
 ) -> Job:
     """The lazy Dataset that reads ``names`` (local paths or URIs) and classifies them on ``actors`` actors.
 
@@ -458,7 +491,7 @@ def classify_dataset(
         num_cpus=threads_per_actor or 1,
         fn_constructor_kwargs=dict(model=model, variant=variant, threads=threads_per_actor, batch_size=batch_size,
                                    max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft,
-                                   crash_ledger=crash_ledger),
+                                   crash_ledger=crash_ledger, faces=faces, face_options=face_options),
         runtime_env=runtime_env,
     )
     return Job(dataset, by_key, actors, threads_per_actor)
@@ -505,10 +538,10 @@ class ParquetOutput:
     """
 
     def __init__(self, path: Path, labels: Sequence[str], overwrite: bool = False,
-                 rows_per_file: int | None = None) -> None:
+                 rows_per_file: int | None = None, faces: bool = False) -> None:
         self.path = path
         self.labels = list(labels)
-        self.schema = record_schema(labels)
+        self.schema = record_schema(labels, faces)
         self.rows_per_file = rows_per_file or PARQUET_ROWS_PER_FILE
         if path.exists() and not path.is_dir():
             raise FastVitDetectError(f"{path}: not a directory; Parquet results are a folder of part files")
@@ -543,7 +576,8 @@ class ParquetOutput:
 
     def write_record(self, record: Mapping[str, Any]) -> None:
         self._pending.append(_arrow_record(record))
-        if len(self._pending) >= self.rows_per_file:
+        # Never between an image's face records and its own: a file holds whole images, so resuming is exact.
+        if len(self._pending) >= self.rows_per_file and FACE_KEY not in record:
             self._write_part()
 
     def flush(self) -> None:
@@ -569,8 +603,8 @@ class ParquetOutput:
 class _LineOutput:
     """scan's JSON-lines or CSV writer, seen through the interface the job needs."""
 
-    def __init__(self, path: Path, labels: Sequence[str], fmt: str, overwrite: bool) -> None:
-        self._output = ScanOutput(path, labels, fmt, overwrite)  # cuts a record an interrupted run tore
+    def __init__(self, path: Path, labels: Sequence[str], fmt: str, overwrite: bool, faces: bool = False) -> None:
+        self._output = ScanOutput(path, labels, fmt, overwrite, faces)  # cuts a record an interrupted run tore
         self.done = self._output.done
 
     def holds(self, _name: str, key: str) -> bool:
@@ -587,12 +621,12 @@ class _LineOutput:
 
 
 def open_output(path: str | os.PathLike[str], labels: Sequence[str], fmt: str | None = None,
-                overwrite: bool = False) -> ParquetOutput | _LineOutput:
-    """The results file (or Parquet folder) at ``path``, ready to resume."""
+                overwrite: bool = False, faces: bool = False) -> ParquetOutput | _LineOutput:
+    """The results file (or Parquet folder) at ``path``, ready to resume; ``faces``: for a scan with faces."""
     fmt = output_format(path, fmt)
     if fmt == "parquet":
-        return ParquetOutput(Path(path), labels, overwrite)
-    return _LineOutput(Path(path), labels, fmt, overwrite)
+        return ParquetOutput(Path(path), labels, overwrite, faces=faces)
+    return _LineOutput(Path(path), labels, fmt, overwrite, faces)
 
 
 # --- the job ------------------------------------------------------------------------------------------------
@@ -623,6 +657,8 @@ def classify(
     runtime_env: dict[str, Any] | None = None,
     progress: Progress | None = None,
     classifier: type[BatchClassifier] = BatchClassifier,
+    faces: bool | str = "auto",
+    face_options: FaceOptions | None = None,
 ) -> RaySummary:
     """Classify the images in ``sources`` not yet in ``output`` on the connected Ray cluster.
 
@@ -631,15 +667,20 @@ def classify(
     ``ship_model=True`` a path on the driver whose files go to the workers once through the object store.
     ``max_bytes``: larger local files get an error record without being read (larger objects from URIs, once
     read at the actor). Uses the Ray this process joined, or starts a local one (:func:`init_local`).
+    ``faces``, ``face_options``: as :meth:`Detector.load`; a scan that decides by faces writes the local scan's
+    records, a record per face (at most ``face_options.max_faces``) before the image's own.
     """
     package = ModelPackage.open(model)  # a bad package or variant fails here, not in every actor
     # The driver chooses for every actor (auto: the fastest variant on this machine), so a scan's records all come
     # from one variant and runtime.
     chosen = package.variant(choose_variant(package, variant).name)
+    with_faces = decides_by_faces(package, faces)
+    if with_faces:
+        face_detector_variants(package)  # a package without the face detector fails here, not in every actor
     if not ray.is_initialized():
         init_local()
-    writer = open_output(output, package.labels, fmt, overwrite)
-    summary = RaySummary(threads_per_actor=threads_per_actor)
+    writer = open_output(output, package.labels, fmt, overwrite, with_faces)
+    summary = RaySummary(threads_per_actor=threads_per_actor, faces=0 if with_faces else None)
     started = time.perf_counter()
     try:
         listing = _listing(sources)
@@ -658,37 +699,41 @@ def classify(
             done += 1
         if progress and done:
             progress(done, len(todo))
-        model_source: str | ShippedModel = ShippedModel.put(model, chosen.name) if ship_model else str(model)
+        model_source: str | ShippedModel = (ShippedModel.put(model, chosen.name, with_faces) if ship_model
+                                            else str(model))
         job = classify_dataset(readable, model_source, variant=chosen.name, actors=actors,
                                threads_per_actor=threads_per_actor, batch_size=batch_size, max_pixels=max_pixels,
                                max_bytes=max_bytes, jpeg_draft=jpeg_draft, runtime_env=runtime_env,
                                classifier=classifier,
-                               crash_ledger=start_crash_ledger() if readable else None)
+                               crash_ledger=start_crash_ledger() if readable else None,
+                               faces=with_faces, face_options=face_options)
         summary.actors = job.actors
-        written: set[str] = set()
+        # A record's key: its image (the Dataset's key for the file) and, for a face's record, the face's number. A
+        # retried batch brings the same keys again, however Ray cuts its output into tables.
+        written: set[tuple[str, int | None]] = set()
+        images = 0
         if job.dataset is not None:
             for table in _batches(job.dataset):
                 for record in table_records(table):
-                    path = record["image"]  # the Dataset's key for the file: one per image
-                    if path in written:
+                    path = record["image"]
+                    key = (path, record.get(FACE_KEY))
+                    if key in written:
                         summary.duplicates_dropped += 1
                         continue
-                    written.add(path)
+                    written.add(key)
                     name = job.names[path]
                     if "error" in record:
                         message = _named_in_message(record["error"]["message"], path, name)
                         record = {**record, "error": {**record["error"], "message": message}}
                     writer.write_record({**record, "image": name})
-                    done += 1
-                    if "error" in record:
-                        summary.failed += 1
-                    else:
-                        summary.classified += 1
-                        summary.labels[record["label"]] += 1
+                    summary.count(record)
+                    if FACE_KEY not in record:
+                        images += 1
+                        done += 1
                 writer.flush()
                 if progress:
                     progress(done, len(todo))
-        missing = len(readable) - len(written)
+        missing = len(readable) - images
         if missing:  # Ray dropped blocks: never expected with its default settings, and resumable if it happens
             raise FastVitDetectError(f"{missing} image(s) came back from no actor; run the job again to resume")
     finally:

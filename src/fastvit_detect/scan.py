@@ -4,6 +4,13 @@ Each batch's records are flushed as soon as they're known, so a scan stopped hal
 reboot) resumes where it stopped: images already in the output are skipped. Bad images get a record with their
 error and never stop the scan; they count as done on resume (``--overwrite`` retries everything).
 
+With faces (``scan --faces``, or a detector that decides by faces: :attr:`Detector.faces_first`), each image gets
+one record per face, the most confident first (``face``: 1, 2, ...; ``box``: x0, y0, x1, y1 in the upright image's
+pixels; ``face_score``: the face detector's; the face crop's verdict), then the image's own record (its verdict,
+``decided_by`` "face" or "whole-image", and ``face_count``: how many). At most ``max_faces`` faces per image are
+recorded. An image is done once its own record is written: a scan stopped between an image's face records and its
+own record resumes by cutting those face records and doing the image again.
+
 Image names are paths exactly as the file system has them. A name that isn't valid UTF-8 is kept losslessly:
 Python decodes it with ``surrogateescape``, JSON lines escape those characters (``\\udcXX``), and CSV files hold
 the raw bytes (read them with ``errors="surrogateescape"``). Both read back to the same ``str``, which
@@ -18,12 +25,12 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .detector import Detector, ImageResult, Prediction
+from .detector import Detector, FacesResult, ImageResult, Prediction
 from .errors import FastVitDetectError
 from .media import find_images
 from .progress import Progress
@@ -68,6 +75,25 @@ def result_record(image: str, result: ImageResult) -> dict[str, Any]:
     return {"image": image, **result.to_dict()}
 
 
+FACE_KEY = "face"  # a face record's key: its number in the image, from 1
+FACE_COLUMNS = ["face", "box_x0", "box_y0", "box_x1", "box_y1", "face_score"]
+
+
+def faces_records(image: str, result: FacesResult | FastVitDetectError) -> list[dict[str, Any]]:
+    """One image's records in a scan with faces: a record per face (its number, box, detector score and verdict),
+    then the image's record (its verdict, the path that decided it and its number of faces); an error record for an
+    image that failed."""
+    if isinstance(result, FastVitDetectError):
+        return [result_record(image, result)]
+    records: list[dict[str, Any]] = [
+        {"image": image, FACE_KEY: number, "box": [round(value, 2) for value in face.box], "face_score": face.score,
+         **prediction.to_dict()}
+        for number, (face, prediction) in enumerate(result.faces, start=1)]
+    verdict = result.prediction.to_dict() if result.prediction is not None else {"label": None}
+    records.append({"image": image, **verdict, "decided_by": result.decided_by, "face_count": len(result.faces)})
+    return records
+
+
 @dataclass
 class ScanSummary:
     found: int = 0
@@ -76,31 +102,50 @@ class ScanSummary:
     failed: int = 0
     seconds: float = 0.0
     labels: Counter[str] = field(default_factory=Counter)
+    faces: int | None = None  # faces recorded, in a scan with faces
+
+    def count(self, record: dict[str, Any]) -> None:
+        """Count one record written: an image's verdict or error, or (with faces) a face."""
+        if FACE_KEY in record:
+            self.faces = (self.faces or 0) + 1
+        elif "error" in record:
+            self.failed += 1
+        else:
+            self.classified += 1
+            self.labels[str(record["label"])] += 1
 
     def describe(self) -> str:
         rate = self.classified / self.seconds if self.seconds > 0 else 0.0
         labels = ", ".join(f"{label} {count}" for label, count in sorted(self.labels.items())) or "none"
         resumed = f"; {self.already_done} already in the output, skipped" if self.already_done else ""
-        return (f"{self.found} image(s) found{resumed}; {self.classified} classified in {self.seconds:.1f}s "
+        faces = f" ({self.faces} face(s))" if self.faces is not None else ""
+        return (f"{self.found} image(s) found{resumed}; {self.classified} classified{faces} in {self.seconds:.1f}s "
                 f"({rate:.1f} images/s): {labels}; {self.failed} failed")
 
 
 class ScanOutput:
     """An append-only results file in JSON lines or CSV, and the images it already holds."""
 
-    def __init__(self, path: Path, labels: Sequence[str], fmt: str | None = None, overwrite: bool = False) -> None:
+    def __init__(self, path: Path, labels: Sequence[str], fmt: str | None = None, overwrite: bool = False,
+                 faces: bool = False) -> None:
+        """``faces``: the scan records faces (:func:`faces_records`): CSV files get the face and decision columns,
+        and face records an interrupted run left without their image's record are cut before resuming."""
         self.path = path
+        self.faces = faces
         self.format = output_format(path, fmt)
-        self.columns = ["image", "label", "score", "fake_probability",
-                        *(f"p_{label}" for label in labels), "error_type", "error_message"]
+        self.columns = ["image", *(FACE_COLUMNS if faces else []), "label", "score", "fake_probability",
+                        *(f"p_{label}" for label in labels), *(["decided_by", "face_count"] if faces else []),
+                        "error_type", "error_message"]
         _check_regular_output(path)
         if overwrite and path.exists():
             path.unlink()
         if not overwrite:
             if self.format == "csv":
-                _repair_torn_csv(path, len(self.columns))
+                _repair_torn_csv(path, len(self.columns), self.columns.index(FACE_KEY) if faces else None)
             else:
                 _repair_torn_line(path)
+                if faces:
+                    _cut_unfinished_faces(path)
         # Compared as resolved paths, so a resumed scan may spell the folder differently (relative, absolute).
         self.done = {_identity(image) for image in self._read_done()} if path.exists() else set()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,20 +172,28 @@ class ScanOutput:
                             f"{self.path}: its columns {reader.fieldnames} aren't this model's {self.columns}; "
                             "write to another file or pass --overwrite"
                         )
-                    return {row["image"] for row in reader if row.get("image")}
+                    return {row["image"] for row in reader if row.get("image") and not row.get(FACE_KEY)}
                 done = set()
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue
                     try:
-                        image = json.loads(line)["image"]
+                        record = json.loads(line)
+                        image = record["image"]
                     except (ValueError, KeyError, TypeError, RecursionError):
                         image = None
                     if not isinstance(image, str):
                         raise FastVitDetectError(
                             f"{self.path}:{number}: not a scan record; pass --overwrite to start afresh"
                         )
-                    done.add(image)
+                    if "error" not in record and (FACE_KEY in record or "decided_by" in record) != self.faces:
+                        raise FastVitDetectError(
+                            f"{self.path}:{number}: a record of a scan {'without' if self.faces else 'with'} faces; "
+                            f"resume it {'without' if self.faces else 'with'} faces (--no-faces / --faces), or write "
+                            "to another file or pass --overwrite"
+                        )
+                    if FACE_KEY not in record:  # an image is done by its own record, not its faces'
+                        done.add(image)
                 return done
         except (OSError, csv.Error) as exc:
             raise FastVitDetectError(f"{self.path}: can't read the earlier results to resume: {exc}") from exc
@@ -156,9 +209,12 @@ class ScanOutput:
         row: dict[str, Any] = {"image": record["image"]}
         if "error" in record:
             row.update(error_type=record["error"]["type"], error_message=record["error"]["message"])
-        else:
+        elif record["label"] is not None:  # None: a scan with faces that found none and gives no verdict
             row.update(label=record["label"], score=record["score"], fake_probability=record["fake_probability"])
             row.update({f"p_{label}": p for label, p in record["probabilities"].items()})
+        if FACE_KEY in record:
+            row.update(zip(FACE_COLUMNS, [record[FACE_KEY], *record["box"], record["face_score"]]))
+        row.update({key: record[key] for key in ("decided_by", "face_count") if key in record})
         self._csv.writerow(row)
 
     def flush(self) -> None:
@@ -216,12 +272,32 @@ def _repair_torn_line(path: Path) -> None:
         handle.truncate(0)
 
 
-def _repair_torn_csv(path: Path, columns: int) -> None:
+def _cut_unfinished_faces(path: Path) -> None:
+    """Cut the face records at the end of a JSON-lines file that no image record follows: the faces of an image
+    whose own record an interrupted run never wrote (it is scanned again, faces and all)."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as handle:
+        offset = finished = 0
+        for line in handle:
+            offset += len(line)
+            try:
+                is_face = FACE_KEY in json.loads(line)
+            except (ValueError, TypeError, RecursionError):
+                is_face = False  # not a record: _read_done names the line
+            if not is_face:
+                finished = offset
+        if finished != offset:
+            handle.truncate(finished)
+
+
+def _repair_torn_csv(path: Path, columns: int, face_column: int | None = None) -> None:
     """Cut the CSV back to its last complete record, parsing records rather than lines.
 
     A quoted field may hold newlines (a file name, an error message), so a run interrupted mid-record can leave a
     file that ends in a newline and still tears a record. A record counts as complete when it parses with the
-    header's number of fields and its last line ends with a newline; anything after the last one is cut.
+    header's number of fields and its last line ends with a newline; anything after the last one is cut. With
+    ``face_column``, face records after the last image record are cut too (see :func:`_cut_unfinished_faces`).
     """
     if not path.is_file() or path.stat().st_size == 0:
         return
@@ -242,9 +318,12 @@ def _repair_torn_csv(path: Path, columns: int) -> None:
         try:
             for row in reader:
                 consumed = reader.line_num
+                if consumed == 1 and len(row) != columns and line_ends_newline[0]:
+                    return  # another scan's whole header (other labels, or faces): left for _read_done to refuse
                 if len(row) != columns or not line_ends_newline[consumed - 1]:
                     break
-                good_end = ends[consumed - 1]
+                if face_column is None or consumed == 1 or not row[face_column]:  # the header, or an image's record
+                    good_end = ends[consumed - 1]
         except csv.Error:  # end of file inside a quoted field: a torn record
             pass
         if good_end != handle.seek(0, os.SEEK_END):
@@ -260,26 +339,28 @@ def scan(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> ScanSummary:
-    """Classify the images under ``root`` not yet in ``output``, appending a record per image."""
+    """Classify the images under ``root`` not yet in ``output``, appending a record per image, and with a
+    detector that decides by faces (:attr:`Detector.faces_first`) a record per face before it."""
     folder = Path(root)
     check_scan_target(folder, output, fmt)
-    summary = ScanSummary()
+    faces = detector.faces_first
+    summary = ScanSummary(faces=0 if faces else None)
     started = time.perf_counter()
-    with ScanOutput(Path(output), detector.labels, fmt, overwrite) as writer:
+    with ScanOutput(Path(output), detector.labels, fmt, overwrite, faces=faces) as writer:
         images = find_images(folder)
         summary.found = len(images)
         todo = [path for path in images if _identity(path) not in writer.done]
         summary.already_done = summary.found - len(todo)
         started = time.perf_counter()
-        results = detector.predict_iter(todo, batch_size=batch_size, prefetch=1, errors="return")
+        results: Generator[Any, None, None] = (
+            detector.predict_faces_iter(todo, batch_size=batch_size, errors="return") if faces
+            else detector.predict_iter(todo, batch_size=batch_size, prefetch=1, errors="return"))
         try:
             for done, (path, result) in enumerate(zip(todo, results), start=1):
-                writer.write(str(path), result)
-                if isinstance(result, Prediction):
-                    summary.classified += 1
-                    summary.labels[result.label] += 1
-                else:
-                    summary.failed += 1
+                records = faces_records(str(path), result) if faces else [result_record(str(path), result)]
+                for record in records:
+                    writer.write_record(record)
+                    summary.count(record)
                 if done % batch_size == 0 or done == len(todo):
                     writer.flush()
                     if progress:
