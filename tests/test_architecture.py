@@ -21,6 +21,9 @@ PAGE = ROOT / "docs" / "architecture.md"
 CORE_THIRD_PARTY = {"numpy", "PIL", "onnxruntime"}
 # Entry points, not layers: they import what they start.
 NOT_LAYERS = {"__init__", "__main__"}
+# The runtime's subpackages (the build package is not the runtime's): each a layer of the module table, its own
+# modules in a table of their own.
+SUBPACKAGES = ("server",)
 
 
 def page_table(name: str, text: str | None = None) -> list[list[str]]:
@@ -34,15 +37,24 @@ def page_table(name: str, text: str | None = None) -> list[list[str]]:
 
 @dataclass(frozen=True)
 class Import:
-    module: str        # the importing module, e.g. "detector"
-    target: str        # the fastvit_detect module or third-party top-level package imported
+    module: str        # the importing module, e.g. "detector"; a subpackage's modules all count as it ("server")
+    target: str        # the fastvit_detect module or third-party top-level package imported; "server.stages" for a
+                       # module of the importer's own subpackage
     internal: bool
     line: int
     top_level: bool    # run when the module is imported (not inside a function)
     type_checking: bool
+    file: str = ""     # the importing file, from src/fastvit_detect/ ("server/app.py"); the module's own by default
+    submodule: str = ""  # the importing module within its subpackage ("app"), "" for a top-level module
+
+    @property
+    def where(self) -> str:
+        return f"src/fastvit_detect/{self.file or self.module + '.py'}:{self.line}"
 
 
-def imports_of(path: Path) -> list[Import]:
+def imports_of(path: Path, package: str | None = None) -> list[Import]:
+    """The imports of one runtime file; ``package``: the subpackage it belongs to (its relative imports of one
+    level stay inside it, of two levels reach the runtime's top-level modules)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     type_checking = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
                      and "TYPE_CHECKING" in ast.unparse(block.test) for node in ast.walk(block)}
@@ -54,7 +66,9 @@ def imports_of(path: Path) -> list[Import]:
         if isinstance(node, ast.Import):
             targets = [(alias.name, False) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
+            if package is not None and node.level == 1:
+                targets = [(f"{package}.{(node.module or alias.name).split('.')[0]}", True) for alias in node.names]
+            elif node.level:
                 targets = [((node.module or alias.name).split(".")[0], True) for alias in node.names]
             else:
                 targets = [(node.module or "", False)]
@@ -67,15 +81,32 @@ def imports_of(path: Path) -> list[Import]:
                 if len(parts) < 2:
                     continue  # `import fastvit_detect` itself
                 name = parts[1]
-            found.append(Import(path.stem, name if internal else name.split(".")[0], internal, node.lineno,
-                                id(node) not in function_bodies, id(node) in type_checking))
+            found.append(Import(package or path.stem, name if internal else name.split(".")[0], internal, node.lineno,
+                                id(node) not in function_bodies, id(node) in type_checking,
+                                path.relative_to(RUNTIME).as_posix(), path.stem if package else ""))
     return found
 
 
 def check(layers: list[str], lazy: set[tuple[str, str]], extras: dict[str, set[str]],
-          modules: dict[str, list[Import]]) -> list[str]:
+          modules: dict[str, list[Import]], packages: dict[str, list[str]] | None = None) -> list[str]:
     """Every broken rule, as a line naming the file, the line and the rule."""
+    packages = page_packages() if packages is None else packages
     problems = []
+    for package, found in ((name, modules.get(name, [])) for name in packages):
+        order = packages[package]
+        files = {item.submodule for item in found if item.submodule} | {path.stem for path in (RUNTIME / package).glob("*.py")}
+        for submodule in sorted(files - set(order) - {"__init__"}):
+            problems.append(f"{package}/{submodule}.py is not in {PAGE.name}'s {package} table: add it in its place")
+        for item in found:
+            if not item.target.startswith(f"{package}.") or item.submodule == "__init__":
+                continue  # the package's __init__ gathers its modules' public names
+            target = item.target.split(".", 1)[1]
+            if target in order and item.submodule in order and order.index(target) < order.index(item.submodule):
+                continue
+            if item.type_checking:
+                continue
+            problems.append(f"{item.where} imports {package}.{target}, which is not above {item.submodule} in "
+                            f"{PAGE.name}'s {package} table")
     stdlib = set(sys.stdlib_module_names)
     for module in sorted(set(modules) - set(layers) - NOT_LAYERS):
         problems.append(f"{module}.py is not in {PAGE.name}'s module table: add it in its place")
@@ -85,7 +116,9 @@ def check(layers: list[str], lazy: set[tuple[str, str]], extras: dict[str, set[s
         if module in NOT_LAYERS or module not in layers:
             continue
         for item in found:
-            where = f"src/fastvit_detect/{module}.py:{item.line}"
+            where = item.where
+            if item.internal and "." in item.target:
+                continue  # inside a subpackage: checked against its own table above
             if item.internal:
                 if item.target == "build":
                     if item.top_level:
@@ -117,8 +150,17 @@ def page_rules(text: str | None = None) -> tuple[list[str], set[tuple[str, str]]
     return layers, lazy, extras
 
 
+def page_packages(text: str | None = None) -> dict[str, list[str]]:
+    """The runtime's subpackages and their modules in order, from the page's tables named after them."""
+    return {package: [row[0] for row in page_table(package, text)] for package in SUBPACKAGES}
+
+
 def runtime_imports() -> dict[str, list[Import]]:
-    return {path.stem: imports_of(path) for path in sorted(RUNTIME.glob("*.py"))}
+    modules = {path.stem: imports_of(path) for path in sorted(RUNTIME.glob("*.py"))}
+    for package in SUBPACKAGES:
+        modules[package] = [item for path in sorted((RUNTIME / package).glob("*.py"))
+                            for item in imports_of(path, package)]
+    return modules
 
 
 def test_the_runtime_follows_the_architecture_page():
@@ -202,3 +244,43 @@ def test_reordering_the_page_breaks_the_check():
     layers, lazy, extras = page_rules(swapped)
     assert any("detector.py" in problem and "imports preprocess" in problem
                for problem in check(layers, lazy, extras, runtime_imports()))
+
+
+def test_the_server_package_follows_its_own_table():
+    assert page_packages()["server"] == ["settings", "limits", "batching", "requests", "stages", "protocol", "app"]
+    modules = runtime_imports()
+    server_files = {item.file for item in modules["server"]}
+    assert {"server/app.py", "server/stages.py", "server/__init__.py"} <= server_files  # the package was read
+    # every module but the first uses one above it, so the table's order is really checked
+    assert {item.target for item in modules["server"] if item.submodule == "app"} >= {"server.stages"}
+
+
+@pytest.mark.parametrize(("submodule", "target", "broken"), [
+    ("settings", "server.app", "imports server.app, which is not above settings"),
+    ("stages", "server.stages", "imports server.stages, which is not above stages"),
+    ("requests", "server.ghost", "imports server.ghost, which is not above requests"),
+])
+def test_an_upward_import_inside_the_server_package_is_reported(submodule, target, broken):
+    layers, lazy, extras = page_rules()
+    modules = runtime_imports()
+    modules["server"] = [*modules["server"], Import("server", target, True, 9999, True, False,
+                                                    f"server/{submodule}.py", submodule)]
+    problems = check(layers, lazy, extras, modules)
+    assert len(problems) == 1 and broken in problems[0] and f"server/{submodule}.py:9999" in problems[0]
+
+
+def test_a_server_module_may_import_the_runtime_above_the_server_but_not_below_it():
+    layers, lazy, extras = page_rules()
+    for target, allowed in (("detector", True), ("faces", True), ("cli", False)):
+        modules = runtime_imports()
+        modules["server"] = [*modules["server"], Import("server", target, True, 9999, True, False,
+                                                        "server/stages.py", "stages")]
+        problems = check(layers, lazy, extras, modules)
+        assert (problems == []) if allowed else ("server/stages.py:9999 imports cli" in problems[0])
+
+
+def test_a_server_module_missing_from_its_table_is_reported():
+    layers, lazy, extras = page_rules()
+    packages = {"server": [name for name in page_packages()["server"] if name != "protocol"]}
+    problems = check(layers, lazy, extras, runtime_imports(), packages)
+    assert "server/protocol.py is not in architecture.md's server table: add it in its place" in problems
