@@ -580,6 +580,36 @@ class Detector:
         decisive = max(range(len(faces)), key=fakeness)
         return FacesResult(list(zip(faces, predictions)), predictions[decisive], no_face, decisive)
 
+    # --- videos (needs the video extra; see fastvit_detect.video for sampling and caps, .timeline for the rules) ----
+
+    def predict_video(self, video: Any, *, fps: float = 1.0, max_frames: int = 600, faces: bool = True,
+                      progress: Callable[[int, int], None] | None = None, limits: Any = None,
+                      **options: Any) -> Any:
+        """Sample a clip (path, bytes or binary file) by time, find and classify the faces of each sampled frame,
+        link them into tracks and decide the clip: a :class:`fastvit_detect.timeline.VideoResult`.
+
+        ``fps``: frames sampled a second; ``max_frames``: at most this many, spread evenly over a longer clip;
+        ``faces``: find faces (False: classify whole frames; frames without a face are classified whole anyway);
+        ``progress(done, planned)``: called as frames are done; ``limits``: a
+        :class:`fastvit_detect.video.VideoLimits` (bytes, duration, resolution, packets, decoded frames, time).
+        ``options``: ``batch_size``, ``read_ahead``, ``margin``, ``min_face_size``, ``max_faces``, ``max_side``.
+        The rules (tracks, verdicts, timeline) are in :mod:`fastvit_detect.timeline`.
+        """
+        from .timeline import predict_video  # builds on this module: imported where it is used
+
+        return predict_video(self, video, fps=fps, max_frames=max_frames, faces=faces, progress=progress,
+                             limits=limits, **options)
+
+    def predict_video_iter(self, video: Any, *, fps: float = 1.0, max_frames: int = 600, faces: bool = True,
+                           progress: Callable[[int, int], None] | None = None, limits: Any = None,
+                           **options: Any) -> Iterator[Any]:
+        """:meth:`predict_video`'s frames one by one (:class:`fastvit_detect.timeline.FrameResult`, in time order,
+        each with its faces' track ids), for clips too long to hold; the clip is opened and indexed at the call."""
+        from .timeline import iter_video
+
+        return iter_video(self, video, fps=fps, max_frames=max_frames, faces=faces, progress=progress,
+                          limits=limits, **options)
+
 
 @dataclass(frozen=True, eq=False)
 class FacesResult:
