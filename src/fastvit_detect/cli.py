@@ -50,6 +50,7 @@ from .faces import (
     MAX_MAX_FACES,
     MAX_MIN_FACE_SIZE,
     expects_faces,
+    face_detector_variants,
 )
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
@@ -60,6 +61,8 @@ from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig,
 from .progress import stderr_progress
 from .scan import check_scan_target, output_format, result_record
 from .session import MAX_THREADS, physical_core_count
+from .timeline import SUSPICIOUS
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_FPS, MAX_MAX_FRAMES, VideoLimits, is_video
 
 __all__ = ["EXIT_IMAGE_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "positive_int"]
 
@@ -175,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write a heat-map overlay per image into DIR (see `explain`)")
     add_explain_arguments(predict.add_argument_group("explanations (with --explain DIR)"))
     add_face_arguments(predict.add_argument_group("faces (the package needs export --faces)"))
+    add_video_arguments(predict.add_argument_group("videos (recognised by content; needs the video extra)"))
     predict.set_defaults(handler=run_predict)
 
     explain = commands.add_parser(
@@ -416,8 +420,22 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.explain is None and any(getattr(args, key) is not None for key in EXPLAIN_OPTIONS):
         raise InvalidOptionError(f"{', '.join('--' + key for key in EXPLAIN_OPTIONS)} need --explain DIR")
     writer = OverlayWriter(args.explain, args) if args.explain is not None else None
+    if args.timeline is not None:
+        check_timeline_drawable()  # before seconds of loading and decoding
     detector = load_detector(args)
     note_intended_use(detector.package)
+    videos = [name for name in args.images if is_video(name)]
+    if videos:
+        if writer is not None:
+            raise InvalidOptionError("--explain doesn't take videos; explain a frame saved as an image instead")
+        video_code = run_predict_videos(args, detector, videos, out)
+        images = [name for name in args.images if name not in videos]
+        if not images:
+            return video_code
+        return max(video_code, run_predict(argparse.Namespace(**{**vars(args), "images": images, "timeline": None}),
+                                           out))
+    if args.timeline is not None:
+        raise InvalidOptionError("--timeline draws a video's timeline, and no video was given")
     if args.faces or (expects_faces(detector.package) and not args.no_faces):
         if writer is not None:
             raise InvalidOptionError("--explain with faces isn't built yet; pass --no-faces to explain whole images")
@@ -499,6 +517,98 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO)
     print(f"{len(args.images)} image(s), {failed} failed; variant {detector.variant.name}; faces first; "
           f"{1000 * (time.perf_counter() - started) / max(1, len(args.images)):.1f} ms/image", file=sys.stderr)
     return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def add_video_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--fps", type=finite_number(0.001, MAX_FPS), default=DEFAULT_FPS,
+                        help="frames sampled per second of video (default %(default)s)")
+    parser.add_argument("--max-frames", type=whole_number(1, MAX_MAX_FRAMES), default=DEFAULT_MAX_FRAMES,
+                        metavar="N", help="at most N frames a video, spread evenly over a longer one (default "
+                                      "%(default)s)")
+    parser.add_argument("--max-video-seconds", type=finite_number(0.001, 24 * 3600), default=VideoLimits.max_duration,
+                        metavar="S", help="refuse videos longer than S seconds (default %(default)s)")
+    parser.add_argument("--timeline", metavar="PNG", default=None,
+                        help="draw each video's fake probability against time, per face track (needs matplotlib); "
+                             "several videos: PNG-1, PNG-2, ...")
+    parser.add_argument("--threshold", type=finite_number(0, 1), default=SUSPICIOUS,
+                        help="a sampled frame is suspicious at p(fake) >= this (default %(default)s)")
+
+
+def check_timeline_drawable() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("--timeline draws with matplotlib, which isn't installed: pip install matplotlib "
+                                "(--json prints the same timeline as numbers)") from exc
+
+
+def timeline_path(template: str, number: int, count: int) -> str:
+    if count == 1:
+        return template
+    path = Path(template)
+    return str(path.with_name(f"{path.stem}-{number}{path.suffix or '.png'}"))
+
+
+def run_predict_videos(args: argparse.Namespace, detector: Detector, videos: Sequence[str], out: TextIO) -> int:
+    """``predict`` on videos: each video's tracks, verdict and suspicious time ranges (``--json``: one record per
+    video, :meth:`VideoResult.to_dict`), and its timeline drawn with ``--timeline``."""
+    from .timeline import draw_timeline  # matplotlib and PyAV stay unimported for images
+
+    faces = not args.no_faces and (args.faces or has_face_detector(detector.package))
+    limits = VideoLimits(max_duration=args.max_video_seconds)
+    failed = 0
+    for number, video in enumerate(videos, start=1):
+        started = time.perf_counter()
+        progress = stderr_progress(Path(video).name[:14]) if sys.stderr.isatty() else None
+        try:
+            result = detector.predict_video(video, fps=args.fps, max_frames=args.max_frames, faces=faces,
+                                            progress=progress, limits=limits, margin=args.margin,
+                                            min_face_size=args.min_face_size, max_faces=args.max_faces)
+        except (InputError, ModelOutputError) as exc:
+            failed += 1
+            if args.json:
+                print(json.dumps({"video": video, "error": {"type": type(exc).__name__, "message": str(exc)}}),
+                      file=out)
+            else:
+                print(f"{video}  ERROR  {type(exc).__name__}: {exc}", file=out)
+            continue
+        elapsed = time.perf_counter() - started
+        ranges = result.suspicious_ranges(args.threshold)
+        if args.timeline is not None:
+            draw_timeline(result, timeline_path(args.timeline, number, len(videos)), args.threshold)
+        if args.json:
+            print(json.dumps(result.to_dict()), file=out)
+        else:
+            print_video(video, result, ranges, out)
+        print(f"{video}: {len(result.frames)} frame(s) sampled, {result.decoded_frames} decoded, in {elapsed:.1f} s "
+              f"({len(result.frames) / max(elapsed, 1e-9):.1f} frames/s)", file=sys.stderr)
+    out.flush()
+    return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def print_video(video: str, result: Any, ranges: Sequence[tuple[float, float]], out: TextIO) -> None:
+    faces = [track for track in result.tracks if track.kind == "face"]
+    print(f"{video}  video {result.duration:.1f} s, {len(result.frames)} frame(s) sampled, {len(faces)} face "
+          "track(s)", file=out)
+    for track in result.tracks:
+        name = f"face track {track.id}" if track.kind == "face" else "whole frames"
+        print(f"{video}  {name}: {len(track.times)} frame(s), {track.times[0]:.1f}-{track.times[-1]:.1f} s  "
+              f"{describe(track.verdict)}", file=out)
+    if result.prediction is None:
+        print(f"{video}  verdict: no frame could be sampled, no verdict", file=out)
+        return
+    why = f"face track {result.decisive}" if result.decided_by == "face track" else result.decided_by
+    print(f"{video}  verdict ({why}): {describe(result.prediction)}", file=out)
+    shown = ", ".join(f"{start:.1f}-{end:.1f} s" for start, end in ranges) or "none"
+    print(f"{video}  suspicious: {shown}", file=out)
+
+
+def has_face_detector(package: ModelPackage) -> bool:
+    try:
+        face_detector_variants(package)
+    except FastVitDetectError:
+        return False
+    return True
 
 
 def describe(prediction: Prediction) -> str:
