@@ -39,6 +39,7 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -123,6 +124,15 @@ def sniff_container(head: bytes) -> str | None:
     return None
 
 
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts"})
+"""File endings that folder walks (scan) pick up as videos; content decides what a file is when it is read."""
+
+
+def find_videos(root: str | os.PathLike[str]) -> list[Path]:
+    """Video files under ``root`` (recursively, by VIDEO_SUFFIXES, case-insensitive), sorted."""
+    return sorted(path for path in Path(root).rglob("*") if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file())
+
+
 def is_video(source: VideoInput) -> bool:
     """Whether a path, bytes or seekable file holds a video container, by content (never by name). False for what
     can't be read: the image path reports that with its own typed error."""
@@ -168,8 +178,7 @@ def _open_input(source: VideoInput, name: str, max_bytes: int) -> BinaryIO:
         except (OSError, ValueError) as exc:
             raise ImageNotFoundError(f"{name}: can't open the file: {getattr(exc, 'strerror', None) or exc}",
                                      name) from exc
-        handle = os.fdopen(descriptor, "rb")
-        try:
+        try:  # checked on the descriptor read from, so the path can't be swapped for a FIFO in between
             status = os.fstat(descriptor)
             if stat.S_ISDIR(status.st_mode):
                 raise ImageNotFoundError(f"{name}: is a directory, not a video file", name)
@@ -177,9 +186,9 @@ def _open_input(source: VideoInput, name: str, max_bytes: int) -> BinaryIO:
                 raise ImageNotFoundError(f"{name}: not a regular file; only video files are read", name)
             _check_size(status.st_size, name, max_bytes)
         except BaseException:
-            handle.close()
+            os.close(descriptor)
             raise
-        return handle
+        return os.fdopen(descriptor, "rb")
     if isinstance(source, (bytes, bytearray, memoryview)):
         _check_size(memoryview(source).nbytes, name, max_bytes)
         return io.BytesIO(bytes(source))
