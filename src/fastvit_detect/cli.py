@@ -50,7 +50,6 @@ from .faces import (
     MAX_MAX_FACES,
     MAX_MIN_FACE_SIZE,
     expects_faces,
-    face_detector_variants,
 )
 from .httpapi import SERVER_MAX_PIXELS
 from .hub import fetch, parse_model_reference
@@ -61,7 +60,7 @@ from .preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessConfig,
 from .progress import stderr_progress
 from .scan import check_scan_target, output_format, result_record
 from .session import MAX_THREADS, physical_core_count
-from .timeline import SUSPICIOUS
+from .timeline import SUSPICIOUS, has_face_detector
 from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_FPS, MAX_MAX_FRAMES, VideoLimits, is_video
 
 __all__ = ["EXIT_IMAGE_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "positive_int"]
@@ -225,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--batch-size", type=batch_size_type, default=DEFAULT_BATCH_SIZE,
                       help=f"images per session call (default {DEFAULT_BATCH_SIZE})")
     scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
+    scan.add_argument("--video-frames", metavar="FILE", default=None,
+                      help="also write one JSON line per sampled frame of each video into FILE (videos get one "
+                           "record each in the results file, sampled at 1 fps, faces first when the package has a "
+                           "face detector)")
     cluster = scan.add_argument_group("Ray (needs the ray extra)")
     cluster.add_argument("--engine", choices=("local", "ray"), default="local",
                          help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")
@@ -603,14 +606,6 @@ def print_video(video: str, result: Any, ranges: Sequence[tuple[float, float]], 
     print(f"{video}  suspicious: {shown}", file=out)
 
 
-def has_face_detector(package: ModelPackage) -> bool:
-    try:
-        face_detector_variants(package)
-    except FastVitDetectError:
-        return False
-    return True
-
-
 def describe(prediction: Prediction) -> str:
     fake = "" if prediction.fake_probability is None else f"  p(fake) {prediction.fake_probability:.4f}"
     return f"{prediction.label} {prediction.score:.4f}{fake}"
@@ -713,7 +708,8 @@ def run_scan(args: argparse.Namespace) -> int:
     note_intended_use(detector.package)
     print(f"scanning {args.folder} with {detector.variant.name} into {args.output}", file=sys.stderr)
     summary = scan(detector, args.folder, args.output, batch_size=args.batch_size, fmt=args.format,
-                   overwrite=args.overwrite, progress=stderr_progress(detector.variant.name))
+                   overwrite=args.overwrite, progress=stderr_progress(detector.variant.name),
+                   video_frames=args.video_frames)
     print(summary.describe(), file=sys.stderr)
     return EXIT_IMAGE_FAILED if summary.failed else EXIT_OK
 

@@ -45,6 +45,7 @@ from .faces import (
     FaceDetector,
     FaceOptions,
     face_crop,
+    face_detector_variants,
 )
 from .options import check_finite, check_whole
 from .progress import Progress
@@ -62,6 +63,7 @@ from .video import (
 
 if TYPE_CHECKING:
     from .detector import Detector
+    from .package import ModelPackage
 
 __all__ = ["FrameResult", "Track", "VideoResult", "iter_video", "predict_video", "track_verdict"]
 
@@ -424,6 +426,15 @@ def summarize(source: str, info: VideoInfo, fps: float, frames: list[FrameResult
     if whole.predictions:
         return VideoResult(source, info, fps, frames, listed, whole.verdict, "whole frames", 0, decoded_frames)
     return VideoResult(source, info, fps, frames, listed, None, "none", None, decoded_frames)
+
+
+def has_face_detector(package: ModelPackage) -> bool:
+    """Whether a package holds a face detector: videos look for faces by default where one is there."""
+    try:
+        face_detector_variants(package)
+    except FastVitDetectError:
+        return False
+    return True
 
 
 def draw_timeline(result: VideoResult, path: str, threshold: float = SUSPICIOUS) -> None:
