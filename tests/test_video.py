@@ -203,6 +203,7 @@ def test_bytes_and_files_as_well_as_paths(detector, clip):
     assert detector.predict_video(clip.read_bytes()).timeline == by_path
     with open(clip, "rb") as handle:
         assert detector.predict_video(handle).timeline == by_path
+        assert not handle.closed  # read in place, and left to its owner
 
 
 @pytest.mark.parametrize("options", [{"fps": 0}, {"fps": float("nan")}, {"max_frames": 0}, {"max_frames": 1.5},
@@ -431,6 +432,11 @@ def test_no_video_to_sample(clip, tmp_path, detector):
 def test_paths_that_arent_clips(tmp_path, detector):
     fifo = tmp_path / "fifo.mp4"
     os.mkfifo(fifo)
+    sniffed: list[bool] = []  # opening a FIFO for reading waits for a writer: sniffing must not
+    sniffer = threading.Thread(target=lambda: sniffed.append(is_video(fifo)), daemon=True)
+    sniffer.start()
+    sniffer.join(10)
+    assert sniffed == [False]
     with pytest.raises(ImageNotFoundError, match="not a regular file"):
         VideoReader(fifo)
     with pytest.raises(ImageNotFoundError, match="directory"):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -239,7 +239,8 @@ def _start(detector: Detector, video: VideoInput, limits: VideoLimits | None, op
 _DONE = object()
 
 
-def _decode_ahead(reader: VideoReader, settings: _Settings, stop: threading.Event) -> Iterator[SampledFrame]:
+def _decode_ahead(reader: VideoReader, settings: _Settings, stop: threading.Event
+                  ) -> Generator[SampledFrame, None, None]:
     """The reader's frames, decoded by a thread at most ``read_ahead`` frames ahead of the caller. Its errors are
     raised here, in the caller's thread; a caller that stops early stops the thread."""
     handoff: queue.Queue[Any] = queue.Queue(maxsize=settings.read_ahead)
@@ -290,12 +291,14 @@ def _frame_results(detector: Detector, reader: VideoReader, settings: _Settings,
     planned = len(reader.plan(settings.fps, settings.max_frames))
     tracker = Tracker()
     face_options = settings.face_options
-    stop = threading.Event()
-    waiting: list[tuple[SampledFrame, list[Face], list[np.ndarray]]] = []  # frames whose crops aren't classified
+    # Frames waiting for the classifier keep only their crops (or whole frame) at the model's input size, never
+    # the decoded frame: a batch of 1080p frames would hold 6 MB each.
+    waiting: list[_Waiting] = []
     crops = 0
+    frames = _decode_ahead(reader, settings, threading.Event())
     with reader:
         try:
-            for frame in _decode_ahead(reader, settings, stop):
+            for frame in frames:
                 found: list[Face] = []
                 if face_detector is not None:
                     picture = Image.fromarray(frame.pixels)
@@ -303,40 +306,47 @@ def _frame_results(detector: Detector, reader: VideoReader, settings: _Settings,
                     images = [face_crop(picture, face, settings.margin) for face in found]
                 if not found:
                     images = [frame.pixels]
-                waiting.append((frame, found, images))
+                waiting.append(_Waiting(frame.index, frame.time, found,
+                                        [detector.preprocessor.to_pixels(image) for image in images]))
                 crops += len(images)
                 if crops >= settings.batch_size:
                     yield from _classify(detector, reader.source, waiting, tracker, settings.batch_size)
                     if progress is not None:
-                        progress(waiting[-1][0].index + 1, planned)
+                        progress(waiting[-1].index + 1, planned)
                     waiting, crops = [], 0
             if waiting:
                 yield from _classify(detector, reader.source, waiting, tracker, settings.batch_size)
             if progress is not None:
                 progress(planned, planned)
         finally:
-            stop.set()
+            frames.close()  # stops and joins the decoding thread before the reader closes under it
 
 
-def _classify(detector: Detector, source: str, waiting: list[tuple[SampledFrame, list[Face], list[np.ndarray]]],
-              tracker: Tracker, batch_size: int) -> Iterator[FrameResult]:
-    images = [image for _, _, frame_images in waiting for image in frame_images]
+@dataclass(frozen=True, eq=False)
+class _Waiting:
+    index: int
+    time: float
+    faces: list[Face]
+    pixels: list[np.ndarray]  # each face's crop (or the whole frame), resized for the model: HxWx3 uint8
+
+
+def _classify(detector: Detector, source: str, waiting: list[_Waiting], tracker: Tracker,
+              batch_size: int) -> Iterator[FrameResult]:
+    rows = [pixels for frame in waiting for pixels in frame.pixels]
+    names = [f"{source} at {frame.time:.3f} s" for frame in waiting for _ in frame.pixels]
     predictions: list[Prediction] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        pixels, failures = detector.preprocessor.batch_pixels(chunk)
-        names = [f"{source} at {frame.time:.3f} s" for frame, _, frame_images in waiting for _ in frame_images]
-        for result in detector.classify_pixels(pixels, failures, names[start:start + batch_size],
-                                               run=detector.session.run):
+    for start in range(0, len(rows), batch_size):
+        for result in detector.classify_pixels(np.stack(rows[start:start + batch_size]), None,
+                                               names[start:start + batch_size], run=detector.session.run):
             if isinstance(result, FastVitDetectError):
                 raise result
             predictions.append(result)
     position = 0
-    for frame, found, frame_images in waiting:
-        mine = predictions[position:position + len(frame_images)]
-        position += len(frame_images)
-        if found:
-            yield FrameResult(frame.index, frame.time, list(zip(found, mine)), tracker.link(found))
+    for frame in waiting:
+        mine = predictions[position:position + len(frame.pixels)]
+        position += len(frame.pixels)
+        if frame.faces:
+            yield FrameResult(frame.index, frame.time, list(zip(frame.faces, mine)), tracker.link(frame.faces))
         else:
             yield FrameResult(frame.index, frame.time, [], [], mine[0])
 

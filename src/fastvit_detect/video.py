@@ -138,8 +138,9 @@ def is_video(source: VideoInput) -> bool:
     can't be read: the image path reports that with its own typed error."""
     try:
         if isinstance(source, (str, os.PathLike)):
-            with open(source, "rb", buffering=0) as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            descriptor = os.open(source, _READ_FLAGS)  # O_NONBLOCK: a FIFO must not block the sniffing
+            with os.fdopen(descriptor, "rb", buffering=0) as handle:
+                if not stat.S_ISREG(os.fstat(descriptor).st_mode):
                     return False
                 head = handle.read(SNIFF_BYTES)
         elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -164,13 +165,17 @@ def _import_av() -> Any:
     return av
 
 
-def _open_input(source: VideoInput, name: str, max_bytes: int) -> BinaryIO:
+# O_NONBLOCK keeps opening a FIFO from waiting for a writer (it changes nothing for regular files).
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_input(source: VideoInput, name: str, max_bytes: int) -> tuple[BinaryIO, bool]:
     """A seekable binary file of the clip, checked: a regular file within ``max_bytes`` (a FIFO would block, a
-    device never end), or the bytes given."""
+    device never end), the bytes given, or the caller's seekable file (read in place, never closed here); and
+    whether it is ours to close."""
     if isinstance(source, (str, os.PathLike)):
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            descriptor = os.open(source, flags)
+            descriptor = os.open(source, _READ_FLAGS)
         except FileNotFoundError as exc:
             raise ImageNotFoundError(f"{name}: no such file", name) from exc
         except IsADirectoryError as exc:
@@ -188,27 +193,28 @@ def _open_input(source: VideoInput, name: str, max_bytes: int) -> BinaryIO:
         except BaseException:
             os.close(descriptor)
             raise
-        return os.fdopen(descriptor, "rb")
+        return os.fdopen(descriptor, "rb"), True
     if isinstance(source, (bytes, bytearray, memoryview)):
         _check_size(memoryview(source).nbytes, name, max_bytes)
-        return io.BytesIO(bytes(source))
+        return io.BytesIO(bytes(source)), True
     if callable(getattr(source, "read", None)):
         try:
             seekable = bool(source.seekable()) if callable(getattr(source, "seekable", None)) else False
-            if seekable:
-                position = source.tell()
-                size = source.seek(0, os.SEEK_END) - position
-                source.seek(position)
+            if seekable:  # read in place: a clip of a GiB needn't be copied into memory
+                size = source.seek(0, os.SEEK_END)
+                source.seek(0)
                 _check_size(size, name, max_bytes)
-                data = source.read()
-            else:
-                data = source.read(max_bytes + 1)
+                if not isinstance(source.read(0), bytes):
+                    raise UnsupportedInputError(f"{name}: the file object must be opened in binary mode ('rb')",
+                                                name)
+                return source, False
+            data = source.read(max_bytes + 1)
         except (OSError, ValueError) as exc:
             raise ImageNotFoundError(f"{name}: can't read from the file object: {exc}", name) from exc
         if not isinstance(data, (bytes, bytearray)):
             raise UnsupportedInputError(f"{name}: the file object must be opened in binary mode ('rb')", name)
         _check_size(len(data), name, max_bytes)
-        return io.BytesIO(bytes(data))
+        return io.BytesIO(bytes(data)), True
     raise UnsupportedInputError(f"{name}: unsupported video input {type(source).__name__}; expected a path, bytes "
                                 "or a binary file", name)
 
@@ -288,7 +294,7 @@ class VideoReader:
         self.seeks = 0
         self._deadline = time.monotonic() + self.limits.max_decode_seconds
         av = _import_av()
-        handle = _open_input(source, self.source, self.limits.max_bytes)
+        handle, self._owned = _open_input(source, self.source, self.limits.max_bytes)
         try:
             with video_boundary(self.source):
                 head = handle.read(SNIFF_BYTES)
@@ -300,7 +306,8 @@ class VideoReader:
                 self._container = av.open(handle, format=demuxer, io_open=_refuse_other_files,
                                           options={"probesize": "5000000", "analyzeduration": "5000000"})
         except BaseException:
-            handle.close()
+            if self._owned:
+                handle.close()
             raise
         self._handle = handle
         try:
@@ -319,7 +326,8 @@ class VideoReader:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a corrupt clip's demuxer can fail; nothing is left to save
             self._container.close()
-        self._handle.close()
+        if self._owned:
+            self._handle.close()
 
     def _video_stream(self) -> Any:
         streams = [stream for stream in self._container.streams.video
