@@ -504,3 +504,97 @@ def test_scan_gives_each_video_one_record_and_its_frames_a_line_each(detector, c
     capsys.readouterr()
     assert main(argv) == 0  # resumed: everything is done already
     assert len(results.read_text().splitlines()) == 3 and "2 already in the output" not in capsys.readouterr().out
+
+
+# --- POST /api/v1/video -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_app(detector):
+    pytest.importorskip("fastapi")
+    from fastvit_detect.server import ServeSettings, create_app
+    from fastvit_detect.videoserve import VideoServeSettings
+
+    app = create_app(detector, ServeSettings(max_upload_bytes=2_000_000),
+                     VideoServeSettings(max_upload_bytes=3_000_000, max_duration=20, max_frames=50, queue=0))
+    yield app
+    app.state.batcher.close()
+    app.state.videos.close()
+
+
+def _post(app, requests: list[dict]) -> list:
+    import asyncio
+
+    import httpx
+
+    async def send() -> list:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return list(await asyncio.gather(*(client.request(**request) for request in requests)))
+
+    return asyncio.run(send())
+
+
+def _upload(data: bytes, name: str = "clip.mp4", url: str = "/api/v1/video") -> dict:
+    return {"method": "POST", "url": url, "files": {"file": (name, data)}}
+
+
+def test_server_answers_a_video_with_its_verdict_and_timeline(video_app, clip):
+    (response,) = _post(video_app, [_upload(clip.read_bytes())])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["video"] == "clip.mp4" and body["label"] == "Fake" and body["decided_by"] == "face track"
+    assert body["suspicious_ranges"] == [[3.0, 5.0]] and len(body["timeline"]) == 8
+    (raw,) = _post(video_app, [{"method": "POST", "url": "/api/v1/video?fps=2", "content": clip.read_bytes()}])
+    assert raw.status_code == 200 and len(raw.json()["timeline"]) == 16
+
+
+def test_server_video_caps_answer_with_the_cause(video_app, clip, tmp_path):
+    image, too_big, long = (_upload(clips.image_bytes(), "photo.mp4"), _upload(bytes(3_100_000)),
+                            _upload(clips.repeated_packets(tmp_path / "long.mkv", 300, 100).read_bytes(), "long.mkv"))
+    frames = {**_upload(clip.read_bytes()), "url": "/api/v1/video?max_frames=51"}
+    answers = _post(video_app, [image])
+    answers += _post(video_app, [too_big])
+    answers += _post(video_app, [long])
+    answers += _post(video_app, [frames])
+    assert [answer.status_code for answer in answers] == [415, 413, 413, 422]
+    assert [answer.json()["error"]["type"] for answer in answers] == [
+        "VideoDecodeError", "UploadTooLargeError", "VideoTooLargeError", "InvalidOptionError"]
+    assert "not a video container" in answers[0].json()["error"]["message"]
+    assert "20 s" in answers[2].json()["error"]["message"] and "max_frames" in answers[3].json()["error"]["message"]
+
+
+def test_a_video_at_work_never_stalls_image_requests_and_extra_videos_get_503(video_app, clip, monkeypatch):
+    stage = video_app.state.videos
+    entered, release = threading.Event(), threading.Event()
+    run = stage._run
+
+    def held(*args):
+        entered.set()
+        release.wait(30)
+        return run(*args)
+
+    monkeypatch.setattr(stage, "_run", held)
+    photo = clips.image_bytes()
+    import asyncio
+
+    import httpx
+
+    async def scenario() -> tuple:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=video_app), base_url="http://test") as client:
+            first = asyncio.ensure_future(client.request(**_upload(clip.read_bytes())))
+            assert await asyncio.to_thread(entered.wait, 30)
+            second = await client.request(**_upload(clip.read_bytes()))  # concurrency 1, queue 0: busy
+            image = await client.request(**_upload(photo, "photo.png", "/api/v1/predict"))
+            release.set()
+            return await first, second, image
+
+    first, second, image = asyncio.run(scenario())
+    assert second.status_code == 503 and second.json()["error"]["type"] == "ServerBusyError"
+    assert image.status_code == 200 and image.json()["label"] == detector_label(video_app, photo)
+    assert first.status_code == 200 and first.json()["label"] == "Fake"
+
+
+def detector_label(app, data: bytes) -> str:
+    import io
+
+    return app.state.detector.predict(io.BytesIO(data)).label

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import __version__
 from .detector import Detector, ImageResult, Prediction
@@ -87,6 +87,9 @@ from .httpapi import (
 from .options import check_finite, check_whole
 from .preprocess import DECODE_COST, OpenedImage, check_formats, describe_source, open_image, server_formats
 from .session import physical_core_count
+
+if TYPE_CHECKING:
+    from .videoserve import VideoServeSettings
 
 try:
     import python_multipart  # noqa: F401 - Starlette parses forms with it; fail here, not at the first upload
@@ -942,8 +945,10 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
 # --- the application ----------------------------------------------------------------------------------------
 
 
-def create_app(detector: Detector, settings: ServeSettings | None = None) -> FastAPI:
-    """The ASGI app over a loaded detector. Its decode pool and model thread start now and stop with the app."""
+def create_app(detector: Detector, settings: ServeSettings | None = None,
+               video_settings: VideoServeSettings | None = None) -> FastAPI:
+    """The ASGI app over a loaded detector. Its decode pool and model thread start now and stop with the app.
+    ``video_settings``: the limits of ``POST /api/v1/video`` (:mod:`fastvit_detect.videoserve`)."""
     settings = settings or ServeSettings()
     detector.pool  # noqa: B018 - the layout's sessions open now, not during the first request
     decoder = DecodeStage(detector, settings)
@@ -957,17 +962,22 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         raise RuntimeError("fastvit_detect/static/index.html is missing: the package was installed without its data")
 
     explainer = ExplainStage(detector, settings, decoder, batcher)
+    from .videoserve import VideoStage, add_video_route  # builds on this module (issue 24)
+
+    videos = VideoStage(detector, video_settings)
 
     async def lifespan(_app: FastAPI):
         yield
         await asyncio.to_thread(batcher.close)
         decoder.close()
         explainer.close()
+        videos.close()
 
     app = FastAPI(title="fastvit-detect", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Torch-free deepfake detection with ONNX Vision Transformers.")
     app.state.detector, app.state.batcher, app.state.decoder, app.state.settings = detector, batcher, decoder, settings
     app.state.explainer = explainer
+    app.state.videos = videos
     app.mount("/static", static, name="static")
 
     @app.exception_handler(Exception)
@@ -1071,6 +1081,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
             raise BadRequestError(f"explain takes one image per request, got {len(uploads)} files")
         explanation, heatmap = await explainer.explain(uploads[0], method, target, options)
         return JSONResponse(explanation_body(explanation, heatmap, model, 1000 * (time.perf_counter() - started)))
+
+    add_video_route(app, videos, settings, model)
 
     @get_and_head("/healthz", summary="Liveness, and the model thread's and decode threads' counters")
     async def healthz() -> JSONResponse:
