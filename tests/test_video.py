@@ -253,7 +253,13 @@ def test_container_sniffing():
     assert sniff_container(b"\x1a\x45\xdf\xa3" + bytes(8)) == "matroska"
 
 
-def test_an_image_renamed_mp4_is_an_image_and_a_video_renamed_jpg_is_a_video(detector, clip, tmp_path, capsys):
+def test_an_image_renamed_mp4_is_an_image_and_a_video_renamed_jpg_is_a_video(detector, clip, tmp_path, capsys,
+                                                                             monkeypatch):
+    import fastvit_detect.cli as cli
+
+    loads: list[object] = []
+    load = cli.load_detector
+    monkeypatch.setattr(cli, "load_detector", lambda *args, **options: loads.append(args) or load(*args, **options))
     image = tmp_path / "photo.mp4"
     image.write_bytes(clips.image_bytes())
     video = tmp_path / "clip.jpg"
@@ -268,6 +274,7 @@ def test_an_image_renamed_mp4_is_an_image_and_a_video_renamed_jpg_is_a_video(det
     assert [("video" in record, "image" in record) for record in records] == [(True, False), (False, True)]
     assert records[0]["video"] == str(video) and records[0]["label"] == "Fake"
     assert records[1]["image"] == str(image) and records[1]["label"] == detector.predict(image).label
+    assert len(loads) == 1  # videos and images of one command share the model
 
 
 # --- the command line -------------------------------------------------------------------------------------------

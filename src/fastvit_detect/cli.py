@@ -427,18 +427,23 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
         check_timeline_drawable()  # before seconds of loading and decoding
     detector = load_detector(args)
     note_intended_use(detector.package)
-    videos = [name for name in args.images if is_video(name)]
-    if videos:
-        if writer is not None:
-            raise InvalidOptionError("--explain doesn't take videos; explain a frame saved as an image instead")
-        video_code = run_predict_videos(args, detector, videos, out)
-        images = [name for name in args.images if name not in videos]
-        if not images:
-            return video_code
-        return max(video_code, run_predict(argparse.Namespace(**{**vars(args), "images": images, "timeline": None}),
-                                           out))
-    if args.timeline is not None:
-        raise InvalidOptionError("--timeline draws a video's timeline, and no video was given")
+    videos = [name for name in args.images if is_video(name)]  # by content, never by name
+    if not videos:
+        if args.timeline is not None:
+            raise InvalidOptionError("--timeline draws a video's timeline, and no video was given")
+        return predict_images(args, detector, writer, out)
+    if writer is not None:
+        raise InvalidOptionError("--explain doesn't take videos; explain a frame saved as an image instead")
+    video_code = run_predict_videos(args, detector, videos, out)
+    images = [name for name in args.images if name not in videos]
+    if not images:
+        return video_code
+    return max(video_code, predict_images(argparse.Namespace(**{**vars(args), "images": images}), detector, writer,
+                                          out))
+
+
+def predict_images(args: argparse.Namespace, detector: Detector, writer: OverlayWriter | None, out: TextIO) -> int:
+    """``predict`` on the images among its arguments (the videos, if any, are done by then)."""
     if args.faces or (expects_faces(detector.package) and not args.no_faces):
         if writer is not None:
             raise InvalidOptionError("--explain with faces isn't built yet; pass --no-faces to explain whole images")

@@ -18,7 +18,8 @@ How a clip is sampled (:class:`VideoReader`):
    when it has one (reached by a seek and one decoded frame), else the first frame at or after the window's start,
    decoded forward from the decoder's position or from the last keyframe before it, whichever is later. A clip
    with a keyframe every second decodes about one frame per sample; one with rare keyframes decodes forward, never
-   more than it would to decode every frame once.
+   more than it would to decode every frame once, and skips the frames no other frame refers to (most B-frames):
+   a sample is a reference frame.
 4. **Bounded.** Each sample may decode at most the packets between its starting point and its window's end (plus
    :data:`REORDER_SLACK`); the clip at most ``max_decoded_frames`` frames and ``max_decode_seconds`` seconds. Frames
    over ``max_frame_pixels`` are refused from the stream's header and again from each decoded frame.
@@ -419,6 +420,9 @@ class VideoReader:
     def _sample(self, windows: list[tuple[float, float]]) -> Iterator[SampledFrame]:
         stream, stamps, keys = self._stream, self._stamps, self._keys
         stream.thread_type = "AUTO"
+        # Frames no other frame refers to (most B-frames) are never decoded: decoding forward to a sample doesn't
+        # need them, and a sample is then the first reference frame at or after its window's start.
+        stream.codec_context.skip_frame = "NONREF"
         decoded: Iterator[Any] | None = None
         position: int | None = None  # pts of the last frame decoded: where the decoder stands
         ahead: Any = None  # a frame decoded past its window's end: the next window's, if it falls there
