@@ -51,11 +51,14 @@ from .preprocess import (
     describe_source,
 )
 from .session import MAX_THREADS, physical_core_count
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
     from .explain import Explanation
+    from .timeline import FrameResult, VideoResult
+    from .video import VideoInput, VideoLimits
 
 __all__ = ["Detector", "FacesResult", "ImageResult", "Prediction", "VariantChoice", "choose_variant",
            "unmet_cpu_requirement"]
@@ -582,9 +585,9 @@ class Detector:
 
     # --- videos (needs the video extra; see fastvit_detect.video for sampling and caps, .timeline for the rules) ----
 
-    def predict_video(self, video: Any, *, fps: float = 1.0, max_frames: int = 600, faces: bool = True,
-                      progress: Callable[[int, int], None] | None = None, limits: Any = None,
-                      **options: Any) -> Any:
+    def predict_video(self, video: VideoInput, *, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
+                      faces: bool = True, progress: Callable[[int, int], None] | None = None,
+                      limits: VideoLimits | None = None, **options: Any) -> VideoResult:
         """Sample a clip (path, bytes or binary file) by time, find and classify the faces of each sampled frame,
         link them into tracks and decide the clip: a :class:`fastvit_detect.timeline.VideoResult`.
 
@@ -600,9 +603,10 @@ class Detector:
         return predict_video(self, video, fps=fps, max_frames=max_frames, faces=faces, progress=progress,
                              limits=limits, **options)
 
-    def predict_video_iter(self, video: Any, *, fps: float = 1.0, max_frames: int = 600, faces: bool = True,
-                           progress: Callable[[int, int], None] | None = None, limits: Any = None,
-                           **options: Any) -> Iterator[Any]:
+    def predict_video_iter(self, video: VideoInput, *, fps: float = DEFAULT_FPS,
+                           max_frames: int = DEFAULT_MAX_FRAMES, faces: bool = True,
+                           progress: Callable[[int, int], None] | None = None, limits: VideoLimits | None = None,
+                           **options: Any) -> Iterator[FrameResult]:
         """:meth:`predict_video`'s frames one by one (:class:`fastvit_detect.timeline.FrameResult`, in time order,
         each with its faces' track ids), for clips too long to hold; the clip is opened and indexed at the call."""
         from .timeline import iter_video
