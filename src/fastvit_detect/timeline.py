@@ -10,7 +10,7 @@ The rules, in one place:
   copy whose long side is at most ``max_side`` = :data:`VIDEO_MAX_SIDE` (960 px: on a 1080p frame, faces from
   40 px; half the memory and time of the 1600 px copy photos get, measured in the README); a frame without a face
   (or every frame, with ``faces=False``) is classified whole, as an image is. The crops (or whole frames) of
-  several frames go through the classifier together, ``batch_size`` (8) at a time.
+  several frames go through the classifier together, ``batch_size`` (4) at a time.
 - **Tracks.** A face joins the track whose last box overlaps it most (box IoU at least :data:`LINK_IOU`), provided
   that track was seen within the last :data:`MAX_GAP` + 1 sampled frames; each track takes at most one face a
   frame, and a face that joins none starts a track. Whole frames form a track of their own, ``kind="frame"``.
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 __all__ = ["FrameResult", "Track", "VideoResult", "iter_video", "predict_video", "track_verdict"]
 
 VIDEO_MAX_SIDE = 960  # the face-detection copy's long side: half a 1080p frame, faces from 40 px of it up
-VIDEO_BATCH_SIZE = 8
+VIDEO_BATCH_SIZE = 4  # crops per session call: ViT-B activations of 4 keep a 1080p clip under 500 MiB of RSS
 LINK_IOU = 0.3
 MAX_GAP = 2  # sampled frames a face may go unseen (a blink of the detector) and still continue its track
 DEFAULT_READ_AHEAD = 2  # decoded frames waiting for face detection: 6 MB each at 1080p
