@@ -14,7 +14,8 @@ from hostile import write_package
 from fastvit_detect.cli import main
 
 NUMERIC_OPTIONS = {
-    "predict": ["--batch-size", "--threads", "--max-pixels", "--max-image-mb"],
+    "predict": ["--batch-size", "--threads", "--max-pixels", "--max-image-mb", "--fps", "--max-frames",
+                "--max-video-seconds", "--threshold"],
     "eval": ["--batch-size", "--limit", "--threads", "--max-pixels", "--max-image-mb"],
     "scan": ["--batch-size", "--threads", "--max-pixels", "--max-image-mb"],
     "serve": ["--port", "--max-upload-mb", "--max-batch", "--max-wait-ms", "--queue-size", "--decode-workers",
