@@ -82,12 +82,12 @@ def test_a_real_clip_is_real(detector, tmp_path):
     assert result.prediction.label == "Real" and result.suspicious_ranges() == []
 
 
-@pytest.mark.parametrize("codec", ["h264-mp4", "vp9-webm", "mjpeg-avi", "mpeg4-mkv"])
+@pytest.mark.parametrize("codec", ["h264-mp4", "vp9-webm", "mjpeg-avi", "mpeg4-mkv", "h264-ts"])
 def test_codecs_and_containers(detector, tmp_path, codec):
     path = clips.fake_segment_clip(tmp_path / f"clip{clips.CODECS[codec][2]}", codec=codec, seconds=6, fake=(2, 4))
     result = detector.predict_video(path)
     assert result.info.container == {"h264-mp4": "mov", "vp9-webm": "matroska", "mjpeg-avi": "avi",
-                                     "mpeg4-mkv": "matroska"}[codec]
+                                     "mpeg4-mkv": "matroska", "h264-ts": "mpegts"}[codec]
     # A sample may be its window's keyframe rather than its first frame (mpeg4 puts one every 1.2 s here): the
     # flagged samples are those of the fake seconds' windows.
     assert [int(when) for when in _flagged_times(result)] == [2, 3] and result.prediction.label == "Fake"
@@ -322,6 +322,7 @@ CHILD = textwrap.dedent(r"""
         with open("/proc/self/status") as lines:
             return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field))
 
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a decoder that allocates wildly fails here
     before = status("VmRSS")
     try:
         with VideoReader(sys.argv[1], VideoLimits(**json.loads(sys.argv[2]))) as reader:
@@ -418,6 +419,23 @@ def test_absurd_and_non_monotonic_timestamps(tmp_path):
     shuffled = np.arange(200) * 40 + np.random.default_rng(0).integers(0, 8000, size=200)
     outcome = sample_in_child(clips.repeated_packets(tmp_path / "shuffled.mkv", 200, 40, stamps=shuffled.tolist()))
     assert "frames" in outcome and outcome["decoded"] <= 200 + 64, outcome
+
+
+def _sample_all(clip: Path, limits: VideoLimits) -> list:
+    with VideoReader(clip, limits) as reader:
+        time.sleep(0.01)  # so that a deadline of 1 ms has passed by the first frame
+        return list(reader.frames(fps=1.0))
+
+
+def test_the_decoding_caps(clip):
+    """Decoded frames, decoding time and frame size are bounded whatever the clip claims: typed errors."""
+    with pytest.raises(VideoTooLargeError, match="more than 3 decoded frames"):
+        _sample_all(clip, VideoLimits(max_decoded_frames=3))
+    with pytest.raises(VideoTooLargeError, match="longer than 0.001 s"):
+        _sample_all(clip, VideoLimits(max_decode_seconds=0.001))
+    small = clips.write_clip(clip.with_name("small.mp4"), lambda i: np.zeros((240, 320, 3), np.uint8), 5)
+    with pytest.raises(VideoTooLargeError, match="320x240 = 76,800 pixels"):
+        VideoReader(small, VideoLimits(max_frame_pixels=320 * 240 - 1))
 
 
 def test_no_video_to_sample(clip, tmp_path, detector):

@@ -49,6 +49,7 @@ CODECS = {  # name -> (encoder, container format, file suffix, encoder options, 
     "vp9-webm": ("libvpx-vp9", "webm", ".webm", {"deadline": "realtime", "cpu-used": "8"}, "yuv420p"),
     "mjpeg-avi": ("mjpeg", "avi", ".avi", {}, "yuvj420p"),
     "mpeg4-mkv": ("mpeg4", "matroska", ".mkv", {"qscale": "3"}, "yuv420p"),
+    "h264-ts": ("libx264", "mpegts", ".ts", {"preset": "ultrafast"}, "yuv420p"),
 }
 
 
