@@ -7,6 +7,7 @@ darkened at known seconds, which the vit fixtures call Fake (their verdict follo
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -623,3 +624,20 @@ def detector_label(app, data: bytes) -> str:
     import io
 
     return app.state.detector.predict(io.BytesIO(data)).label
+
+
+def test_serve_video_flags_accept_exactly_what_the_video_settings_accept():
+    pytest.importorskip("fastapi")
+    from fastvit_detect.cli import build_parser, video_serve_settings
+
+    args = build_parser().parse_args(["serve", "--model", "m", "--max-video-mb", "10", "--max-video-seconds", "30",
+                                      "--max-video-frames", "20"])
+    settings = video_serve_settings(args)
+    assert (settings.max_upload_bytes, settings.max_duration, settings.max_frames) == (10 * 2**20, 30.0, 20)
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    for flag in ("--max-video-mb", "--max-video-seconds", "--max-video-frames"):
+        action = next(action for action in commands.choices["serve"]._actions if flag in action.option_strings)
+        low, high = action.type.bounds
+        for value in (low, high) if getattr(action.type, "low_inclusive", True) else (high,):
+            video_serve_settings(parser.parse_args(["serve", "--model", "m", flag, str(value)]))

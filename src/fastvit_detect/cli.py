@@ -295,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds an explanation's pass waits for queued predictions before it runs anyway "
                             "(default 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    videos = serve.add_argument_group("videos (POST /api/v1/video; needs the video extra)")
+    videos.add_argument("--max-video-mb", type=upload_megabytes_type, default=256, metavar="MB",
+                        help="largest video upload, in MiB (default 256)")
+    videos.add_argument("--max-video-seconds", type=finite_number(0.001, 86_400), default=300.0, metavar="S",
+                        help="longest video, in seconds of content (default 300)")
+    videos.add_argument("--max-video-frames", type=whole_number(1, MAX_MAX_FRAMES), default=300, metavar="N",
+                        help="most frames a request may have sampled (default 300)")
     serve.set_defaults(handler=run_serve)
 
     # Listed here for --help; main() hands its arguments to the build package's parser (run_export).
@@ -853,13 +860,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = serve_settings(args)
+        video_serve_settings(args)  # its ranges are the flags', checked before the model loads
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     sock = server.bind_socket(args.host, args.port)  # before the model loads: a bad address fails at once
     try:
         detector = load_detector(args)
-        server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level, sock=sock)
+        server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level, sock=sock,
+                     video_settings=video_serve_settings(args))
     finally:
         sock.close()
     return EXIT_OK
@@ -877,6 +886,14 @@ def serve_settings(args: argparse.Namespace) -> Any:
         explain_queue=args.explain_queue, explain_max_passes=args.explain_max_passes,
         explain_yield_s=args.explain_yield, formats=args.formats,
         **({"decode_workers": args.decode_workers} if args.decode_workers else {}))
+
+
+def video_serve_settings(args: argparse.Namespace) -> Any:
+    """The VideoServeSettings that serve's video flags describe (needs the serve extra)."""
+    from .videoserve import VideoServeSettings
+
+    return VideoServeSettings(max_upload_bytes=max(1, int(args.max_video_mb * MiB)),
+                              max_duration=args.max_video_seconds, max_frames=args.max_video_frames)
 
 
 # --- info ---------------------------------------------------------------------------------------------------

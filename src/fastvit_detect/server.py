@@ -1208,11 +1208,12 @@ def serve(
     settings: ServeSettings | None = None,
     log_level: str = "info",
     sock: socket.socket | None = None,
+    video_settings: VideoServeSettings | None = None,
 ) -> None:
     """Serve a loaded detector with uvicorn until interrupted; on ``sock`` when given (see bind_socket)."""
     settings = settings or ServeSettings()
     sock = sock or bind_socket(host, port)
-    app = create_app(detector, settings)
+    app = create_app(detector, settings, video_settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The effective decode budget, not its "None: 1.5 x max_pixels" default: the operator reads figures here.
     log.info("serving %s (variant %s on %s, labels %s) with %s", public_model_name(detector), detector.variant.name,
