@@ -150,6 +150,21 @@ def test_frames_without_a_face_are_classified_whole(detector, tmp_path):
     assert {track.kind for track in result.tracks} == {"face", "frame"}
 
 
+def test_two_faces_make_two_tracks_and_the_fake_one_decides(detector, tmp_path):
+    """The left face is fake from 2 to 4 s, the right one never: two tracks, each followed through every frame,
+    the left one's verdict Fake and deciding the clip, the right one's Real."""
+    real, fake = clips.two_faces_scene(False), clips.two_faces_scene(True)
+    path = clips.write_clip(tmp_path / "two.mp4", lambda i: fake if 20 <= i < 40 else real, 60)
+    result = detector.predict_video(path)
+    assert len(result.tracks) == 2 and all(len(track.times) == 6 for track in result.tracks)
+    left, right = sorted(result.tracks, key=lambda track: track.boxes[0][0])
+    assert all(box[2] < 400 for box in left.boxes) and all(box[0] > 400 for box in right.boxes)
+    assert left.verdict.label == "Fake" and right.verdict.label == "Real"
+    assert result.decisive == left.id and result.prediction.label == "Fake"
+    assert [when for when, p in zip(left.times, left.fake_probabilities) if p >= 0.5] == [2.0, 3.0]
+    assert max(right.fake_probabilities) < 0.5
+
+
 # --- sampling: by time, decoding only what it needs ----------------------------------------------------------
 
 

@@ -38,6 +38,17 @@ def face_scene(dark: bool) -> np.ndarray:
     return np.asarray(scene)
 
 
+def two_faces_scene(dark: bool) -> np.ndarray:
+    """800x450: the astronaut's face on the left (darkened: the fixtures say Fake) and Grace Hopper's, brightened
+    (Real), on the right."""
+    scene = _photo("rocket.jpg").resize((800, 450), Image.Resampling.BILINEAR)
+    face = _photo("astronaut.png").crop(ASTRONAUT_FACE)
+    other = _photo("grace_hopper.jpg").crop((140, 80, 390, 380)).resize((150, 180), Image.Resampling.LANCZOS)
+    scene.paste(ImageEnhance.Brightness(face).enhance(0.35) if dark else face, (60, 90))
+    scene.paste(ImageEnhance.Brightness(other).enhance(1.8), (520, 120))
+    return np.asarray(scene)
+
+
 def plain_scene(dark: bool) -> np.ndarray:
     """A faceless frame, dark (Fake as a whole frame) or bright (Real)."""
     scene = _photo("rocket.jpg").resize(SCENE_SIZE, Image.Resampling.BILINEAR)
