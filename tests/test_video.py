@@ -410,6 +410,15 @@ def test_a_header_claiming_days_costs_what_the_clip_holds(detector, clip, tmp_pa
     assert detector.predict_video(liar).suspicious_ranges() == [(3.0, 5.0)]
 
 
+def test_sample_tables_claiming_millions_are_refused_before_ffmpeg_indexes_them(clip, tmp_path):
+    """134 KB whose tables claim 50 million samples: FFmpeg alone took 3.4 GiB and 5 s of CPU to open it."""
+    bomb = tmp_path / "bomb.mp4"
+    bomb.write_bytes(clips.sample_table_bomb(clip.read_bytes(), 50_000_000))
+    outcome = sample_in_child(bomb)
+    assert outcome["error"] == "VideoTooLargeError" and "sample tables claim 50,000,000" in outcome["message"]
+    assert outcome["cpu"] < 5 and outcome["rss_mib"] < 100, outcome
+
+
 def test_8k_is_refused_from_the_header(tmp_path):
     path = clips.write_clip(tmp_path / "8k.avi", lambda i: np.zeros((4320, 7680, 3), np.uint8), 1, codec="mjpeg-avi")
     outcome = sample_in_child(path)

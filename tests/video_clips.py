@@ -168,6 +168,25 @@ def claim_duration(data: bytes, seconds: int) -> bytes:
     return bytes(patched)
 
 
+def sample_table_bomb(data: bytes, samples: int) -> bytes:
+    """An MP4 (from ``data``, a one-chunk-table clip of ours) whose tables claim ``samples`` samples of one byte:
+    FFmpeg builds an index entry for each when it opens the file (3.4 GiB for 50 million)."""
+    patched = bytearray(data)
+
+    def box(name: bytes) -> int:
+        at = patched.find(name)
+        assert at > 0, name
+        return at - 4
+
+    stsz, stsc, stts = box(b"stsz"), box(b"stsc"), box(b"stts")
+    patched[stsz + 12:stsz + 20] = struct.pack(">II", 1, samples)  # constant sample size 1, sample count
+    for entry in range(struct.unpack(">I", patched[stsc + 12:stsc + 16])[0]):
+        at = stsc + 16 + 12 * entry + 4
+        patched[at:at + 4] = struct.pack(">I", samples)  # samples per chunk
+    patched[stts + 16:stts + 20] = struct.pack(">I", samples)  # the first run of durations
+    return bytes(patched)
+
+
 def image_bytes(name: str = "astronaut.png", fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     _photo(name).save(buffer, format=fmt)

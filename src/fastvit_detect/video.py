@@ -20,9 +20,11 @@ How a clip is sampled (:class:`VideoReader`):
    with a keyframe every second decodes about one frame per sample; one with rare keyframes decodes forward, never
    more than it would to decode every frame once, and skips the frames no other frame refers to (most B-frames):
    a sample is a reference frame.
-4. **Bounded.** Each sample may decode at most the packets between its starting point and its window's end (plus
-   :data:`REORDER_SLACK`); the clip at most ``max_decoded_frames`` frames and ``max_decode_seconds`` seconds. Frames
-   over ``max_frame_pixels`` are refused from the stream's header and again from each decoded frame.
+4. **Bounded.** An MP4's sample tables may claim at most ``4 x max_packets`` samples (counted over its boxes
+   before FFmpeg indexes them). Each sample may decode at most the packets between its starting point and its
+   window's end (plus :data:`REORDER_SLACK`); the clip at most ``max_decoded_frames`` frames and
+   ``max_decode_seconds`` seconds. Frames over ``max_frame_pixels`` are refused from the stream's header and again
+   from each decoded frame.
 5. **Upright RGB, once.** Each sampled frame becomes one HxWx3 uint8 array, turned as the stream's display matrix
    says (a phone's portrait clip comes out upright).
 
@@ -228,6 +230,75 @@ def _check_size(size: int, name: str, max_bytes: int) -> None:
                                  "max_bytes to accept it)", name)
 
 
+# --- MP4/MOV sample tables: claims FFmpeg turns into memory before a packet is read ---------------------------------
+# FFmpeg's mov demuxer builds an index entry (24 bytes) per sample its tables claim, when the file is opened: a
+# 134 KB MP4 whose stsz says 50 million samples of one byte took 3.4 GiB and 5 s of CPU in av.open. So the tables'
+# sample counts (stsz, stz2, and trun in fragments) are read first, over the raw boxes, and held to a cap.
+
+_ISO_CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl", b"moof", b"traf", b"mvex", b"edts"})
+MAX_ISO_BOXES = 100_000  # top-level and nested boxes walked; a real clip has hundreds
+MAX_ISO_DEPTH = 8  # moov/trak/mdia/minf/stbl is 5 deep
+MAX_ISO_TABLE_BYTES = 64 * 1024 * 1024  # one moov or moof box: a 10-minute clip's is about 1 MB
+CLAIMED_SAMPLES_PER_PACKET = 4  # sample-table entries allowed per video packet of max_packets: audio tracks too
+
+
+def _iso_claimed_samples(handle: BinaryIO, size: int, source: str) -> int:
+    """The samples that an MP4/MOV file's sample tables (and fragments' runs) claim, from its boxes alone."""
+    counter = [0]
+
+    def count_box() -> None:
+        counter[0] += 1
+        if counter[0] > MAX_ISO_BOXES:
+            raise VideoDecodeError(f"{source}: more than {MAX_ISO_BOXES:,} MP4 boxes; not a clip", source)
+
+    def walk(payload: bytes, depth: int = 0) -> int:
+        claimed, position = 0, 0
+        while position + 8 <= len(payload):
+            box_size, kind = int.from_bytes(payload[position:position + 4], "big"), payload[position + 4:position + 8]
+            start = position + 8
+            if box_size == 1 and position + 16 <= len(payload):
+                box_size, start = int.from_bytes(payload[position + 8:position + 16], "big"), position + 16
+            elif box_size == 0:
+                box_size = len(payload) - position
+            if box_size < start - position:
+                break  # malformed: FFmpeg says what it makes of it
+            count_box()
+            body = payload[start:position + box_size]
+            if kind in _ISO_CONTAINERS and depth < MAX_ISO_DEPTH:
+                claimed += walk(body, depth + 1)
+            elif kind in (b"stsz", b"stz2") and len(body) >= 12:
+                claimed += int.from_bytes(body[8:12], "big")
+            elif kind == b"trun" and len(body) >= 8:
+                claimed += int.from_bytes(body[4:8], "big")
+            position += box_size
+        return claimed
+
+    claimed, position = 0, 0
+    while position + 8 <= size:
+        handle.seek(position)
+        header = handle.read(16)
+        if len(header) < 8:
+            break
+        box_size, kind, start = int.from_bytes(header[:4], "big"), header[4:8], 8
+        if box_size == 1 and len(header) == 16:
+            box_size, start = int.from_bytes(header[8:16], "big"), 16
+        elif box_size == 0:
+            box_size = size - position
+        if box_size < start:
+            break
+        count_box()
+        if kind in (b"moov", b"moof"):
+            length = min(box_size, size - position) - start
+            if length > MAX_ISO_TABLE_BYTES:
+                raise VideoTooLargeError(f"{source}: a {kind.decode()} box of {length:,} bytes, over the cap of "
+                                         f"{MAX_ISO_TABLE_BYTES:,}", source)
+            handle.seek(position + start)
+            claimed += walk(handle.read(length))
+        position += box_size
+    handle.seek(0)
+    return claimed
+
+
 def _refuse_other_files(url: str, flags: int, options: dict[str, Any]) -> Any:
     raise PermissionError(f"a clip may not open other files or URLs ({url!r})")
 
@@ -304,6 +375,8 @@ class VideoReader:
                 if demuxer is None:
                     raise VideoDecodeError(f"{self.source}: not a video container this runtime reads (MP4/MOV, "
                                            "Matroska/WebM, AVI, MPEG-TS), by its content", self.source)
+                if demuxer == "mov":
+                    self._check_sample_tables(handle)
                 self._container = av.open(handle, format=demuxer, io_open=_refuse_other_files,
                                           options={"probesize": "5000000", "analyzeduration": "5000000"})
         except BaseException:
@@ -317,6 +390,14 @@ class VideoReader:
         except BaseException:
             self.close()
             raise
+
+    def _check_sample_tables(self, handle: BinaryIO) -> None:
+        size = handle.seek(0, os.SEEK_END)
+        claimed = _iso_claimed_samples(handle, size, self.source)
+        allowed = CLAIMED_SAMPLES_PER_PACKET * self.limits.max_packets
+        if claimed > allowed:
+            raise VideoTooLargeError(f"{self.source}: its sample tables claim {claimed:,} samples, over the cap of "
+                                     f"{allowed:,} ({CLAIMED_SAMPLES_PER_PACKET} x max_packets)", self.source)
 
     def __enter__(self) -> VideoReader:
         return self
