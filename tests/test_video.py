@@ -665,3 +665,9 @@ def test_serve_video_flags_accept_exactly_what_the_video_settings_accept():
         low, high = action.type.bounds
         for value in (low, high) if getattr(action.type, "low_inclusive", True) else (high,):
             video_serve_settings(parser.parse_args(["serve", "--model", "m", flag, str(value)]))
+
+
+def test_scan_video_frames_is_refused_with_the_ray_engine(tmp_path, capsys):
+    code = main(["scan", str(tmp_path), "--model", str(tmp_path / "absent"), "--engine", "ray", "--video-frames",
+                 str(tmp_path / "frames.jsonl")])
+    assert code == 2 and "--video-frames needs --engine local" in capsys.readouterr().err
