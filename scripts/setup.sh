@@ -14,5 +14,5 @@ fi
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 # The openvino extra too, so CI runs the OpenVINO benchmark systems instead of skipping them: ~250 MB and a few
 # seconds of installing on top of torch's ~1.9 GB environment, and without it that code would never run in CI.
-"$VENV/bin/python" -m pip install -q -e ".[export,bench,serve,hub,ray,dev,openvino,docs]"
+"$VENV/bin/python" -m pip install -q -e ".[export,bench,serve,hub,ray,dev,openvino,docs,video]"
 PY="$VENV/bin/python"

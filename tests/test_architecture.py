@@ -94,7 +94,8 @@ def check(layers: list[str], lazy: set[tuple[str, str]], extras: dict[str, set[s
     problems = []
     for package, found in ((name, modules.get(name, [])) for name in packages):
         order = packages[package]
-        files = {item.submodule for item in found if item.submodule} | {path.stem for path in (RUNTIME / package).glob("*.py")}
+        files = ({item.submodule for item in found if item.submodule}
+                 | {path.stem for path in (RUNTIME / package).glob("*.py")})
         for submodule in sorted(files - set(order) - {"__init__"}):
             problems.append(f"{package}/{submodule}.py is not in {PAGE.name}'s {package} table: add it in its place")
         for item in found:
@@ -247,7 +248,8 @@ def test_reordering_the_page_breaks_the_check():
 
 
 def test_the_server_package_follows_its_own_table():
-    assert page_packages()["server"] == ["settings", "limits", "batching", "requests", "stages", "protocol", "app"]
+    assert page_packages()["server"] == ["settings", "limits", "batching", "requests", "stages", "video", "protocol",
+                                         "app"]
     modules = runtime_imports()
     server_files = {item.file for item in modules["server"]}
     assert {"server/app.py", "server/stages.py", "server/__init__.py"} <= server_files  # the package was read

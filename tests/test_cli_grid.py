@@ -14,12 +14,13 @@ from hostile import write_package
 from fastvit_detect.cli import main
 
 NUMERIC_OPTIONS = {
-    "predict": ["--batch-size", "--threads", "--max-pixels", "--max-image-mb"],
+    "predict": ["--batch-size", "--threads", "--max-pixels", "--max-image-mb", "--fps", "--max-frames",
+                "--max-video-seconds", "--threshold"],
     "eval": ["--batch-size", "--limit", "--threads", "--max-pixels", "--max-image-mb"],
     "scan": ["--batch-size", "--threads", "--max-pixels", "--max-image-mb"],
     "serve": ["--port", "--max-upload-mb", "--max-batch", "--max-wait-ms", "--queue-size", "--decode-workers",
               "--max-connections", "--header-timeout", "--body-timeout", "--threads", "--max-pixels",
-              "--max-image-mb"],
+              "--max-image-mb", "--max-video-mb", "--max-video-seconds", "--max-video-frames"],
 }
 BAD_NUMBERS = ["inf", "-inf", "nan", "1e300", "-1", "100000000000000000000", "abc", "", "9" * 5000]
 

@@ -64,6 +64,8 @@ from .preprocess import PreprocessConfig
 from .progress import stderr_progress
 from .scan import check_scan_target, output_format, result_record
 from .session import MAX_THREADS, physical_core_count
+from .timeline import SUSPICIOUS, has_face_detector
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_FPS, MAX_MAX_FRAMES, VideoLimits, is_video
 
 __all__ = ["EXIT_IMAGE_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "positive_int"]
 
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "deciding face's crop)")
     add_explain_arguments(predict.add_argument_group("explanations (with --explain DIR)"))
     add_face_arguments(predict.add_argument_group("faces (the package needs export --faces)"))
+    add_video_arguments(predict.add_argument_group("videos (recognised by content; needs the video extra)"))
     predict.set_defaults(handler=run_predict)
 
     explain = commands.add_parser(
@@ -230,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming FILE")
     add_face_arguments(scan.add_argument_group("faces (a record per face, then the image's; the package needs "
                                                 "export --faces)"))
+    scan.add_argument("--video-frames", metavar="FILE", default=None,
+                      help="also write one JSON line per sampled frame of each video into FILE (videos get one "
+                           "record each in the results file, sampled at 1 fps, faces first when the package has a "
+                           "face detector)")
     cluster = scan.add_argument_group("Ray (needs the ray extra)")
     cluster.add_argument("--engine", choices=("local", "ray"), default="local",
                          help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")
@@ -298,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default 1)")
     add_serve_face_arguments(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    videos = serve.add_argument_group("videos (POST /api/v1/video; needs the video extra)")
+    videos.add_argument("--max-video-mb", type=upload_megabytes_type, default=256, metavar="MB",
+                        help="largest video upload, in MiB (default 256)")
+    videos.add_argument("--max-video-seconds", type=finite_number(0.001, 86_400), default=300.0, metavar="S",
+                        help="longest video, in seconds of content (default 300)")
+    videos.add_argument("--max-video-frames", type=whole_number(1, MAX_MAX_FRAMES), default=300, metavar="N",
+                        help="most frames a request may have sampled (default 300)")
     serve.set_defaults(handler=run_serve)
 
     # Listed here for --help; main() hands its arguments to the build package's parser (run_export).
@@ -428,8 +442,27 @@ def run_predict(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.explain is None and any(getattr(args, key) is not None for key in EXPLAIN_OPTIONS):
         raise InvalidOptionError(f"{', '.join('--' + key for key in EXPLAIN_OPTIONS)} need --explain DIR")
     writer = OverlayWriter(args.explain, args) if args.explain is not None else None
+    if args.timeline is not None:
+        check_timeline_drawable()  # before seconds of loading and decoding
     detector = load_detector(args)
     note_intended_use(detector.package)
+    videos = [name for name in args.images if is_video(name)]  # by content, never by name
+    if not videos:
+        if args.timeline is not None:
+            raise InvalidOptionError("--timeline draws a video's timeline, and no video was given")
+        return predict_images(args, detector, writer, out)
+    if writer is not None:
+        raise InvalidOptionError("--explain doesn't take videos; explain a frame saved as an image instead")
+    video_code = run_predict_videos(args, detector, videos, out)
+    images = [name for name in args.images if name not in videos]
+    if not images:
+        return video_code
+    return max(video_code, predict_images(argparse.Namespace(**{**vars(args), "images": images}), detector, writer,
+                                          out))
+
+
+def predict_images(args: argparse.Namespace, detector: Detector, writer: OverlayWriter | None, out: TextIO) -> int:
+    """``predict`` on the images among its arguments (the videos, if any, are done by then)."""
     if detector.faces_first:
         return run_predict_faces(args, detector, out, writer)
     started = time.perf_counter()
@@ -534,6 +567,90 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO,
     return EXIT_IMAGE_FAILED if failed else EXIT_OK
 
 
+def add_video_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--fps", type=finite_number(0.001, MAX_FPS), default=DEFAULT_FPS,
+                        help="frames sampled per second of video (default %(default)s)")
+    parser.add_argument("--max-frames", type=whole_number(1, MAX_MAX_FRAMES), default=DEFAULT_MAX_FRAMES,
+                        metavar="N", help="at most N frames a video, spread evenly over a longer one (default "
+                                      "%(default)s)")
+    parser.add_argument("--max-video-seconds", type=finite_number(0.001, 24 * 3600), default=VideoLimits.max_duration,
+                        metavar="S", help="refuse videos longer than S seconds (default %(default)s)")
+    parser.add_argument("--timeline", metavar="PNG", default=None,
+                        help="draw each video's fake probability against time, per face track (needs matplotlib); "
+                             "several videos: PNG-1, PNG-2, ...")
+    parser.add_argument("--threshold", type=finite_number(0, 1), default=SUSPICIOUS,
+                        help="a sampled frame is suspicious at p(fake) >= this (default %(default)s)")
+
+
+def check_timeline_drawable() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("--timeline draws with matplotlib, which isn't installed: pip install matplotlib "
+                                "(--json prints the same timeline as numbers)") from exc
+
+
+def timeline_path(template: str, number: int, count: int) -> str:
+    if count == 1:
+        return template
+    path = Path(template)
+    return str(path.with_name(f"{path.stem}-{number}{path.suffix or '.png'}"))
+
+
+def run_predict_videos(args: argparse.Namespace, detector: Detector, videos: Sequence[str], out: TextIO) -> int:
+    """``predict`` on videos: each video's tracks, verdict and suspicious time ranges (``--json``: one record per
+    video, :meth:`VideoResult.to_dict`), and its timeline drawn with ``--timeline``."""
+    from .timeline import draw_timeline  # matplotlib and PyAV stay unimported for images
+
+    faces = not args.no_faces and (args.faces or has_face_detector(detector.package))
+    limits = VideoLimits(max_duration=args.max_video_seconds)
+    failed = 0
+    for number, video in enumerate(videos, start=1):
+        started = time.perf_counter()
+        progress = stderr_progress(Path(video).name[:14]) if sys.stderr.isatty() else None
+        try:
+            result = detector.predict_video(video, fps=args.fps, max_frames=args.max_frames, faces=faces,
+                                            progress=progress, limits=limits, margin=args.margin,
+                                            min_face_size=args.min_face_size, max_faces=args.max_faces)
+        except (InputError, ModelOutputError) as exc:
+            failed += 1
+            if args.json:
+                print(json.dumps({"video": video, "error": {"type": type(exc).__name__, "message": str(exc)}}),
+                      file=out)
+            else:
+                print(f"{video}  ERROR  {type(exc).__name__}: {exc}", file=out)
+            continue
+        elapsed = time.perf_counter() - started
+        ranges = result.suspicious_ranges(args.threshold)
+        if args.timeline is not None:
+            draw_timeline(result, timeline_path(args.timeline, number, len(videos)), args.threshold)
+        if args.json:
+            print(json.dumps(result.to_dict()), file=out)
+        else:
+            print_video(video, result, ranges, out)
+        print(f"{video}: {len(result.frames)} frame(s) sampled, {result.decoded_frames} decoded, in {elapsed:.1f} s "
+              f"({len(result.frames) / max(elapsed, 1e-9):.1f} frames/s)", file=sys.stderr)
+    out.flush()
+    return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def print_video(video: str, result: Any, ranges: Sequence[tuple[float, float]], out: TextIO) -> None:
+    faces = [track for track in result.tracks if track.kind == "face"]
+    print(f"{video}  video {result.duration:.1f} s, {len(result.frames)} frame(s) sampled, {len(faces)} face "
+          "track(s)", file=out)
+    for track in result.tracks:
+        name = f"face track {track.id}" if track.kind == "face" else "whole frames"
+        print(f"{video}  {name}: {len(track.times)} frame(s), {track.times[0]:.1f}-{track.times[-1]:.1f} s  "
+              f"{describe(track.verdict)}", file=out)
+    if result.prediction is None:
+        print(f"{video}  verdict: no frame could be sampled, no verdict", file=out)
+        return
+    why = f"face track {result.decisive}" if result.decided_by == "face track" else result.decided_by
+    print(f"{video}  verdict ({why}): {describe(result.prediction)}", file=out)
+    shown = ", ".join(f"{start:.1f}-{end:.1f} s" for start, end in ranges) or "none"
+    print(f"{video}  suspicious: {shown}", file=out)
+
+
 def describe(prediction: Prediction) -> str:
     fake = "" if prediction.fake_probability is None else f"  p(fake) {prediction.fake_probability:.4f}"
     return f"{prediction.label} {prediction.score:.4f}{fake}"
@@ -625,6 +742,8 @@ def run_scan(args: argparse.Namespace) -> int:
     from .scan import scan
 
     if args.engine == "ray":
+        if args.video_frames is not None:
+            raise FastVitDetectError("--video-frames needs --engine local: the Ray engine doesn't classify videos yet")
         return run_ray_scan(args)
     for option, value in (("--address", args.address), ("--actors", args.actors),
                           ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model),
@@ -636,7 +755,8 @@ def run_scan(args: argparse.Namespace) -> int:
     note_intended_use(detector.package)
     print(f"scanning {args.folder} with {detector.variant.name} into {args.output}", file=sys.stderr)
     summary = scan(detector, args.folder, args.output, batch_size=args.batch_size, fmt=args.format,
-                   overwrite=args.overwrite, progress=stderr_progress(detector.variant.name))
+                   overwrite=args.overwrite, progress=stderr_progress(detector.variant.name),
+                   video_frames=args.video_frames)
     print(summary.describe(), file=sys.stderr)
     return EXIT_IMAGE_FAILED if summary.failed else EXIT_OK
 
@@ -779,13 +899,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = serve_settings(args)
+        video_serve_settings(args)  # its ranges are the flags', checked before the model loads
     except ValueError as exc:  # out-of-range settings; model errors go to main()'s FastVitDetectError handler
         print(f"fastvit-detect serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     sock = server.bind_socket(args.host, args.port)  # before the model loads: a bad address fails at once
     try:
         detector = load_detector(args)
-        server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level, sock=sock)
+        server.serve(detector, host=args.host, port=args.port, settings=settings, log_level=args.log_level, sock=sock,
+                     video_settings=video_serve_settings(args))
     finally:
         sock.close()
     return EXIT_OK
@@ -824,6 +946,14 @@ def serve_settings(args: argparse.Namespace) -> Any:
         explain_yield_s=args.explain_yield, formats=args.formats,
         **({"decode_workers": args.decode_workers} if args.decode_workers else {}),
         **{name: getattr(args, name) for name in SERVE_FACE_SETTINGS if getattr(args, name) is not None})
+
+
+def video_serve_settings(args: argparse.Namespace) -> Any:
+    """The VideoServeSettings that serve's video flags describe (needs the serve extra)."""
+    from .server.video import VideoServeSettings
+
+    return VideoServeSettings(max_upload_bytes=max(1, int(args.max_video_mb * MiB)),
+                              max_duration=args.max_video_seconds, max_frames=args.max_video_frames)
 
 
 # --- info ---------------------------------------------------------------------------------------------------

@@ -43,11 +43,14 @@ from .package import ModelPackage, Variant
 from .pool import SessionPool, ordered_pipeline
 from .preprocess import Preprocessor
 from .session import MAX_THREADS, physical_core_count
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
     from .explain import Explanation
+    from .timeline import FrameResult, VideoResult
+    from .video import VideoInput, VideoLimits
 
 __all__ = ["Detector", "FacesResult", "ImageResult", "Prediction", "VariantChoice", "choose_variant",
            "unmet_cpu_requirement"]
@@ -697,6 +700,37 @@ class Detector:
                 assert result.prediction is not None  # "whole-image": every image gets a verdict
                 results.append(replace(result.prediction, decided_by=result.decided_by))
         return results
+
+    # --- videos (needs the video extra; see fastvit_detect.video for sampling and caps, .timeline for the rules) ----
+
+    def predict_video(self, video: VideoInput, *, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
+                      faces: bool = True, progress: Callable[[int, int], None] | None = None,
+                      limits: VideoLimits | None = None, **options: Any) -> VideoResult:
+        """Sample a clip (path, bytes or binary file) by time, find and classify the faces of each sampled frame,
+        link them into tracks and decide the clip: a :class:`fastvit_detect.timeline.VideoResult`.
+
+        ``fps``: frames sampled a second; ``max_frames``: at most this many, spread evenly over a longer clip;
+        ``faces``: find faces (False: classify whole frames; frames without a face are classified whole anyway);
+        ``progress(done, planned)``: called as frames are done; ``limits``: a
+        :class:`fastvit_detect.video.VideoLimits` (bytes, duration, resolution, packets, decoded frames, time).
+        ``options``: ``batch_size``, ``read_ahead``, ``margin``, ``min_face_size``, ``max_faces``, ``max_side``.
+        The rules (tracks, verdicts, timeline) are in :mod:`fastvit_detect.timeline`.
+        """
+        from .timeline import predict_video  # builds on this module: imported where it is used
+
+        return predict_video(self, video, fps=fps, max_frames=max_frames, faces=faces, progress=progress,
+                             limits=limits, **options)
+
+    def predict_video_iter(self, video: VideoInput, *, fps: float = DEFAULT_FPS,
+                           max_frames: int = DEFAULT_MAX_FRAMES, faces: bool = True,
+                           progress: Callable[[int, int], None] | None = None, limits: VideoLimits | None = None,
+                           **options: Any) -> Iterator[FrameResult]:
+        """:meth:`predict_video`'s frames one by one (:class:`fastvit_detect.timeline.FrameResult`, in time order,
+        each with its faces' track ids), for clips too long to hold; the clip is opened and indexed at the call."""
+        from .timeline import iter_video
+
+        return iter_video(self, video, fps=fps, max_frames=max_frames, faces=faces, progress=progress,
+                          limits=limits, **options)
 
 
 def _call_groups(sizes: Sequence[int], call_size: int | None) -> list[list[int]]:

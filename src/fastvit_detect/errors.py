@@ -43,6 +43,24 @@ class UnsupportedInputError(InputError):
     """An input of a type, shape or dtype the detector doesn't accept."""
 
 
+# --- videos: an input too, so a handler of bad images handles bad clips (a server's 413/422 included) -----------
+
+
+class VideoDecodeError(ImageDecodeError):
+    """Bytes that aren't a video this runtime decodes: an unknown or refused container, truncated or corrupt data,
+    timestamps that can't be sampled."""
+
+
+class NoVideoStreamError(VideoDecodeError):
+    """A container without a video stream to sample: audio only (cover art doesn't count), no streams at all, or
+    only an attachment (a container nested in a container)."""
+
+
+class VideoTooLargeError(ImageTooLargeError):
+    """A video over a cap of :class:`fastvit_detect.video.VideoLimits`: bytes, duration (measured from its packets,
+    not its header), frame resolution, packets, decoded frames or decoding time."""
+
+
 # --- model packages -----------------------------------------------------------------------------------------
 
 

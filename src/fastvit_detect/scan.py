@@ -34,6 +34,7 @@ from .detector import Detector, FacesResult, ImageResult, Prediction
 from .errors import FastVitDetectError
 from .media import find_images
 from .progress import Progress
+from .video import find_videos, is_video
 
 FORMATS = ("jsonl", "csv")  # this engine's; the Ray engine also writes Parquet
 CSV_ERRORS = "surrogateescape"  # names that aren't UTF-8 keep their bytes: see the module docstring
@@ -338,19 +339,28 @@ def scan(
     fmt: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    video_frames: str | os.PathLike[str] | None = None,
 ) -> ScanSummary:
     """Classify the images under ``root`` not yet in ``output``, appending a record per image, and with a
-    detector that decides by faces (:attr:`Detector.faces_first`) a record per face before it."""
+    detector that decides by faces (:attr:`Detector.faces_first`) a record per face before it.
+
+    Videos (files :func:`~fastvit_detect.video.find_videos` finds, and image-named files whose content is a video)
+    get one record each, after the images: the clip's verdict as :meth:`Detector.predict_video` gives it, with
+    ``video``, ``duration``, ``sampled_frames`` and ``suspicious_ranges`` (JSON lines; CSV keeps the common
+    columns). ``video_frames``: a JSON-lines file that gets one line per sampled frame too (appended)."""
     folder = Path(root)
     check_scan_target(folder, output, fmt)
     faces = detector.faces_first
     summary = ScanSummary(faces=0 if faces else None)
     started = time.perf_counter()
     with ScanOutput(Path(output), detector.labels, fmt, overwrite, faces=faces) as writer:
-        images = find_images(folder)
+        images = sorted({*find_images(folder), *find_videos(folder)})
         summary.found = len(images)
         todo = [path for path in images if _identity(path) not in writer.done]
         summary.already_done = summary.found - len(todo)
+        videos = [path for path in todo if is_video(path)]
+        if videos:
+            todo = [path for path in todo if path not in set(videos)]
         started = time.perf_counter()
         results: Generator[Any, None, None] = (
             detector.predict_faces_iter(todo, batch_size=batch_size, errors="return") if faces
@@ -368,4 +378,44 @@ def scan(
         finally:
             results.close()  # stops the decoding thread at once on Ctrl-C or a write error
             summary.seconds = time.perf_counter() - started
+        if videos:
+            _scan_videos(detector, videos, writer, summary, video_frames)
+            summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _scan_videos(detector: Detector, videos: Sequence[Path], writer: ScanOutput, summary: ScanSummary,
+                 frames_file: str | os.PathLike[str] | None) -> None:
+    """One record per video (flushed as it is written, so a resumed scan skips it), and its frames' lines."""
+    from .errors import InputError, ModelOutputError
+    from .timeline import has_face_detector
+
+    faces = has_face_detector(detector.package)
+    frames = open(frames_file, "a", encoding="utf-8") if frames_file is not None else None  # noqa: SIM115
+    try:
+        for path in videos:
+            try:
+                result = detector.predict_video(path, faces=faces)
+            except (InputError, ModelOutputError) as exc:
+                writer.write(str(path), exc)
+                summary.failed += 1
+            else:
+                assert result.prediction is not None or not result.frames
+                if result.prediction is None:
+                    writer.write_record({"image": str(path), "video": True, "label": None, "score": None,
+                                         "fake_probability": None, "probabilities": {}, "sampled_frames": 0})
+                else:
+                    summary.classified += 1
+                    summary.labels[result.prediction.label] += 1
+                    writer.write_record({**result_record(str(path), result.prediction), "video": True,
+                                         "decided_by": result.decided_by, "duration": result.duration,
+                                         "sampled_frames": len(result.frames),
+                                         "suspicious_ranges": [list(span) for span in result.suspicious_ranges()]})
+                if frames is not None:
+                    for frame in result.frames:
+                        frames.write(json.dumps({"video": str(path), **frame.to_dict()}) + "\n")
+                    frames.flush()
+            writer.flush()
+    finally:
+        if frames is not None:
+            frames.close()

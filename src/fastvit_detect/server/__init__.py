@@ -31,8 +31,9 @@ out: headers must arrive within ``header_timeout_s``, the body within ``body_tim
 
 The package's modules hold one idea each and import only those before them (docs/architecture.md):
 ``settings`` (:class:`ServeSettings`), ``limits`` (the pixel budget, the decode watch), ``batching`` (the model
-threads), ``requests`` (reading requests, query parameters, answers), ``stages`` (decode, explain, faces),
-``protocol`` (h11 deadlines, the socket) and ``app`` (the FastAPI application and :func:`serve`).
+threads), ``requests`` (reading requests, query parameters, answers), ``stages`` (decode, explain, faces), ``video``
+(``POST /api/v1/video``'s stage and route), ``protocol`` (h11 deadlines, the socket) and ``app`` (the FastAPI
+application and :func:`serve`).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ from .stages import (  # noqa: E402
     lower_thread_priority,
     model_result,
 )
+from .video import VideoServeSettings, VideoStage, add_video_route  # noqa: E402
 
 __all__ = [
     "ERROR_DOCS",
@@ -167,6 +169,9 @@ __all__ = [
     "PixelBudget",
     "ServeSettings",
     "TimedH11Protocol",
+    "VideoServeSettings",
+    "VideoStage",
+    "add_video_route",
     "bind_socket",
     "bounded_face_crop",
     "check_range",

@@ -54,6 +54,7 @@ from .requests import (
 )
 from .settings import ServeSettings
 from .stages import DecodedImage, DecodeStage, ExplainStage, FaceStage, classify_decoded, model_result
+from .video import VideoServeSettings, VideoStage, add_video_route
 
 log = logging.getLogger("fastvit_detect.server")
 
@@ -65,8 +66,10 @@ STATIC_PACKAGE = ("fastvit_detect", "static")
 PAGE_SECURITY_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'"
 
 
-def create_app(detector: Detector, settings: ServeSettings | None = None) -> FastAPI:
-    """The ASGI app over a loaded detector. Its decode pool and model thread start now and stop with the app."""
+def create_app(detector: Detector, settings: ServeSettings | None = None,
+               video_settings: VideoServeSettings | None = None) -> FastAPI:
+    """The ASGI app over a loaded detector. Its decode pool and model thread start now and stop with the app.
+    ``video_settings``: the limits of ``POST /api/v1/video`` (:mod:`fastvit_detect.server.video`)."""
     settings = settings or ServeSettings()
     detector.pool  # noqa: B018 - the layout's sessions open now, not during the first request
     decoder = DecodeStage(detector, settings)
@@ -80,6 +83,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         raise RuntimeError("fastvit_detect/static/index.html is missing: the package was installed without its data")
 
     explainer = ExplainStage(detector, settings, decoder, batcher)
+    videos = VideoStage(detector, video_settings)
     faces = FaceStage(detector, settings, decoder, batcher)
 
     async def lifespan(_app: FastAPI):
@@ -88,11 +92,13 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         decoder.close()
         explainer.close()
         faces.close()
+        videos.close()
 
     app = FastAPI(title="fastvit-detect", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Torch-free deepfake detection with ONNX Vision Transformers.")
     app.state.detector, app.state.batcher, app.state.decoder, app.state.settings = detector, batcher, decoder, settings
     app.state.explainer, app.state.faces = explainer, faces
+    app.state.videos = videos
     app.mount("/static", static, name="static")
 
     @app.exception_handler(Exception)
@@ -223,6 +229,8 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
         explanation, heatmap = await explainer.explain(uploads[0], method, target, options)
         return JSONResponse(explanation_body(explanation, heatmap, model, 1000 * (time.perf_counter() - started)))
 
+    add_video_route(app, videos, settings, model)
+
     @get_and_head("/healthz", summary="Liveness, and the model thread's and decode threads' counters")
     async def healthz() -> JSONResponse:
         alive = batcher.healthy
@@ -268,11 +276,12 @@ def serve(
     settings: ServeSettings | None = None,
     log_level: str = "info",
     sock: socket.socket | None = None,
+    video_settings: VideoServeSettings | None = None,
 ) -> None:
     """Serve a loaded detector with uvicorn until interrupted; on ``sock`` when given (see bind_socket)."""
     settings = settings or ServeSettings()
     sock = sock or bind_socket(host, port)
-    app = create_app(detector, settings)
+    app = create_app(detector, settings, video_settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The effective decode budget, not its "None: 1.5 x max_pixels" default: the operator reads figures here.
     log.info("serving %s (variant %s on %s, labels %s) with %s", public_model_name(detector), detector.variant.name,
