@@ -556,6 +556,25 @@ def test_scan_gives_each_video_one_record_and_its_frames_a_line_each(detector, c
     assert len(results.read_text().splitlines()) == 3 and "2 already in the output" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("output", ["results.jsonl", "results.csv"])
+def test_a_faces_scan_with_videos_resumes(detector, clip, tmp_path, output):
+    """A faces scan writes a record per face, then the image's, and a video's record after them; the video's
+    ``decided_by`` (how its clip was decided) must not make the resume take the file for another kind of scan."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(clip.read_bytes())
+    (folder / "photo.png").write_bytes(clips.image_bytes())
+    results = tmp_path / output
+    argv = ["scan", str(folder), "--model", str(detector.package.root), "--variant", "fp32", "-o", str(results),
+            "--faces"]
+    assert main(argv) == 0
+    written = results.read_text()
+    assert "clip.mp4" in written and "photo.png" in written
+    assert main(argv) == 0  # resumed: nothing left, nothing refused
+    assert results.read_text() == written
+    assert main([*argv[:-1], "--no-faces"]) == 2  # a plain scan into a faces scan's file is still refused
+
+
 # --- POST /api/v1/video -------------------------------------------------------------------------------------------
 
 

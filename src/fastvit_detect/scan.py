@@ -187,7 +187,9 @@ class ScanOutput:
                         raise FastVitDetectError(
                             f"{self.path}:{number}: not a scan record; pass --overwrite to start afresh"
                         )
-                    if "error" not in record and (FACE_KEY in record or "decided_by" in record) != self.faces:
+                    # a video's record says how its clip was decided too: it tells nothing of a faces scan
+                    if ("error" not in record and not record.get("video")
+                            and (FACE_KEY in record or "decided_by" in record) != self.faces):
                         raise FastVitDetectError(
                             f"{self.path}:{number}: a record of a scan {'without' if self.faces else 'with'} faces; "
                             f"resume it {'without' if self.faces else 'with'} faces (--no-faces / --faces), or write "
