@@ -23,9 +23,9 @@ from test_server import call  # requests through httpx's ASGI transport
 from fastvit_detect import Detector
 from fastvit_detect.build import samples
 from fastvit_detect.detector import FacesResult, Prediction
-from fastvit_detect.faces import Face, face_crop
+from fastvit_detect.faces import MAX_CROP_SIDE, Face, bounded_face_crop, face_crop
 from fastvit_detect.package import MANIFEST_FILE
-from fastvit_detect.server import MAX_CROP_SIDE, ServeSettings, bounded_face_crop, create_app
+from fastvit_detect.server import ServeSettings, create_app
 
 ASTRONAUT_FACE = (150, 30, 300, 210)  # as tests/test_faces.py: a patch around the astronaut's face
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import math
 import os
 import platform
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from PIL import Image
@@ -36,10 +35,9 @@ from ..explain import (
 from ..faces import (
     DEFAULT_MARGIN,
     DEFAULT_MIN_FACE_SIZE,
-    Face,
     FaceOptions,
+    bounded_face_crop,
     expects_faces,
-    face_crop,
 )
 from ..media import (
     OpenedImage,
@@ -254,23 +252,6 @@ class ExplainStage:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-MAX_CROP_SIDE = 4096  # a face crop larger than this is cut from a reduced copy: see bounded_face_crop
-
-
-def bounded_face_crop(picture: Any, face: Face, margin: float, limit: int = MAX_CROP_SIDE) -> Any:
-    """:func:`~fastvit_detect.faces.face_crop`, with memory bounded whatever the box and margin: a crop whose
-    side would pass ``limit`` px (a close-up face in a 40 MP photo with margin 4 is a 30,000 px square, 2.7 GB)
-    is cut from a copy reduced by a whole factor, to at most ``limit`` px a side; below it, exactly face_crop.
-    The classifier sees 224 px either way."""
-    x0, y0, x1, y1 = face.box
-    side = (1 + margin) * max(x1 - x0, y1 - y0)
-    factor = math.ceil(side / limit) if math.isfinite(side) else 1  # face_crop refuses a box that isn't finite
-    if factor <= 1:
-        return face_crop(picture, face, margin)
-    reduced = picture.reduce(factor)
-    scale_x, scale_y = reduced.width / picture.width, reduced.height / picture.height
-    shrunk = replace(face, box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y), landmarks=None)
-    return face_crop(reduced, shrunk, margin)
 
 
 class FaceStage:
