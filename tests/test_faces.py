@@ -420,6 +420,29 @@ def test_the_manifest_vouches_for_the_face_files(faces_package):
     assert "expects_faces" not in manifest
 
 
+def test_the_face_graphs_hold_no_prelu(faces_package):
+    """The nets' PReLUs are exported as a * x + (1 - a) * relu(x) (build/faces.py's MixedPReLU): onnxruntime's PRelu
+    kernel was the costliest op of the P- and R-net. The fidelity tests above hold the rewrite to the reference."""
+    onnx = pytest.importorskip("onnx")
+    for name in FACE_FILES.values():
+        operators = {node.op_type for node in onnx.load(str(faces_package / name)).graph.node}
+        assert "PRelu" not in operators and "Relu" in operators, (name, operators)
+
+
+def test_area_sampler_sums_stay_exact_past_int32():
+    """Byte pixels are summed in int32 while the image's total fits, in int64 beyond: a bright image whose sum
+    passes 2**31 still averages to its pixel value, never to a wrapped-around negative number."""
+    from fastvit_detect.faces import AreaSampler
+
+    pixels = np.full((8500, 1000, 1), 255, dtype=np.uint8)  # 2.17e9 > 2**31 - 1
+    sampler = AreaSampler(pixels)
+    assert (sampler.resize(17, 2) == 255).all()
+    assert (sampler.crops(np.array([[0, 0, 1000, 8500], [10, 20, 30, 40]]), 3, 3) == 255).all()
+    small = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
+    assert AreaSampler(small).sums.dtype == np.int32
+    np.testing.assert_array_equal(AreaSampler(small).resize(3, 2), AreaSampler(small.astype(np.float32)).resize(3, 2))
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=np.float32)
     assert nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5).tolist() == [1, 2]
