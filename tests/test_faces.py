@@ -429,6 +429,32 @@ def test_the_face_graphs_hold_no_prelu(faces_package):
         assert "PRelu" not in operators and "Relu" in operators, (name, operators)
 
 
+def test_the_pooled_prelu_is_pool_of_prelu():
+    """The P-net's first layer is exported as conv -> max pool -> PReLU (the window's minimum pooled too for
+    negative slopes): on random weights with slopes of both signs, odd sizes (ceil-mode windows at the edges) and
+    values of both signs, the same numbers as conv -> PReLU -> max pool, to a rounding."""
+    torch = pytest.importorskip("torch")
+    from fastvit_detect.build.faces import PooledPReLU, sigmoid_head
+
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 10, 3)
+    torch.nn.init.normal_(conv.weight, generator=generator)
+    prelu = torch.nn.PReLU(10)
+    prelu.weight.data = torch.linspace(-1.3, 1.1, 10)[torch.randperm(10, generator=generator)]
+    pool = torch.nn.MaxPool2d(2, 2, ceil_mode=True)
+    x = torch.randn(2, 3, 31, 24, generator=generator)
+    with torch.no_grad():
+        expected = pool(prelu(conv(x)))
+        actual = PooledPReLU(conv, prelu.weight, pool)(x)
+        assert actual.shape == expected.shape
+        assert float((actual - expected).abs().max()) < 1e-5
+        logits = conv(x)[:, :2]
+        head_conv = torch.nn.Conv2d(3, 2, 3)
+        head_conv.load_state_dict({"weight": conv.weight[:2], "bias": conv.bias[:2]})
+        head = sigmoid_head(head_conv)
+        assert float((torch.sigmoid(head(x)) - torch.softmax(logits, 1)).abs().max()) < 1e-6
+
+
 def test_area_sampler_sums_stay_exact_past_int32():
     """Byte pixels are summed in int32 while the image's total fits, in int64 beyond: a bright image whose sum
     passes 2**31 still averages to its pixel value, never to a wrapped-around negative number."""
