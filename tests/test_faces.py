@@ -455,6 +455,26 @@ def test_the_pooled_prelu_is_pool_of_prelu():
         assert float((torch.sigmoid(head(x)) - torch.softmax(logits, 1)).abs().max()) < 1e-6
 
 
+def test_the_face_sessions_do_not_spin(faces_package, monkeypatch):
+    """The face nets' onnxruntime pools sleep between calls instead of spin-waiting, which burned the cores the
+    numpy stages and the classifier need (faces.py says what was measured); threads as asked."""
+    import onnxruntime
+
+    seen = []
+    real = onnxruntime.InferenceSession
+
+    def recording(path, options=None, **kwargs):
+        seen.append(options)
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    FaceDetector.open({net: faces_package / name for net, name in FACE_FILES.items()}, threads=2)
+    assert len(seen) == 3
+    for options in seen:
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == 2
+
+
 def test_area_sampler_sums_stay_exact_past_int32():
     """Byte pixels are summed in int32 while the image's total fits, in int64 beyond: a bright image whose sum
     passes 2**31 still averages to its pixel value, never to a wrapped-around negative number."""
