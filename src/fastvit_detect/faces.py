@@ -260,9 +260,10 @@ class AreaSampler:
 
     One summed-area table serves every pyramid level and every crop, so each resize costs four lookups per output
     pixel, whatever the size of the rectangle it averages. The table is exact: integers for byte pixels (int32
-    while the image's total fits, as any detection copy's does; the sums of a 1 MP image in float64 took twice as
-    long), float64 for float pixels; so each output equals the bin's exact mean, as torch's pooling gives it. It is
-    planar (channels first), so levels and crops come out in the nets' NCHW order without a transpose.
+    while the image's total fits, as any detection copy's does), float64 for float pixels; so each output equals
+    the bin's exact mean, as torch's pooling gives it. It is planar (channels first), so levels and crops come out
+    in the nets' NCHW order without a transpose. (A 1 MP photo's table took 37 ms of CPU in float64 from a float32
+    copy of the pixels, 12 ms so.)
     """
 
     def __init__(self, pixels: np.ndarray) -> None:
