@@ -44,8 +44,9 @@ ASPECT = (4, 3)
 # 139 px on the 1 MP photo; 40 to 192 px on the 12 MP photo's 1600 px detection copy).
 LAYOUT = ((0.05, 0.10, 0.025), (0.22, 0.08, 0.06), (0.42, 0.35, 0.12), (0.68, 0.12, 0.08), (0.12, 0.55, 0.045),
           (0.80, 0.55, 0.035))
-# The photos' face patches: (file, patch box in its photo, the face's width inside the patch) (the reference's box).
-FACE_PATCHES = (("astronaut.png", (150, 30, 300, 210), 87), ("grace_hopper.jpg", (140, 80, 390, 380), 182))
+# The photos' face patches: (file, patch box in its photo, the face's box inside the patch: the reference's box).
+FACE_PATCHES = (("astronaut.png", (150, 30, 300, 210), (31, 32, 118, 142)),
+                ("grace_hopper.jpg", (140, 80, 390, 380), (34, 40, 216, 261)))
 BACKGROUND = "rocket.jpg"
 
 
@@ -104,7 +105,7 @@ def group_photo(megapixels: float, directory: Path) -> Path:
         return path
     directory.mkdir(parents=True, exist_ok=True)
     scene = _photo(BACKGROUND).resize((width, height), Image.Resampling.BICUBIC)
-    patches = [(_photo(name).crop(box), face_width) for name, box, face_width in FACE_PATCHES]
+    patches = [(_photo(name).crop(box), face_box[2] - face_box[0]) for name, box, face_box in FACE_PATCHES]
     for index, (x, y, face) in enumerate(LAYOUT):
         patch, face_width = patches[index % len(patches)]
         scale = face * width / face_width
@@ -115,6 +116,20 @@ def group_photo(megapixels: float, directory: Path) -> Path:
     scene.save(partial, format="JPEG", quality=90)
     partial.rename(path)
     return path
+
+
+def group_faces(path: Path) -> list[tuple[float, float, float, float]]:
+    """Where :func:`group_photo` pasted each face (the reference detector's box, scaled), in the photo's pixels."""
+    with Image.open(path) as image:
+        width, height = image.size
+    boxes = []
+    for index, (x, y, face) in enumerate(LAYOUT):
+        face_box = FACE_PATCHES[index % len(FACE_PATCHES)][2]
+        scale = face * width / (face_box[2] - face_box[0])
+        left, top = round(x * width), round(y * height)
+        boxes.append((left + face_box[0] * scale, top + face_box[1] * scale, left + face_box[2] * scale,
+                      top + face_box[3] * scale))
+    return boxes
 
 
 def face_wheel(cache: Path, given: Path | None) -> Path:
