@@ -29,6 +29,7 @@ from . import artifacts as artifacts_module
 from . import (
     coldstart,
     compute,
+    faces,
     footprint,
     images,
     machine,
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-mp", type=lambda text: tuple(float(v) for v in text.split(",") if v), help=hidden)
     parser.add_argument("--coldstart-repeats", type=int, help=hidden)
     parser.add_argument("--no-compile", action="store_true", help=hidden)
+    parser.add_argument("--faces-wheel", type=Path, help=hidden)  # facenet-pytorch's wheel, instead of pip download
     return refuse_empty_text(parser)
 
 
@@ -284,6 +286,24 @@ def phase_throughput(run: Run, plan: Plan, pool: list[Path], thread_counts: list
                         samples_ms=[round(1000 * value, 3) for value in seconds],
                         **ratio_fields(result.samples, system.key, run.baseline))
             skip_inactive(run, "throughput", batch_size=batch_size, threads=threads)
+
+
+def phase_faces(run: Run, plan: Plan, package: Path, cache: Path, wheel: Path | None, threads: int) -> None:
+    """Issue 23's faces row (benchmarks/faces.py): detection on 1 and 12 MP group photos in turns with the int8
+    model call, and images/s of predict_faces; skipped with the reason where the face detector can't be built."""
+    system = next(s for s in run.systems if s.name == "fastvit-detect" and s.variant == "int8")
+    log(f"faces: detection against the int8 model call, {plan.model_rounds} round(s), {threads} threads")
+    try:
+        rows = faces.measure_faces(package, cache, plan.model_rounds, threads, wheel)
+    except faces.FacesUnavailable as exc:
+        run.skip_row("faces_detection", system, str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - the other figures stand without this one
+        run.skip_row("faces_detection", system, f"failed: {type(exc).__name__}: {exc}")
+        log(f"  faces failed: {type(exc).__name__}: {exc}")
+        return
+    for row in rows:
+        run.row(row.pop("figure"), system, **row)
 
 
 def phase_coldstart(run: Run, plan: Plan, image: Path) -> None:
@@ -503,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     phase("model-only latency", phase_model_only, run, plan, image_set.throughput[0], cores)
     phase("throughput", phase_throughput, run, plan, image_set.throughput, thread_counts)
     set_threads(run, cores)
+    phase("faces", phase_faces, run, plan, built.package, cache, args.faces_wheel, cores)
     phase("cold start", phase_coldstart, run, plan, coldstart.image_for_coldstart(image_set.throughput))
     phase_footprint(run)
     phase_compute(run, macs, peak, cores)

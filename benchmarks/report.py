@@ -154,6 +154,41 @@ def auto_targets(results: dict[str, Any]) -> str:
             "faster.\n\n" + _table(["figure", "against", "auto", "it", "auto vs it"], lines))
 
 
+def faces(results: dict[str, Any]) -> str:
+    """Issue 23's faces row: detection on the group photos against the int8 model call, and images/s with faces."""
+    detection, throughput = _rows(results, "faces_detection"), _rows(results, "faces_throughput")
+    if not detection:
+        return ""
+    skipped = [row for row in detection if row["status"] != "ok"]
+    if skipped:
+        return f"_{_skipped(skipped[0])}_\n"
+
+    def ratio(value: dict[str, Any] | None) -> str:
+        return f"**{value['median']:.2f}x** ({value['p10']:.2f}–{value['p90']:.2f}, n={value['pairs']})" if value \
+            else "–"
+
+    lines = [[f"{r['photo']} ({r['megapixels']} MP)", f"{r['faces_found']} (recall {r['recall_iou50']:.2f})",
+              f"{_num(r['detection']['p50_ms'])} ms",
+              f"{_num(r['detection_cpu_ms'])} ms", f"{_num(r['model_call']['p50_ms'])} ms",
+              f"{_num(r['model_call_cpu_ms'])} ms", ratio(r["ratio_to_model_call"]),
+              ratio(r["cpu_ratio_to_model_call"])] for r in detection]
+    first = detection[0]
+    text = (f"Face detection (MTCNN on {first['runtime']}, smallest face {first['min_face_size']} px of the detection "
+            f"copy, whose long side is at most {first['max_side']} px; {first['threads']} threads) on group photos "
+            f"composed of the tests' faces, in turns with {_name(first)}'s model call on one preprocessed image. The "
+            "ratio is the median of per-turn ratios detection / model call; issue 23's target is at most 0.5 on "
+            "the 1 MP photo.\n\n"
+            + _table(["photo", "faces found (recall at IoU 0.5)", "detection p50", "detection CPU",
+                      "model call p50", "model call CPU", "detection / model call", "CPU ratio"], lines))
+    for row in throughput:
+        if row["status"] == "ok":
+            text += (f"\n`predict_faces` on {row['photo']} (decode, detect, crop and classify its "
+                     f"{row['faces_per_image']} faces in one batch): **{row['images_per_s']:.2f} images/s** "
+                     f"({_num(row['latency']['p50_ms'])} ms p50, {_num(row['cpu_ms_per_image'])} ms CPU per "
+                     f"image, {row['threads']} threads).\n")
+    return text
+
+
 def conditions(results: dict[str, Any]) -> str:
     """How busy other processes kept the CPU in each phase, with a warning where it distorts the figures."""
     loads = results.get("foreign_load_cores") or {}
@@ -233,6 +268,10 @@ def render(results: dict[str, Any], figures: Sequence[str]) -> str:
                  f"one warm-up batch. Thread counts: {plan['threads_resolved']}"
                  + (" (quick mode: all cores only, batch 1 and 8)" if plan["mode"] == "quick" else "") + ".\n",
                  _table(["system"] + [f"b={b}, {t} thr" for t, b in cells], lines)]
+
+    faces_text = faces(results)
+    if faces_text:
+        sections += ["\n## Faces first: detection cost and images/s with faces (issue 23)\n", faces_text]
 
     sections += ["\n## Cold start (fresh process -> first printed label) and its peak memory\n",
                  ("Each system's own minimal script (in results.json), on grace_hopper.jpg, page cache warm; "

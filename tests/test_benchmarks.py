@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import BUILD_LIBRARIES, ROOT, cached_build
+from face_reference import facenet_wheel
 from PIL import Image
 
 OPENVINO_INSTALLED = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
@@ -68,6 +69,8 @@ def bench_run(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("optimum.onnxruntime")
 
+    wheel = facenet_wheel()  # the faces row's face detector; without it the row is skipped with the reason
+
     def build(base: Path) -> None:
         rng = np.random.default_rng(0)
         for label in ("Real", "Fake"):
@@ -78,13 +81,15 @@ def bench_run(tmp_path_factory) -> Path:
         command = [sys.executable, "-m", "benchmarks", "--preset", "tiny", "--output", str(base / "out"),
                    "--cache-dir", str(base / "cache"), "--data", str(base / "data"), "--rounds", "1",
                    "--large-mp", "0.3", "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
-                   "--threads", ",".join(THREADS), "--coldstart-repeats", "1", "--no-compile"]
+                   "--threads", ",".join(THREADS), "--coldstart-repeats", "1", "--no-compile",
+                   *(["--faces-wheel", str(wheel)] if wheel else [])]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         (base / "stderr.txt").write_text(result.stderr)
         (base / "built-in.txt").write_text(str(base))  # results.json records paths under it (see relocated)
 
-    base = cached_build("bench-run", [ROOT / "benchmarks", ROOT / "src" / "fastvit_detect", Path(__file__)], build,
+    base = cached_build("bench-run" if wheel else "bench-run-no-faces",
+                        [ROOT / "benchmarks", ROOT / "src" / "fastvit_detect", Path(__file__)], build,
                         tmp_path_factory.mktemp("bench"), libraries=(*BENCH_LIBRARIES,))
     assert "end-to-end latency" in (base / "stderr.txt").read_text()  # progress goes to stderr while it runs
     return base / "out"
@@ -415,3 +420,28 @@ def test_int8_profiles_of_both_runtimes_line_up_by_layer_and_by_what_the_ops_com
                               "FusedMatMul": 0.25, "SomethingNew": 0.125})
     assert categories == {ATTENTION: 3.75, LINEAR: 3.0, "elementwise, transposes, reshapes, other": 0.125}
     assert list(categories) == [ATTENTION, LINEAR, "elementwise, transposes, reshapes, other"]  # largest first
+
+
+def test_the_faces_row_is_measured_and_sane(bench_run, results):
+    """Issue 23's faces row: detection on the 1 and 12 MP group photos in turns with the int8 model call, and
+    images/s of predict_faces; every pasted face found, times and ratios positive, and the report shows them."""
+    from benchmarks.faces import FACES_MEGAPIXELS, LAYOUT
+
+    rows = [row for row in results["rows"] if row["figure"] == "faces_detection"]
+    if facenet_wheel() is None:
+        assert rows and all(row["status"] == "skipped" and row["reason"] for row in rows)
+        return
+    assert [row["megapixels"] for row in rows] == list(FACES_MEGAPIXELS)
+    for row in rows:
+        assert row["status"] == "ok" and key(row) == "fastvit-detect/int8", row.get("reason")
+        assert row["faces_found"] == len(LAYOUT) and row["recall_iou50"] == 1.0, row["photo"]
+        assert row["detection"]["p50_ms"] > 0 and row["model_call"]["p50_ms"] > 0
+        assert row["detection_cpu_ms"] > 0 and row["model_call_cpu_ms"] > 0
+        for ratio in (row["ratio_to_model_call"], row["cpu_ratio_to_model_call"]):
+            assert ratio["median"] > 0 and ratio["pairs"] == results["plan"]["model_rounds"]
+    (throughput,) = [row for row in results["rows"] if row["figure"] == "faces_throughput"]
+    assert throughput["faces_per_image"] == len(LAYOUT) and throughput["images_per_s"] > 0
+    report = (bench_run / "report.md").read_text()
+    section = report[report.index("## Faces first"):]
+    assert f"**{rows[0]['ratio_to_model_call']['median']:.2f}x**" in section
+    assert f"**{throughput['images_per_s']:.2f} images/s**" in section

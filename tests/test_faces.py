@@ -420,6 +420,75 @@ def test_the_manifest_vouches_for_the_face_files(faces_package):
     assert "expects_faces" not in manifest
 
 
+def test_the_face_graphs_hold_no_prelu(faces_package):
+    """The nets' PReLUs are exported as a * x + (1 - a) * relu(x) (build/faces.py's MixedPReLU): onnxruntime's PRelu
+    kernel was the costliest op of the P- and R-net. The fidelity tests above hold the rewrite to the reference."""
+    onnx = pytest.importorskip("onnx")
+    for name in FACE_FILES.values():
+        operators = {node.op_type for node in onnx.load(str(faces_package / name)).graph.node}
+        assert "PRelu" not in operators and "Relu" in operators, (name, operators)
+
+
+def test_the_pooled_prelu_is_pool_of_prelu():
+    """The P-net's first layer is exported as conv -> max pool -> PReLU (the window's minimum pooled too for
+    negative slopes): on random weights with slopes of both signs, odd sizes (ceil-mode windows at the edges) and
+    values of both signs, the same numbers as conv -> PReLU -> max pool, to a rounding."""
+    torch = pytest.importorskip("torch")
+    from fastvit_detect.build.faces import PooledPReLU, sigmoid_head
+
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 10, 3)
+    torch.nn.init.normal_(conv.weight, generator=generator)
+    prelu = torch.nn.PReLU(10)
+    prelu.weight.data = torch.linspace(-1.3, 1.1, 10)[torch.randperm(10, generator=generator)]
+    pool = torch.nn.MaxPool2d(2, 2, ceil_mode=True)
+    x = torch.randn(2, 3, 31, 24, generator=generator)
+    with torch.no_grad():
+        expected = pool(prelu(conv(x)))
+        actual = PooledPReLU(conv, prelu.weight, pool)(x)
+        assert actual.shape == expected.shape
+        assert float((actual - expected).abs().max()) < 1e-5
+        logits = conv(x)[:, :2]
+        head_conv = torch.nn.Conv2d(3, 2, 3)
+        head_conv.load_state_dict({"weight": conv.weight[:2], "bias": conv.bias[:2]})
+        head = sigmoid_head(head_conv)
+        assert float((torch.sigmoid(head(x)) - torch.softmax(logits, 1)).abs().max()) < 1e-6
+
+
+def test_the_face_sessions_do_not_spin(faces_package, monkeypatch):
+    """The face nets' onnxruntime pools sleep between calls instead of spin-waiting, which burned the cores the
+    numpy stages and the classifier need (faces.py says what was measured); threads as asked."""
+    import onnxruntime
+
+    seen = []
+    real = onnxruntime.InferenceSession
+
+    def recording(path, options=None, **kwargs):
+        seen.append(options)
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    FaceDetector.open({net: faces_package / name for net, name in FACE_FILES.items()}, threads=2)
+    assert len(seen) == 3
+    for options in seen:
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == 2
+
+
+def test_area_sampler_sums_stay_exact_past_int32():
+    """Byte pixels are summed in int32 while the image's total fits, in int64 beyond: a bright image whose sum
+    passes 2**31 still averages to its pixel value, never to a wrapped-around negative number."""
+    from fastvit_detect.faces import AreaSampler
+
+    pixels = np.full((8500, 1000, 1), 255, dtype=np.uint8)  # 2.17e9 > 2**31 - 1
+    sampler = AreaSampler(pixels)
+    assert (sampler.resize(17, 2) == 255).all()
+    assert (sampler.crops(np.array([[0, 0, 1000, 8500], [10, 20, 30, 40]]), 3, 3) == 255).all()
+    small = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
+    assert AreaSampler(small).sums.dtype == np.int32
+    np.testing.assert_array_equal(AreaSampler(small).resize(3, 2), AreaSampler(small.astype(np.float32)).resize(3, 2))
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=np.float32)
     assert nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5).tolist() == [1, 2]
