@@ -743,7 +743,8 @@ def run_scan(args: argparse.Namespace) -> int:
 
     if args.engine == "ray":
         if args.video_frames is not None:
-            raise FastVitDetectError("--video-frames needs --engine local: the Ray engine doesn't classify videos yet")
+            raise FastVitDetectError("--video-frames needs --engine local: the Ray engine writes one record per video, "
+                                     "not its frames")
         return run_ray_scan(args)
     for option, value in (("--address", args.address), ("--actors", args.actors),
                           ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model),
