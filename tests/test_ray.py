@@ -487,3 +487,14 @@ def test_a_video_is_one_task_whose_record_is_the_local_scans(local_ray, video_fo
     assert videos == [[str(video_folder / name)] for name in sorted([*names, "broken.mp4"])]
     again = engine.classify(video_folder, package, tmp_path / output, variant="fp32", faces=faces)
     assert (again.already_done, again.classified, again.failed) == (5, 0, 0)
+
+
+def test_a_shipped_model_brings_the_face_detector_for_videos(local_ray, video_folder, packages, tmp_path):
+    """Without faces for images, a clip still looks for faces (as the local scan's does): the shipped package must
+    carry the face detector's graphs, or the clip would be decided by whole frames."""
+    package = packages["vit-faces"]
+    output = tmp_path / "shipped.jsonl"
+    engine.classify(video_folder, package, output, variant="fp32", actors=1, faces=False, ship_model=True)
+    records = {Path(record["image"]).name: record for record in read_records(output)}
+    assert records["clip.mp4"]["decided_by"] == "face track" and records["clip.mp4"]["label"] == "Fake"
+    assert records["clip.mp4"]["suspicious_ranges"] == [[3.0, 5.0]] and "decided_by" not in records["photo.png"]

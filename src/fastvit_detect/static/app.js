@@ -358,7 +358,10 @@ function setUp() {
   $("preview").addEventListener("load", () => { $("preview").hidden = false; });
   $("evidence").addEventListener("change", evidenceToggled);
   $("faces").addEventListener("change", () => {
-    if (currentFile && document.body.dataset.state !== "loading") classify(currentFile);  // the same photo, asked anew
+    // The same photo, asked anew; not a clip: the server's video stage looks for faces whenever it can.
+    if (currentFile && document.body.dataset.state !== "loading" && document.body.dataset.video !== "shown") {
+      classify(currentFile);
+    }
   });
   const zone = $("drop-zone");
   input.addEventListener("change", () => {
