@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--video-frames", metavar="FILE", default=None,
                       help="also write one JSON line per sampled frame of each video into FILE (videos get one "
                            "record each in the results file, sampled at 1 fps, faces first when the package has a "
-                           "face detector)")
+                           "face detector); --engine local only")
     cluster = scan.add_argument_group("Ray (needs the ray extra)")
     cluster.add_argument("--engine", choices=("local", "ray"), default="local",
                          help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")

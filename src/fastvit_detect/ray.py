@@ -522,6 +522,8 @@ def classify_dataset(
     dataset: ray.data.Dataset = ray.data.from_items(rows)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = actors or max(1, cpus // (threads_per_actor or 1))
+    if videos:  # a clip is a task: no more actors (each loading the model) than clips
+        actors = min(actors, len(rows))
     dataset = dataset.map_batches(
         classifier,
         batch_size=batch_size,
