@@ -325,3 +325,85 @@ def test_find_faces_draws_each_box_with_its_verdict(browser, packages, tmp_path)
     assert any(link.endswith("/api/v1/predict?faces=1") for link in requested)
     outside = [link for link in requested if not link.startswith((url + "/", "blob:", "data:"))]
     assert not outside, f"the page fetched from elsewhere: {outside}"
+
+
+def plotted(page: dict[str, Any], time: float, probability: float) -> tuple[float, float]:
+    """Where the page's timeline puts ``probability`` at ``time``: in its plot area, time left to right over the
+    clip's span, p(fake) bottom to top."""
+    left, top, right, bottom = page["plot"]
+    return left + (right - left) * time / page["span"], bottom - (bottom - top) * probability
+
+
+def test_a_video_shows_its_verdict_ranges_and_timeline(browser, packages, tmp_path):
+    """A clip (video_clips.py: a face, darkened from 3 to 5 s, which the fixture calls Fake) to a package with the
+    face detector: the page sends it to api/v1/video, shows the verdict and the suspicious range, and draws one
+    point per sampled frame of each track where the JSON answer puts it. The same clip named .jpg (the browser
+    types it an image) is a video by the server's answer."""
+    pytest.importorskip("av")
+    import video_clips
+
+    clip = video_clips.fake_segment_clip(tmp_path / "clip.mp4")
+    renamed = tmp_path / "holiday.jpg"
+    renamed.write_bytes(clip.read_bytes())
+    with serving(Detector.load(packages["vit-faces"], variant="fp32", threads=1)) as url:
+        answer = posted(url + "/api/v1/video", clip)
+        browser.send("Network.enable")
+        browser.send("Page.navigate", url=url + "/")
+        browser.wait_for("document.readyState === 'complete' && document.getElementById('model').textContent"
+                         ".startsWith('Model ')")
+        shown = []
+        for upload in (clip, renamed):
+            browser.evaluate("document.body.dataset.state = ''")
+            browser.upload("#file", upload)
+            assert browser.wait_for("['done', 'error'].includes(document.body.dataset.state) && "
+                                    "document.body.dataset.state", timeout=120) == "done", \
+                browser.evaluate("document.getElementById('error').textContent")
+            shown.append(browser.evaluate("""(() => {
+                const svg = document.getElementById('timeline');
+                const box = svg.getBoundingClientRect();
+                return {video: document.body.dataset.video,
+                        verdict: document.getElementById('label').textContent,
+                        ranges: document.getElementById('video-ranges').textContent,
+                        summary: document.getElementById('video-summary').textContent,
+                        plot: svg.dataset.plot.split(',').map(Number), span: Number(svg.dataset.span),
+                        scale: box.width / svg.viewBox.baseVal.width,
+                        threshold: Number(svg.querySelector('line.threshold').getAttribute('y1')),
+                        suspicious: [...svg.querySelectorAll('rect.suspicious')].map((rect) => [
+                            Number(rect.getAttribute('x')), Number(rect.getAttribute('width'))]),
+                        points: [...svg.querySelectorAll('circle.point')].map((dot) => {
+                            const r = dot.getBoundingClientRect();
+                            return {track: Number(dot.dataset.track), cx: Number(dot.getAttribute('cx')),
+                                    cy: Number(dot.getAttribute('cy')), x: r.x + r.width / 2 - box.x,
+                                    y: r.y + r.height / 2 - box.y};
+                        }),
+                        lines: svg.querySelectorAll('polyline.track').length};
+            })()"""))
+        save_screenshot(browser, tmp_path, "upload-video.png")
+        requested = browser.requested_urls()
+    assert answer["label"] == "Fake" and answer["suspicious_ranges"] == [[3.0, 5.0]]
+    for page in shown:
+        assert page["video"] == "shown" and page["verdict"] == "Fake"
+        assert "Suspicious: 3.0 s – 5.0 s" in page["ranges"] and "8 frames sampled" in page["summary"]
+        assert page["span"] == pytest.approx(answer["duration"])
+        # every track's frames, one point each, where time and p(fake) put them (in the SVG and on the screen)
+        frames = [(track["id"], frame["time"], frame["fake_probability"]) for track in answer["tracks"]
+                  for frame in track["frames"] if frame["fake_probability"] is not None]
+        assert [point["track"] for point in page["points"]] == [track for track, _, _ in frames]
+        drawn = [coordinate for point in page["points"] for coordinate in (point["cx"], point["cy"])]
+        assert drawn == pytest.approx([value for _, time, p in frames for value in plotted(page, time, p)], abs=0.01)
+        assert page["lines"] == len(answer["tracks"])
+        for point in page["points"]:
+            assert [point["x"], point["y"]] == pytest.approx([point["cx"] * page["scale"],
+                                                              point["cy"] * page["scale"]], abs=1.0)
+        # the clip's timeline is its decisive track's here (one face throughout): the same points
+        decisive = [point for point in page["points"] if point["track"] == answer["decisive_track"]]
+        assert [value for point in decisive for value in (point["cx"], point["cy"])] == pytest.approx(
+            [value for time, p in answer["timeline"] for value in plotted(page, time, p)], abs=0.01)
+        above = [time for (time, _), point in zip(answer["timeline"], decisive) if point["cy"] < page["threshold"]]
+        assert above == [3.0, 4.0]  # the fake segment's frames, and only those, above the dashed 0.5 line
+        start, end = plotted(page, 3.0, 0)[0], plotted(page, 5.0, 0)[0]
+        assert page["suspicious"] == [pytest.approx([start, end - start], abs=0.01)]
+    assert sum(link.endswith("/api/v1/video") for link in requested) == 2  # the clip, and the renamed one's retry
+    assert sum("/api/v1/predict" in link for link in requested) == 1  # the renamed one, first as an image
+    outside = [link for link in requested if not link.startswith((url + "/", "blob:", "data:"))]
+    assert not outside, f"the page fetched from elsewhere: {outside}"

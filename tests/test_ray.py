@@ -32,7 +32,7 @@ import fastvit_detect.ray as engine  # noqa: E402
 from fastvit_detect import Detector  # noqa: E402
 from fastvit_detect.cli import main  # noqa: E402
 from fastvit_detect.errors import FastVitDetectError  # noqa: E402
-from fastvit_detect.scan import result_record, scan  # noqa: E402
+from fastvit_detect.scan import FACE_KEY, result_record, scan  # noqa: E402
 
 GOOD_IMAGES = 200
 RAY_NOISE = re.compile(r"^\[[^\]]* [EF] \d+ \d+\]|\t(INFO|ERROR) ", re.MULTILINE)  # C++ error/fatal, Python info/error
@@ -425,3 +425,76 @@ def test_crash_ledger_counts_starts_that_never_finished():
     assert ledger.begin("batch") == 0 and ledger._crashes == {}
     ledger.end("batch")
     assert not ledger._running
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory) -> Path:
+    """Two photos, a clip with a fake segment (3-5 s), the same clip renamed .jpg (a video by content), and a
+    truncated clip: a video each whole, the broken one an error record."""
+    clips = pytest.importorskip("video_clips")
+    pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("ray-videos") / "media"
+    root.mkdir()
+    clip = clips.fake_segment_clip(root / "clip.mp4")
+    (root / "renamed.jpg").write_bytes(clip.read_bytes())
+    (root / "broken.mp4").write_bytes(clip.read_bytes()[: clip.stat().st_size // 3])
+    (root / "photo.png").write_bytes(clips.image_bytes())
+    (root / "other.jpg").write_bytes(clips.image_bytes("astronaut.png", "JPEG"))
+    return root
+
+
+@pytest.mark.parametrize("output", ["ray.jsonl", "ray.parquet", "ray.csv"])
+@pytest.mark.parametrize("faces", [True, False], ids=["faces", "no-faces"])
+def test_a_video_is_one_task_whose_record_is_the_local_scans(local_ray, video_folder, packages, tmp_path, output,
+                                                             faces):
+    package = packages["vit-faces"]
+    local = tmp_path / "local.jsonl"
+    scan(Detector.load(package, variant="fp32", faces=faces), video_folder, local, batch_size=8, fmt="jsonl")
+    expected_lines = [json.loads(line) for line in local.read_text().splitlines()]
+    expected = {record["image"]: record for record in expected_lines if FACE_KEY not in record}
+    calls = tmp_path / "calls.jsonl"  # the actors are other processes: each call's videos, a line per call
+
+    class Counting(engine.BatchClassifier):
+        def __call__(self, batch):
+            table = super().__call__(batch)
+            with open(calls, "a") as handle:
+                handle.write(json.dumps([record["image"] for record in engine.table_records(table)
+                                         if record.get("video") or "error" in record]) + "\n")
+            return table
+
+    summary = engine.classify(video_folder, package, tmp_path / output, variant="fp32", actors=1, threads_per_actor=2,
+                              batch_size=8, faces=faces, classifier=Counting)
+    assert summary.found == 5 and summary.failed == 1
+    names = {Path(name).name for name, record in expected.items() if record.get("video")}
+    assert names == {"clip.mp4", "renamed.jpg"}
+    written = read_records(tmp_path / output)
+    if output.endswith(".csv"):
+        assert [row["label"] for row in written if Path(row["image"]).name in names] == ["Fake", "Fake"]
+    else:
+        # a record per image or video (and per face), each the local scan's, the clips' timelines and errors too
+        def in_order(records):
+            for record in records:  # FFmpeg's detail names its own handle, which differs between processes
+                if "error" in record:
+                    record["error"]["message"] = record["error"]["message"].split(" (")[0]
+            return sorted(records, key=lambda record: json.dumps(record, sort_keys=True))
+
+        assert in_order(written) == in_order(expected_lines)
+        by_name = {Path(record["image"]).name: record for record in written if FACE_KEY not in record}
+        assert by_name["clip.mp4"]["suspicious_ranges"] == [[3.0, 5.0]] and by_name["clip.mp4"]["label"] == "Fake"
+        assert by_name["broken.mp4"]["error"]["type"] == expected[str(video_folder / "broken.mp4")]["error"]["type"]
+    # the clips came one per actor call, on their own, the broken one too
+    videos = sorted(json.loads(line) for line in calls.read_text().splitlines() if line != "[]\n" and line != "[]")
+    assert videos == [[str(video_folder / name)] for name in sorted([*names, "broken.mp4"])]
+    again = engine.classify(video_folder, package, tmp_path / output, variant="fp32", faces=faces)
+    assert (again.already_done, again.classified, again.failed) == (5, 0, 0)
+
+
+def test_a_shipped_model_brings_the_face_detector_for_videos(local_ray, video_folder, packages, tmp_path):
+    """Without faces for images, a clip still looks for faces (as the local scan's does): the shipped package must
+    carry the face detector's graphs, or the clip would be decided by whole frames."""
+    package = packages["vit-faces"]
+    output = tmp_path / "shipped.jsonl"
+    engine.classify(video_folder, package, output, variant="fp32", actors=1, faces=False, ship_model=True)
+    records = {Path(record["image"]).name: record for record in read_records(output)}
+    assert records["clip.mp4"]["decided_by"] == "face track" and records["clip.mp4"]["label"] == "Fake"
+    assert records["clip.mp4"]["suspicious_ranges"] == [[3.0, 5.0]] and "decided_by" not in records["photo.png"]

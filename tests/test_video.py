@@ -8,6 +8,7 @@ darkened at known seconds, which the vit fixtures call Fake (their verdict follo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -573,6 +574,20 @@ def test_a_faces_scan_with_videos_resumes(detector, clip, tmp_path, output):
     assert main(argv) == 0  # resumed: nothing left, nothing refused
     assert results.read_text() == written
     assert main([*argv[:-1], "--no-faces"]) == 2  # a plain scan into a faces scan's file is still refused
+
+
+def test_a_csv_scan_without_faces_keeps_a_videos_common_columns(detector, clip, tmp_path):
+    """A video's record says how its clip was decided; a CSV without the faces columns has no place for that and
+    drops it, rather than failing the scan at the first video."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(clip.read_bytes())
+    results = tmp_path / "results.csv"
+    assert main(["scan", str(folder), "--model", str(detector.package.root), "--variant", "fp32", "-o", str(results),
+                 "--no-faces"]) == 0
+    with open(results, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(Path(row["image"]).name, row["label"]) for row in rows] == [("clip.mp4", "Fake")]
 
 
 # --- POST /api/v1/video -------------------------------------------------------------------------------------------

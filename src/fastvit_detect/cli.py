@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--video-frames", metavar="FILE", default=None,
                       help="also write one JSON line per sampled frame of each video into FILE (videos get one "
                            "record each in the results file, sampled at 1 fps, faces first when the package has a "
-                           "face detector)")
+                           "face detector); --engine local only")
     cluster = scan.add_argument_group("Ray (needs the ray extra)")
     cluster.add_argument("--engine", choices=("local", "ray"), default="local",
                          help="local: this process (default); ray: actors on a Ray cluster, DIR may be a URI")
@@ -743,7 +743,8 @@ def run_scan(args: argparse.Namespace) -> int:
 
     if args.engine == "ray":
         if args.video_frames is not None:
-            raise FastVitDetectError("--video-frames needs --engine local: the Ray engine doesn't classify videos yet")
+            raise FastVitDetectError("--video-frames needs --engine local: the Ray engine writes one record per video, "
+                                     "not its frames")
         return run_ray_scan(args)
     for option, value in (("--address", args.address), ("--actors", args.actors),
                           ("--threads-per-actor", args.threads_per_actor), ("--ship-model", args.ship_model),

@@ -13,7 +13,8 @@ Three layers, each usable alone:
   actors read them: Ray Data's own readers parse a local path as a URL, which drops tabs and line breaks from a
   file name and fails the whole job on such a file.
 - :func:`classify`: files to a results file (JSON lines, CSV or a Parquet directory) with the local scan's
-  resume: images already in the output are skipped.
+  resume: images already in the output are skipped. A local video is one task (a batch of one) whose record is
+  the local scan's for it; a clip that fails is an error record.
 
 A Ray this module starts listens on 127.0.0.1 only (:func:`init_local`): Ray's ports have no authentication
 of their own beyond a cluster token, and a cluster that others reach is for an operator to set up (``ray start``)
@@ -54,13 +55,16 @@ from .httpapi import named_image
 from .media import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, file_status_problem, find_images
 from .package import ModelPackage
 from .progress import Progress
-from .scan import FACE_KEY, ScanOutput, ScanSummary, _identity, faces_records, result_record
+from .scan import FACE_KEY, ScanOutput, ScanSummary, _identity, faces_records, result_record, video_record
+from .timeline import VideoResult, has_face_detector
+from .video import find_videos, is_video
 
 FORMATS = ("jsonl", "csv", "parquet")
 PARQUET_ROWS_PER_FILE = 10_000
 _PREDICTION_KEYS = ("image", "label", "score", "probabilities", "fake_probability", "logits")
 _FACE_KEYS = (FACE_KEY, "box", "face_score")  # a face record's, before its prediction's (scan.faces_records)
 _DECISION_KEYS = ("decided_by", "face_count")  # an image record's, after its prediction's, in a scan with faces
+_VIDEO_KEYS = ("video", "decided_by", "duration", "sampled_frames", "suspicious_ranges")  # scan.video_record's
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PART = re.compile(r"part-\d{6,}\.parquet")  # the files ParquetOutput writes; any others are left alone
 LOOPBACK = "127.0.0.1"
@@ -74,12 +78,17 @@ JOIN_TIMEOUT_S = 60.0
 def record_schema(labels: Sequence[str], faces: bool = False) -> pa.Schema:
     """The Arrow form of scan's records: one column per key of a JSON line, ``error`` null for a prediction.
     ``faces``: a scan with faces' records (:func:`fastvit_detect.scan.faces_records`): the face columns are null
-    in an image's record, the decision columns null in a face's."""
+    in an image's record, the decision columns null in a face's. A video's record
+    (:func:`fastvit_detect.scan.video_record`) fills the video columns, null in every other record."""
     face_columns = [(FACE_KEY, pa.int32()), ("box", pa.list_(pa.float64())), ("face_score", pa.float64()),
                     ("decided_by", pa.string()), ("face_count", pa.int32())] if faces else []
+    video_columns = [("video", pa.bool_()), *([] if faces else [("decided_by", pa.string())]),
+                     ("duration", pa.float64()), ("sampled_frames", pa.int32()),
+                     ("suspicious_ranges", pa.list_(pa.list_(pa.float64())))]
     return pa.schema([
         ("image", pa.string()),
         *face_columns,
+        *video_columns,
         ("label", pa.string()),
         ("score", pa.float64()),
         ("probabilities", pa.struct([(label, pa.float64()) for label in labels])),
@@ -108,6 +117,12 @@ def table_records(table: pa.Table) -> Iterator[dict[str, Any]]:
     for row in table.to_pylist():
         if row["error"] is not None:
             yield {"image": row["image"], "error": row["error"]}
+        elif row.get("video"):
+            if row["label"] is None:  # a clip with no decodable frame
+                yield {"image": row["image"], "video": True, "label": None, "score": None, "fake_probability": None,
+                       "probabilities": {}, "sampled_frames": row["sampled_frames"]}
+            else:
+                yield {**{key: row[key] for key in _PREDICTION_KEYS}, **{key: row[key] for key in _VIDEO_KEYS}}
         elif row.get(FACE_KEY) is not None:
             yield {"image": row["image"], **{key: row[key] for key in _FACE_KEYS},
                    **{key: row[key] for key in _PREDICTION_KEYS[1:]}}
@@ -227,6 +242,9 @@ class BatchClassifier:
     ``crash_ledger``: a :func:`start_crash_ledger` actor; without one, an image that kills its worker every
     time is retried by Ray for ever. The other options are :meth:`Detector.load`'s; with a detector that decides by
     faces (``faces``), the records are :func:`fastvit_detect.scan.faces_records`'s, as the local scan writes them.
+    ``videos``: the rows are videos, each classified whole (:meth:`Detector.predict_video`, with faces where the
+    package has a face detector, as the local scan does) into :func:`fastvit_detect.scan.video_record`'s record; a
+    clip that fails, whatever the cause, is an error record.
     """
 
     crashes_before_giving_up = 2
@@ -244,8 +262,10 @@ class BatchClassifier:
         crash_ledger: ray.actor.ActorHandle | None = None,
         faces: bool | str = "auto",
         face_options: FaceOptions | None = None,
+        videos: bool = False,
     ) -> None:
         self.crash_ledger = crash_ledger
+        self.videos = videos
         if isinstance(model, ShippedModel):
             package: AbstractContextManager[str | os.PathLike[str]] = model.unpacked()
             variant = model.variant
@@ -256,7 +276,8 @@ class BatchClassifier:
                                           max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft,
                                           faces=faces, face_options=face_options)
             self.faces = self.detector.faces_first
-            if self.faces:  # opened here, while a shipped package's files exist, and checked once per actor
+            self.video_faces = videos and has_face_detector(self.detector.package)
+            if self.faces or self.video_faces:  # opened here, while a shipped package's files exist, and checked once
                 self.detector.face_detector  # noqa: B018
         self.batch_size = batch_size
         self.max_bytes = max_bytes
@@ -279,7 +300,10 @@ class BatchClassifier:
             else:
                 results = self._predict(sources, paths)
             ray.get(ledger.end.remote(key))
-        if self.faces:
+        if self.videos:
+            records = [video_record(path, result) if isinstance(result, VideoResult) else result_record(path, result)
+                       for path, result in zip(paths, results)]
+        elif self.faces:
             records = [record for path, result in zip(paths, results) for record in faces_records(path, result)]
         else:
             records = [result_record(path, result) for path, result in zip(paths, results)]
@@ -329,7 +353,8 @@ class BatchClassifier:
         def images(indices: Iterable[int]) -> list[Any]:
             return [_image(sources[index], paths[index]) for index in indices]
 
-        predict = self._predict_faces if self.faces else self.detector.predict_batch
+        predict = self._predict_videos if self.videos else self._predict_faces if self.faces else \
+            self.detector.predict_batch
         predictions: list[Any] = []
         try:
             predictions.extend(predict(images(readable), batch_size=self.batch_size, errors="return"))
@@ -349,6 +374,17 @@ class BatchClassifier:
                        ) -> list[Any]:
         return list(self.detector.predict_faces_iter(images, batch_size=batch_size, errors="return"))
 
+    def _predict_videos(self, videos: list[Any], batch_size: int = DEFAULT_BATCH_SIZE, errors: str = "return"
+                        ) -> list[Any]:
+        """Each clip's VideoResult, or the exception it failed with: a clip's failure is its record, not the task's."""
+        results: list[Any] = []
+        for video in videos:
+            try:
+                results.append(self.detector.predict_video(video, faces=self.video_faces))
+            except Exception as exc:  # noqa: BLE001 - this clip's record carries it
+                results.append(exc)
+        return results
+
 
 def _image(source: ImageSource, path: str) -> Any:
     return named_image(source, path) if isinstance(source, bytes) else source
@@ -363,7 +399,8 @@ def is_uri(source: str) -> bool:
 
 
 def list_images(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Image names from folders (recursively, by the local scan's suffixes), files and URIs, in order, once each.
+    """Image and video names from folders (recursively, by the local scan's suffixes), files and URIs, in order, once
+    each.
 
     A local folder lists as ``scan`` lists it (the same names); a URI folder (``s3://bucket/photos``) lists
     through pyarrow's file system for its scheme, its images named ``scheme://path``. Any other source is one
@@ -382,7 +419,7 @@ def _listing(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]])
         if is_uri(text):
             names.extend(_list_uri(text))
         elif os.path.isdir(text):
-            names.extend(str(path) for path in find_images(text))
+            names.extend(str(path) for path in sorted({*find_images(text), *find_videos(text)}))
         else:
             names.append(text)
     seen: set[str] = set()
@@ -462,8 +499,10 @@ def classify_dataset(
     crash_ledger: ray.actor.ActorHandle | None = None,
     faces: bool | str = "auto",
     face_options: FaceOptions | None = None,
+    videos: bool = False,
 ) -> Job:
-    """The lazy Dataset that reads ``names`` (local paths or URIs) and classifies them on ``actors`` actors.
+    """The lazy Dataset that reads ``names`` (local paths or URIs) and classifies them on ``actors`` actors;
+    ``videos``: the names are videos, a record each (see :class:`BatchClassifier`).
 
     The Dataset holds each image's key (its ``path`` in the records: the absolute path or URI, ``\\xNN``-escaped
     where it isn't UTF-8) and the file to read; the actors read the files. ``Job.names`` maps keys back to names.
@@ -483,6 +522,8 @@ def classify_dataset(
     dataset: ray.data.Dataset = ray.data.from_items(rows)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = actors or max(1, cpus // (threads_per_actor or 1))
+    if videos:  # a clip is a task: no more actors (each loading the model) than clips
+        actors = min(actors, len(rows))
     dataset = dataset.map_batches(
         classifier,
         batch_size=batch_size,
@@ -491,7 +532,8 @@ def classify_dataset(
         num_cpus=threads_per_actor or 1,
         fn_constructor_kwargs=dict(model=model, variant=variant, threads=threads_per_actor, batch_size=batch_size,
                                    max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft,
-                                   crash_ledger=crash_ledger, faces=faces, face_options=face_options),
+                                   crash_ledger=crash_ledger, faces=faces, face_options=face_options,
+                                   videos=videos),
         runtime_env=runtime_env,
     )
     return Job(dataset, by_key, actors, threads_per_actor)
@@ -668,7 +710,9 @@ def classify(
     ``max_bytes``: larger local files get an error record without being read (larger objects from URIs, once
     read at the actor). Uses the Ray this process joined, or starts a local one (:func:`init_local`).
     ``faces``, ``face_options``: as :meth:`Detector.load`; a scan that decides by faces writes the local scan's
-    records, a record per face (at most ``face_options.max_faces``) before the image's own.
+    records, a record per face (at most ``face_options.max_faces``) before the image's own. Local files that are
+    videos by content (those a folder lists by their video suffix, and image-named ones) get the local scan's
+    record each (:func:`fastvit_detect.scan.video_record`), a task each, after the images; a URI is an image.
     """
     package = ModelPackage.open(model)  # a bad package or variant fails here, not in every actor
     # The driver chooses for every actor (auto: the fastest variant on this machine), so a scan's records all come
@@ -688,32 +732,41 @@ def classify(
         todo = [name for name, key in listing if not writer.holds(name, key)]
         summary.already_done = summary.found - len(todo)
         done = 0
-        readable = []
+        readable: list[str] = []
+        videos: list[str] = []
         for name in todo:
-            problem = _unreadable(name, max_bytes)
+            # A video is known by its content (as the local scan knows it) and read under the video limits, which
+            # its actor applies: the image size cap isn't a video's.
+            video = not is_uri(name) and is_video(name)
+            problem = _unreadable(name, None if video else max_bytes)
             if problem is None:
-                readable.append(name)
+                (videos if video else readable).append(name)
                 continue
             writer.write_record(result_record(name, problem))
             summary.failed += 1
             done += 1
         if progress and done:
             progress(done, len(todo))
-        model_source: str | ShippedModel = (ShippedModel.put(model, chosen.name, with_faces) if ship_model
+        ship_faces = with_faces or (bool(videos) and has_face_detector(package))  # videos look for faces too
+        model_source: str | ShippedModel = (ShippedModel.put(model, chosen.name, ship_faces) if ship_model
                                             else str(model))
-        job = classify_dataset(readable, model_source, variant=chosen.name, actors=actors,
-                               threads_per_actor=threads_per_actor, batch_size=batch_size, max_pixels=max_pixels,
-                               max_bytes=max_bytes, jpeg_draft=jpeg_draft, runtime_env=runtime_env,
-                               classifier=classifier,
-                               crash_ledger=start_crash_ledger() if readable else None,
-                               faces=with_faces, face_options=face_options)
-        summary.actors = job.actors
+        ledger = start_crash_ledger() if readable or videos else None
+        options: dict[str, Any] = dict(variant=chosen.name, actors=actors, threads_per_actor=threads_per_actor,
+                                       max_pixels=max_pixels, max_bytes=max_bytes, jpeg_draft=jpeg_draft,
+                                       runtime_env=runtime_env, classifier=classifier, crash_ledger=ledger,
+                                       faces=with_faces, face_options=face_options)
+        job = classify_dataset(readable, model_source, batch_size=batch_size, **options)
+        # A video is a task of its own (a batch of one): a clip costs as much as hundreds of images.
+        video_job = classify_dataset(videos, model_source, batch_size=1, videos=True, **options)
+        summary.actors = max(job.actors, video_job.actors)
         # A record's key: its image (the Dataset's key for the file) and, for a face's record, the face's number. A
         # retried batch brings the same keys again, however Ray cuts its output into tables.
         written: set[tuple[str, int | None]] = set()
         images = 0
-        if job.dataset is not None:
-            for table in _batches(job.dataset):
+        for planned in (job, video_job):
+            if planned.dataset is None:
+                continue
+            for table in _batches(planned.dataset):
                 for record in table_records(table):
                     path = record["image"]
                     key = (path, record.get(FACE_KEY))
@@ -721,7 +774,7 @@ def classify(
                         summary.duplicates_dropped += 1
                         continue
                     written.add(key)
-                    name = job.names[path]
+                    name = planned.names[path]
                     if "error" in record:
                         message = _named_in_message(record["error"]["message"], path, name)
                         record = {**record, "error": {**record["error"], "message": message}}
@@ -733,7 +786,7 @@ def classify(
                 writer.flush()
                 if progress:
                     progress(done, len(todo))
-        missing = len(readable) - images
+        missing = len(readable) + len(videos) - images
         if missing:  # Ray dropped blocks: never expected with its default settings, and resumable if it happens
             raise FastVitDetectError(f"{missing} image(s) came back from no actor; run the job again to resume")
     finally:

@@ -76,6 +76,19 @@ def result_record(image: str, result: ImageResult) -> dict[str, Any]:
     return {"image": image, **result.to_dict()}
 
 
+def video_record(video: str, result: Any) -> dict[str, Any]:
+    """One video's record in a scan (either engine): its verdict, as :func:`result_record` gives an image's, with
+    ``video``, ``decided_by``, ``duration``, ``sampled_frames`` and ``suspicious_ranges``; a clip with no
+    decodable frame gets no verdict (``label`` None). ``result``: a :class:`fastvit_detect.timeline.VideoResult`."""
+    assert result.prediction is not None or not result.frames
+    if result.prediction is None:
+        return {"image": video, "video": True, "label": None, "score": None, "fake_probability": None,
+                "probabilities": {}, "sampled_frames": 0}
+    return {**result_record(video, result.prediction), "video": True, "decided_by": result.decided_by,
+            "duration": result.duration, "sampled_frames": len(result.frames),
+            "suspicious_ranges": [list(span) for span in result.suspicious_ranges()]}
+
+
 FACE_KEY = "face"  # a face record's key: its number in the image, from 1
 FACE_COLUMNS = ["face", "box_x0", "box_y0", "box_x1", "box_y1", "face_score"]
 
@@ -217,7 +230,8 @@ class ScanOutput:
             row.update({f"p_{label}": p for label, p in record["probabilities"].items()})
         if FACE_KEY in record:
             row.update(zip(FACE_COLUMNS, [record[FACE_KEY], *record["box"], record["face_score"]]))
-        row.update({key: record[key] for key in ("decided_by", "face_count") if key in record})
+        # Only the columns this file has: a video's record says how its clip was decided in a scan without faces too.
+        row.update({key: record[key] for key in ("decided_by", "face_count") if key in record and key in self.columns})
         self._csv.writerow(row)
 
     def flush(self) -> None:
@@ -402,17 +416,10 @@ def _scan_videos(detector: Detector, videos: Sequence[Path], writer: ScanOutput,
                 writer.write(str(path), exc)
                 summary.failed += 1
             else:
-                assert result.prediction is not None or not result.frames
-                if result.prediction is None:
-                    writer.write_record({"image": str(path), "video": True, "label": None, "score": None,
-                                         "fake_probability": None, "probabilities": {}, "sampled_frames": 0})
-                else:
+                if result.prediction is not None:
                     summary.classified += 1
                     summary.labels[result.prediction.label] += 1
-                    writer.write_record({**result_record(str(path), result.prediction), "video": True,
-                                         "decided_by": result.decided_by, "duration": result.duration,
-                                         "sampled_frames": len(result.frames),
-                                         "suspicious_ranges": [list(span) for span in result.suspicious_ranges()]})
+                writer.write_record(video_record(str(path), result))
                 if frames is not None:
                     for frame in result.frames:
                         frames.write(json.dumps({"video": str(path), **frame.to_dict()}) + "\n")

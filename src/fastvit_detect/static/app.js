@@ -2,10 +2,15 @@
 // The upload page: pick or drop an image, preview it, POST it to api/v1/predict, show the verdict or the error.
 // With "Show evidence" on, it also POSTs the image to api/v1/explain and lays the returned heat map over the
 // preview. With "Find faces" on, it asks api/v1/predict?faces=1 and draws each face's box with its verdict over the
-// preview. Relative URLs, so the page works wherever the app is mounted. body[data-state], body[data-evidence]
-// and body[data-faces] tell tests where we are.
+// preview. A video goes to api/v1/video (see classify for how the page knows one): the page shows its verdict, its
+// suspicious time ranges and draws its timeline, fake probability against time per track, as an SVG of its own.
+// Relative URLs, so the page works wherever the app is mounted. body[data-state], body[data-evidence],
+// body[data-faces] and body[data-video] tell tests where we are.
 
 const $ = (id) => document.getElementById(id);
+const SUSPICIOUS = 0.5;  // the server's threshold for a suspicious range (fastvit_detect.timeline.SUSPICIOUS)
+// The timeline's plot area in the SVG's viewBox (560 x 240): time runs left to right, p(fake) bottom to top.
+const PLOT = { left: 44, top: 12, right: 548, bottom: 204 };
 let previewUrl = null;
 let currentFile = null;
 let evidence = null;  // the explain response for currentFile
@@ -176,9 +181,105 @@ async function postImage(url, file, verb) {
   const body = await response.json().catch(() => null);
   if (!response.ok) {
     const reason = body && body.error ? `${body.error.type}: ${body.error.message}` : response.statusText;
-    throw new Error(`Could not ${verb} ${file.name} (HTTP ${response.status}) — ${reason}`);
+    const error = new Error(`Could not ${verb} ${file.name} (HTTP ${response.status}) — ${reason}`);
+    error.status = response.status;
+    throw error;
   }
   return body;
+}
+
+function seconds(value) {
+  return `${value.toFixed(value < 10 ? 1 : 0)} s`;
+}
+
+function svgElement(name, attributes, text) {
+  const element = document.createElementNS($("timeline").namespaceURI, name);  // the page's SVG namespace
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+function clearVideo() {
+  $("video-result").hidden = true;
+  $("timeline").replaceChildren();
+  $("track-list").replaceChildren();
+  document.body.dataset.video = "off";
+}
+
+function drawTimeline(result) {
+  // Attributes only (no style attributes): the page's CSP allows no inline style. Colours come from style.css.
+  const times = result.timeline.map(([time]) => time);
+  const span = Math.max(result.duration || 0, ...times, 1e-3);
+  const x = (time) => PLOT.left + (PLOT.right - PLOT.left) * time / span;
+  const y = (probability) => PLOT.bottom - (PLOT.bottom - PLOT.top) * probability;
+  const svg = $("timeline");
+  svg.dataset.span = String(span);
+  svg.dataset.plot = [PLOT.left, PLOT.top, PLOT.right, PLOT.bottom].join(",");
+  const parts = [];
+  for (const [start, end] of result.suspicious_ranges) {
+    const width = Math.max(x(end) - x(start), 3);  // a range of one frame at the clip's end still shows
+    parts.push(svgElement("rect", { class: "suspicious", x: x(start), y: PLOT.top, width,
+                                    height: PLOT.bottom - PLOT.top, "data-start": start, "data-end": end }));
+  }
+  for (const probability of [0, 0.5, 1]) {
+    parts.push(svgElement("line", { class: probability === SUSPICIOUS ? "threshold" : "grid", x1: PLOT.left,
+                                    x2: PLOT.right, y1: y(probability), y2: y(probability) }));
+    parts.push(svgElement("text", { class: "axis", x: PLOT.left - 6, y: y(probability) + 4, "text-anchor": "end" },
+                          probability.toFixed(1)));
+  }
+  for (const time of [0, span / 2, span]) {
+    parts.push(svgElement("text", { class: "axis", x: x(time), y: PLOT.bottom + 16, "text-anchor": "middle" },
+                          seconds(time)));
+  }
+  parts.push(svgElement("text", { class: "axis", x: (PLOT.left + PLOT.right) / 2, y: PLOT.bottom + 32,
+                                  "text-anchor": "middle" }, "time · p(fake) per track"));
+  result.tracks.forEach((track, index) => {
+    const points = track.frames.filter((frame) => frame.fake_probability !== null);
+    const colour = `track-${index % 6}`;
+    const decisive = track.id === result.decisive_track ? " decisive" : "";
+    parts.push(svgElement("polyline", { class: `track ${colour}${decisive}`, "data-track": track.id,
+                                        points: points.map((frame) => `${x(frame.time)},${y(frame.fake_probability)}`)
+                                          .join(" ") }));
+    for (const frame of points) {
+      const dot = svgElement("circle", { class: `point ${colour}`, cx: x(frame.time), cy: y(frame.fake_probability),
+                                         r: 3.5, "data-track": track.id, "data-time": frame.time,
+                                         "data-probability": frame.fake_probability });
+      dot.append(svgElement("title", {}, `${trackName(track)} at ${seconds(frame.time)}: p(fake) `
+                                         + percent(frame.fake_probability)));
+      parts.push(dot);
+    }
+  });
+  svg.replaceChildren(...parts);
+}
+
+function trackName(track) {
+  return track.kind === "face" ? `Face track ${track.id}` : "Whole frames";
+}
+
+function showVideo(result) {
+  const count = result.sampled_frames;
+  const decided = { "face track": `face track ${result.decisive_track}, the most suspicious, decides`,
+                    "whole frames": "no face found: the whole frames decide", none: "no frame decoded: no verdict" };
+  $("video-summary").textContent = `Video ${seconds(result.duration)}, ${count} frame${count === 1 ? "" : "s"} `
+    + `sampled at ${result.fps} per second; ${decided[result.decided_by] || result.decided_by}.`;
+  const ranges = result.suspicious_ranges.map(([start, end]) => `${seconds(start)} – ${seconds(end)}`);
+  $("video-ranges").textContent = ranges.length ? `Suspicious: ${ranges.join(", ")}`
+    : `Nothing suspicious: no sampled frame reaches p(fake) ${percent(SUSPICIOUS)}`;
+  $("video-ranges").dataset.count = String(ranges.length);
+  drawTimeline(result);
+  $("track-list").replaceChildren(...result.tracks.map((track, index) => {
+    const item = document.createElement("li");
+    item.className = `track-${index % 6}`;
+    item.textContent = `${trackName(track)}: ${faceVerdict(track.verdict)} over ${track.frames.length} frame`
+      + `${track.frames.length === 1 ? "" : "s"}${track.id === result.decisive_track ? " (decides)" : ""}`;
+    return item;
+  }));
+  $("video-result").hidden = false;
+  document.body.dataset.video = "shown";
+}
+
+function isVideoType(file) {
+  return file.type.startsWith("video/");
 }
 
 async function explain(file) {
@@ -198,6 +299,7 @@ async function explain(file) {
 }
 
 function evidenceToggled() {
+  if (document.body.dataset.video === "shown") return;  // a clip has no heat map
   if (!$("evidence").checked) {
     setEvidence("off");
   } else if (evidence) {
@@ -207,10 +309,20 @@ function evidenceToggled() {
   }
 }
 
+async function classifyVideo(file) {
+  const result = await postImage("api/v1/video", file, "classify");
+  showResult(result);
+  showVideo(result);
+}
+
 async function classify(file) {
+  // A file the browser types as a video goes to api/v1/video. Any other goes to api/v1/predict, and one the image
+  // path can't read (415) goes to api/v1/video next: the server reads the content, so a clip with an image's name
+  // or no type is still a video. Should that fail too, the image's error is the one shown.
   $("result").hidden = true;
   $("error").hidden = true;
   clearFaces();
+  clearVideo();
   currentFile = file;
   evidence = null;
   evidenceRequest++;
@@ -218,9 +330,22 @@ async function classify(file) {
   showPreview(file);
   setState("loading");
   try {
-    showResult(await postImage(predictUrl(), file, "classify"));
+    if (isVideoType(file)) {
+      await classifyVideo(file);
+    } else {
+      let result;
+      try {
+        result = await postImage(predictUrl(), file, "classify");
+      } catch (error) {
+        if (error.status !== 415) throw error;
+        await classifyVideo(file).catch(() => { throw error; });
+      }
+      if (result) {
+        showResult(result);
+        if ($("evidence").checked) explain(file);
+      }
+    }
     setState("done");
-    if ($("evidence").checked) explain(file);
   } catch (error) {
     showError(error.message);
     setState("error");
@@ -233,7 +358,10 @@ function setUp() {
   $("preview").addEventListener("load", () => { $("preview").hidden = false; });
   $("evidence").addEventListener("change", evidenceToggled);
   $("faces").addEventListener("change", () => {
-    if (currentFile && document.body.dataset.state !== "loading") classify(currentFile);  // the same photo, asked anew
+    // The same photo, asked anew; not a clip: the server's video stage looks for faces whenever it can.
+    if (currentFile && document.body.dataset.state !== "loading" && document.body.dataset.video !== "shown") {
+      classify(currentFile);
+    }
   });
   const zone = $("drop-zone");
   input.addEventListener("change", () => {
