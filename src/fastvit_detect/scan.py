@@ -98,7 +98,7 @@ class ScanOutput:
             path.unlink()
         if not overwrite:
             if self.format == "csv":
-                _repair_torn_csv(path, len(self.columns))
+                _repair_torn_csv(path)
             else:
                 _repair_torn_line(path)
         # Compared as resolved paths, so a resumed scan may spell the folder differently (relative, absolute).
@@ -216,12 +216,13 @@ def _repair_torn_line(path: Path) -> None:
         handle.truncate(0)
 
 
-def _repair_torn_csv(path: Path, columns: int) -> None:
+def _repair_torn_csv(path: Path) -> None:
     """Cut the CSV back to its last complete record, parsing records rather than lines.
 
     A quoted field may hold newlines (a file name, an error message), so a run interrupted mid-record can leave a
     file that ends in a newline and still tears a record. A record counts as complete when it parses with the
-    header's number of fields and its last line ends with a newline; anything after the last one is cut.
+    file's own header's number of fields (not this model's: another model's results are refused by the caller,
+    never cut) and its last line ends with a newline; anything after the last one is cut.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return
@@ -238,10 +239,12 @@ def _repair_torn_csv(path: Path, columns: int) -> None:
                 yield raw.decode("utf-8", errors=CSV_ERRORS)
 
         good_end = 0
+        columns: int | None = None
         reader = csv.reader(lines(), strict=True)
         try:
             for row in reader:
                 consumed = reader.line_num
+                columns = len(row) if columns is None else columns
                 if len(row) != columns or not line_ends_newline[consumed - 1]:
                     break
                 good_end = ends[consumed - 1]
