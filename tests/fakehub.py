@@ -85,7 +85,7 @@ class FakeHub:
         self._lock = threading.Lock()
         self.url = self.cdn_url = ""
         self.app = Starlette(routes=[
-            Route("/api/models/{org}/{name}/revision/{revision}", self.model_info, methods=["GET"]),
+            Route("/api/models/{org}/{name}/revision/{revision:path}", self.model_info, methods=["GET"]),  # refs/pr/1
             Route("/api/models/{org}/{name}", self.model_info, methods=["GET"]),
             Route("/{org}/{name}/resolve/{revision}/{path:path}", self.resolve, methods=["GET", "HEAD"]),
             Route("/cdn/{oid}/{path:path}", self.cdn, methods=["GET"]),

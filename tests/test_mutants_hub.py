@@ -5,13 +5,25 @@ changed under the package it opened), not read from hub.py."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
-pytest.importorskip("huggingface_hub.constants")  # the hub extra
+hub_constants = pytest.importorskip("huggingface_hub.constants")  # the hub extra
+pytest.importorskip("uvicorn")  # the serve extra runs the fake Hub
 
-from fastvit_detect.hub import Fetched, HubReference, Pushed, parse_model_reference
-from fastvit_detect.package import ModelPackage
+from fakehub import FakeHub  # noqa: E402
+
+from fastvit_detect.errors import (  # noqa: E402
+    ChecksumMismatchError,
+    HubDownloadError,
+    HubOfflineError,
+    HubRepoNotFoundError,
+    MissingFileError,
+)
+from fastvit_detect.hub import Fetched, HubReference, Pushed, fetch, parse_model_reference  # noqa: E402
+from fastvit_detect.package import MANIFEST_FILE, PREPROCESSOR_FILE, ModelPackage  # noqa: E402
 
 
 def test_a_hub_reference_is_an_immutable_hashable_value(tmp_path, monkeypatch):
@@ -34,3 +46,111 @@ def test_a_push_result_cannot_be_changed():
     pushed = Pushed("deepfakes/vit-onnx", "http://127.0.0.1/deepfakes/vit-onnx", "0" * 40, ["README.md"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         pushed.commit = "1" * 40  # type: ignore[misc]
+
+
+# --- fetching from the fake Hub (tests/fakehub.py) ------------------------------------------------------------
+
+REPO = "deepfakes/vit-onnx"
+
+
+@pytest.fixture(autouse=True)
+def no_xet(monkeypatch):
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True, raising=False)
+
+
+@pytest.fixture
+def hub():
+    with FakeHub() as server:
+        yield server
+
+
+def package_files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()}
+
+
+def variant_files(directory: Path, variant: str) -> list[str]:
+    """The files a variant loads, read from the manifest itself (not through the code under test)."""
+    entry = json.loads((directory / MANIFEST_FILE).read_text())["variants"][variant]
+    return [entry["file"], entry["data_file"]]
+
+
+def pick(name: str):
+    return lambda package: [package.lookup(name)]
+
+
+@pytest.mark.parametrize("repo_id", ["not an id", "org/name/extra", "org/../name", "org--x/name"])
+def test_fetch_refuses_what_is_no_repository_id_before_asking_the_hub(hub, tmp_path, repo_id):
+    with pytest.raises(HubRepoNotFoundError, match="isn't a Hub repository id"):
+        fetch(repo_id, cache_dir=tmp_path, endpoint=hub.url)
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("revision, accepted", [("v", True), ("r" * 255, True), ("r" * 256, False), ("", False)])
+def test_a_revision_holds_1_to_255_characters(revision, accepted):
+    reference = parse_model_reference(f"hf://{REPO}@{revision}") if accepted else None
+    if accepted:
+        assert reference == HubReference(REPO, revision)
+    else:
+        with pytest.raises(HubRepoNotFoundError, match="not a Hub id"):
+            parse_model_reference(f"hf://{REPO}@{revision}")
+
+
+def test_a_variant_file_missing_from_the_repository_is_refused_without_asking_for_it(hub, tmp_path, vit_package):
+    files = package_files(vit_package)
+    graph, _weights = variant_files(vit_package, "fp32")
+    del files[graph]
+    hub.add_commit(REPO, files)
+    with pytest.raises(MissingFileError, match=f"variant 'fp32' file {graph} isn't in the repository"):
+        fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+    assert not any(path.endswith("/" + graph) for _method, path in hub.requests)
+
+
+def test_a_variant_file_of_another_size_is_refused_from_the_listing_alone(hub, tmp_path, vit_package):
+    files = package_files(vit_package)
+    _graph, weights = variant_files(vit_package, "fp32")
+    vouched = len(files[weights])
+    files[weights] += b"\0" * 4096
+    hub.add_commit(REPO, files)
+    with pytest.raises(ChecksumMismatchError, match=f"{weights} is {vouched + 4096:,} bytes on the Hub, the manifest "
+                                                    f"says {vouched:,}; not downloading it"):
+        fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+    assert not any(weights in path for _method, path in hub.requests)  # not even a HEAD
+
+
+def test_a_fetch_by_commit_writes_no_ref_named_by_the_commit(hub, tmp_path, vit_package):
+    """As huggingface_hub's own cache: refs/ names branches and tags, each holding its commit."""
+    commit = hub.add_commit(REPO, package_files(vit_package))
+    fetch(REPO, revision=commit, cache_dir=tmp_path, endpoint=hub.url)
+    fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    refs = tmp_path / ("models--" + REPO.replace("/", "--")) / "refs"
+    assert sorted(path.name for path in refs.iterdir()) == ["main"]
+    assert (refs / "main").read_text() == commit
+
+
+def test_a_branch_named_with_a_slash_is_recorded_for_offline_use(hub, tmp_path, vit_package):
+    commit = hub.add_commit(REPO, package_files(vit_package), branch="release/v1")
+    assert fetch(REPO, revision="release/v1", cache_dir=tmp_path, endpoint=hub.url).commit == commit
+    refs = tmp_path / ("models--" + REPO.replace("/", "--")) / "refs"
+    assert (refs / "release" / "v1").read_text() == commit
+    offline = fetch(REPO, revision="release/v1", cache_dir=tmp_path, local_files_only=True)
+    assert offline.commit is None and offline.package.root.name == commit
+
+
+def test_a_config_missing_from_the_cache_is_named_when_offline(hub, tmp_path, vit_package):
+    hub.add_commit(REPO, package_files(vit_package))
+    fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    (fetched.package.root / PREPROCESSOR_FILE).unlink()  # a cache pruned by hand, or a pull killed part-way
+    with pytest.raises(HubOfflineError, match=rf"only the cache was asked \(local_files_only\), and {PREPROCESSOR_FILE}"
+                                              r" isn't in the cache"):
+        fetch(REPO, cache_dir=tmp_path, local_files_only=True)
+
+
+def test_a_listed_file_the_hub_then_cannot_find_is_named(hub, tmp_path, vit_package):
+    files = package_files(vit_package)
+    graph, _weights = variant_files(vit_package, "fp32")
+    listed = len(files.pop(graph))
+    hub.add_commit(REPO, files)
+    # The listing still shows the graph (a push removing it lands between the listing and the download).
+    hub.listing = lambda answer: {**answer, "siblings": [*answer["siblings"], {"rfilename": graph, "size": listed}]}
+    with pytest.raises(HubDownloadError, match=rf"the repository has no file {graph} \(HTTP 404\)"):
+        fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
