@@ -154,3 +154,10 @@ def test_a_listed_file_the_hub_then_cannot_find_is_named(hub, tmp_path, vit_pack
     hub.listing = lambda answer: {**answer, "siblings": [*answer["siblings"], {"rfilename": graph, "size": listed}]}
     with pytest.raises(HubDownloadError, match=rf"the repository has no file {graph} \(HTTP 404\)"):
         fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+
+
+@pytest.mark.parametrize("repo_id", ["org/name-", "org/name."])
+def test_an_id_huggingface_hub_itself_refuses_is_a_typed_not_found(tmp_path, repo_id):
+    """Our pattern lets a name end in '-' or '.'; huggingface_hub's validator doesn't: still a HubRepoNotFoundError."""
+    with pytest.raises(HubRepoNotFoundError, match="not a valid repository id or revision"):
+        fetch(repo_id, cache_dir=tmp_path, local_files_only=True)
