@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,17 @@ from fastvit_detect.errors import (  # noqa: E402
     HubRepoNotFoundError,
     MissingFileError,
 )
-from fastvit_detect.hub import Fetched, HubReference, Pushed, fetch, parse_model_reference  # noqa: E402
+from fastvit_detect.hub import (  # noqa: E402
+    Fetched,
+    HubReference,
+    Pushed,
+    _first_line,
+    _network_errors,
+    _short,
+    fetch,
+    parse_model_reference,
+    push,
+)
 from fastvit_detect.package import MANIFEST_FILE, PREPROCESSOR_FILE, ModelPackage  # noqa: E402
 
 
@@ -161,3 +174,30 @@ def test_an_id_huggingface_hub_itself_refuses_is_a_typed_not_found(tmp_path, rep
     """Our pattern lets a name end in '-' or '.'; huggingface_hub's validator doesn't: still a HubRepoNotFoundError."""
     with pytest.raises(HubRepoNotFoundError, match="not a valid repository id or revision"):
         fetch(repo_id, cache_dir=tmp_path, local_files_only=True)
+
+
+def test_a_push_to_a_hub_that_cannot_be_reached_is_an_offline_error(vit_package):
+    """huggingface_hub's HTTP client raises its own connection errors: still a HubOfflineError naming the cause."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(HubOfflineError, match=rf"the Hub at 127\.0\.0\.1:{port} can't be reached: Connection refused"):
+        push(vit_package, "me/pushed", token="a-token", endpoint=f"http://127.0.0.1:{port}")
+
+
+def test_an_error_quotes_the_first_line_of_the_cause_at_most_300_characters():
+    assert _first_line(ValueError("")) == "ValueError"  # no words: the cause's kind
+    assert _first_line(ValueError("  first\nsecond  ")) == "first"
+    assert _first_line(ValueError("x" * 301)) == "x" * 300
+
+
+def test_an_error_quotes_a_value_of_80_characters_whole_and_cuts_a_longer_one():
+    assert _short("x" * 78) == "'" + "x" * 78 + "'"  # a repr of 80 characters
+    assert _short("x" * 79) == "'" + "x" * 76 + "..."  # 81: the first 77 and "..."
+
+
+def test_an_http_client_module_without_the_usual_error_names_is_skipped(monkeypatch):
+    """A version of one of the clients that renamed its errors (here a bare stand-in): no AttributeError while a
+    Hub failure is being explained, only fewer kinds recognised."""
+    monkeypatch.setitem(sys.modules, "httpx2", types.ModuleType("httpx2"))
+    assert ConnectionError in _network_errors() and TimeoutError in _network_errors()
