@@ -31,6 +31,7 @@ from fastvit_detect.hub import (  # noqa: E402
     Pushed,
     _first_line,
     _network_errors,
+    _Request,
     _short,
     fetch,
     parse_model_reference,
@@ -201,3 +202,10 @@ def test_an_http_client_module_without_the_usual_error_names_is_skipped(monkeypa
     Hub failure is being explained, only fewer kinds recognised."""
     monkeypatch.setitem(sys.modules, "httpx2", types.ModuleType("httpx2"))
     assert ConnectionError in _network_errors() and TimeoutError in _network_errors()
+
+
+def test_a_download_deadline_is_six_read_timeouts_plus_its_size_at_100_kb_per_second():
+    """The figures hub.py's comment promises: a 350 MB fp32 ViT-B gets an hour (plus the read timeouts), JSON a
+    minute of read timeouts."""
+    assert _Request(None, "model.onnx", "http://127.0.0.1/x", {}, 10, size=350_000_000).deadline_s == 60 + 3500
+    assert _Request(None, "the file listing", "http://127.0.0.1/x", {}, 10).deadline_s == 60
