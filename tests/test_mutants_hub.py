@@ -23,16 +23,20 @@ from fastvit_detect.errors import (  # noqa: E402
     HubDownloadError,
     HubOfflineError,
     HubRepoNotFoundError,
+    MissingExtraError,
     MissingFileError,
+    NotAModelPackageError,
 )
 from fastvit_detect.hub import (  # noqa: E402
     Fetched,
     HubReference,
     Pushed,
     _first_line,
+    _network_cause,
     _network_errors,
     _Request,
     _short,
+    _Where,
     fetch,
     parse_model_reference,
     push,
@@ -209,3 +213,75 @@ def test_a_download_deadline_is_six_read_timeouts_plus_its_size_at_100_kb_per_se
     minute of read timeouts."""
     assert _Request(None, "model.onnx", "http://127.0.0.1/x", {}, 10, size=350_000_000).deadline_s == 60 + 3500
     assert _Request(None, "the file listing", "http://127.0.0.1/x", {}, 10).deadline_s == 60
+
+
+# --- how failures read (the uncovered lines of the automatic run) ----------------------------------------------
+
+
+def test_a_bare_id_that_fails_on_the_hub_says_first_that_no_such_local_directory_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    typed = parse_model_reference("org/name")
+    with pytest.raises(HubRepoNotFoundError) as refused, typed.local_reading_first():
+        raise HubRepoNotFoundError("org/name: no such model repository", "org/name")
+    assert str(refused.value) == ("org/name: no such local directory; read as a Hugging Face Hub id, no such model "
+                                  "repository")
+    assert refused.value.repo_id == "org/name"
+    with pytest.raises(MissingExtraError, match=r"^org/name: no such local directory; read as a Hugging Face Hub id, "
+                                                r"the hub extra is missing$"), typed.local_reading_first():
+        raise MissingExtraError("the hub extra is missing")
+    with pytest.raises(HubRepoNotFoundError, match=r"^org/name: no such model repository$"), \
+            HubReference("org/name").local_reading_first():  # hf://org/name: a Hub id for sure, said as it is
+        raise HubRepoNotFoundError("org/name: no such model repository", "org/name")
+
+
+@pytest.fixture
+def where(tmp_path):
+    import huggingface_hub
+
+    return _Where(huggingface_hub, "org/name", None, tmp_path, "http://127.0.0.1:1")
+
+
+def test_the_hubs_refusals_read_as_typed_errors(where):
+    assert where.refused("HTTP 404", "EntryNotFound", "", "model.onnx") == (
+        HubDownloadError, "the repository has no file model.onnx (HTTP 404)")
+    assert where.refused("HTTP 500", None, "Internal Error", "model.onnx") == (
+        HubDownloadError, "the Hub answered for model.onnx with HTTP 500: Internal Error")
+    assert where.refused("HTTP 502", None, "Bad Gateway", None) == (
+        HubDownloadError, "the Hub answered with HTTP 502: Bad Gateway")
+
+
+def test_a_failure_that_is_no_refusal_reads_as_a_typed_error_naming_its_cause(where):
+    assert where._explain(OSError(28, "No space left on device"), "model.onnx") == (
+        HubDownloadError, "downloading model.onnx failed: OSError: [Errno 28] No space left on device. Retry")
+    assert where._explain(ValueError("bad header\nmore"), "model.onnx") == (
+        HubDownloadError, "the Hub's answer for model.onnx made no sense: ValueError: bad header")
+
+
+def test_a_network_cause_is_told_in_its_own_words():
+    assert _network_cause(None) == "no answer"
+    wrapped = RuntimeError("<urllib3.connection.HTTPConnection object at 0x7f>: Failed to establish a connection")
+    assert _network_cause(wrapped) == "Failed to establish a connection (RuntimeError)"
+    assert _network_cause(OSError("outer")) == "outer (OSError)"  # no strerror: not an operating system's words
+    wrapper = RuntimeError("wrapper")
+    wrapper.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    assert _network_cause(wrapper) == "Connection refused (ConnectionRefusedError)"
+
+
+def test_a_repository_with_neither_manifest_nor_onnx_model_is_not_a_package(hub, tmp_path):
+    hub.add_commit(REPO, {"README.md": b"# notes\n", "config.json": b"{}"})
+    with pytest.raises(NotAModelPackageError, match=r"no fastvit_manifest\.json and no ONNX model .*: not a model "
+                                                    r"package"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_where_links_fail_the_cache_holds_copies(hub, tmp_path, vit_package, monkeypatch):
+    hub.add_commit(REPO, package_files(vit_package))
+
+    def no_links(self, target, target_is_directory=False):
+        raise OSError(1, "Operation not permitted")  # a file system without symlinks (FAT, some shares)
+
+    monkeypatch.setattr(Path, "symlink_to", no_links)
+    fetched = fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+    for name in [MANIFEST_FILE, *variant_files(vit_package, "fp32")]:
+        copy = fetched.package.root / name
+        assert not copy.is_symlink() and copy.read_bytes() == (vit_package / name).read_bytes()
