@@ -285,3 +285,12 @@ def test_where_links_fail_the_cache_holds_copies(hub, tmp_path, vit_package, mon
     for name in [MANIFEST_FILE, *variant_files(vit_package, "fp32")]:
         copy = fetched.package.root / name
         assert not copy.is_symlink() and copy.read_bytes() == (vit_package / name).read_bytes()
+
+
+@pytest.mark.parametrize("siblings", ["not a list", None, [{"size": 1}], ["model.onnx"], [{"rfilename": 5}]])
+def test_a_listing_whose_files_make_no_sense_is_refused_as_such(hub, tmp_path, vit_package, siblings):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.listing = lambda answer: {**answer, "siblings": siblings}
+    with pytest.raises(HubDownloadError, match=r"the Hub's answer for the file listing made no sense \(b'\{"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    assert hub.downloads() == []
