@@ -294,3 +294,20 @@ def test_a_listing_whose_files_make_no_sense_is_refused_as_such(hub, tmp_path, v
     with pytest.raises(HubDownloadError, match=r"the Hub's answer for the file listing made no sense \(b'\{"):
         fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
     assert hub.downloads() == []
+
+
+@pytest.mark.parametrize("change", [-4096, 4096])
+def test_a_file_the_hub_announces_at_another_size_than_listed_is_not_downloaded(hub, tmp_path, vit_package, change):
+    """The listing agrees with the manifest, the file itself doesn't (a push landing between the two, or a Hub
+    that lies in one place): refused from its announced size, before a byte of it is fetched."""
+    files = package_files(vit_package)
+    _graph, weights = variant_files(vit_package, "fp32")
+    vouched = len(files[weights])
+    files[weights] = files[weights][:change] if change < 0 else files[weights] + b"\0" * change
+    hub.add_commit(REPO, files)
+    hub.listing = lambda answer: {**answer, "siblings": [
+        {**entry, "size": vouched} if entry["rfilename"] == weights else entry for entry in answer["siblings"]]}
+    with pytest.raises(ChecksumMismatchError, match=f"the Hub announces {weights} at {vouched + change:,} bytes, "
+                                                    f"the manifest says {vouched:,}; not downloading it"):
+        fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+    assert weights not in hub.downloads()
