@@ -80,6 +80,7 @@ class FakeHub:
         self.trickle: dict[str, float] = {}
         self.streamed: dict[str, int] = {}
         self.relocate: dict[str, str] = {}  # LFS file -> the Location its HEAD sends instead of the CDN's
+        self.head_headers: dict[str, dict[str, str]] = {}  # file -> headers its HEAD answer adds (not an LFS one's)
         self.listing: Callable[[dict], dict | bytes] | None = None  # rewrites model_info's answer
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -216,7 +217,8 @@ class FakeHub:
             return Response(b"", status_code=302, headers=headers)
         headers["ETag"] = f'"{git_sha1(data)}"'
         if request.method == "HEAD":
-            return Response(b"", headers={**headers, "Content-Length": str(len(data))})
+            extra = self.head_headers.get(path, {})
+            return Response(b"", headers={**headers, "Content-Length": str(len(data)), **extra})
         return self._body(request, path, data, headers)
 
     async def cdn(self, request: Request) -> Response:

@@ -18,6 +18,7 @@ pytest.importorskip("uvicorn")  # the serve extra runs the fake Hub
 
 from fakehub import FakeHub  # noqa: E402
 
+import fastvit_detect.hub as hub_module  # noqa: E402
 from fastvit_detect.errors import (  # noqa: E402
     ChecksumMismatchError,
     HubDownloadError,
@@ -311,3 +312,32 @@ def test_a_file_the_hub_announces_at_another_size_than_listed_is_not_downloaded(
                                                     f"the manifest says {vouched:,}; not downloading it"):
         fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
     assert weights not in hub.downloads()
+
+
+def test_a_short_download_of_a_file_announced_without_a_size_is_refused_and_not_kept(hub, tmp_path, vit_package,
+                                                                                     monkeypatch):
+    """A Hub whose HEAD names no size (no X-Linked-Size, no Content-Length: the fake can't leave both out, so its
+    answer is stripped here) then sends less than the manifest vouches for: refused as short, nothing cached."""
+    files = package_files(vit_package)
+    _graph, weights = variant_files(vit_package, "fp32")
+    vouched = len(files[weights])
+    files[weights] = files[weights][:-4096]
+    hub.add_commit(REPO, files)
+    hub.listing = lambda answer: {**answer, "siblings": [
+        {**entry, "size": vouched} if entry["rfilename"] == weights else entry for entry in answer["siblings"]]}
+    resolve = hub_module._Downloader._resolve
+    monkeypatch.setattr(hub_module._Downloader, "_resolve", lambda *args: (*resolve(*args)[:2], None))
+    with pytest.raises(HubDownloadError, match=f"sent {vouched - 4096:,} bytes of {weights}, {vouched:,} were "
+                                               "announced; the partial file was removed"):
+        fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+    blobs = tmp_path / ("models--" + REPO.replace("/", "--")) / "blobs"
+    assert all(path.stat().st_size != vouched - 4096 for path in blobs.iterdir())
+
+
+def test_a_location_header_on_an_answer_that_is_no_redirect_is_ignored(hub, tmp_path, vit_package):
+    """Only a 3xx answer moves a download: a Location on a 200 (a misconfigured proxy, a hostile Hub) is not
+    followed to another host."""
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.head_headers[PREPROCESSOR_FILE] = {"Location": "http://127.0.0.1:1/elsewhere"}
+    fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
