@@ -341,3 +341,30 @@ def test_a_location_header_on_an_answer_that_is_no_redirect_is_ignored(hub, tmp_
     hub.head_headers[PREPROCESSOR_FILE] = {"Location": "http://127.0.0.1:1/elsewhere"}
     fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
     assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
+
+
+def test_a_300_answer_with_a_location_moves_the_download_there(hub, tmp_path, vit_package):
+    """Every 3xx with a Location is a redirect, 300 included: the download goes where it says (here another
+    revision's address, which serves the same bytes), as the request log shows."""
+    hub.add_commit(REPO, package_files(vit_package))
+    moved_to = f"/{REPO}/resolve/main/{PREPROCESSOR_FILE}"
+    hub.head_status[PREPROCESSOR_FILE] = 300
+    hub.head_headers[PREPROCESSOR_FILE] = {"Location": moved_to}
+    fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    fetched_from = [path for method, path in hub.requests if method == "GET" and path.endswith(PREPROCESSOR_FILE)]
+    assert fetched_from == [moved_to]
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_a_head_answer_of_400_or_more_is_refused(hub, tmp_path, vit_package, status):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.head_status[PREPROCESSOR_FILE] = status
+    with pytest.raises(HubDownloadError, match=f"the Hub answered for {PREPROCESSOR_FILE} with HTTP {status}"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_a_size_header_that_is_no_number_counts_as_no_size(hub, tmp_path, vit_package):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.head_headers[PREPROCESSOR_FILE] = {"X-Linked-Size": "large"}
+    fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
