@@ -368,3 +368,18 @@ def test_a_size_header_that_is_no_number_counts_as_no_size(hub, tmp_path, vit_pa
     hub.head_headers[PREPROCESSOR_FILE] = {"X-Linked-Size": "large"}
     fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
     assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
+
+
+def test_a_head_404_without_an_error_code_means_the_file_is_missing(hub, tmp_path, vit_package):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.head_status[PREPROCESSOR_FILE] = 404
+    with pytest.raises(HubDownloadError, match=f"the repository has no file {PREPROCESSOR_FILE} \\(HTTP 404\\)"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_a_refusal_quotes_the_hubs_own_error_message(hub, tmp_path, vit_package):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.head_status[PREPROCESSOR_FILE] = 500
+    hub.head_headers[PREPROCESSOR_FILE] = {"X-Error-Message": "storage backend unavailable"}
+    with pytest.raises(HubDownloadError, match="with HTTP 500: 'storage backend unavailable'"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
