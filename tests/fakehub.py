@@ -74,6 +74,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorized: list[str] = []  # the paths of the requests that carried a token
         self.tamper: dict[str, Callable[[bytes], bytes]] = {}
         self.hang: set[str] = set()
         self.oversend: dict[str, int] = {}
@@ -137,6 +138,8 @@ class FakeHub:
 
     async def _enter(self, request: Request, route: str) -> None:
         self.requests.append((request.method, request.url.path))
+        if "authorization" in request.headers:
+            self.authorized.append(request.url.path)
         if route in self.hang:
             while not self._stopping.is_set():  # bounded by the server's stop
                 await _sleep(0.05)

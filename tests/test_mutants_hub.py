@@ -16,7 +16,7 @@ import pytest
 hub_constants = pytest.importorskip("huggingface_hub.constants")  # the hub extra
 pytest.importorskip("uvicorn")  # the serve extra runs the fake Hub
 
-from fakehub import FakeHub  # noqa: E402
+from fakehub import READ_TOKEN, FakeHub  # noqa: E402
 
 import fastvit_detect.hub as hub_module  # noqa: E402
 from fastvit_detect.errors import (  # noqa: E402
@@ -383,3 +383,20 @@ def test_a_refusal_quotes_the_hubs_own_error_message(hub, tmp_path, vit_package)
     hub.head_headers[PREPROCESSOR_FILE] = {"X-Error-Message": "storage backend unavailable"}
     with pytest.raises(HubDownloadError, match="with HTTP 500: 'storage backend unavailable'"):
         fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_the_token_goes_to_the_hub_and_never_to_the_cdn(hub, tmp_path, vit_package):
+    hub.add_commit(REPO, package_files(vit_package), private=True)
+    fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url, token=READ_TOKEN)
+    cdn = [path for _method, path in hub.requests if path.startswith("/cdn/")]
+    assert cdn and not any(path.startswith("/cdn/") for path in hub.authorized)
+    assert any(path.startswith("/api/models/") for path in hub.authorized)
+
+
+@pytest.mark.parametrize("size", ["325", True, -1, 2.5])
+def test_a_listed_size_that_is_no_byte_count_counts_as_unknown(hub, tmp_path, vit_package, size):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.listing = lambda answer: {**answer, "siblings": [
+        {**entry, "size": size} if entry["rfilename"] == PREPROCESSOR_FILE else entry for entry in answer["siblings"]]}
+    fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
