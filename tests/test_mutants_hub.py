@@ -400,3 +400,13 @@ def test_a_listed_size_that_is_no_byte_count_counts_as_unknown(hub, tmp_path, vi
         {**entry, "size": size} if entry["rfilename"] == PREPROCESSOR_FILE else entry for entry in answer["siblings"]]}
     fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
     assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
+
+
+def test_a_file_listed_at_0_bytes_is_a_size_not_an_unknown(hub, tmp_path, vit_package):
+    hub.add_commit(REPO, package_files(vit_package))
+    _graph, weights = variant_files(vit_package, "fp32")
+    vouched = (vit_package / weights).stat().st_size
+    hub.listing = lambda answer: {**answer, "siblings": [
+        {**entry, "size": 0} if entry["rfilename"] == weights else entry for entry in answer["siblings"]]}
+    with pytest.raises(ChecksumMismatchError, match=f"{weights} is 0 bytes on the Hub, the manifest says {vouched:,}"):
+        fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
