@@ -5,6 +5,7 @@ changed under the package it opened), not read from hub.py."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import socket
 import sys
@@ -410,3 +411,26 @@ def test_a_file_listed_at_0_bytes_is_a_size_not_an_unknown(hub, tmp_path, vit_pa
         {**entry, "size": 0} if entry["rfilename"] == weights else entry for entry in answer["siblings"]]}
     with pytest.raises(ChecksumMismatchError, match=f"{weights} is 0 bytes on the Hub, the manifest says {vouched:,}"):
         fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_a_hub_whose_name_does_not_resolve_is_offline_and_the_cache_serves(hub, tmp_path, vit_package):
+    """No such host (a typo in HF_ENDPOINT, no DNS on a plane): the Hub can't be reached, so the cache serves, as
+    it does for a refused connection."""
+    commit = hub.add_commit(REPO, package_files(vit_package))
+    fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+    cached = fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint="http://no-such-host.invalid")
+    assert cached.commit is None and cached.package.root.name == commit
+
+
+def test_a_download_redirected_to_another_host_goes_there_without_the_token(hub, tmp_path, vit_package):
+    """A small file's GET answered with a redirect to a CDN (the HEAD said nothing of it): followed, and the
+    token, meant for the Hub, stays behind."""
+    hub.add_commit(REPO, package_files(vit_package), private=True)
+    data = (vit_package / PREPROCESSOR_FILE).read_bytes()
+    oid = hashlib.sha256(data).hexdigest()
+    hub.lfs[oid] = data
+    hub.get_redirect[PREPROCESSOR_FILE] = f"{hub.cdn_url}/cdn/{oid}/{PREPROCESSOR_FILE}"
+    fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url, token=READ_TOKEN)
+    assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == data
+    assert f"/cdn/{oid}/{PREPROCESSOR_FILE}" in [path for _method, path in hub.requests]
+    assert not any(path.startswith("/cdn/") for path in hub.authorized)
