@@ -9,6 +9,7 @@ import hashlib
 import json
 import socket
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -434,3 +435,22 @@ def test_a_download_redirected_to_another_host_goes_there_without_the_token(hub,
     assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == data
     assert f"/cdn/{oid}/{PREPROCESSOR_FILE}" in [path for _method, path in hub.requests]
     assert not any(path.startswith("/cdn/") for path in hub.authorized)
+
+
+def test_each_requests_watchdog_ends_with_it_and_never_holds_the_process_open(hub, tmp_path, vit_package,
+                                                                              monkeypatch):
+    """A watchdog per request: cancelled when its request ends (not left sleeping out a deadline of up to an hour,
+    one thread per file), and a daemon, so an interpreter exiting mid-download doesn't wait for it."""
+    hub.add_commit(REPO, package_files(vit_package))
+    started: list[threading.Timer] = []
+
+    class RecordedTimer(threading.Timer):
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(hub_module.threading, "Timer", RecordedTimer)
+    fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+    assert len(started) >= 4  # the listing, and a HEAD and a GET per file at least
+    assert all(timer.daemon for timer in started)
+    assert all(timer.finished.is_set() for timer in started)  # cancelled: set at once, not after the deadline
