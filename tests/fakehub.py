@@ -84,6 +84,7 @@ class FakeHub:
         self.head_headers: dict[str, dict[str, str]] = {}  # file -> headers its HEAD answer adds (not an LFS one's)
         self.head_status: dict[str, int] = {}  # file -> the status its HEAD answers with (not an LFS one's)
         self.get_redirect: dict[str, str] = {}  # file -> where its GET redirects (not an LFS one's)
+        self.get_status: dict[str, int] = {}  # file -> the status its GET answers with (not an LFS one's)
         self.listing: Callable[[dict], dict | bytes] | None = None  # rewrites model_info's answer
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -225,6 +226,8 @@ class FakeHub:
             extra = self.head_headers.get(path, {})
             return Response(b"", status_code=self.head_status.get(path, 200),
                             headers={**headers, "Content-Length": str(len(data)), **extra})
+        if path in self.get_status:
+            return Response(b"refused", status_code=self.get_status[path], headers=headers)
         if path in self.get_redirect:
             return Response(b"", status_code=302, headers={**headers, "Location": self.get_redirect[path]})
         return self._body(request, path, data, headers)

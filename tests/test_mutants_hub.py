@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import socket
+import stat
 import sys
 import threading
 import types
@@ -454,3 +456,28 @@ def test_each_requests_watchdog_ends_with_it_and_never_holds_the_process_open(hu
     assert len(started) >= 4  # the listing, and a HEAD and a GET per file at least
     assert all(timer.daemon for timer in started)
     assert all(timer.finished.is_set() for timer in started)  # cancelled: set at once, not after the deadline
+
+
+@pytest.mark.parametrize("status", [400, 503])
+def test_a_download_answered_with_an_error_status_is_refused_and_nothing_cached(hub, tmp_path, vit_package, status):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.get_status[PREPROCESSOR_FILE] = status
+    with pytest.raises(HubDownloadError, match=f"answered the download of {PREPROCESSOR_FILE} with HTTP {status}"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    blobs = tmp_path / ("models--" + REPO.replace("/", "--")) / "blobs"
+    assert b"refused" not in [path.read_bytes() for path in blobs.iterdir()]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_downloaded_files_are_readable_as_the_umask_allows_and_the_umask_is_kept(hub, tmp_path, vit_package, umask):
+    """As huggingface_hub leaves its blobs: 0o666 less the umask (not mkstemp's 0o600, which would hide a shared
+    cache from the other users it's shared with)."""
+    hub.add_commit(REPO, package_files(vit_package))
+    before = os.umask(umask)
+    try:
+        fetched = fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
+        assert os.umask(umask) == umask  # the process's umask, as the fetch found it
+    finally:
+        os.umask(before)
+    for name in [MANIFEST_FILE, *variant_files(vit_package, "fp32")]:
+        assert stat.S_IMODE((fetched.package.root / name).stat().st_mode) == 0o666 & ~umask, name
