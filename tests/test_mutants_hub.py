@@ -28,6 +28,7 @@ from fastvit_detect.errors import (  # noqa: E402
     HubDownloadError,
     HubOfflineError,
     HubRepoNotFoundError,
+    HubTimeoutError,
     MissingExtraError,
     MissingFileError,
     NotAModelPackageError,
@@ -481,3 +482,38 @@ def test_downloaded_files_are_readable_as_the_umask_allows_and_the_umask_is_kept
         os.umask(before)
     for name in [MANIFEST_FILE, *variant_files(vit_package, "fp32")]:
         assert stat.S_IMODE((fetched.package.root / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+@pytest.mark.parametrize("size, plus", [(0, ""), (50_000, ""), (75_000, ", plus 1 s for its size"),
+                                        (350_000_000, ", plus 3500 s for its size")])
+def test_a_missed_deadline_says_how_it_was_made(where, size, plus):
+    """Six read timeouts, plus the size's share when it adds more than half a second (0.5 s at 50 kB is left out,
+    0.75 s at 75 kB rounds to 1 s)."""
+    request = _Request(where, "model.onnx", "http://127.0.0.1/x", {}, 10, size=size)
+    with pytest.raises(HubTimeoutError) as missed:
+        request.too_slow(None)
+    deadline = 60 + size / 100_000
+    assert (f"downloading model.onnx from 127.0.0.1 didn't finish within its deadline of {deadline:.0f} s "
+            f"(6 read timeouts of 10 s{plus}); nothing partial was kept") in str(missed.value)
+
+
+def test_a_hub_over_https_that_refuses_the_connection_is_offline(tmp_path):
+    """The TLS handler is set up as urllib's own (its context), so an https Hub fails as one that can't be reached."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(HubOfflineError, match=rf"the Hub at 127\.0\.0\.1:{port} can't be reached: Connection refused"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=f"https://127.0.0.1:{port}")
+
+
+def test_a_link_left_by_a_killed_fetch_in_this_process_is_replaced_by_a_link(hub, tmp_path, vit_package):
+    """The staging name holds the process and thread ids: one left by an earlier fetch of this same thread (killed
+    between making and renaming it) is removed first, and the file is still linked, not copied."""
+    commit = hub.add_commit(REPO, package_files(vit_package))
+    snapshot = tmp_path / ("models--" + REPO.replace("/", "--")) / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    stale = snapshot / f".{MANIFEST_FILE}.{os.getpid()}.{threading.get_ident()}.link"
+    stale.write_bytes(b"half a copy")  # where links failed, the staging name holds a copy
+    fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    assert (snapshot / MANIFEST_FILE).is_symlink() and not stale.exists()
+    assert (snapshot / MANIFEST_FILE).read_bytes() == (vit_package / MANIFEST_FILE).read_bytes()
