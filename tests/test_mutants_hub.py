@@ -29,6 +29,7 @@ from fastvit_detect.errors import (  # noqa: E402
     HubOfflineError,
     HubRepoNotFoundError,
     HubTimeoutError,
+    InvalidPackageError,
     MissingExtraError,
     MissingFileError,
     NotAModelPackageError,
@@ -96,6 +97,12 @@ def variant_files(directory: Path, variant: str) -> list[str]:
     """The files a variant loads, read from the manifest itself (not through the code under test)."""
     entry = json.loads((directory / MANIFEST_FILE).read_text())["variants"][variant]
     return [entry["file"], entry["data_file"]]
+
+
+def listed_at(name: str, size: object):
+    """A listing rewrite: ``name`` shown at ``size`` bytes, the rest as they are."""
+    return lambda answer: {**answer, "siblings": [{**entry, "size": size} if entry["rfilename"] == name else entry
+                                                  for entry in answer["siblings"]]}
 
 
 def pick(name: str):
@@ -311,8 +318,7 @@ def test_a_file_the_hub_announces_at_another_size_than_listed_is_not_downloaded(
     vouched = len(files[weights])
     files[weights] = files[weights][:change] if change < 0 else files[weights] + b"\0" * change
     hub.add_commit(REPO, files)
-    hub.listing = lambda answer: {**answer, "siblings": [
-        {**entry, "size": vouched} if entry["rfilename"] == weights else entry for entry in answer["siblings"]]}
+    hub.listing = listed_at(weights, vouched)
     with pytest.raises(ChecksumMismatchError, match=f"the Hub announces {weights} at {vouched + change:,} bytes, "
                                                     f"the manifest says {vouched:,}; not downloading it"):
         fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
@@ -328,8 +334,7 @@ def test_a_short_download_of_a_file_announced_without_a_size_is_refused_and_not_
     vouched = len(files[weights])
     files[weights] = files[weights][:-4096]
     hub.add_commit(REPO, files)
-    hub.listing = lambda answer: {**answer, "siblings": [
-        {**entry, "size": vouched} if entry["rfilename"] == weights else entry for entry in answer["siblings"]]}
+    hub.listing = listed_at(weights, vouched)
     resolve = hub_module._Downloader._resolve
     monkeypatch.setattr(hub_module._Downloader, "_resolve", lambda *args: (*resolve(*args)[:2], None))
     with pytest.raises(HubDownloadError, match=f"sent {vouched - 4096:,} bytes of {weights}, {vouched:,} were "
@@ -401,8 +406,7 @@ def test_the_token_goes_to_the_hub_and_never_to_the_cdn(hub, tmp_path, vit_packa
 @pytest.mark.parametrize("size", ["325", True, -1, 2.5])
 def test_a_listed_size_that_is_no_byte_count_counts_as_unknown(hub, tmp_path, vit_package, size):
     hub.add_commit(REPO, package_files(vit_package))
-    hub.listing = lambda answer: {**answer, "siblings": [
-        {**entry, "size": size} if entry["rfilename"] == PREPROCESSOR_FILE else entry for entry in answer["siblings"]]}
+    hub.listing = listed_at(PREPROCESSOR_FILE, size)
     fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
     assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
 
@@ -411,8 +415,7 @@ def test_a_file_listed_at_0_bytes_is_a_size_not_an_unknown(hub, tmp_path, vit_pa
     hub.add_commit(REPO, package_files(vit_package))
     _graph, weights = variant_files(vit_package, "fp32")
     vouched = (vit_package / weights).stat().st_size
-    hub.listing = lambda answer: {**answer, "siblings": [
-        {**entry, "size": 0} if entry["rfilename"] == weights else entry for entry in answer["siblings"]]}
+    hub.listing = listed_at(weights, 0)
     with pytest.raises(ChecksumMismatchError, match=f"{weights} is 0 bytes on the Hub, the manifest says {vouched:,}"):
         fetch(REPO, select=pick("fp32"), cache_dir=tmp_path, endpoint=hub.url)
 
@@ -517,3 +520,17 @@ def test_a_link_left_by_a_killed_fetch_in_this_process_is_replaced_by_a_link(hub
     fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
     assert (snapshot / MANIFEST_FILE).is_symlink() and not stale.exists()
     assert (snapshot / MANIFEST_FILE).read_bytes() == (vit_package / MANIFEST_FILE).read_bytes()
+
+
+@pytest.mark.parametrize("listed, refused", [(16 * 1024 * 1024, False), (16 * 1024 * 1024 + 1, True)])
+def test_a_config_listed_at_up_to_16_mib_is_fetched_and_over_it_is_not(hub, tmp_path, vit_package, listed, refused):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.listing = listed_at(PREPROCESSOR_FILE, listed)
+    if refused:
+        with pytest.raises(InvalidPackageError, match=f"{PREPROCESSOR_FILE} is {listed:,} bytes \\(at most "
+                                                      "16,777,216\\): not downloading it"):
+            fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+        assert PREPROCESSOR_FILE not in hub.downloads()
+    else:
+        fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)  # the HEAD then announces the real size
+        assert (fetched.package.root / PREPROCESSOR_FILE).is_file()
