@@ -534,3 +534,10 @@ def test_a_config_listed_at_up_to_16_mib_is_fetched_and_over_it_is_not(hub, tmp_
     else:
         fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)  # the HEAD then announces the real size
         assert (fetched.package.root / PREPROCESSOR_FILE).is_file()
+
+
+@pytest.mark.parametrize("repo_id", ["name-without-owner", "org/../name", "org--x/name", "not an/id"])
+def test_push_refuses_what_is_no_repository_id_before_asking_the_hub(hub, vit_package, repo_id):
+    with pytest.raises(HubRepoNotFoundError, match="isn't a Hub repository id"):
+        push(vit_package, repo_id, token="a-token", endpoint=hub.url)
+    assert hub.requests == []
