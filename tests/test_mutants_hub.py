@@ -20,7 +20,7 @@ import pytest
 hub_constants = pytest.importorskip("huggingface_hub.constants")  # the hub extra
 pytest.importorskip("uvicorn")  # the serve extra runs the fake Hub
 
-from fakehub import READ_TOKEN, FakeHub  # noqa: E402
+from fakehub import READ_TOKEN, WRITE_TOKEN, FakeHub  # noqa: E402
 
 import fastvit_detect.hub as hub_module  # noqa: E402
 from fastvit_detect.errors import (  # noqa: E402
@@ -541,3 +541,20 @@ def test_push_refuses_what_is_no_repository_id_before_asking_the_hub(hub, vit_pa
     with pytest.raises(HubRepoNotFoundError, match="isn't a Hub repository id"):
         push(vit_package, repo_id, token="a-token", endpoint=hub.url)
     assert hub.requests == []
+
+
+@pytest.mark.parametrize("revision", [None, "candidate"])
+def test_a_second_push_to_the_same_repository_and_branch_is_a_new_commit(hub, packages, revision):
+    """New weights for a published model: the repository and the branch exist by then, and that is fine."""
+    first = push(packages["vit"], "me/pushed", revision=revision, token=WRITE_TOKEN, endpoint=hub.url)
+    second = push(packages["legacy-vit"], "me/pushed", revision=revision, token=WRITE_TOKEN, endpoint=hub.url)
+    assert second.commit != first.commit
+    assert hub.repos["me/pushed"].branches[revision or "main"] == second.commit
+
+
+def test_the_pushed_manifest_is_json_indented_by_two_spaces(hub, vit_package):
+    """The file people read on the Hub's page: the exporter's layout (two spaces, a final newline)."""
+    pushed = push(vit_package, "me/pushed", token=WRITE_TOKEN, endpoint=hub.url)
+    text = hub.repos["me/pushed"].commits[pushed.commit][MANIFEST_FILE].decode()
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+    assert text.splitlines()[1].startswith('  "')
