@@ -330,14 +330,24 @@ def _parsed(module: str) -> ast.Module:
     return ast.parse((PACKAGE_DIR / module).read_text(encoding="utf-8"))
 
 
+def _class_heading(node: ast.AST, line: int) -> bool:
+    """Whether ``line`` is in ``node``'s heading, decorators included: a class, when it's a ``ClassDef``."""
+    if not isinstance(node, ast.ClassDef) or not node.body:
+        return False
+    return min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)]) <= line < node.body[0].lineno
+
+
 @functools.cache
 def defined_names(module: str, line: int) -> frozenset[str]:
-    """The names an import-time assignment on ``line`` defines (``positive_int = whole_number(...)``)."""
+    """The names an import-time line defines: an assignment's (``positive_int = whole_number(...)``), or a
+    class's when the line is its heading (``@dataclass(frozen=True)``: the tests that use the class)."""
     names: set[str] = set()
     for node in ast.walk(_parsed(module)):
         if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.lineno <= line <= (node.end_lineno or line):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names.update(target.id for target in targets if isinstance(target, ast.Name))
+        if _class_heading(node, line):
+            names.add(node.name)  # type: ignore[attr-defined]
     return frozenset(names)
 
 

@@ -132,3 +132,13 @@ def test_a_rerun_keeps_the_kills_of_unchanged_modules_only(tmp_path):
     report["sha256"]["options.py"] = "0" * 64  # the module changed since: nothing is kept
     path.write_text(json.dumps(report))
     assert mutate_all.earlier_kills(path) == {}
+
+
+def test_a_class_decorator_maps_to_the_test_files_that_use_the_class():
+    """``@dataclass(frozen=True)`` runs at import: its mutant goes to the tests that name the class (a test that
+    the class is frozen), not only to the module's fastest tests."""
+    line = next(number for number, text in
+                enumerate((mutate_all.PACKAGE_DIR / "hub.py").read_text().splitlines(), 1)
+                if text == "class Pushed:") - 1
+    assert mutate_all.defined_names("hub.py", line) == {"Pushed"}
+    assert "tests/test_mutants_hub.py" in mutate_all.test_files_naming(mutate_all.defined_names("hub.py", line))
