@@ -85,6 +85,7 @@ class FakeHub:
         self.head_status: dict[str, int] = {}  # file -> the status its HEAD answers with (not an LFS one's)
         self.get_redirect: dict[str, str] = {}  # file -> where its GET redirects (not an LFS one's)
         self.get_status: dict[str, int] = {}  # file -> the status its GET answers with (not an LFS one's)
+        self.renamed: dict[str, str] = {}  # old repo id -> new: its file addresses redirect there (307), as the Hub's
         self.listing: Callable[[dict], dict | bytes] | None = None  # rewrites model_info's answer
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -203,6 +204,10 @@ class FakeHub:
 
     async def resolve(self, request: Request) -> Response:
         await self._enter(request, "resolve")
+        old = f"{request.path_params['org']}/{request.path_params['name']}"
+        if old in self.renamed:
+            return Response(b"", status_code=307, headers={
+                "Location": request.url.path.replace(f"/{old}/", f"/{self.renamed[old]}/", 1)})
         _repo_id, repo, failure = self._repo(request)
         if failure:
             return failure

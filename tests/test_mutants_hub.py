@@ -558,3 +558,32 @@ def test_the_pushed_manifest_is_json_indented_by_two_spaces(hub, vit_package):
     text = hub.repos["me/pushed"].commits[pushed.commit][MANIFEST_FILE].decode()
     assert text == json.dumps(json.loads(text), indent=2) + "\n"
     assert text.splitlines()[1].startswith('  "')
+
+
+def test_a_file_address_redirected_within_the_hub_is_followed(hub, tmp_path, vit_package):
+    """A renamed repository: the Hub answers its old file addresses with a 307 to the new ones, on the same host.
+    The HEAD follows it, for the file's ETag and size (a redirect to another host is the CDN's, answered as it
+    is)."""
+    commit = hub.add_commit("deepfakes/vit-onnx-v2", package_files(vit_package))
+    hub.add_commit(REPO, package_files(vit_package))  # the listing still answers under the old name
+    hub.renamed[REPO] = "deepfakes/vit-onnx-v2"
+    hub.listing = lambda answer: {**answer, "sha": commit}
+    fetched = fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    assert (fetched.package.root / PREPROCESSOR_FILE).read_bytes() == (vit_package / PREPROCESSOR_FILE).read_bytes()
+    assert f"/deepfakes/vit-onnx-v2/resolve/{commit}/{PREPROCESSOR_FILE}" in [path for _method, path in hub.requests]
+
+
+def test_a_head_answer_naming_no_valid_etag_is_refused(hub, tmp_path, vit_package):
+    hub.add_commit(REPO, package_files(vit_package))
+    hub.head_headers[PREPROCESSOR_FILE] = {"ETag": '"../../escape"'}
+    with pytest.raises(HubDownloadError, match=f"the Hub's answer for {PREPROCESSOR_FILE} names its content "
+                                               "'../../escape', which isn't an ETag"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_a_head_answer_from_another_commit_than_listed_is_refused(hub, tmp_path, vit_package):
+    commit = hub.add_commit(REPO, package_files(vit_package))
+    hub.head_headers[PREPROCESSOR_FILE] = {"X-Repo-Commit": "0" * 40}
+    with pytest.raises(HubDownloadError, match=f"the Hub answered for {PREPROCESSOR_FILE} from commit '{'0' * 40}', "
+                                               f"not from {commit}, the commit its listing named"):
+        fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
