@@ -587,3 +587,31 @@ def test_a_head_answer_from_another_commit_than_listed_is_refused(hub, tmp_path,
     with pytest.raises(HubDownloadError, match=f"the Hub answered for {PREPROCESSOR_FILE} from commit '{'0' * 40}', "
                                                f"not from {commit}, the commit its listing named"):
         fetch(REPO, cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_a_status_line_trickled_past_the_deadline_is_a_timeout(tmp_path, monkeypatch):
+    """The watchdog shuts the connection mid status line: http.client then raises (the peer 'closed' it), and that
+    is reported as the deadline it is, not as a Hub that can't be reached (the cache, empty here, is asked then)."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_ETAG_TIMEOUT", 1)  # the listing's deadline: 6 read timeouts, 6 s
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle_status_line():
+        connection, _ = listener.accept()
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\n":  # 17 bytes at 0.5 s: 8.5 s, each byte within the read timeout
+                if stop.wait(0.5):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle_status_line, daemon=True).start()
+    try:
+        with pytest.raises(HubOfflineError, match="the file listing from 127.0.0.1:.* didn't finish within its "
+                                                  "deadline of 6 s"):
+            fetch(REPO, cache_dir=tmp_path, endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        stop.set()
+        listener.close()
