@@ -16,7 +16,7 @@ import pytest
 
 from fastvit_detect.detector import Prediction
 from fastvit_detect.errors import FastVitDetectError
-from fastvit_detect.scan import ScanOutput, scan
+from fastvit_detect.scan import ScanOutput, check_scan_target, scan
 
 LABELS = ("Fake", "Real")
 GOOD = {"label": "Real", "score": 0.75, "fake_probability": 0.25, "probabilities": {"Fake": 0.25, "Real": 0.75}}
@@ -171,3 +171,15 @@ def test_a_write_that_fails_stops_the_decoding_at_once(tmp_path, monkeypatch):
     # collector.
     assert detector.closed
     assert failure.tb is not None
+
+
+def test_the_scan_target_is_checked_before_a_model_is_loaded(tmp_path):
+    """check_scan_target, which the CLI calls before loading a model: the results file's format from its name, and
+    a results path that is a directory refused there."""
+    images = tmp_path / "images"
+    images.mkdir()
+    assert check_scan_target(images, tmp_path / "results.csv", None) == "csv"
+    assert check_scan_target(images, tmp_path / "results.out", None) == "jsonl"
+    (tmp_path / "taken.jsonl").mkdir()
+    with pytest.raises(FastVitDetectError, match=r"taken\.jsonl: a directory"):
+        check_scan_target(images, tmp_path / "taken.jsonl", None)
