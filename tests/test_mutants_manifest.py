@@ -12,7 +12,7 @@ import math
 import pytest
 
 from fastvit_detect.errors import InvalidPackageError
-from fastvit_detect.manifest import MAX_TEXT, Manifest, Source
+from fastvit_detect.manifest import MAX_TEXT, FileEntry, Manifest, Source, parse_file_entry
 from fastvit_detect.package import MANIFEST_FILE
 
 
@@ -107,3 +107,15 @@ def test_a_variants_quantization_or_validation_that_is_no_object_is_refused(mani
     data["variants"][name][part] = ["int8"]
     with pytest.raises(InvalidPackageError, match=rf"variant '{name}'\.{part} must be an object"):
         Manifest.parse(data)
+
+
+def test_a_config_entry_that_is_no_object_is_refused_by_its_index(manifest):
+    with pytest.raises(InvalidPackageError, match=r"configs\[0\] must be an object"):
+        Manifest.parse(changed(manifest, configs=["config.json"]))
+
+
+def test_a_file_entry_beside_the_variants_is_checked_as_a_variants_graph():
+    entry = {"file": "faces.onnx", "sha256": "a" * 64, "size_bytes": 12}
+    assert parse_file_entry(entry, "faces.detector", "pkg") == FileEntry("faces.onnx", "a" * 64, 12)
+    with pytest.raises(InvalidPackageError, match=r"^pkg: faces\.detector must be an object$"):
+        parse_file_entry(["faces.onnx"], "faces.detector", "pkg")

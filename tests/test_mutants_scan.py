@@ -16,7 +16,7 @@ import pytest
 
 from fastvit_detect.detector import Prediction
 from fastvit_detect.errors import FastVitDetectError
-from fastvit_detect.scan import ScanOutput, check_scan_target, scan
+from fastvit_detect.scan import ScanOutput, check_scan_target, output_format, scan
 
 LABELS = ("Fake", "Real")
 GOOD = {"label": "Real", "score": 0.75, "fake_probability": 0.25, "probabilities": {"Fake": 0.25, "Real": 0.75}}
@@ -183,3 +183,17 @@ def test_the_scan_target_is_checked_before_a_model_is_loaded(tmp_path):
     (tmp_path / "taken.jsonl").mkdir()
     with pytest.raises(FastVitDetectError, match=r"taken\.jsonl: a directory"):
         check_scan_target(images, tmp_path / "taken.jsonl", None)
+
+
+@pytest.mark.parametrize("path, fmt, message", [
+    ("out.parquet", None, ("out.parquet: parquet results (from its .parquet suffix) can't be written here: this scan "
+                          "writes jsonl or csv; Parquet needs --engine ray")),
+    ("out.data", "parquet", ("out.data: parquet results (from --format parquet) can't be written here: this scan "
+                            "writes jsonl or csv; Parquet needs --engine ray")),
+    ("out.data", "xml", ("out.data: xml results (from --format xml) can't be written here: this scan writes jsonl or "
+                        "csv")),
+])
+def test_a_results_format_this_engine_does_not_write_is_refused_saying_why(path, fmt, message):
+    with pytest.raises(FastVitDetectError) as refused:
+        output_format(path, fmt)
+    assert str(refused.value) == message
