@@ -197,3 +197,13 @@ def test_a_results_format_this_engine_does_not_write_is_refused_saying_why(path,
     with pytest.raises(FastVitDetectError) as refused:
         output_format(path, fmt)
     assert str(refused.value) == message
+
+
+def test_a_flushed_record_is_in_the_file_before_the_writer_closes(tmp_path):
+    """What a scan killed right after a batch leaves: every record flushed is on disk, read by another handle."""
+    path = tmp_path / "results.jsonl"
+    output = ScanOutput(path, LABELS, "jsonl")
+    output.write_record({"image": "a.png", **GOOD})
+    output.flush()
+    assert path.read_text().count("\n") == 1
+    output.close()
