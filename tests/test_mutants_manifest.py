@@ -119,3 +119,12 @@ def test_a_file_entry_beside_the_variants_is_checked_as_a_variants_graph():
     assert parse_file_entry(entry, "faces.detector", "pkg") == FileEntry("faces.onnx", "a" * 64, 12)
     with pytest.raises(InvalidPackageError, match=r"^pkg: faces\.detector must be an object$"):
         parse_file_entry(["faces.onnx"], "faces.detector", "pkg")
+
+
+def test_a_manifest_vouches_for_up_to_16_configs(manifest):
+    def configs(count: int) -> list[dict]:
+        return [{"file": f"config-{index}.json", "sha256": "a" * 64, "size_bytes": 1} for index in range(count)]
+
+    assert len(Manifest.parse(changed(manifest, configs=configs(16))).configs) == 16
+    with pytest.raises(InvalidPackageError, match=r"must list the config files it vouches for \(1 to 16\)"):
+        Manifest.parse(changed(manifest, configs=configs(17)))

@@ -207,3 +207,20 @@ def test_a_flushed_record_is_in_the_file_before_the_writer_closes(tmp_path):
     output.flush()
     assert path.read_text().count("\n") == 1
     output.close()
+
+
+def test_a_scan_of_what_is_no_folder_is_refused_not_an_empty_scan(tmp_path):
+    detector = CountingDetector()
+    with pytest.raises(FastVitDetectError, match=r"missing: not a directory to scan"):
+        scan(detector, tmp_path / "missing", tmp_path / "results.jsonl")
+    assert detector.calls == []
+
+
+def test_each_progress_report_follows_a_flush_of_exactly_that_many_records(tmp_path):
+    """Progress is reported after the batch's records reach the file: what a user sees counted is on disk."""
+    folder = image_folder(tmp_path / "images", 5)
+    output = tmp_path / "results.jsonl"
+    on_disk: list[tuple[int, int]] = []
+    scan(CountingDetector(), folder, output, batch_size=2,
+         progress=lambda done, total: on_disk.append((done, output.read_text().count("\n"))))
+    assert on_disk == [(2, 2), (4, 4), (5, 5)]
