@@ -6,13 +6,14 @@ value an error message quotes in full. The expected messages are written out her
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
 import pytest
 
 from fastvit_detect.errors import InvalidPackageError
-from fastvit_detect.manifest import MAX_TEXT, FileEntry, Manifest, Source, parse_file_entry
+from fastvit_detect.manifest import MAX_TEXT, FileEntry, Manifest, Source, VariantEntry, parse_file_entry
 from fastvit_detect.package import MANIFEST_FILE
 
 
@@ -128,3 +129,11 @@ def test_a_manifest_vouches_for_up_to_16_configs(manifest):
     assert len(Manifest.parse(changed(manifest, configs=configs(16))).configs) == 16
     with pytest.raises(InvalidPackageError, match=r"must list the config files it vouches for \(1 to 16\)"):
         Manifest.parse(changed(manifest, configs=configs(17)))
+
+
+def test_a_parsed_variant_entry_cannot_be_changed(manifest):
+    """Shared by the package, the detector and the server: a VariantEntry is a value."""
+    entry = next(iter(Manifest.parse(manifest).variants.values()))
+    assert isinstance(entry, VariantEntry)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.runtime = "openvino"  # type: ignore[misc]

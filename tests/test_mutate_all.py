@@ -142,3 +142,9 @@ def test_a_class_decorator_maps_to_the_test_files_that_use_the_class():
                 if text == "class Pushed:") - 1
     assert mutate_all.defined_names("hub.py", line) == {"Pushed"}
     assert "tests/test_mutants_hub.py" in mutate_all.test_files_naming(mutate_all.defined_names("hub.py", line))
+    # and to the module's own tests, which may test frozenness without naming the class
+    assert mutate_all.in_class_heading("hub.py", line) and not mutate_all.in_class_heading("hub.py", line + 2)
+    covered = mutate_all.CoverageMap(lines={"hub.py": {line + 3: ["tests/test_hub.py::test_push"]}},
+                                     import_time={"hub.py": {line}})
+    mutant = next(m for m in mutate_all.generate("hub.py") if m.line == line and m.operator == "constant")
+    assert {"tests/test_mutants_hub.py", "tests/test_hub.py::test_push"} <= set(covered.tests_for(mutant))
