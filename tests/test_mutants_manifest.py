@@ -137,3 +137,14 @@ def test_a_parsed_variant_entry_cannot_be_changed(manifest):
     assert isinstance(entry, VariantEntry)
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.runtime = "openvino"  # type: ignore[misc]
+
+
+def test_a_variants_runtime_name_holds_100_characters_and_not_one_more(manifest):
+    """Another runtime's name is kept as written (a newer fastvit-detect's), within the same bound as a precision."""
+    name = a_variant(manifest)
+    data = copy.deepcopy(manifest)
+    data["variants"][name]["runtime"] = "r" * 100
+    assert Manifest.parse(data).variants[name].runtime == "r" * 100
+    data["variants"][name]["runtime"] = "r" * 101
+    with pytest.raises(InvalidPackageError, match=rf"variant '{name}'\.runtime .* at most 100 characters"):
+        Manifest.parse(data)
