@@ -1,0 +1,34 @@
+"""What the Ray engine's survivors of the automatic mutation run (its mutants the fast, in-process tests reach)
+showed untested. The expected values are the README's (``--connect-timeout``: default 60) and the documented
+contract of each piece, not read from ray.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+pytest.importorskip("ray")
+
+from fastvit_detect.ray import ShippedModel, _assigned_cpus, connected
+
+
+def test_joining_a_cluster_waits_60_seconds_by_default():
+    """README, scan --engine ray: ``--connect-timeout S`` ... (default 60)."""
+    assert inspect.signature(connected).parameters["timeout"].default == 60
+
+
+def test_a_shipped_model_cannot_be_changed_after_it_is_put():
+    """Sent to every actor: its object reference and variant are fixed once the driver put it."""
+    shipped = ShippedModel(files=None, variant="int8")  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        shipped.variant = "fp32"  # type: ignore[misc]
+
+
+def test_outside_a_ray_worker_a_classifier_gets_one_thread():
+    """No Ray reservation to read (and asking would start a Ray): one intra-op thread, the safe default."""
+    import ray
+
+    assert not ray.is_initialized()
+    assert _assigned_cpus() == 1
