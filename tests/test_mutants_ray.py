@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("ray")
 
+import fastvit_detect.ray as ray_module
 from fastvit_detect.ray import ShippedModel, _assigned_cpus, connected
 
 
@@ -32,3 +33,23 @@ def test_outside_a_ray_worker_a_classifier_gets_one_thread():
 
     assert not ray.is_initialized()
     assert _assigned_cpus() == 1
+
+
+@pytest.mark.parametrize("threads, expected", [(None, 1), (3, 3)])
+def test_a_classifier_loads_its_detector_as_detector_load_would(monkeypatch, threads, expected):
+    """Detector.load's own defaults (jpeg_draft off: full-size decoding, as a local scan does) and the thread count
+    given, else the CPUs Ray reserved (1 outside a worker)."""
+    loaded: list[dict] = []
+
+    class FakeDetector:
+        labels = ("Fake", "Real")
+
+        @classmethod
+        def load(cls, path, **options):
+            loaded.append(options)
+            return cls()
+
+    monkeypatch.setattr(ray_module, "Detector", FakeDetector)
+    ray_module.BatchClassifier("a-package", threads=threads)
+    assert loaded[0]["threads"] == expected
+    assert loaded[0]["jpeg_draft"] is False
