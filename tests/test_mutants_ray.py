@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("ray")
 
@@ -53,3 +56,23 @@ def test_a_classifier_loads_its_detector_as_detector_load_would(monkeypatch, thr
     ray_module.BatchClassifier("a-package", threads=threads)
     assert loaded[0]["threads"] == expected
     assert loaded[0]["jpeg_draft"] is False
+
+
+def test_a_batch_that_finished_leaves_no_trace_in_the_crash_ledger(vit_package, tmp_path, monkeypatch):
+    """Ray may hand the same batch to a worker again (a retry after another failure): one that finished before is
+    classified as a batch again, not taken for a crash and redone image by image."""
+    monkeypatch.setattr(ray_module.ray, "get", lambda value: value)  # the ledger is a plain object here
+    ledger = ray_module.CrashLedger()
+    handle = SimpleNamespace(begin=SimpleNamespace(remote=ledger.begin), end=SimpleNamespace(remote=ledger.end))
+    classifier = ray_module.BatchClassifier(vit_package, variant="fp32", threads=1, crash_ledger=handle)
+    alone: list[str] = []
+    monkeypatch.setattr(ray_module.BatchClassifier, "_predict_alone",
+                        lambda self, ledger, source, path: alone.append(path))
+    paths = []
+    for index in range(2):
+        paths.append(str(tmp_path / f"img{index}.png"))
+        Image.new("RGB", (24, 24), (40 * index, 90, 200)).save(paths[-1])
+    batch = {"path": paths, "bytes": [Path(path).read_bytes() for path in paths]}
+    for _ in range(2):
+        assert classifier(batch).num_rows == 2
+    assert alone == []
