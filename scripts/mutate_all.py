@@ -309,10 +309,12 @@ class CoverageMap:
                 for line in used:
                     tests.update(self.lines.get(module, {}).get(line, ()))
             tests.update(test_files_naming(defined_names(mutant.module, mutant.line)))
-            if not tests:  # no use found: the module's tests, its own test file's first
+            # No use found, or a class heading (its users may not test what a decorator changes, such as
+            # frozenness): the module's tests too, its own test file's first.
+            if not tests or in_class_heading(mutant.module, mutant.line):
                 every = sorted({test for covering in lines.values() for test in covering}, key=self.duration)
                 own = [test for test in every if Path(mutant.module).stem in test.split("::")[0]]
-                tests = set((own + [test for test in every if test not in own])[:IMPORT_TIME_TESTS])
+                tests |= set((own + [test for test in every if test not in own])[:IMPORT_TIME_TESTS])
         return sorted(tests, key=self.duration) if tests else None
 
     def duration(self, test: str) -> float:
@@ -330,14 +332,29 @@ def _parsed(module: str) -> ast.Module:
     return ast.parse((PACKAGE_DIR / module).read_text(encoding="utf-8"))
 
 
+def _class_heading(node: ast.AST, line: int) -> bool:
+    """Whether ``line`` is in ``node``'s heading, decorators included: a class, when it's a ``ClassDef``."""
+    if not isinstance(node, ast.ClassDef) or not node.body:
+        return False
+    return min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)]) <= line < node.body[0].lineno
+
+
+@functools.cache
+def in_class_heading(module: str, line: int) -> bool:
+    return any(_class_heading(node, line) for node in ast.walk(_parsed(module)))
+
+
 @functools.cache
 def defined_names(module: str, line: int) -> frozenset[str]:
-    """The names an import-time assignment on ``line`` defines (``positive_int = whole_number(...)``)."""
+    """The names an import-time line defines: an assignment's (``positive_int = whole_number(...)``), or a
+    class's when the line is its heading (``@dataclass(frozen=True)``: the tests that use the class)."""
     names: set[str] = set()
     for node in ast.walk(_parsed(module)):
         if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.lineno <= line <= (node.end_lineno or line):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names.update(target.id for target in targets if isinstance(target, ast.Name))
+        if _class_heading(node, line):
+            names.add(node.name)  # type: ignore[attr-defined]
     return frozenset(names)
 
 

@@ -74,18 +74,24 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorized: list[str] = []  # the paths of the requests that carried a token
         self.tamper: dict[str, Callable[[bytes], bytes]] = {}
         self.hang: set[str] = set()
         self.oversend: dict[str, int] = {}
         self.trickle: dict[str, float] = {}
         self.streamed: dict[str, int] = {}
         self.relocate: dict[str, str] = {}  # LFS file -> the Location its HEAD sends instead of the CDN's
+        self.head_headers: dict[str, dict[str, str]] = {}  # file -> headers its HEAD answer adds (not an LFS one's)
+        self.head_status: dict[str, int] = {}  # file -> the status its HEAD answers with (not an LFS one's)
+        self.get_redirect: dict[str, str] = {}  # file -> where its GET redirects (not an LFS one's)
+        self.get_status: dict[str, int] = {}  # file -> the status its GET answers with (not an LFS one's)
+        self.renamed: dict[str, str] = {}  # old repo id -> new: its file addresses redirect there (307), as the Hub's
         self.listing: Callable[[dict], dict | bytes] | None = None  # rewrites model_info's answer
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.url = self.cdn_url = ""
         self.app = Starlette(routes=[
-            Route("/api/models/{org}/{name}/revision/{revision}", self.model_info, methods=["GET"]),
+            Route("/api/models/{org}/{name}/revision/{revision:path}", self.model_info, methods=["GET"]),  # refs/pr/1
             Route("/api/models/{org}/{name}", self.model_info, methods=["GET"]),
             Route("/{org}/{name}/resolve/{revision}/{path:path}", self.resolve, methods=["GET", "HEAD"]),
             Route("/cdn/{oid}/{path:path}", self.cdn, methods=["GET"]),
@@ -135,6 +141,8 @@ class FakeHub:
 
     async def _enter(self, request: Request, route: str) -> None:
         self.requests.append((request.method, request.url.path))
+        if "authorization" in request.headers:
+            self.authorized.append(request.url.path)
         if route in self.hang:
             while not self._stopping.is_set():  # bounded by the server's stop
                 await _sleep(0.05)
@@ -196,6 +204,10 @@ class FakeHub:
 
     async def resolve(self, request: Request) -> Response:
         await self._enter(request, "resolve")
+        old = f"{request.path_params['org']}/{request.path_params['name']}"
+        if old in self.renamed:
+            return Response(b"", status_code=307, headers={
+                "Location": request.url.path.replace(f"/{old}/", f"/{self.renamed[old]}/", 1)})
         _repo_id, repo, failure = self._repo(request)
         if failure:
             return failure
@@ -216,7 +228,13 @@ class FakeHub:
             return Response(b"", status_code=302, headers=headers)
         headers["ETag"] = f'"{git_sha1(data)}"'
         if request.method == "HEAD":
-            return Response(b"", headers={**headers, "Content-Length": str(len(data))})
+            extra = self.head_headers.get(path, {})
+            return Response(b"", status_code=self.head_status.get(path, 200),
+                            headers={**headers, "Content-Length": str(len(data)), **extra})
+        if path in self.get_status:
+            return Response(b"refused", status_code=self.get_status[path], headers=headers)
+        if path in self.get_redirect:
+            return Response(b"", status_code=302, headers={**headers, "Location": self.get_redirect[path]})
         return self._body(request, path, data, headers)
 
     async def cdn(self, request: Request) -> Response:

@@ -132,3 +132,19 @@ def test_a_rerun_keeps_the_kills_of_unchanged_modules_only(tmp_path):
     report["sha256"]["options.py"] = "0" * 64  # the module changed since: nothing is kept
     path.write_text(json.dumps(report))
     assert mutate_all.earlier_kills(path) == {}
+
+
+def test_a_class_decorator_maps_to_the_test_files_that_use_the_class():
+    """``@dataclass(frozen=True)`` runs at import: its mutant goes to the tests that name the class (a test that
+    the class is frozen), not only to the module's fastest tests."""
+    line = next(number for number, text in
+                enumerate((mutate_all.PACKAGE_DIR / "hub.py").read_text().splitlines(), 1)
+                if text == "class Pushed:") - 1
+    assert mutate_all.defined_names("hub.py", line) == {"Pushed"}
+    assert "tests/test_mutants_hub.py" in mutate_all.test_files_naming(mutate_all.defined_names("hub.py", line))
+    # and to the module's own tests, which may test frozenness without naming the class
+    assert mutate_all.in_class_heading("hub.py", line) and not mutate_all.in_class_heading("hub.py", line + 2)
+    covered = mutate_all.CoverageMap(lines={"hub.py": {line + 3: ["tests/test_hub.py::test_push"]}},
+                                     import_time={"hub.py": {line}})
+    mutant = next(m for m in mutate_all.generate("hub.py") if m.line == line and m.operator == "constant")
+    assert {"tests/test_mutants_hub.py", "tests/test_hub.py::test_push"} <= set(covered.tests_for(mutant))
