@@ -331,7 +331,6 @@ def _repair_torn_csv(path: Path, columns: int, face_column: int | None = None) -
                 yield raw.decode("utf-8", errors=CSV_ERRORS)
 
         good_end = 0
-        columns: int | None = None
         reader = csv.reader(lines(), strict=True)
         try:
             for row in reader:
