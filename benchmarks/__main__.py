@@ -40,7 +40,7 @@ from .progress import elapsed, log
 from .systems import System, Unavailable, all_systems
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
-# Measured for issue 22; the README's Performance section says the same.
+# Measured for issue 22; docs/performance.md says the same.
 MEMORY_NOTE = ("Memory: about 5 GB at the peak with --quick (each compared system holds a ViT-B/16 and its buffers), "
                "more for a full run; with less free, the kernel's OOM killer may end the run.")
 FOREIGN_LOAD_WARNING = 0.25  # cores kept busy by other processes above which a phase's figures are flagged

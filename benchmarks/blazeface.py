@@ -13,7 +13,7 @@ tiles and merges the boxes by NMS.
 
 Measured: recall at IoU 0.5 on the benchmark's 1 MP group photo (six faces of 29 to 139 px, benchmarks/faces.py),
 false faces on the no-face sample photos, and CPU ms per call on the 1 and 12 MP group photos (median of 5, 2
-threads). Not shipped: a comparison, written into the README's Faces section.
+threads). Not shipped: a comparison, written into docs/guides/faces.md.
 """
 
 from __future__ import annotations

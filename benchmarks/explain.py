@@ -17,7 +17,7 @@
 ``cost``: per-image latency of ``predict(path)`` and of ``explain(path)`` at each method's defaults, per variant,
 interleaved on the same images (fastvit_detect.build.timing), and their ratio.
 
-Results go to --output as JSON; ``report FILE`` prints the tables the README quotes.
+Results go to --output as JSON; ``report FILE`` prints the tables docs/guides/explanations.md quotes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's example overlays: a sample photo, and a synthetic image whose fake cues sit in one quadrant.
+"""The example overlays of docs/guides/explanations.md: a sample photo, and a synthetic image whose fake cues sit in one quadrant.
 
     python -m examples.explain_figures [--package artifacts/demo/trained-package] [--output docs/explain]
 
@@ -54,7 +54,7 @@ def main() -> int:
     for name, method in (("spliced.png", "occlusion"), ("spliced-rise.png", "rise")):
         explanation = detector.explain(data, method=method, target="fake")
         overlay = explanation.overlay(max_side=None)
-        scale = 2  # the 256 px image doubled so the README shows it at a readable size
+        scale = 2  # the 256 px image doubled so the page shows it at a readable size
         overlay = overlay.resize((overlay.width * scale, overlay.height * scale), Image.Resampling.NEAREST)
         half = module.IMAGE_SIZE // 2 * scale
         ImageDraw.Draw(overlay).rectangle((half, half, 2 * half - 1, 2 * half - 1), outline=(40, 220, 255), width=3)

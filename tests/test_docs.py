@@ -3,9 +3,10 @@
 - Every ``fastvit-detect ...`` command in a shell block is parsed by the parser the CLI runs (``export``'s by the
   build package's): a renamed flag, a removed command or a changed choice fails here, naming the file and line.
 - Every Python block runs, in page order with one namespace per page (like a doctest), in a child process whose
-  working folder holds the files the examples name: ``deepfake_vit_onnx`` (the vit fixture package), ``PKG`` (the
-  same with the face detector), ``face.jpg``/``photo.jpg``/``group.jpg`` (real photos), and whose Hugging Face Hub
-  is a fake on 127.0.0.1 serving the vit package as ``your-org/deepfake-vit-onnx``. A block that can't run here
+  working folder holds the files the examples name: ``deepfake_vit_onnx`` and ``PKG`` (the vit fixture package
+  with the face detector), ``face.jpg``/``photo.jpg``/``group.jpg`` (real photos), ``clip.mp4`` (a clip made with
+  PyAV, with the video extra), and whose Hugging Face Hub
+  is a fake on 127.0.0.1 serving that package as ``your-org/deepfake-vit-onnx``. A block that can't run here
   says why, on the line before its fence: ``<!-- docs: not run: needs a Ray cluster and S3 -->``.
 - The site builds with ``mkdocs build --strict`` (when mkdocs is installed: the docs extra) and its generated
   reference pages hold every command and the API's main names.
@@ -146,10 +147,11 @@ SHELL_COMMANDS = [(block, arguments) for block in ALL_BLOCKS if block.lang in SH
 
 
 def test_the_docs_hold_commands_to_check():
-    """The collector itself: it must find the README's commands, or the test below checks nothing."""
-    readme = [arguments for block, arguments in SHELL_COMMANDS if block.page.name == "README.md"]
-    assert len(readme) >= 20
-    assert {arguments[0] for arguments in readme} >= {"predict", "export", "info", "scan", "serve", "eval", "push"}
+    """The collector itself: it must find the docs' commands, or the test below checks nothing."""
+    assert len(SHELL_COMMANDS) >= 30
+    assert {arguments[0] for _, arguments in SHELL_COMMANDS} >= {"predict", "export", "info", "scan", "serve", "eval",
+                                                                 "push", "explain"}
+    assert any(block.page.name == "README.md" for block, _ in SHELL_COMMANDS)
 
 
 @pytest.mark.parametrize(("block", "arguments"), SHELL_COMMANDS,
@@ -188,6 +190,7 @@ def test_commands_are_found_through_env_paths_chains_and_continuations():
 PYTHON_PAGES = sorted({block.page for block in ALL_BLOCKS if block.lang == "python"})
 PRELUDE = """\
 import os, sys
+from fastvit_detect import Detector  # as a page's first example imports it; later examples on a page assume it
 paths = sorted(str(path) for path in __import__("pathlib").Path("photos").glob("*"))  # the sandbox's photos
 huge_list_of_paths = paths * 3
 """
@@ -215,7 +218,8 @@ def sandbox(tmp_path_factory, packages) -> Path:
 
     sample_photos = photos_in_packages()
     folder = tmp_path_factory.mktemp("docs-sandbox")
-    shutil.copytree(packages["vit"], folder / "deepfake_vit_onnx")
+    shutil.copytree(packages["vit-faces"], folder / "deepfake_vit_onnx")  # with the face detector: the quick start
+                                                                          # finds faces too
     shutil.copytree(packages["vit-faces"], folder / "PKG")
     photos = {photo.name: photo for photo in sample_photos}
     (folder / "photos").mkdir()
@@ -228,6 +232,15 @@ def sandbox(tmp_path_factory, packages) -> Path:
     group.paste(face.resize((300, 300)), (100, 200))
     group.paste(Image.open(photos["grace_hopper.jpg"]).convert("RGB").resize((300, 350)), (800, 150))
     group.save(folder / "group.jpg")
+    try:
+        import av  # noqa: F401 - the video extra: without it the video page's examples can't run
+    except ImportError:
+        pass
+    else:
+        from video_clips import fake_segment_clip
+
+        fake_segment_clip(folder / "clip.mp4")
+        shutil.copy(folder / "clip.mp4", folder / "long.mp4")
     return folder
 
 
@@ -260,6 +273,60 @@ def test_a_failing_example_names_its_block(tmp_path):
     assert done.returncode != 0
     started = re.findall(r"docs-block (\S+)", done.stderr)
     assert started == [f"{page}:4", f"{page}:13"]  # the skipped block never ran; the failure is the last one named
+
+
+# --- links ----------------------------------------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
+
+
+def relative_links(page: Path) -> list[tuple[int, str]]:
+    """(line, target) of the page's Markdown links that point into the repository (not http(s), not mail)."""
+    found = []
+    fenced = False
+    for number, line in enumerate(page.read_text().splitlines(), start=1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if fenced:
+            continue
+        for match in LINK.finditer(line):
+            target = match["target"]
+            if not re.match(r"^[a-z]+:", target):
+                found.append((number, target))
+    return found
+
+
+def heading_anchors(page: Path) -> set[str]:
+    anchors, fenced = set(), False
+    for line in page.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = re.sub(r"[`*_]", "", line.lstrip("#").strip()).lower()
+            anchors.add(re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", title)))
+    return anchors
+
+
+def test_every_link_in_the_readme_resolves():
+    """The README is read on GitHub and PyPI, outside the site: each link names a file or folder that exists (and a
+    heading that exists, for an anchor)."""
+    links = relative_links(ROOT / "README.md")
+    assert len(links) >= 15  # the README points to the docs: a collector that finds nothing would check nothing
+    broken = []
+    for number, target in links:
+        path, _, anchor = target.partition("#")
+        resolved = (ROOT / path) if path else ROOT / "README.md"
+        if not resolved.exists() or (anchor and resolved.suffix == ".md" and anchor not in heading_anchors(resolved)):
+            broken.append(f"README.md:{number}: {target}")
+    assert broken == []
+
+
+def test_a_broken_link_is_reported(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\n[ok](page.md#title) [gone](missing.md) [web](https://example.org)\n"
+                    "```\n[in code](nowhere.md)\n```\n")
+    assert relative_links(page) == [(3, "page.md#title"), (3, "missing.md")]
+    assert heading_anchors(page) == {"title"}
 
 
 # --- the site ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Honest clients post predictions in a loop, first alone (the baseline), then beside six clients that loop the
 costliest explanation the default cap allows (occlusion ``grid=6``: 37 passes) and one that asks for more
-(``grid=11``, refused with 422). What it measured is printed (``pytest -s``) for the README's Reliability
+(``grid=11``, refused with 422). What it measured is printed (``pytest -s``) for docs/reliability.md's
 section; the assertions are the bounds that must hold on any machine: every honest request answered with the
 reference's verdict, every explanation answered 200 or refused (503 busy, 422 over the cap), no traceback.
 """
@@ -203,7 +203,7 @@ def bomb_server(vit_package, tmp_path_factory):
 
 def test_explanations_of_large_images_stay_within_the_decode_budget(bomb_server):
     """Six explanations and two predictions of a PNG just under the pixel cap, all at once, with three explain
-    threads: the server's peak RSS stays within the bound the README states for the decode budget (8 bytes per
+    threads: the server's peak RSS stays within the bound docs/reliability.md states for the decode budget (8 bytes per
     pixel of it, plus 100 MB), as if they were all predictions. Before, each explain thread decoded outside the
     budget, so the peak grew with --explain-concurrency."""
     side = math.isqrt(BOMB_CAP)

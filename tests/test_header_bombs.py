@@ -305,7 +305,7 @@ def test_the_server_answers_bombs_with_4xx_and_serves_honest_clients(detector):
 
 def test_the_decode_budget_is_charged_for_metadata(detector, monkeypatch):
     """An upload's metadata beyond an ordinary photo's is held while it decodes: the budget counts it, so the
-    README's memory bound holds whatever the mix of pixels and metadata."""
+    docs/reliability.md's memory bound holds whatever the mix of pixels and metadata."""
     app = create_app(detector, ServeSettings(decode_workers=2))
     charged: list[int] = []
     acquire = app.state.decoder.budget.acquire

@@ -175,7 +175,7 @@ def test_the_cache_key_differs_by_model_and_by_core_count(monkeypatch):
 
 # --- the layout's own bounds --------------------------------------------------------------------------------
 
-MAX_THREADS = 1024  # session.MAX_THREADS, as the README states it
+MAX_THREADS = 1024  # session.MAX_THREADS, as docs/guides/python-api.md states it
 MAX_WORKERS = 256
 
 

@@ -1,5 +1,5 @@
 """What the Ray engine's survivors of the automatic mutation run (its mutants the fast, in-process tests reach)
-showed untested. The expected values are the README's (``--connect-timeout``: default 60) and the documented
+showed untested. The expected values are the docs' (``--connect-timeout``: default 60) and the documented
 contract of each piece, not read from ray.py."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastvit_detect.ray import ShippedModel, _assigned_cpus, connected
 
 
 def test_joining_a_cluster_waits_60_seconds_by_default():
-    """README, scan --engine ray: ``--connect-timeout S`` ... (default 60)."""
+    """docs/guides/ray.md, scan --engine ray: ``--connect-timeout S`` ... (default 60)."""
     assert inspect.signature(connected).parameters["timeout"].default == 60
 
 

@@ -151,7 +151,7 @@ def test_the_default_batch_flushes_and_reports_every_sixteen_images_and_at_the_e
     reports: list[tuple[int, int]] = []
     summary = scan(detector, folder, tmp_path / "results.jsonl", progress=lambda done, total: reports.append(
         (done, total)))
-    assert reports == [(16, 20), (20, 20)]  # predict_batch's documented default batch, README "Python API"
+    assert reports == [(16, 20), (20, 20)]  # predict_batch's documented default batch, docs/guides/python-api.md
     assert detector.calls[0]["batch_size"] == 16
     assert summary.classified == 20 and summary.labels["Real"] == 20
     assert (tmp_path / "results.jsonl").read_text().count("\n") == 20

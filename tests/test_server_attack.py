@@ -3,7 +3,7 @@
 Each scenario is bounded in count and time and asserts against a bound stated here. The time bounds are generous
 on purpose, or relative to the attack's own duration: this runs on 2 cores shared with other jobs, and a bound
 exists to catch a server that stalls behind an attacker or hangs, not to benchmark it. What each scenario
-measured is printed (``pytest -s``) for the README's "Reliability" section.
+measured is printed (``pytest -s``) for docs/reliability.md.
 
 Servers, each a subprocess whose stderr is the log the assertions read:
 - ``cli_server``: ``python -m fastvit_detect serve`` with short timeouts, a small connection cap and a small pixel

@@ -28,7 +28,7 @@ from .layout import cache_directory, read_cache_record, write_cache_record
 from .package import AUTO_PREFERENCE, ModelPackage, Variant
 from .session import cpu_flags
 
-# CPU flags of the classes where OpenVINO's int8 beat onnxruntime's int8 on ViT-B/16 (README, Performance): AMX
+# CPU flags of the classes where OpenVINO's int8 beat onnxruntime's int8 on ViT-B/16 (docs/performance.md): AMX
 # Xeon (0.68x our throughput), Zen 4 with AVX-512 VNNI (0.77x). AVX2-only CPUs haven't been measured: onnxruntime.
 OPENVINO_FASTER_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 

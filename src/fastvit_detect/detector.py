@@ -218,7 +218,7 @@ class Detector:
         ``verify``: check the configs (format 3 on) and the variant's graph and weights against the manifest's
         sizes and sha256.
         ``jpeg_draft``: decode large JPEGs at reduced scale (much faster for multi-megapixel photos; results then
-        differ slightly from the HF reference, see the README's performance notes).
+        differ slightly from the HF reference, see docs/performance.md).
         ``faces``: whether :meth:`predict`, :meth:`predict_batch` and :meth:`predict_iter` decide by faces (each
         image's verdict is :meth:`predict_faces`'s): "auto" (default) when the manifest says the model expects face
         crops, True always (the package needs the face detector: ``MissingFaceDetectorError`` here otherwise),

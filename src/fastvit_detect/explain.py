@@ -68,7 +68,7 @@ METHODS = ("occlusion", "rise")
 BASELINES = ("blur", "grey")
 DEFAULT_METHOD = "occlusion"
 DEFAULT_TARGET = "fake"
-# Chosen by measuring cost against deletion/insertion faithfulness (README "Explanations"): occlusion 3x3 is the
+# Chosen by measuring cost against deletion/insertion faithfulness (docs/guides/explanations.md): occlusion 3x3 is the
 # cheapest setting that beats random deletion on every measure there and stays under 10 predictions' cost; at
 # equal cost RISE is less faithful, so it is the second method, with the sample count where it catches up most.
 DEFAULT_OPTIONS: Mapping[str, Mapping[str, Any]] = {

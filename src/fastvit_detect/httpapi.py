@@ -27,7 +27,7 @@ from .errors import (
 
 SERVER_MAX_PIXELS = 40_000_000
 """A server's own pixel cap: an 8000x5000 photo passes. Decoding an image this size costs up to about 1.5 s of a
-core and 170-330 MB (an RGB to an RGBA PNG, measured: benchmarks/decode_memory.py, README "Reliability"), which
+core and 170-330 MB (an RGB to an RGBA PNG, measured: benchmarks/decode_memory.py, docs/reliability.md), which
 the server's decode budget then bounds. The library's default (100 MP) is for batch jobs, where no stranger picks
 the images."""
 

@@ -4,7 +4,7 @@ threads each.
 One onnxruntime session with every core is the right shape for one image, and for batches on a small machine.
 On a larger one a transformer's operators don't keep many threads busy (each GEMM splits into few enough tiles
 that threads wait at every operator's end), so several calls with a few threads each get more images per
-second. The README's "Throughput layout" section has the measurements behind the rule below.
+second. docs/guides/performance-tuning.md has the measurements behind the rule below.
 
 A layout is chosen, in order: from the caller's ``workers`` / ``threads_per_worker``; from a calibration this
 machine ran for this model variant (``fastvit-detect info DIR --calibrate``, cached in the user's cache
@@ -93,7 +93,8 @@ def _derived_workers(cores: int, threads_per_worker: int) -> int:
 
 
 def rule_layout(cores: int, runtime: str = "onnxruntime") -> Layout:
-    """The default for ``cores`` physical cores and ``runtime``, from the measurements in the README."""
+    """The default for ``cores`` physical cores and ``runtime``, from the measurements in
+    docs/guides/performance-tuning.md."""
     check_whole("cores", cores, 1, MAX_THREADS)
     if runtime == "openvino":
         # OpenVINO runs a layout as streams of one compiled model; its own THROUGHPUT machinery (2 streams on 2

@@ -13,7 +13,7 @@ it too::
                               files, validation figures
 
 Weights live beside the graph rather than inside it because onnxruntime then maps them instead of copying them
-out of a parsed protobuf, which lowers peak memory and start-up time (figures in the README).
+out of a parsed protobuf, which lowers peak memory and start-up time (figures in docs/guides/model-package.md).
 
 A directory exported by Optimum alone (no manifest) loads too; its files simply can't be verified. A manifest of
 format 1 or 2 vouches for the graphs and weights but not for the configs, which then load unverified.

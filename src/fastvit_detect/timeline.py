@@ -9,7 +9,7 @@ The rules, in one place:
 - **Faces.** Each frame's faces are found and cropped as :meth:`Detector.predict_faces` does, but on a detection
   copy whose long side is at most ``max_side`` = :data:`VIDEO_MAX_SIDE` (960 px: on a 1080p frame, faces from
   40 px; less time, and 449 instead of 592 MiB of peak RSS than the 1600 px copy photos get, on a 1080p clip with
-  ViT-B: README "Video"); a frame without a face (or every frame, with ``faces=False``) is classified whole, as an
+  ViT-B: docs/guides/video.md); a frame without a face (or every frame, with ``faces=False``) is classified whole, as an
   image is. The crops (or whole frames) of several frames go through the classifier together, ``batch_size`` (4)
   at a time.
 - **Tracks.** A face joins the track whose last box overlaps it most (box IoU at least :data:`LINK_IOU`), provided

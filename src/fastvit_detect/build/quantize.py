@@ -131,9 +131,9 @@ def quantize_static_int8(source: Path, destination: Path, pixels: np.ndarray, me
     """Static int8: activation ranges fixed from calibration images, so an image's result doesn't depend on
     which other images share its batch (dynamic int8 scales activations per batch).
 
-    QOperator format (QLinearMatMul): it measured faster than QDQ on ViT-B/16 (README, *Notes on int8*). Both
-    are slower than dynamic int8, because every quantized MatMul's output is requantized and dequantized again
-    for the fp32 LayerNorm/GELU around it, where dynamic int8 fuses that into one kernel.
+    QOperator format (QLinearMatMul): it measured faster than QDQ on ViT-B/16 (docs/guides/exporting.md,
+    *Notes on int8*). Both are slower than dynamic int8, because every quantized MatMul's output is requantized and
+    dequantized again for the fp32 LayerNorm/GELU around it, where dynamic int8 fuses that into one kernel.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
