@@ -1,4 +1,5 @@
-"""The example overlays of docs/guides/explanations.md: a sample photo, and a synthetic image whose fake cues sit in one quadrant.
+"""The example overlays of docs/guides/explanations.md:
+a sample photo, and a synthetic image whose fake cues sit in one quadrant.
 
     python -m examples.explain_figures [--package artifacts/demo/trained-package] [--output docs/explain]
 
