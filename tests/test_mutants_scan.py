@@ -121,6 +121,7 @@ class CountingDetector:
     """Stands in for a Detector: every image is Real, and it records how scan drives it."""
 
     labels = LABELS
+    faces_first = False  # a whole-image detector: scan asks (Detector.faces_first, since faces landed)
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
