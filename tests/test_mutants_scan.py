@@ -162,10 +162,10 @@ def test_a_write_that_fails_stops_the_decoding_at_once(tmp_path, monkeypatch):
     folder = image_folder(tmp_path / "images", 5)
     detector = CountingDetector()
 
-    def full_disk(self, image, result):
+    def full_disk(self, record):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ScanOutput, "write", full_disk)
+    monkeypatch.setattr(ScanOutput, "write_record", full_disk)  # every record goes through it
     with pytest.raises(OSError, match="No space left") as failure:
         scan(detector, folder, tmp_path / "results.jsonl")
     # Checked while the error's traceback (and so scan's frame) is still held: closed by scan, not by the garbage
