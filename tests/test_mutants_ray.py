@@ -46,6 +46,7 @@ def test_a_classifier_loads_its_detector_as_detector_load_would(monkeypatch, thr
 
     class FakeDetector:
         labels = ("Fake", "Real")
+        faces_first = False  # BatchClassifier asks (Detector.faces_first, since faces landed)
 
         @classmethod
         def load(cls, path, **options):

@@ -252,7 +252,7 @@ def test_server_start_up_line_shows_the_effective_decode_budget(vit_package, mon
     settings = server.ServeSettings(max_pixels=1_000_000)
     sock = server.bind_socket("127.0.0.1", 0)
     try:
-        with caplog.at_level(logging.INFO, logger=server.log.name):
+        with caplog.at_level(logging.INFO, logger="fastvit_detect.server"):  # every server module logs there
             server.serve(Detector.load(vit_package), settings=settings, sock=sock)
     finally:
         sock.close()
