@@ -58,6 +58,8 @@ def run_driver(monkeypatch, vit_package, paths, blocks, output):
     monkeypatch.setattr(engine, "start_crash_ledger", lambda: None)
 
     def planned(names, model, **_options):
+        if not names:  # as classify_dataset: no Dataset for an empty list (the scan's videos, here)
+            return engine.Job(dataset=None, names={}, actors=0, threads_per_actor=1)
         return engine.Job(dataset=object(), names={name: name for name in names}, actors=1, threads_per_actor=1)
 
     monkeypatch.setattr(engine, "classify_dataset", planned)

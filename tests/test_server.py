@@ -543,7 +543,7 @@ def test_image_over_the_servers_pixel_cap_is_413(vit_package, reference, tmp_pat
 
 def test_a_batch_waits_at_most_max_wait_for_company(monkeypatch):
     """--max-wait-ms is an upper bound: the worker never asks the queue for more than that after a batch's first."""
-    from fastvit_detect import server
+    from fastvit_detect.server import batching
 
     waits: list[float | None] = []
 
@@ -555,7 +555,7 @@ def test_a_batch_waits_at_most_max_wait_for_company(monkeypatch):
     gated = GatedDetector()
     gated.gate.set()
     with monkeypatch.context() as patch:
-        patch.setattr(server.queue, "Queue", RecordingQueue)
+        patch.setattr(batching.queue, "Queue", RecordingQueue)
         batcher = MicroBatcher(gated.run, max_batch=4, max_wait_ms=40, queue_size=8)
     try:
         assert batcher.submit(["alone"])[0].result(10) == "alone"
