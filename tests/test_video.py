@@ -488,8 +488,13 @@ def test_paths_that_arent_clips(tmp_path, detector):
     sniffer.start()
     sniffer.join(10)
     assert sniffed == [False]
-    with pytest.raises(ImageNotFoundError, match="not a regular file"):
+    # the images' open (media.open_regular_file): the file's kind named, and a symlink followed to what it is
+    with pytest.raises(ImageNotFoundError, match=r"not a regular file \(a FIFO\); only video files are read"):
         VideoReader(fifo)
+    (tmp_path / "zero.mp4").symlink_to("/dev/zero")
+    assert not is_video(tmp_path / "zero.mp4")
+    with pytest.raises(ImageNotFoundError, match=r"zero.mp4: not a regular file \(a character device\)"):
+        VideoReader(tmp_path / "zero.mp4")
     with pytest.raises(ImageNotFoundError, match="directory"):
         VideoReader(tmp_path)
     with pytest.raises(InputError, match="empty"):

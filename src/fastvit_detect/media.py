@@ -252,28 +252,43 @@ def load_image(
     return decode_opened(open_image(image, max_pixels, max_bytes, formats), draft_size)
 
 
-def _read_path(image: str | os.PathLike, source: str, max_bytes: int | None) -> bytes:
-    """The file's bytes, from a regular file only: a FIFO would block, /dev/zero never end."""
-    # One descriptor for the check and the read, so the path can't be swapped for a FIFO in between;
-    # O_NONBLOCK keeps opening a FIFO from waiting for a writer (it changes nothing for regular files).
+def open_regular_file(path: str | os.PathLike, source: str, kind: str = "image",
+                      max_bytes: int | None = None) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of ``path`` and its status; ``path`` must be a regular file (a FIFO would block a
+    reader, /dev/zero never end) of at most ``max_bytes``: the one way images and clips are opened from a path. The
+    check is made on the descriptor read from, so the path can't be swapped for a FIFO in between; O_NONBLOCK keeps
+    opening a FIFO from waiting for a writer (it changes nothing for regular files). ``kind`` names what was
+    expected in the errors (ImageNotFoundError; ImageTooLargeError over ``max_bytes``)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        descriptor = os.open(image, flags)
+        descriptor = os.open(path, flags)
     except FileNotFoundError as exc:
         raise ImageNotFoundError(f"{source}: no such file", source) from exc
     except IsADirectoryError as exc:
-        raise ImageNotFoundError(f"{source}: is a directory, not an image file", source) from exc
+        raise ImageNotFoundError(f"{source}: is a directory, not {_article(kind)} file", source) from exc
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        kind = _path_kind(image)  # a socket can't even be opened: say what it is
-        cause = f"not a regular file ({kind})" if kind else f"can't read file: {getattr(exc, 'strerror', None) or exc}"
+        file_kind = _path_kind(path)  # a socket can't even be opened: say what it is
+        cause = (f"not a regular file ({file_kind})" if file_kind
+                 else f"can't read file: {getattr(exc, 'strerror', None) or exc}")
         raise ImageNotFoundError(f"{source}: {cause}", source) from exc
     try:
-        problem = file_status_problem(os.fstat(descriptor), source, max_bytes)
+        status = os.fstat(descriptor)
+        problem = file_status_problem(status, source, max_bytes, kind)
         if problem is not None:
             raise problem
     except BaseException:
         os.close(descriptor)
         raise
+    return descriptor, status
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
+def _read_path(image: str | os.PathLike, source: str, max_bytes: int | None) -> bytes:
+    """The file's bytes, from a regular file only (:func:`open_regular_file`), at most ``max_bytes``."""
+    descriptor, _ = open_regular_file(image, source, max_bytes=max_bytes)
     with os.fdopen(descriptor, "rb") as handle:
         try:
             data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
@@ -282,13 +297,14 @@ def _read_path(image: str | os.PathLike, source: str, max_bytes: int | None) -> 
     return _check_bytes(data, source, max_bytes)  # a file that grew after fstat
 
 
-def file_status_problem(status: os.stat_result, source: str, max_bytes: int | None) -> InputError | None:
-    """Why a file with this ``os.stat`` result isn't read as an image (not a regular file, over ``max_bytes``),
-    or None. Checked before reading: a FIFO would block a reader, /dev/zero never end."""
+def file_status_problem(status: os.stat_result, source: str, max_bytes: int | None,
+                        kind: str = "image") -> InputError | None:
+    """Why a file with this ``os.stat`` result isn't read as an image (or ``kind``: not a regular file, over
+    ``max_bytes``), or None. Checked before reading: a FIFO would block a reader, /dev/zero never end."""
     if stat.S_ISDIR(status.st_mode):
-        return ImageNotFoundError(f"{source}: is a directory, not an image file", source)
+        return ImageNotFoundError(f"{source}: is a directory, not {_article(kind)} file", source)
     if not stat.S_ISREG(status.st_mode):
-        return ImageNotFoundError(f"{source}: not a regular file ({_file_kind(status.st_mode)}); only image "
+        return ImageNotFoundError(f"{source}: not a regular file ({_file_kind(status.st_mode)}); only {kind} "
                                   "files are read", source)
     if max_bytes is not None and status.st_size > max_bytes:
         return _too_many_bytes(source, status.st_size, max_bytes)

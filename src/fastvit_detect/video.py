@@ -38,7 +38,6 @@ import contextlib
 import io
 import math
 import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from .errors import (
     EmptyImageError,
     FastVitDetectError,
     ImageNotFoundError,
+    InputError,
     InvalidOptionError,
     MissingExtraError,
     NoVideoStreamError,
@@ -58,7 +58,7 @@ from .errors import (
     VideoDecodeError,
     VideoTooLargeError,
 )
-from .media import describe_source
+from .media import describe_source, open_regular_file
 from .options import check_finite, check_whole
 
 __all__ = ["DEFAULT_FPS", "DEFAULT_MAX_FRAMES", "SampledFrame", "VideoInfo", "VideoInput", "VideoLimits",
@@ -141,10 +141,8 @@ def is_video(source: VideoInput) -> bool:
     can't be read: the image path reports that with its own typed error."""
     try:
         if isinstance(source, (str, os.PathLike)):
-            descriptor = os.open(source, _READ_FLAGS)  # O_NONBLOCK: a FIFO must not block the sniffing
+            descriptor, _ = open_regular_file(source, str(source), "video")
             with os.fdopen(descriptor, "rb", buffering=0) as handle:
-                if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                    return False
                 head = handle.read(SNIFF_BYTES)
         elif isinstance(source, (bytes, bytearray, memoryview)):
             head = bytes(memoryview(source)[:SNIFF_BYTES])
@@ -152,7 +150,7 @@ def is_video(source: VideoInput) -> bool:
             position = source.tell()
             head = source.read(SNIFF_BYTES)
             source.seek(position)
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (InputError, OSError, ValueError, AttributeError, TypeError):
         return False
     return isinstance(head, bytes) and sniff_container(head) is not None
 
@@ -168,30 +166,13 @@ def _import_av() -> Any:
     return av
 
 
-# O_NONBLOCK keeps opening a FIFO from waiting for a writer (it changes nothing for regular files).
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
 def _open_input(source: VideoInput, name: str, max_bytes: int) -> tuple[BinaryIO, bool]:
     """A seekable binary file of the clip, checked: a regular file within ``max_bytes`` (a FIFO would block, a
     device never end), the bytes given, or the caller's seekable file (read in place, never closed here); and
     whether it is ours to close."""
     if isinstance(source, (str, os.PathLike)):
+        descriptor, status = open_regular_file(source, name, "video")
         try:
-            descriptor = os.open(source, _READ_FLAGS)
-        except FileNotFoundError as exc:
-            raise ImageNotFoundError(f"{name}: no such file", name) from exc
-        except IsADirectoryError as exc:
-            raise ImageNotFoundError(f"{name}: is a directory, not a video file", name) from exc
-        except (OSError, ValueError) as exc:
-            raise ImageNotFoundError(f"{name}: can't open the file: {getattr(exc, 'strerror', None) or exc}",
-                                     name) from exc
-        try:  # checked on the descriptor read from, so the path can't be swapped for a FIFO in between
-            status = os.fstat(descriptor)
-            if stat.S_ISDIR(status.st_mode):
-                raise ImageNotFoundError(f"{name}: is a directory, not a video file", name)
-            if not stat.S_ISREG(status.st_mode):
-                raise ImageNotFoundError(f"{name}: not a regular file; only video files are read", name)
             _check_size(status.st_size, name, max_bytes)
         except BaseException:
             os.close(descriptor)
