@@ -652,6 +652,17 @@ def test_server_video_caps_answer_with_the_cause(video_app, clip, tmp_path):
     assert "20 s" in answers[2].json()["error"]["message"] and "max_frames" in answers[3].json()["error"]["message"]
 
 
+@pytest.mark.parametrize("query", ["fps=nan", "fps=inf", "fps=-inf", "fps=1e309", "fps=0", "fps=abc", "fps=",
+                                   "max_frames=1e9", "max_frames=-1", "max_frames=10000000000000000000000",
+                                   "max_frames=2.5", "fps=1&fps=2", "frames_per_second=1"])
+def test_hostile_video_parameters_are_422_before_the_clip_is_decoded(video_app, clip, query):
+    """Non-finite, huge, negative, fractional, empty, repeated and unknown values: a typed 422 naming the cause,
+    never a 500 and never a clip sampled at a rate or count nobody allowed."""
+    (answer,) = _post(video_app, [{**_upload(clip.read_bytes()), "url": f"/api/v1/video?{query}"}])
+    assert answer.status_code == 422, (query, answer.status_code, answer.text[:200])
+    assert answer.json()["error"]["type"] in ("InvalidOptionError", "BadRequestError")
+
+
 def test_a_video_at_work_never_stalls_image_requests_and_extra_videos_get_503(video_app, clip, monkeypatch):
     stage = video_app.state.videos
     entered, release = threading.Event(), threading.Event()

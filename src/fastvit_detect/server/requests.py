@@ -110,12 +110,18 @@ class OneValuePerQueryParameter:
         await self.app(scope, receive, send)
 
 
-def explain_parameters(query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
-    """(method, target, options) from the query string; anything unknown or malformed is a 422."""
-    unknown = sorted(set(query) - set(EXPLAIN_PARAMETERS))
+def refuse_unknown_parameters(query: Mapping[str, str], allowed: Sequence[str], endpoint: str) -> None:
+    """422 for a query parameter ``endpoint`` doesn't take: a misspelt option (``?face=1``, ``?frames=10``) must not
+    be ignored into an answer the client didn't ask for. The one check every endpoint with options makes."""
+    unknown = sorted(set(query) - set(allowed))
     if unknown:
         raise InvalidOptionError(f"unknown query parameter(s) {', '.join(map(repr, unknown))[:200]}; "
-                                 f"explain takes {', '.join(EXPLAIN_PARAMETERS)}")
+                                 f"{endpoint} takes {', '.join(allowed)}")
+
+
+def explain_parameters(query: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+    """(method, target, options) from the query string; anything unknown or malformed is a 422."""
+    refuse_unknown_parameters(query, EXPLAIN_PARAMETERS, "explain")
     options: dict[str, Any] = {}
     for key in ("grid", "samples", "seed"):
         if key in query:

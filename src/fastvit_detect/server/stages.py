@@ -57,6 +57,7 @@ from .requests import (
     number_parameter,
     open_upload,
     public_model_name,
+    refuse_unknown_parameters,
     whole_parameter,
 )
 from .settings import ServeSettings
@@ -291,10 +292,7 @@ class FaceStage:
         """The predict request's face parameters, or None for a whole-image prediction. Refuses (422) unknown or
         malformed parameters, and (409) faces from a package without the face detector, before the upload is
         read. Without ``faces``, the package decides: faces when its manifest says the model expects them."""
-        unknown = sorted(set(query) - set(PREDICT_PARAMETERS))
-        if unknown:
-            raise InvalidOptionError(f"unknown query parameter(s) {', '.join(map(repr, unknown))[:200]}; "
-                                     f"predict takes {', '.join(PREDICT_PARAMETERS)}")
+        refuse_unknown_parameters(query, PREDICT_PARAMETERS, "predict")
         wanted = self.expected
         if "faces" in query:
             switch = FACES_SWITCH.get(query["faces"].strip().lower())

@@ -27,7 +27,7 @@ from ..errors import BadRequestError, InvalidOptionError, ServerBusyError
 from ..options import check_finite, check_whole
 from ..timeline import VideoResult, has_face_detector
 from ..video import MAX_FPS, VideoLimits
-from .requests import ERROR_DOCS, read_uploads
+from .requests import ERROR_DOCS, read_uploads, refuse_unknown_parameters
 from .settings import ServeSettings
 from .stages import lower_thread_priority
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ..detector import Detector
 
 __all__ = ["VideoServeSettings", "VideoStage"]
+
+VIDEO_PARAMETERS = ("fps", "max_frames")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,9 @@ class VideoStage:
         self.done = 0
 
     def parameters(self, query: Any) -> tuple[float, int]:
-        """``fps`` and ``max_frames`` from a request's query, checked against this stage's limits (422 otherwise)."""
+        """``fps`` and ``max_frames`` from a request's query, checked against this stage's limits (422 otherwise,
+        and for any other parameter)."""
+        refuse_unknown_parameters(query, VIDEO_PARAMETERS, "video")
         try:
             fps = float(query.get("fps", self.settings.fps))
             max_frames = int(query.get("max_frames", self.settings.max_frames))
