@@ -61,12 +61,18 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coverage import CoverageData
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "fastvit_detect"
 PACKAGE_DIR = ROOT / "src" / PACKAGE
 EXCLUDED_PARTS = ("build",)  # build time: torch, transformers, optimum; not the runtime
 EQUIVALENT_FILE = ROOT / "scripts" / "mutation_equivalent.txt"
+SUBPROCESS_COVERAGE_DIR = ROOT / "scripts" / "subprocess_coverage"  # its sitecustomize measures child processes
+SUBPROCESS_SUFFIX = "-subprocess"
 STRICT_FILE = ROOT / "scripts" / "mutation_strict.txt"  # modules triaged to zero survivors: CI holds them there
 NO_MUTATE = "pragma: no mutate"
 IMPORT_TIME_TESTS = 40
@@ -405,23 +411,41 @@ def _node_id(context: str) -> str:
     return node
 
 
-def read_coverage(data_file: Path, junit: Path | None) -> CoverageMap:
-    from coverage import CoverageData
-
-    data = CoverageData(basename=str(data_file))
-    data.read()
-    result = CoverageMap()
+def _runtime_lines(data: CoverageData) -> Iterator[tuple[str, dict[int, list[str]]]]:
+    """Each runtime module's lines and their contexts in ``data``, the module as a path under the package."""
     for measured in data.measured_files():
         path = Path(measured)
         if PACKAGE not in path.parts:
             continue
         relative = Path(*path.parts[len(path.parts) - path.parts[::-1].index(PACKAGE):]).as_posix()
-        if relative.split("/")[0] in EXCLUDED_PARTS:
-            continue
-        by_line = data.contexts_by_lineno(measured)
+        if relative.split("/")[0] not in EXCLUDED_PARTS:
+            yield relative, data.contexts_by_lineno(measured)
+
+
+def read_coverage(data_file: Path, junit: Path | None) -> CoverageMap:
+    from coverage import CoverageData
+
+
+    data = CoverageData(basename=str(data_file))
+    data.read()
+    result = CoverageMap()
+    for relative, by_line in _runtime_lines(data):
         result.lines[relative] = {line: sorted({_node_id(c) for c in contexts if c}) for line, contexts in
                                   by_line.items() if any(contexts)}
         result.import_time[relative] = {line for line, contexts in by_line.items() if not any(contexts)}
+    # What subprocesses measured (scripts/subprocess_coverage): a server, the CLI or an example a test started,
+    # labelled with that test's file. A line the tests' own process ran only while importing stays import-time
+    # (its mutants go to the tests of the lines that read it, where the child's files are added too): in a child,
+    # every import happens inside a test's context.
+    for measured_in_child in sorted(data_file.parent.glob(f"{data_file.name}{SUBPROCESS_SUFFIX}.*")):
+        child = CoverageData(basename=str(measured_in_child))
+        child.read()
+        for relative, by_line in _runtime_lines(child):
+            lines = result.lines.setdefault(relative, {})
+            for line, contexts in by_line.items():
+                if line in result.import_time.get(relative, ()) or not any(contexts):
+                    continue
+                lines[line] = sorted(set(lines.get(line, ())) | {_node_id(c) for c in contexts if c})
     if junit is not None and junit.exists():
         for case in ElementTree.parse(junit).iter("testcase"):
             classname, name = case.get("classname", ""), case.get("name", "")
@@ -438,11 +462,18 @@ def read_coverage(data_file: Path, junit: Path | None) -> CoverageMap:
     return result
 
 
+def subprocess_coverage(env: dict[str, str], data_file: Path) -> dict[str, str]:
+    """``env`` for a coverage run whose subprocesses are measured too, into files beside ``data_file`` that
+    :func:`read_coverage` merges (what .ci/run sets for the suite's run)."""
+    path = os.pathsep.join(filter(None, [str(SUBPROCESS_COVERAGE_DIR), env.get("PYTHONPATH", "")]))
+    return {**env, "PYTHONPATH": path, "FASTVIT_SUBPROCESS_COVERAGE": f"{data_file}{SUBPROCESS_SUFFIX}"}
+
+
 def map_coverage(tests: Sequence[str], scratch: Path, cache: Path) -> CoverageMap:
     data_file, junit = scratch / "coverage", scratch / "junit.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header",
                f"--cov={PACKAGE}", "--cov-context=test", "--cov-report=", f"--junitxml={junit}", *tests]
-    env = {**environment(ROOT / "src", cache), "COVERAGE_FILE": str(data_file)}
+    env = {**subprocess_coverage(environment(ROOT / "src", cache), data_file), "COVERAGE_FILE": str(data_file)}
     print(f"mutate_all: mapping coverage: {' '.join(tests) or 'the whole suite'}", flush=True)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -461,6 +492,20 @@ def map_coverage(tests: Sequence[str], scratch: Path, cache: Path) -> CoverageMa
     if failed:
         print(f"  left out of the map, failing on the unchanged code: {', '.join(failed)}", flush=True)
     return covered
+
+
+def merged_maps(base: CoverageMap, extra: CoverageMap) -> CoverageMap:
+    """``base`` with ``extra``'s tests added to the lines they run (both maps of the same source)."""
+    merged = CoverageMap(durations={**base.durations, **extra.durations})
+    for module in set(base.lines) | set(extra.lines):
+        lines: dict[int, set[str]] = defaultdict(set)
+        for source in (base.lines.get(module, {}), extra.lines.get(module, {})):
+            for line, tests in source.items():
+                lines[line].update(tests)
+        merged.lines[module] = {line: sorted(tests) for line, tests in lines.items()}
+        merged.import_time[module] = ((base.import_time.get(module, set()) | extra.import_time.get(module, set()))
+                                      - set(lines))
+    return merged
 
 
 # --- running ------------------------------------------------------------------------------------------------
@@ -625,11 +670,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changed-since", metavar="REF", help="only the modules changed since the merge base "
                         "with REF (plus --sample)")
     parser.add_argument("--sample", type=int, metavar="N", help="also N mutants drawn at random from the rest")
+    parser.add_argument("--per-module", type=int, metavar="N", help="at most N mutants of each module, drawn at "
+                        "random (seeded): an estimate of each module's score where the whole run doesn't fit")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     parser.add_argument("--time-budget", type=float, metavar="S", help="start no mutant after S seconds of "
                         "running mutants; the rest are reported as not-run")
     parser.add_argument("--coverage-tests", nargs="+", metavar="TEST", default=[],
-                        help="the tests the coverage map runs (default: the whole suite)")
+                        help="the tests the coverage map runs (default: the whole suite); with --coverage-data, "
+                        "tests mapped on top of that file (tests written since it was)")
     parser.add_argument("--coverage-data", type=Path, help="use this coverage file (written with "
                         "--cov-context=test) instead of mapping; --junit gives the durations")
     parser.add_argument("--junit", type=Path, help="the JUnit XML of the run that wrote --coverage-data")
@@ -670,6 +718,12 @@ def main(argv: list[str] | None = None) -> int:
         chosen = focus + sample
     elif args.sample is not None:
         chosen = random.Random(args.seed).sample(chosen, min(args.sample, len(chosen)))
+    if args.per_module is not None:
+        draw = random.Random(args.seed)
+        chosen = [mutant for module in modules for mutant in
+                  sorted(draw.sample([m for m in chosen if m.module == module],
+                                     min(args.per_module, sum(m.module == module for m in chosen))),
+                         key=lambda m: (m.line, m.col))]
     if args.list:
         for mutant in chosen:
             print(f"{mutant.module}:{mutant.line}:{mutant.col + 1} {mutation_label(mutant):<28} {mutant.line_text}")
@@ -696,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         cache = Path(os.environ.get("FASTVIT_TEST_CACHE") or scratch / "cache")
         if args.coverage_data is not None:
             covered = read_coverage(args.coverage_data, args.junit)
+            if args.coverage_tests:
+                covered = merged_maps(covered, map_coverage(tuple(args.coverage_tests), scratch, cache))
         else:
             covered = map_coverage(args.coverage_tests, scratch, cache)
         planned: list[tuple[Mutant, list[str]]] = []

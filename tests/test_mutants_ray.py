@@ -77,3 +77,52 @@ def test_a_batch_that_finished_leaves_no_trace_in_the_crash_ledger(vit_package, 
     for _ in range(2):
         assert classifier(batch).num_rows == 2
     assert alone == []
+
+
+class FakeObjectStores:
+    """pyarrow.fs as an object store presents itself, over local folders: ``from_uri("mem://bucket/")`` gives a file
+    system whose paths are ``bucket/key`` and the root ``bucket`` (as S3FileSystem and GcsFileSystem do); a store
+    that is no bucket store (``hdfs://host:port/``) gives the root ``/`` and takes the path after the authority.
+    Every call is recorded."""
+
+    def __init__(self, root: Path) -> None:
+        import pyarrow.fs as pafs
+
+        self.root, self.calls = root, []
+        self.FileSystem = SimpleNamespace(from_uri=self.from_uri)
+        self._pafs = pafs
+
+    def from_uri(self, uri: str):
+        self.calls.append(uri)
+        scheme, rest = uri.split("://", 1)
+        authority, _, inside = rest.partition("/")
+        if scheme == "mem":
+            return self._pafs.SubTreeFileSystem(str(self.root), self._pafs.LocalFileSystem()), authority
+        return self._pafs.SubTreeFileSystem(str(self.root / authority), self._pafs.LocalFileSystem()), f"/{inside}"
+
+
+def test_object_store_keys_are_read_whole_through_one_file_system_per_bucket(vit_package, tmp_path, monkeypatch):
+    """A key as the listing gives it (a space, a line break, even "://" inside it) is read as it is, not parsed as
+    a URI; one file system per bucket, made once; a store that isn't a bucket store is asked for each URI."""
+    stores = FakeObjectStores(tmp_path)
+    monkeypatch.setattr(ray_module, "pafs", stores)
+    classifier = ray_module.BatchClassifier(vit_package, variant="fp32", threads=1, max_bytes=1_000)
+    keys = {"photos/a b.png": b"first", "photos/line\nbreak.png": b"second", "photos/odd://name.png": b"third"}
+    for key, data in keys.items():
+        (tmp_path / "bucket" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bucket" / key).write_bytes(data)
+    (tmp_path / "other" / "x.png").parent.mkdir(parents=True)
+    (tmp_path / "other" / "x.png").write_bytes(b"other bucket")
+    for key, data in keys.items():
+        assert classifier._source(f"mem://bucket/{key}", f"mem://bucket/{key}") == data
+    assert classifier._source("mem://other/x.png", "mem://other/x.png") == b"other bucket"
+    assert stores.calls == ["mem://bucket/", "mem://other/"]
+
+    (tmp_path / "host:8020" / "dir").mkdir(parents=True)
+    (tmp_path / "host:8020" / "dir" / "y.png").write_bytes(b"no bucket")
+    for _ in range(2):
+        assert classifier._source("hdfs://host:8020/dir/y.png", "hdfs://host:8020/dir/y.png") == b"no bucket"
+    assert stores.calls[2:] == ["hdfs://host:8020/", "hdfs://host:8020/dir/y.png"] * 2
+
+    (tmp_path / "bucket" / "big.png").write_bytes(b"x" * 5_000)  # read up to the cap + 1: the detector refuses it
+    assert len(classifier._source("mem://bucket/big.png", "mem://bucket/big.png")) == 1_001

@@ -225,3 +225,18 @@ def test_each_progress_report_follows_a_flush_of_exactly_that_many_records(tmp_p
     scan(CountingDetector(), folder, output, batch_size=2,
          progress=lambda done, total: on_disk.append((done, output.read_text().count("\n"))))
     assert on_disk == [(2, 2), (4, 4), (5, 5)]
+
+
+def test_a_face_records_box_is_its_pixels_to_the_hundredth():
+    """The faces guide: a face record's box is x0, y0, x1, y1 in pixels, rounded to 1/100 px (a record that keeps
+    the detector's float noise would differ between runs; one rounded coarser would move the box)."""
+    from fastvit_detect.detector import FacesResult
+    from fastvit_detect.faces import Face
+    from fastvit_detect.scan import faces_records
+
+    prediction = Prediction("Real", 0.75, {"Fake": 0.25, "Real": 0.75}, np.zeros(2, np.float32), 0.25)
+    face = Face((10.123456, 20.5049, 99.996, 140.0), 0.987654321)
+    records = faces_records("a.png", FacesResult.decide([(face, prediction)], "whole-image"))
+    assert records[0]["box"] == [10.12, 20.5, 100.0, 140.0]
+    assert records[0]["face_score"] == 0.987654321 and records[0]["face"] == 1
+    assert records[1] == {"image": "a.png", **prediction.to_dict(), "decided_by": "face", "face_count": 1}

@@ -148,3 +148,74 @@ def test_a_class_decorator_maps_to_the_test_files_that_use_the_class():
                                      import_time={"hub.py": {line}})
     mutant = next(m for m in mutate_all.generate("hub.py") if m.line == line and m.operator == "constant")
     assert {"tests/test_mutants_hub.py", "tests/test_hub.py::test_push"} <= set(covered.tests_for(mutant))
+
+
+def test_tests_written_after_the_coverage_file_are_mapped_on_top_of_it():
+    base = mutate_all.CoverageMap(lines={"scan.py": {10: ["tests/a.py::old"]}, "pool.py": {3: ["tests/p.py::t"]}},
+                                  import_time={"scan.py": {1, 12}}, durations={"tests/a.py::old": 1.0})
+    extra = mutate_all.CoverageMap(lines={"scan.py": {10: ["tests/b.py::new"], 12: ["tests/b.py::new"]}},
+                                   import_time={"scan.py": {1}}, durations={"tests/b.py::new": 0.5})
+    merged = mutate_all.merged_maps(base, extra)
+    assert merged.lines["scan.py"] == {10: ["tests/a.py::old", "tests/b.py::new"], 12: ["tests/b.py::new"]}
+    assert merged.lines["pool.py"] == {3: ["tests/p.py::t"]}
+    assert merged.import_time["scan.py"] == {1}  # a line a new test runs is no longer import-time only
+    assert merged.durations == {"tests/a.py::old": 1.0, "tests/b.py::new": 0.5}
+
+
+def test_a_per_module_sample_draws_from_each_module_and_repeats_with_its_seed(capsys):
+    def listed(*arguments: str) -> list[str]:
+        assert mutate_all.main(["--list", "--modules", "options.py", "pool.py", *arguments]) == 0
+        return capsys.readouterr().out.splitlines()[:-1]
+
+    drawn = listed("--per-module", "3", "--seed", "5")
+    assert [line.split(":")[0] for line in drawn] == ["options.py"] * 3 + ["pool.py"] * 3
+    assert drawn == listed("--per-module", "3", "--seed", "5") and drawn != listed("--per-module", "3", "--seed", "6")
+    everything = listed()
+    assert set(drawn) <= set(everything) and len(listed("--per-module", "1000")) == len(everything)
+
+
+def test_what_subprocesses_measured_is_mapped_to_the_test_file_that_started_them(tmp_path):
+    from coverage import CoverageData
+
+    module = str(mutate_all.PACKAGE_DIR / "scan.py")
+
+    def write(path, by_context):
+        data = CoverageData(basename=str(path))
+        for context, lines in by_context.items():
+            data.set_context(context)
+            data.add_lines({module: lines})
+        data.write()
+
+    main = tmp_path / "coverage"
+    write(main, {"": [1, 2], "tests/test_scan.py::test_a|run": [10]})
+    # a server the test file's fixture started: it imported the module (1, 2) and ran 10 and 20
+    write(tmp_path / "coverage-subprocess.host.1.x", {"tests/test_server_attack.py|subprocess": [1, 2, 10, 20]})
+    write(tmp_path / "unrelated.host.2.x", {"tests/test_other.py|subprocess": [30]})
+    covered = mutate_all.read_coverage(main, None)
+    assert covered.lines["scan.py"] == {10: ["tests/test_scan.py::test_a", "tests/test_server_attack.py"],
+                                        20: ["tests/test_server_attack.py"]}
+    assert covered.import_time["scan.py"] == {1, 2}  # still import-time: mapped to the tests of their readers
+
+
+def test_a_child_process_of_a_test_records_its_coverage_under_the_test_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from coverage import CoverageData
+
+    base = tmp_path / "coverage"
+    env = mutate_all.subprocess_coverage({**os.environ, "PYTEST_CURRENT_TEST": "tests/test_x.py::test_y (call)"},
+                                         base)
+    code = "import fastvit_detect.errors"
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+    written = list(tmp_path.glob("coverage-subprocess.*"))
+    assert len(written) == 1
+    data = CoverageData(basename=str(written[0]))
+    data.read()
+    assert data.measured_contexts() == {"tests/test_x.py|subprocess"}
+    assert any(path.endswith("errors.py") for path in data.measured_files())
+    # no test running (the suite's own start): nothing measured
+    del env["PYTEST_CURRENT_TEST"]
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+    assert len(list(tmp_path.glob("coverage-subprocess.*"))) == 1

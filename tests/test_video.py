@@ -25,6 +25,7 @@ pytest.importorskip("av")
 
 import video_clips as clips
 
+import fastvit_detect
 from fastvit_detect import Detector
 from fastvit_detect.cli import main
 from fastvit_detect.detector import Prediction
@@ -42,7 +43,13 @@ from fastvit_detect.faces import Face
 from fastvit_detect.timeline import Tracker, track_verdict
 from fastvit_detect.video import VideoLimits, VideoReader, is_video, sniff_container
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+# The src folder fastvit_detect was imported from, for child processes: the checkout's, or a mutation run's copy
+# (scripts/mutate_all.py), which the children must run too for the mutant to be tested there.
+SRC = Path(fastvit_detect.__file__).resolve().parent.parent
+
+
+def child_environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +363,7 @@ CHILD = textwrap.dedent(r"""
 
 def sample_in_child(path: Path, **limits) -> dict:
     done = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(limits)], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
+                          text=True, timeout=120, env=child_environment())
     assert done.returncode == 0, done.stderr[-2000:]
     outcome = json.loads(done.stdout.splitlines()[-1])
     assert outcome["cpu"] < CPU_SECONDS and outcome["rss_mib"] < RSS_MIB, outcome
@@ -528,7 +535,7 @@ def test_without_pyav_images_work_and_videos_name_the_extra(detector, clip):
     image = clip.with_name("photo.png")
     image.write_bytes(clips.image_bytes())
     done = subprocess.run([sys.executable, "-c", WITHOUT_AV, str(detector.package.root), str(image), str(clip)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
+                          capture_output=True, text=True, timeout=120, env=child_environment())
     assert done.returncode == 0, done.stderr[-2000:]
     label, missing = done.stdout.splitlines()[-2:]
     assert label == detector.predict(image).label

@@ -1,0 +1,43 @@
+"""What the server package's survivors of the automatic mutation run showed untested. Expected values come from
+the documented limits (docs/guides/server.md, the settings' docstrings) and from the HTTP exchanges themselves, not
+from the server's code."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastvit_detect.errors import InvalidOptionError
+from fastvit_detect.server.video import VideoServeSettings
+
+# (field, the smallest and largest value taken, values refused): the video settings' documented ranges
+VIDEO_RANGES = [
+    ("max_upload_bytes", 1, 1 << 32, [0, (1 << 32) + 1, 1.5, True, "1"]),
+    ("max_duration", 0.001, 86_400.0, [0.0, 86_400.5, math.nan, math.inf, -1.0]),
+    ("max_frame_pixels", 1, 1 << 34, [0, (1 << 34) + 1]),
+    ("max_frames", 1, 100_000, [0, 100_001]),
+    ("fps", 0.0001, 120.0, [0.0, 120.5, math.nan, -1.0]),
+    ("max_decode_seconds", 0.001, 86_400.0, [0.0, 86_400.5, math.nan, math.inf, -5.0]),
+    ("concurrency", 1, 64, [0, 65]),
+    ("queue", 0, 10_000, [-1, 10_001]),
+]
+
+
+@pytest.mark.parametrize(("field", "low", "high", "refused"), VIDEO_RANGES, ids=[row[0] for row in VIDEO_RANGES])
+def test_each_video_setting_takes_its_range_and_refuses_past_it(field, low, high, refused):
+    for value in (low, high):
+        assert getattr(VideoServeSettings(**{field: value}), field) == value
+    for value in refused:
+        with pytest.raises(InvalidOptionError, match=field):
+            VideoServeSettings(**{field: value})
+
+
+def test_the_video_limits_carry_the_settings():
+    settings = VideoServeSettings(max_upload_bytes=1234, max_duration=12.5, max_frame_pixels=640 * 480,
+                                  max_decode_seconds=7.5)
+    limits = settings.limits
+    assert (limits.max_bytes, limits.max_duration, limits.max_frame_pixels, limits.max_decode_seconds) == (
+        1234, 12.5, 640 * 480, 7.5)
