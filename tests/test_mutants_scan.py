@@ -240,3 +240,38 @@ def test_a_face_records_box_is_its_pixels_to_the_hundredth():
     assert records[0]["box"] == [10.12, 20.5, 100.0, 140.0]
     assert records[0]["face_score"] == 0.987654321 and records[0]["face"] == 1
     assert records[1] == {"image": "a.png", **prediction.to_dict(), "decided_by": "face", "face_count": 1}
+
+
+class FacelessDetector(CountingDetector):
+    """Decides by faces and finds none: every image is decided whole."""
+
+    faces_first = True
+
+    def predict_faces_iter(self, images, **options):
+        from fastvit_detect.detector import FacesResult
+
+        self.calls.append(options)
+        whole = Prediction("Real", 0.75, {"Fake": 0.25, "Real": 0.75}, np.zeros(2, np.float32), 0.25, "whole-image")
+        return (FacesResult.decide([], "whole-image", whole) for _ in list(images))
+
+
+def test_a_faces_scan_says_how_many_faces_even_none_and_a_plain_scan_says_nothing_of_faces(tmp_path):
+    """ScanSummary.faces: faces recorded in a scan with faces (0 when none was found), None in a scan without."""
+    faces = scan(FacelessDetector(), image_folder(tmp_path / "a", 3), tmp_path / "faces.jsonl")
+    assert faces.faces == 0 and faces.classified == 3 and "3 classified (0 face(s))" in faces.describe()
+    plain = scan(CountingDetector(), image_folder(tmp_path / "b", 3), tmp_path / "plain.jsonl")
+    assert plain.faces is None and "face" not in plain.describe()
+
+
+def test_a_faces_csv_whose_only_record_is_an_unfinished_images_face_is_cut_to_its_header(tmp_path):
+    """A run killed after the first face record of its first image: that image isn't done, so its face record is
+    cut and the image classified again on resume (its face written once)."""
+    path = tmp_path / "results.csv"
+    writer = ScanOutput(path, LABELS, faces=True)
+    writer.write_record({"image": "a.png", "face": 1, "box": [1.0, 2.0, 3.0, 4.0], "face_score": 0.9, **GOOD})
+    writer.close()
+    header = path.read_text().splitlines()[0]
+    assert len(path.read_text().splitlines()) == 2
+    again = ScanOutput(path, LABELS, faces=True)
+    again.close()
+    assert path.read_text().splitlines() == [header] and again.done == set()

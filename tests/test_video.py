@@ -728,3 +728,18 @@ def test_scan_video_frames_is_refused_with_the_ray_engine(tmp_path, capsys):
     code = main(["scan", str(tmp_path), "--model", str(tmp_path / "absent"), "--engine", "ray", "--video-frames",
                  str(tmp_path / "frames.jsonl")])
     assert code == 2 and "--video-frames needs --engine local" in capsys.readouterr().err
+
+
+def test_a_scans_summary_counts_each_video_once(detector, clip, tmp_path):
+    from fastvit_detect.scan import scan
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(clips.image_bytes())
+    (folder / "clip.mp4").write_bytes(clip.read_bytes())
+    (folder / "torn.mp4").write_bytes(clip.read_bytes()[:3000])  # an MP4 by its content, cut short: an error record
+    summary = scan(detector, folder, tmp_path / "results.jsonl")
+    assert (summary.found, summary.classified, summary.failed) == (3, 2, 1)
+    assert sum(summary.labels.values()) == 2 and summary.labels["Fake"] >= 1  # the clip's verdict is Fake
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [Path(record["image"]).name for record in records if "error" in record] == ["torn.mp4"]
