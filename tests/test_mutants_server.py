@@ -41,3 +41,40 @@ def test_the_video_limits_carry_the_settings():
     limits = settings.limits
     assert (limits.max_bytes, limits.max_duration, limits.max_frame_pixels, limits.max_decode_seconds) == (
         1234, 12.5, 640 * 480, 7.5)
+
+
+SERVER_THREADS = ("fastvit-decode", "fastvit-explain", "fastvit-faces", "fastvit-video", "fastvit-detect-batcher")
+
+
+def test_shutting_the_server_down_stops_every_stage_it_started(packages, tmp_path):
+    """create_app's contract: the stages start with the app and stop with it. After the lifespan ends (uvicorn's
+    shutdown), no thread any stage started is left: the decode pool, the model thread, explain, faces and video."""
+    import threading
+    import time
+
+    from conftest import sample_photos
+    from starlette.testclient import TestClient
+    from video_clips import fake_segment_clip
+
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    before = set(threading.enumerate())
+    app = create_app(Detector.load(packages["vit-faces"], variant="fp32", threads=1), ServeSettings())
+    photo = sample_photos()[0].read_bytes()
+    clip = fake_segment_clip(tmp_path / "clip.mp4").read_bytes()
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        for url, body in [("/api/v1/predict", photo), ("/api/v1/predict?faces=1", photo),
+                          ("/api/v1/explain?grid=2", photo), ("/api/v1/video?max_frames=2", clip)]:
+            assert client.post(url, content=body).status_code == 200, url
+        started = {thread.name.rsplit("_", 1)[0] for thread in set(threading.enumerate()) - before}
+        assert {prefix for prefix in SERVER_THREADS if any(name.startswith(prefix) for name in started)} == set(
+            SERVER_THREADS)
+    deadline = time.monotonic() + 10  # idle pool threads exit at once on shutdown
+    while time.monotonic() < deadline:
+        left = [thread.name for thread in set(threading.enumerate()) - before
+                if thread.is_alive() and thread.name.startswith(SERVER_THREADS)]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == []

@@ -374,7 +374,8 @@ def test_a_model_failure_fails_its_batch_only():
         batcher.close()
 
 
-def test_a_model_failure_is_a_json_500_and_the_server_carries_on(detector, photos, reference):
+def test_a_model_failure_is_a_json_500_and_the_server_carries_on(detector, photos, reference, caplog):
+    caplog.set_level(logging.ERROR)
     gated = GatedDetector(detector, fail=True)
     gated.gate.set()
     broken = create_app(gated, ServeSettings(max_wait_ms=0))  # type: ignore[arg-type]
@@ -390,7 +391,10 @@ def test_a_model_failure_is_a_json_500_and_the_server_carries_on(detector, photo
     finally:
         broken.state.batcher.close()
     assert failed.status_code == 500 and failed.json()["error"]["type"] == "InternalServerError"
-    assert "model crashed" not in failed.text  # internals stay in the server's log
+    assert "model crashed" not in failed.text  # internals stay in the server's log...
+    # ...where the request's failure is, by its type, at error level
+    assert any(record.levelno == logging.ERROR and "ModelOutputError" in record.getMessage()
+               for record in caplog.records), caplog.text
     assert recovered.status_code == 200 and recovered.json()["label"] == reference.label("vit", sample_photos()[0])
 
 

@@ -644,6 +644,8 @@ def test_slow_clients_are_cut_off_and_others_served(cli_server, honest):
         # The server's clock starts when it accepts, a moment before connect() returns here: a few ms early is on time.
         assert timeout - 0.05 <= outcomes[name][1] <= timeout + CLOSE_SLACK_S, (name, outcomes[name])
     assert outcomes["body trickled"][0].startswith(b"HTTP/1.1 408 "), outcomes
+    # ...and says it closes the connection: what is left of the body must not be read as the next request
+    assert b"\r\nconnection: close\r\n" in outcomes["body trickled"][0].lower(), outcomes
     assert outcomes["body nobody reads"][0].startswith(b"HTTP/1.1 200 "), outcomes
     assert not outcomes["headers trickled"][0] and not outcomes["nothing sent"][0], outcomes
     log = cli_server.log()[mark:]

@@ -743,3 +743,58 @@ def test_a_scans_summary_counts_each_video_once(detector, clip, tmp_path):
     assert sum(summary.labels.values()) == 2 and summary.labels["Fake"] >= 1  # the clip's verdict is Fake
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [Path(record["image"]).name for record in records if "error" in record] == ["torn.mp4"]
+
+
+def test_a_video_scan_puts_each_clips_lines_on_disk_before_the_next_and_closes_its_frames_file(detector, clip,
+                                                                                               tmp_path, monkeypatch):
+    """What a scan killed between two clips leaves: the first clip's record and its frame lines are on disk before
+    the second clip is decoded (a resume skips it); and the frames file is closed when the scan ends."""
+    import warnings
+
+    from test_mutants_scan import open_descriptors_to
+
+    from fastvit_detect.scan import scan
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (folder / name).write_bytes(clip.read_bytes())
+    results, frames = tmp_path / "results.jsonl", tmp_path / "frames.jsonl"
+    on_disk: list[tuple[str, str]] = []
+    predict_video = detector.predict_video
+
+    def watched(path, **options):
+        on_disk.append((results.read_text(), frames.read_text()))
+        return predict_video(path, **options)
+
+    monkeypatch.setattr(detector, "predict_video", watched)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)  # a file left for the garbage collector to close
+        scan(detector, folder, results, video_frames=frames)
+    assert [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)] == []
+    assert on_disk[0] == ("", "")
+    records, frame_lines = (text.splitlines() for text in on_disk[1])
+    assert [Path(json.loads(line)["image"]).name for line in records] == ["a.mp4"]
+    assert len(frame_lines) == 8 and {Path(json.loads(line)["video"]).name for line in frame_lines} == {"a.mp4"}
+    assert open_descriptors_to(frames) == []
+
+
+def test_a_clip_without_a_decodable_frame_gets_a_record_without_a_verdict(detector, clip, tmp_path, monkeypatch):
+    """scan.video_record's contract: a clip with no decodable frame gets a record with no verdict (label None, no
+    probabilities, 0 sampled frames); it counts neither as classified nor as failed."""
+    import dataclasses
+
+    from fastvit_detect.scan import scan
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(clip.read_bytes())
+    predict_video = detector.predict_video
+    monkeypatch.setattr(detector, "predict_video", lambda path, **options: dataclasses.replace(
+        predict_video(path, **options), frames=[], tracks=[], prediction=None, decided_by="none", decisive=None))
+    summary = scan(detector, folder, tmp_path / "results.jsonl")
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert Path(record.pop("image")).name == "a.mp4"
+    assert record == {"video": True, "label": None, "score": None, "fake_probability": None, "probabilities": {},
+                      "sampled_frames": 0}
+    assert (summary.found, summary.classified, summary.failed) == (1, 0, 0)
