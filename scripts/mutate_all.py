@@ -321,6 +321,8 @@ class CoverageMap:
                 every = sorted({test for covering in lines.values() for test in covering}, key=self.duration)
                 own = [test for test in every if Path(mutant.module).stem in test.split("::")[0]]
                 tests |= set((own + [test for test in every if test not in own])[:IMPORT_TIME_TESTS])
+        whole_files = {test for test in tests if "::" not in test}
+        tests = {test for test in tests if test.split("::", 1)[0] not in whole_files or "::" not in test}
         return sorted(tests, key=self.duration) if tests else None
 
     def duration(self, test: str) -> float:
@@ -403,8 +405,13 @@ def where_used(module: str, line: int) -> dict[str, set[int]]:
 
 def _node_id(context: str) -> str:
     """The pytest node id of a coverage context; a parametrized id that pytest can't take back on its command
-    line (brackets, quotes, spaces, non-ASCII in the parameters) becomes its function's: all its cases run."""
-    node = context.rsplit("|", 1)[0]
+    line (brackets, quotes, spaces, non-ASCII in the parameters) becomes its function's: all its cases run.
+
+    A line run while a fixture was set up maps to the test's whole file: a module-scoped fixture (an app, a loaded
+    detector) is set up in its file's first test's context, yet every test of the file uses what it made."""
+    node, _, phase = context.rpartition("|") if "|" in context else (context, "", "")
+    if phase == "setup":
+        return node.split("::", 1)[0]
     head, bracket, _ = node.partition("[")
     if bracket and not SAFE_PARAMETERS.fullmatch(node[len(head):]):
         return head

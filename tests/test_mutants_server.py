@@ -78,3 +78,33 @@ def test_shutting_the_server_down_stops_every_stage_it_started(packages, tmp_pat
             break
         time.sleep(0.05)
     assert left == []
+
+
+def test_a_request_that_crashes_the_app_is_logged_with_the_500_it_got(vit_package, caplog, monkeypatch):
+    """The access log line of a request whose handler raised (no response came back through the middleware) says
+    500, the status the client was answered with."""
+    import asyncio
+    import logging
+
+    import httpx
+
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    caplog.set_level(logging.INFO, logger="fastvit_detect.server")
+    detector = Detector.load(vit_package, variant="fp32", threads=1)
+    app = create_app(detector, ServeSettings())
+    monkeypatch.setattr(type(detector.package), "public_manifest", lambda _package: 1 / 0)
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.get("/api/v1/model")
+
+    try:
+        response = asyncio.run(get())
+    finally:
+        app.state.batcher.close()
+    assert response.status_code == 500
+    access = [record.getMessage() for record in caplog.records if '"GET /api/v1/model"' in record.getMessage()]
+    assert len(access) == 1 and f'"GET /api/v1/model" {response.status_code} ' in access[0], access

@@ -94,7 +94,8 @@ def test_the_reviewed_list_parses():
 
 @pytest.mark.parametrize("context, node", [
     ("tests/test_a.py::test_b|run", "tests/test_a.py::test_b"),
-    ("tests/test_a.py::test_b[2-expected1]|setup", "tests/test_a.py::test_b[2-expected1]"),
+    ("tests/test_a.py::test_b[2-expected1]|call", "tests/test_a.py::test_b[2-expected1]"),
+    ("tests/test_a.py::test_b[2-expected1]|setup", "tests/test_a.py"),  # a fixture its whole file may share
     ('tests/test_a.py::test_b[{"format": 1}]|run', "tests/test_a.py::test_b"),
     ("tests/test_a.py::TestC::test_d[a b]|run", "tests/test_a.py::TestC::test_d"),
 ])
@@ -219,3 +220,11 @@ def test_a_child_process_of_a_test_records_its_coverage_under_the_test_file(tmp_
     del env["PYTEST_CURRENT_TEST"]
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
     assert len(list(tmp_path.glob("coverage-subprocess.*"))) == 1
+
+
+def test_a_test_whose_whole_file_runs_anyway_is_not_run_twice():
+    line = 10
+    covered = mutate_all.CoverageMap(lines={"scan.py": {line: ["tests/a.py", "tests/a.py::test_x", "tests/b.py::y"]}})
+    mutant = next(m for m in mutate_all.generate("scan.py") if m.line > 1)
+    covered.lines["scan.py"] = {mutant.line: covered.lines["scan.py"][line]}
+    assert set(covered.tests_for(mutant)) == {"tests/a.py", "tests/b.py::y"}
