@@ -78,7 +78,7 @@ NO_MUTATE = "pragma: no mutate"
 IMPORT_TIME_TESTS = 40
 DEFAULT_TEST_SECONDS = 2.0  # for a test the map has no duration for
 GRACE_S = 30.0  # how long after --time-budget the last mutant may run
-VERDICTS = ("killed", "survived", "uncovered", "timeout", "equivalent", "error", "not-run")
+VERDICTS = ("killed", "survived", "uncovered", "timeout", "unfinished", "equivalent", "error", "not-run")
 
 
 # --- generating mutants -------------------------------------------------------------------------------------
@@ -542,8 +542,8 @@ def run_mutant(mutant: Mutant, tests: list[str], copy_root: Path, cache: Path, c
         compile(mutated, str(target), "exec")
     except SyntaxError as exc:
         return Outcome(mutant, "error", detail=f"the mutant doesn't compile: {exc}")
-    timeout = timeout_floor + 3 * sum(covered.duration(test) for test in tests)
-    timeout = timeout if timeout_cap is None else max(1.0, min(timeout, timeout_cap))
+    natural = timeout_floor + 3 * sum(covered.duration(test) for test in tests)
+    timeout = natural if timeout_cap is None else max(1.0, min(natural, timeout_cap))
     target.write_text(mutated, encoding="utf-8")
     started = time.perf_counter()
     try:
@@ -554,6 +554,9 @@ def run_mutant(mutant: Mutant, tests: list[str], copy_root: Path, cache: Path, c
             whole = sorted({test.split("[", 1)[0] for test in tests})
             returncode, output = _pytest(whole, copy_root, cache, timeout - (time.perf_counter() - started))
     except subprocess.TimeoutExpired:
+        if timeout < natural:  # cut off by --mutant-seconds or the time budget, not by its tests' own time
+            return Outcome(mutant, "unfinished", time.perf_counter() - started,
+                           f"cut off after {timeout:.0f}s (its tests may take {natural:.0f}s)", len(tests))
         return Outcome(mutant, "timeout", time.perf_counter() - started, f"over {timeout:.0f}s", len(tests))
     finally:
         target.write_text(original, encoding="utf-8")
@@ -644,7 +647,8 @@ def score_table(outcomes: Sequence[Outcome], modules: Sequence[str]) -> list[dic
     rows = []
     for module in modules:
         counts = Counter(outcome.verdict for outcome in outcomes if outcome.mutant.module == module)
-        judged = counts["killed"] + counts["survived"] + counts["uncovered"] + counts["timeout"]
+        # An unfinished mutant (cut off before its tests ended) counts as a survivor: not shown to be killed.
+        judged = counts["killed"] + counts["survived"] + counts["uncovered"] + counts["timeout"] + counts["unfinished"]
         # A timeout counts as killed (the mutant hangs a test: noticed), as mutmut and cosmic-ray count it.
         score = (counts["killed"] + counts["timeout"]) / judged if judged else None
         rows.append({"module": module, "mutants": sum(counts.values()), **{v: counts[v] for v in VERDICTS},
@@ -689,6 +693,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--cov-context=test) instead of mapping; --junit gives the durations")
     parser.add_argument("--junit", type=Path, help="the JUnit XML of the run that wrote --coverage-data")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
+    parser.add_argument("--mutant-seconds", type=float, metavar="S", help="cut a mutant's tests off after S "
+                        "seconds: verdict 'unfinished', scored as a survivor (a survivor runs every test that "
+                        "covers its line, which for a widely used line takes minutes)")
     parser.add_argument("--timeout-floor", type=float, default=60.0,
                         help="each mutant's timeout is this + 3 x its tests' mapped durations (default 60 s)")
     parser.add_argument("--strict", nargs="*", default=[], metavar="MODULE",
@@ -705,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.mutant_seconds is not None and not args.mutant_seconds > 0:
+        parser.error("--mutant-seconds must be > 0")
 
     if args.rescore:
         return rescore(args.rescore, args.markdown, args.json)
@@ -785,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                 if cap <= 0:
                     return Outcome(mutant, "not-run", detail=f"the time budget of {args.time_budget:.0f}s ran out")
                 cap += GRACE_S  # a mutant started inside the budget may finish a little after it, never long after
+            if args.mutant_seconds is not None:
+                cap = args.mutant_seconds if cap is None else min(cap, args.mutant_seconds)
             copy_root = free.pop()  # list.pop/append are atomic: each worker holds one copy at a time
             try:
                 outcome = run_mutant(mutant, tests, copy_root, cache, covered, args.timeout_floor, cap)
@@ -804,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows, header)
     print(table)
     survivors = [o for o in outcomes if o.verdict in ("survived", "uncovered")]
-    for outcome in sorted(survivors, key=lambda o: (o.mutant.module, o.mutant.line)):
+    unfinished = [o for o in outcomes if o.verdict == "unfinished"]
+    for outcome in sorted(survivors + unfinished, key=lambda o: (o.mutant.module, o.mutant.line)):
         print(f"{outcome.verdict}: {outcome.mutant.module}:{outcome.mutant.line} {mutation_label(outcome.mutant)}"
               f"  | {outcome.mutant.line_text}")
     for entry in lapsed:

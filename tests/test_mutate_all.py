@@ -228,3 +228,22 @@ def test_a_test_whose_whole_file_runs_anyway_is_not_run_twice():
     mutant = next(m for m in mutate_all.generate("scan.py") if m.line > 1)
     covered.lines["scan.py"] = {mutant.line: covered.lines["scan.py"][line]}
     assert set(covered.tests_for(mutant)) == {"tests/a.py", "tests/b.py::y"}
+
+
+def test_a_mutant_cut_off_by_a_cap_is_unfinished_and_scored_as_a_survivor(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    def hangs(tests, copy_root, cache, timeout):
+        raise subprocess.TimeoutExpired("pytest", timeout)
+
+    monkeypatch.setattr(mutate_all, "_pytest", hangs)
+    shutil.copytree(mutate_all.PACKAGE_DIR, tmp_path / "src" / mutate_all.PACKAGE,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    mutant = mutate_all.generate("options.py")[0]
+    covered = mutate_all.CoverageMap(durations={"tests/t.py::a": 100.0})
+    hung = mutate_all.run_mutant(mutant, ["tests/t.py::a"], tmp_path, tmp_path, covered, 60.0)
+    cut = mutate_all.run_mutant(mutant, ["tests/t.py::a"], tmp_path, tmp_path, covered, 60.0, timeout_cap=5.0)
+    assert (hung.verdict, cut.verdict) == ("timeout", "unfinished")  # its own tests' time ran out / the cap did
+    (row,) = mutate_all.score_table([hung, cut], ["options.py"])
+    assert (row["timeout"], row["unfinished"], row["score"]) == (1, 1, 0.5)

@@ -1,0 +1,41 @@
+"""What the backends' and the variant choice's survivors of the automatic mutation run showed untested. Expected
+values come from the libraries themselves (onnxruntime's version), the docs (docs/guides/backends.md: the choice
+cache's figures; the openvino extra named when it is missing) and the file written, not from backends.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import onnxruntime
+import pytest
+
+from fastvit_detect.backends import OnnxRuntimeBackend, OnnxRuntimeOptions, OpenVinoBackend
+from fastvit_detect.choice import write_choice
+from fastvit_detect.errors import MissingExtraError
+
+
+def test_onnxruntime_options_cannot_be_changed_once_made():
+    """Options are shared by every session a detector opens (and by its copies): they are values."""
+    options = OnnxRuntimeOptions(providers=["CPUExecutionProvider"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.providers = ["CUDAExecutionProvider"]  # type: ignore[misc]
+
+
+def test_the_onnxruntime_backend_reports_the_installed_version():
+    assert OnnxRuntimeBackend().version() == onnxruntime.__version__
+
+
+def test_an_openvino_backend_without_openvino_names_the_extra_when_it_is_made(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(MissingExtraError, match=r'pip install "fastvit-detect\[openvino\]"'):
+        OpenVinoBackend()
+
+
+def test_the_choice_cache_keeps_both_figures_to_the_thousandth(tmp_path):
+    path = tmp_path / "choice.json"
+    assert write_choice(path, {"int8": 12.34567, "openvino-int8": 15.00049}) == "openvino-int8"
+    record = json.loads(path.read_text())
+    assert record["winner"] == "openvino-int8"
+    assert record["images_per_s"] == {"int8": 12.346, "openvino-int8": 15.0}
