@@ -39,3 +39,18 @@ def test_the_choice_cache_keeps_both_figures_to_the_thousandth(tmp_path):
     record = json.loads(path.read_text())
     assert record["winner"] == "openvino-int8"
     assert record["images_per_s"] == {"int8": 12.346, "openvino-int8": 15.0}
+
+
+@pytest.mark.parametrize("winner, fallback", [("openvino-int8", "int8"), ("int8", None)])
+def test_a_calibrated_openvino_choice_falls_back_to_onnxruntime_and_an_onnxruntime_one_to_nothing(
+        packages, monkeypatch, winner, fallback):
+    """VariantChoice.fallback: the variant to run if the chosen one can't be opened. OpenVINO measured faster falls
+    back to the onnxruntime variant it was measured against; onnxruntime measured faster needs no fallback."""
+    pytest.importorskip("openvino")
+    import fastvit_detect.choice as choice_module
+    from fastvit_detect.choice import choose_variant
+    from fastvit_detect.package import ModelPackage
+
+    monkeypatch.setattr(choice_module, "read_choice", lambda path, names: (winner, {names[0]: 10.0, names[1]: 20.0}))
+    chosen = choose_variant(ModelPackage.open(packages["vit-openvino"]), "auto")
+    assert (chosen.name, chosen.source, chosen.fallback) == (winner, "calibrated", fallback)
