@@ -43,3 +43,22 @@ def test_a_batch_of_one_is_the_smallest_batch(vit_package, capsys):
         main(["predict", "--model", str(vit_package), "--threads", "1", "--batch-size", "0", photo])
     assert usage.value.code == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_a_faces_stage_of_one_thread_is_the_smallest(vit_package, monkeypatch):
+    from fastvit_detect import server
+
+    served = {}
+    monkeypatch.setattr(server, "serve", lambda detector, **options: served.update(options))
+    assert main(["serve", "--model", str(vit_package), "--threads", "1", "--faces-concurrency", "1"]) == 0
+    assert served["settings"].faces_concurrency == 1
+
+
+def test_a_bad_faces_argument_is_refused_before_the_package_is_opened(tmp_path):
+    """Detector.load checks its arguments before seconds of loading: a typo is named even when the package path
+    is wrong too."""
+    from fastvit_detect import Detector
+    from fastvit_detect.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="faces must be True, False or 'auto'"):
+        Detector.load(tmp_path / "no-such-package", faces="yes")
