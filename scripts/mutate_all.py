@@ -708,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
                         "verdicts for modules whose source is unchanged since, run the rest again (after triage)")
     parser.add_argument("--rescore", nargs="+", type=Path, metavar="JSON", help="run nothing: merge these reports "
                         "and score them against today's equivalent list (entries reviewed since they ran)")
+    parser.add_argument("--run-first", nargs="+", metavar="MODULE", default=[], help="run these modules' mutants "
+                        "first, in this order (the draw of --sample/--per-module doesn't change)")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -740,6 +742,9 @@ def main(argv: list[str] | None = None) -> int:
                   sorted(draw.sample([m for m in chosen if m.module == module],
                                      min(args.per_module, sum(m.module == module for m in chosen))),
                          key=lambda m: (m.line, m.col))]
+    if args.run_first:
+        rank = {module: index for index, module in enumerate(args.run_first)}
+        chosen.sort(key=lambda mutant: rank.get(mutant.module, len(rank)))  # stable: the rest keep their order
     if args.list:
         for mutant in chosen:
             print(f"{mutant.module}:{mutant.line}:{mutant.col + 1} {mutation_label(mutant):<28} {mutant.line_text}")

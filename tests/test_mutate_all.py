@@ -247,3 +247,13 @@ def test_a_mutant_cut_off_by_a_cap_is_unfinished_and_scored_as_a_survivor(tmp_pa
     assert (hung.verdict, cut.verdict) == ("timeout", "unfinished")  # its own tests' time ran out / the cap did
     (row,) = mutate_all.score_table([hung, cut], ["options.py"])
     assert (row["timeout"], row["unfinished"], row["score"]) == (1, 1, 0.5)
+
+
+def test_run_first_reorders_the_mutants_without_changing_the_draw(capsys):
+    def listed(*arguments: str) -> list[str]:
+        assert mutate_all.main(["--list", "--modules", "options.py", "pool.py", "--per-module", "3", *arguments]) == 0
+        return capsys.readouterr().out.splitlines()[:-1]
+
+    plain, reordered = listed(), listed("--run-first", "pool.py")
+    assert sorted(plain) == sorted(reordered)
+    assert [line.split(":")[0] for line in reordered] == ["pool.py"] * 3 + ["options.py"] * 3
