@@ -108,3 +108,28 @@ def test_a_request_that_crashes_the_app_is_logged_with_the_500_it_got(vit_packag
     assert response.status_code == 500
     access = [record.getMessage() for record in caplog.records if '"GET /api/v1/model"' in record.getMessage()]
     assert len(access) == 1 and f'"GET /api/v1/model" {response.status_code} ' in access[0], access
+
+
+def test_the_api_schema_lists_the_documented_endpoints_and_not_the_page(vit_package):
+    """/openapi.json documents the API (the serving guide's table), not the upload page or HEAD twins."""
+    import asyncio
+
+    import httpx
+
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+
+    async def schema() -> dict:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return (await client.get("/openapi.json")).json()
+
+    try:
+        paths = asyncio.run(schema())["paths"]
+    finally:
+        app.state.batcher.close()
+    assert set(paths) == {"/api/v1/predict", "/predict/", "/api/v1/explain", "/api/v1/video", "/healthz",
+                          "/api/v1/model"}
+    assert all("head" not in methods for methods in paths.values())

@@ -258,6 +258,13 @@ def test_server_start_up_line_shows_the_effective_decode_budget(vit_package, mon
         sock.close()
     started = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("serving "))
     assert "decode_budget_pixels=1500000" in started and "decode_budget_pixels=None" not in started
+    detector = Detector.load(vit_package)
+    chosen = [record.getMessage() for record in caplog.records if record.getMessage().startswith("variant chosen")]
+    assert chosen == [f"variant chosen: {detector.choice.describe()}"]
+    import inspect
+
+    defaults = {name: parameter.default for name, parameter in inspect.signature(server.serve).parameters.items()}
+    assert (defaults["host"], defaults["port"]) == ("127.0.0.1", 8000)  # the serving guide's, as the CLI's
 
 
 # --- the demo's suggestions run as printed (item 10) ----------------------------------------------------------
