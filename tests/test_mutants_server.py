@@ -133,3 +133,52 @@ def test_the_api_schema_lists_the_documented_endpoints_and_not_the_page(vit_pack
     assert set(paths) == {"/api/v1/predict", "/predict/", "/api/v1/explain", "/api/v1/video", "/healthz",
                           "/api/v1/model"}
     assert all("head" not in methods for methods in paths.values())
+
+
+def test_a_trickling_body_is_cut_at_the_body_timeout_not_a_chunk_later():
+    """read_body's bound: the whole body within body_timeout_s. A client sending a byte every 0.2 s (each chunk in
+    time on its own) is refused once the total passes the timeout, not allowed to go on chunk by chunk."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from fastvit_detect.errors import RequestTimeoutError
+    from fastvit_detect.server.requests import read_body
+
+    sent = []
+
+    async def receive() -> dict:
+        await asyncio.sleep(0.2)
+        sent.append(1)
+        return {"type": "http.request", "body": b"x", "more_body": len(sent) < 20}
+
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}, receive)
+    with pytest.raises(RequestTimeoutError, match="within 0.5 s"):
+        asyncio.run(read_body(request, limit=1_000, timeout_s=0.5))
+    assert len(sent) < 20
+
+
+def test_a_bad_files_name_in_a_list_answer_is_cut_to_200_characters(vit_package):
+    import asyncio
+
+    import httpx
+    from conftest import sample_photos
+
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+    photo = sample_photos()[0].read_bytes()
+
+    async def post(name: str) -> list:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            files = [("file", ("photo.png", photo)), ("file", (name, b"not an image"))]
+            return (await client.post("/api/v1/predict", files=files)).json()
+
+    try:
+        exact, longer = asyncio.run(post("n" * 200)), asyncio.run(post("n" * 201))
+    finally:
+        app.state.batcher.close()
+    assert exact[1]["filename"] == "n" * 200 and "error" in exact[1]
+    assert len(longer[1]["filename"]) == 200 and longer[1]["filename"].endswith("...")
