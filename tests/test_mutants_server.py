@@ -133,6 +133,10 @@ def test_the_api_schema_lists_the_documented_endpoints_and_not_the_page(vit_pack
     assert set(paths) == {"/api/v1/predict", "/predict/", "/api/v1/explain", "/api/v1/video", "/healthz",
                           "/api/v1/model"}
     assert all("head" not in methods for methods in paths.values())
+    # each answer the guide lists (408, 413, 415, 422, 500, 503; 409 for faces=1), documented with an example
+    responses = paths["/api/v1/predict"]["post"]["responses"]
+    assert {"408", "409", "413", "415", "422", "500", "503"} <= set(responses)
+    assert all("example" in responses[status]["content"]["application/json"] for status in ("408", "409", "503"))
 
 
 def test_a_trickling_body_is_cut_at_the_body_timeout_not_a_chunk_later():
