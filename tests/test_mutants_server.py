@@ -186,3 +186,27 @@ def test_a_bad_files_name_in_a_list_answer_is_cut_to_200_characters(vit_package)
         app.state.batcher.close()
     assert exact[1]["filename"] == "n" * 200 and "error" in exact[1]
     assert len(longer[1]["filename"]) == 200 and longer[1]["filename"].endswith("...")
+
+
+@pytest.mark.parametrize(("option", "high"), [("max_batch", 4096), ("queue_size", 100_000), ("workers", 256)])
+def test_a_batchers_whole_number_options_take_their_range_and_refuse_past_it(option, high):
+    """MicroBatcher's ranges (the serving flags' --max-batch, --queue-size, --workers): 1 to the cap."""
+    from fastvit_detect.server import MicroBatcher
+
+    for value in (1, high):
+        batcher = MicroBatcher(lambda items: items, **{option: value})
+        batcher.close()
+    for value in (0, high + 1):
+        with pytest.raises(ValueError, match=option):
+            MicroBatcher(lambda items: items, **{option: value})
+
+
+def test_serve_settings_cannot_be_changed_once_made():
+    """A server's settings are shared by its stages and shown by /api/v1/model: a value, not a mutable object."""
+    import dataclasses
+
+    from fastvit_detect.server import ServeSettings
+
+    settings = ServeSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_batch = 1  # type: ignore[misc]
