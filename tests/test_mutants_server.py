@@ -210,3 +210,33 @@ def test_serve_settings_cannot_be_changed_once_made():
     settings = ServeSettings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.max_batch = 1  # type: ignore[misc]
+
+
+def documented_setting_ranges() -> dict[str, tuple[float, float, bool]]:
+    """The serving guide's table of ServeSettings' ranges: field -> (low, high, whole number?)."""
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "serving.md").read_text()
+    table = guide.split("## Settings and their ranges", 1)[1]
+    ranges = {}
+    for names, low, high, whole in re.findall(r"\| ((?:`\w+`(?:, )?)+) \| ([\d.]+) – ([\d.]+)( \(whole\))? \|", table):
+        for name in re.findall(r"`(\w+)`", names):
+            ranges[name] = (float(low), float(high), bool(whole))
+    return ranges
+
+
+def test_serve_settings_take_the_documented_ranges_and_refuse_past_them():
+    from fastvit_detect.server import ServeSettings
+
+    ranges = documented_setting_ranges()
+    assert len(ranges) == 19  # every numeric setting the guide lists
+    for name, (low, high, whole) in ranges.items():
+        kind = int if whole else float
+        for value in (kind(low), kind(high)):
+            assert getattr(ServeSettings(**{name: value}), name) == value, (name, value)
+        step = 1 if whole else (0.001 if low < 1 else 0.5)
+        refused = [kind(low - step), kind(high + step)] + ([] if whole else [math.nan, math.inf])
+        for value in refused:
+            with pytest.raises(ValueError, match=name):
+                ServeSettings(**{name: value})
