@@ -91,6 +91,35 @@ def test_shutdown_does_not_wait_for_a_decode_still_running(detector, astronaut):
         _close(app)
 
 
+@pytest.mark.parametrize("stage", ["explainer", "faces"])
+def test_shutdown_does_not_wait_for_an_explanation_or_a_detection_still_running(detector, stage):
+    """As the decode stage above: a job held for up to 30 s on the explain or the face stage's thread (a stand-in)
+    doesn't hold the app's shutdown, and the stages after it are closed too."""
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    running, gate = threading.Event(), threading.Event()
+
+    def stuck():
+        running.set()
+        gate.wait(30)
+
+    getattr(app.state, stage).pool.submit(stuck)
+    try:
+        assert running.wait(30), "the stand-in job never started"
+
+        async def lifespan():
+            async with app.router.lifespan_context(app):
+                pass
+
+        shutdown = threading.Thread(target=lambda: asyncio.run(lifespan()), daemon=True)
+        shutdown.start()
+        shutdown.join(10)  # generous: it takes milliseconds; the job holds for 30 s
+        assert not shutdown.is_alive() and not gate.is_set(), f"shutdown waited for the {stage} job still running"
+        assert app.state.videos._pool._shutdown  # the last stage to close was closed too
+    finally:
+        gate.set()
+        _close(app)
+
+
 @pytest.mark.skipif(platform.system() != "Linux", reason="a thread has a nice value of its own on Linux only")
 def test_explain_and_face_threads_run_at_nice_plus_10(detector, monkeypatch):
     """serving.md: on Linux the explain threads run at a lower CPU priority (nice +10); faces.md: the face threads
@@ -293,6 +322,49 @@ def test_a_client_that_leaves_mid_detection_leaves_no_unretrieved_exception(dete
                     break
                 await asyncio.sleep(0.01)
             assert faces.admitted == 0 and faces.detected == 1
+            gc.collect()
+
+    try:
+        asyncio.run(scenario())
+        gc.collect()
+    finally:
+        gate.set()
+        _close(app)
+    assert "never retrieved" not in caplog.text
+
+
+def test_a_client_that_leaves_mid_explanation_leaves_no_unretrieved_exception(detector, astronaut, caplog):
+    """As with faces above: the client leaves while its explanation is held by a stand-in, which then fails; no
+    "Task exception was never retrieved" is logged when that explanation is collected."""
+    import gc
+
+    from fastvit_detect.errors import ImageDecodeError
+
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    explainer = app.state.explainer
+    running, gate = threading.Event(), threading.Event()
+
+    def compute(prepared, *args):
+        running.set()
+        assert gate.wait(30), "the test never opened the gate"
+        raise ImageDecodeError(f"{prepared.source}: a stand-in failure after its client left", prepared.source)
+
+    explainer.compute = compute
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                     timeout=60) as client:
+            leaving = asyncio.create_task(client.post("/api/v1/explain?grid=2", content=astronaut))
+            assert await asyncio.to_thread(running.wait, 30)
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            gate.set()
+            for _ in range(500):
+                if explainer.admitted == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert explainer.admitted == 0 and explainer.explained == 1
             gc.collect()
 
     try:
