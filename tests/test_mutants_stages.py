@@ -1,0 +1,376 @@
+"""What the survivors of the automatic mutation run in server/stages.py (the decode, explain and face stages) showed
+untested. Expected values come from the guides (docs/guides/serving.md: explanations refused before the upload is
+read, their preview of at most 1024 px, nice +10 on Linux, shutdown; docs/guides/faces.md: the face stage's
+threads, its waiting images, how a crop's error names it), from the HTTP exchanges themselves, from the kernel's
+nice values, and from stand-ins that count or fail on purpose, never from the stages' code."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import platform
+import threading
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+
+from PIL import Image
+from test_server import call  # requests through httpx's ASGI transport
+
+from fastvit_detect import Detector
+from fastvit_detect.build import samples
+from fastvit_detect.server import ServeSettings, create_app
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> bytes:
+    found = [path for path in samples.sample_photos() if path.name == "astronaut.png"]
+    if not found:
+        pytest.skip("astronaut.png isn't installed here")
+    with Image.open(found[0]) as image:
+        return _png(image.convert("RGB"))
+
+
+@pytest.fixture
+def detector(packages) -> Detector:
+    """A detector of its own: some tests replace its preprocessing with a stand-in."""
+    return Detector.load(packages["vit-faces"], variant="fp32", threads=1)
+
+
+def _close(app) -> None:
+    app.state.batcher.close()
+    app.state.decoder.close()
+    app.state.explainer.close()
+    app.state.faces.close()
+
+
+def _error(response: httpx.Response) -> str:
+    return response.json()["error"]["message"]
+
+
+def test_shutdown_does_not_wait_for_a_decode_still_running(detector, astronaut):
+    """serving.md: shutting down doesn't wait for a decode still running (one stuck on a hostile file can't hang
+    it); the stages after the decode stage are closed too. Here a decode is held for up to 30 s by a stand-in
+    conversion while the app's lifespan ends: it must return, with the face stage closed, before the gate opens."""
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    decoder = app.state.decoder
+    running, gate = threading.Event(), threading.Event()
+
+    def stuck(opened):
+        running.set()
+        gate.wait(30)
+        return None
+
+    decoding = threading.Thread(target=lambda: asyncio.run(decoder.decode_with(io.BytesIO(astronaut), stuck)),
+                                daemon=True)
+    decoding.start()
+    try:
+        assert running.wait(30), "the stand-in decode never started"
+
+        async def lifespan():
+            async with app.router.lifespan_context(app):
+                pass
+
+        shutdown = threading.Thread(target=lambda: asyncio.run(lifespan()), daemon=True)
+        shutdown.start()
+        shutdown.join(10)  # generous: it takes milliseconds; the decode holds for 30 s
+        assert not shutdown.is_alive() and not gate.is_set(), "shutdown waited for the decode still running"
+        assert app.state.faces.pool._shutdown  # the stages after the decode stage were closed as well
+    finally:
+        gate.set()
+        decoding.join(30)
+        _close(app)
+
+
+@pytest.mark.parametrize("stage", ["explainer", "faces"])
+def test_shutdown_does_not_wait_for_an_explanation_or_a_detection_still_running(detector, stage):
+    """As the decode stage above: a job held for up to 30 s on the explain or the face stage's thread (a stand-in)
+    doesn't hold the app's shutdown, and the stages after it are closed too."""
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    running, gate = threading.Event(), threading.Event()
+
+    def stuck():
+        running.set()
+        gate.wait(30)
+
+    getattr(app.state, stage).pool.submit(stuck)
+    try:
+        assert running.wait(30), "the stand-in job never started"
+
+        async def lifespan():
+            async with app.router.lifespan_context(app):
+                pass
+
+        shutdown = threading.Thread(target=lambda: asyncio.run(lifespan()), daemon=True)
+        shutdown.start()
+        shutdown.join(10)  # generous: it takes milliseconds; the job holds for 30 s
+        assert not shutdown.is_alive() and not gate.is_set(), f"shutdown waited for the {stage} job still running"
+        assert app.state.videos._pool._shutdown  # the last stage to close was closed too
+    finally:
+        gate.set()
+        _close(app)
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="a thread has a nice value of its own on Linux only")
+def test_explain_and_face_threads_run_at_nice_plus_10(detector, monkeypatch):
+    """serving.md: on Linux the explain threads run at a lower CPU priority (nice +10); faces.md: the face threads
+    too. Read from the kernel on each stage's own thread; a stand-in for os.setpriority counts the calls, so the
+    test still tells when the process already runs at nice 19 (as the mutation runner's tests do)."""
+    calls = []
+    real = os.setpriority
+
+    def counting(which, who, priority):
+        calls.append((which, who, priority))
+        real(which, who, priority)
+
+    monkeypatch.setattr(os, "setpriority", counting)
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+
+    def own_nice():
+        thread = threading.get_native_id()
+        return thread, os.getpriority(os.PRIO_PROCESS, thread)
+
+    try:
+        for stage in (app.state.explainer, app.state.faces):
+            thread, nice = stage.pool.submit(own_nice).result(30)
+            assert nice == min(19, process + 10), stage
+            assert (os.PRIO_PROCESS, thread, min(19, process + 10)) in calls, stage
+    finally:
+        _close(app)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == process  # the process itself keeps its priority
+
+
+def test_an_unknown_explain_target_is_422_before_the_upload_is_read(detector):
+    """serving.md: an unknown target gets 422 InvalidOptionError before the upload is read. The upload here is not
+    an image: read and decoded it would be answered 415/400 instead; and no explanation was admitted."""
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    try:
+        response = call(app, "POST", "/api/v1/explain?target=nonsense&grid=2", content=b"not an image at all")
+        health = call(app, "GET", "/healthz").json()
+    finally:
+        _close(app)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["type"] == "InvalidOptionError" and "nonsense" in _error(response)
+    assert health["explanations"] == 0 and health["explanations_in_progress"] == 0
+
+
+def test_an_explanation_keeps_a_preview_of_at_most_1024_px(detector):
+    """serving.md: afterwards an explanation keeps only its model input and a preview of at most 1024 px, whatever
+    the photo's size. A 2400 x 1800 upload through the explain stage: the picture it keeps is 1024 x 768."""
+    photo = _png(Image.new("RGB", (2400, 1800), (140, 120, 100)))
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    try:
+        explanation, _heatmap = asyncio.run(app.state.explainer.explain(io.BytesIO(photo), "occlusion", "fake",
+                                                                        {"grid": 2}))
+    finally:
+        _close(app)
+    assert explanation.image.size == (1024, 768)
+
+
+class MemoryErrorTransform:
+    """A stand-in for the model's resize: running out of memory, as a crop's resize may."""
+
+    def __call__(self, picture: Image.Image) -> Image.Image:
+        raise MemoryError
+
+
+def test_a_face_crops_error_names_its_face_from_1(detector, astronaut, monkeypatch):
+    """faces.md: an error on one face's crop names the face as the CLI does, numbered from 1 (``photo.png face 1``).
+    The astronaut has one face; its crop's preprocessing runs out of memory (a stand-in): 413 naming face 1.
+    (The upload itself is decoded for detection without the model's transforms: only the crop meets them.)"""
+    monkeypatch.setattr(detector.preprocessor, "transforms", [MemoryErrorTransform()])
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    try:
+        response = call(app, "POST", "/api/v1/predict?faces=1", files={"file": ("photo.png", astronaut)})
+    finally:
+        _close(app)
+    assert response.status_code == 413, response.text
+    assert _error(response).startswith("photo.png face 1: ran out of memory"), _error(response)
+
+
+class FailingModel:
+    """A stand-in for the micro-batcher whose model fails on every image (as model_result expects failures)."""
+
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+
+    async def classify(self, items, return_exceptions=False):
+        self.sources += [item.source for item in items]
+        return [RuntimeError("stand-in") for _ in items]
+
+
+@pytest.mark.parametrize(("photo", "named"), [("grey", "photo.png"), ("astronaut", "photo.png face 1")])
+def test_a_failed_model_pass_names_the_face_or_the_whole_image(detector, astronaut, photo, named, caplog):
+    """faces.md: the model's failure on a face's crop names that face (from 1) in the server's log (the client gets
+    a bare 500); with no face, the whole image's fallback names the upload alone. A plain grey image has no face
+    (no_face=whole-image, the default). The stand-in model records the names it was given too."""
+    data = astronaut if photo == "astronaut" else _png(Image.new("RGB", (256, 256), (128, 128, 128)))
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    model = FailingModel()
+    app.state.faces.batcher = model
+    try:
+        response = call(app, "POST", "/api/v1/predict?faces=1", files={"file": ("photo.png", data)})
+    finally:
+        _close(app)
+    assert model.sources == [named]
+    assert response.status_code == 500, response.text
+    assert f"ModelOutputError: {named}: inference failed (RuntimeError)" in caplog.text
+
+
+def test_an_image_waiting_for_the_face_thread_is_not_opened_meanwhile(detector, astronaut):
+    """faces.md: images waiting for a face thread wait on the event loop; each is opened and charged to the pixel
+    budget only when a face thread is free for it. faces_concurrency 1, faces_queue 1: after a first request has
+    come and gone, one detection is held by a stand-in and a second waits: the decode stage has been asked to open
+    one upload only (a stand-in counts), and /healthz's decoding_pixels is the held image's alone."""
+    app = create_app(detector, ServeSettings(max_wait_ms=0, faces_concurrency=1, faces_queue=1))
+    faces = app.state.faces
+    running, gate = threading.Event(), threading.Event()
+    original_find = faces.find
+    held = []
+
+    def find(*args):
+        if held:
+            running.set()
+            assert gate.wait(30), "the test never opened the gate"
+        return original_find(*args)
+
+    faces.find = find
+    decoder = app.state.decoder
+    original_decode_with = decoder.decode_with
+    opened = []
+
+    def decode_with(upload, *args, **kwargs):
+        opened.append(upload)
+        return original_decode_with(upload, *args, **kwargs)
+
+    decoder.decode_with = decode_with
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                     timeout=60) as client:
+            first = await client.post("/api/v1/predict?faces=1", content=astronaut)
+            alone = (await client.get("/healthz")).json()["decoding_pixels"]
+            assert alone == 0, alone
+            held.append(True)
+            slow = asyncio.create_task(client.post("/api/v1/predict?faces=1", content=astronaut))
+            assert await asyncio.to_thread(running.wait, 30)
+            one = (await client.get("/healthz")).json()["decoding_pixels"]
+            waiting = asyncio.create_task(client.post("/api/v1/predict?faces=1", content=astronaut))
+            for _ in range(200):
+                health = (await client.get("/healthz")).json()
+                if health["faces"]["in_progress"] == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert health["faces"]["in_progress"] == 2, health["faces"]
+            await asyncio.sleep(0.3)  # the waiting image's task gets many turns of the loop meanwhile
+            seen = (len(opened), (await client.get("/healthz")).json()["decoding_pixels"])
+            gate.set()
+            return first, await slow, await waiting, one, seen
+
+    try:
+        first, slow, waiting, one, (opened_while_held, pixels_while_held) = asyncio.run(scenario())
+    finally:
+        gate.set()
+        _close(app)
+    assert [first.status_code, slow.status_code, waiting.status_code] == [200, 200, 200]
+    assert one > 0
+    assert opened_while_held == 2, "the waiting image was opened before a face thread was free for it"
+    assert pixels_while_held == one
+    assert len(opened) == 3
+
+
+def test_a_client_that_leaves_mid_detection_leaves_no_unretrieved_exception(detector, astronaut, caplog):
+    """serving.md: a client that disconnects is logged as 499, without a traceback. Here the client leaves while its
+    detection is held by a stand-in, which then fails (as a corrupt image would): nobody awaits that detection any
+    more, and asyncio must not log "Task exception was never retrieved" with its traceback when it is collected."""
+    import gc
+
+    from fastvit_detect.errors import ImageDecodeError
+
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    faces = app.state.faces
+    running, gate = threading.Event(), threading.Event()
+
+    def find(opened, request):
+        running.set()
+        assert gate.wait(30), "the test never opened the gate"
+        raise ImageDecodeError(f"{opened.source}: a stand-in failure after its client left", opened.source)
+
+    faces.find = find
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                     timeout=60) as client:
+            leaving = asyncio.create_task(client.post("/api/v1/predict?faces=1", content=astronaut))
+            assert await asyncio.to_thread(running.wait, 30)
+            leaving.cancel()  # the client disconnects: its request's handler is cancelled
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            gate.set()
+            for _ in range(500):
+                if faces.admitted == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert faces.admitted == 0 and faces.detected == 1
+            gc.collect()
+
+    try:
+        asyncio.run(scenario())
+        gc.collect()
+    finally:
+        gate.set()
+        _close(app)
+    assert "never retrieved" not in caplog.text
+
+
+def test_a_client_that_leaves_mid_explanation_leaves_no_unretrieved_exception(detector, astronaut, caplog):
+    """As with faces above: the client leaves while its explanation is held by a stand-in, which then fails; no
+    "Task exception was never retrieved" is logged when that explanation is collected."""
+    import gc
+
+    from fastvit_detect.errors import ImageDecodeError
+
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    explainer = app.state.explainer
+    running, gate = threading.Event(), threading.Event()
+
+    def compute(prepared, *args):
+        running.set()
+        assert gate.wait(30), "the test never opened the gate"
+        raise ImageDecodeError(f"{prepared.source}: a stand-in failure after its client left", prepared.source)
+
+    explainer.compute = compute
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                     timeout=60) as client:
+            leaving = asyncio.create_task(client.post("/api/v1/explain?grid=2", content=astronaut))
+            assert await asyncio.to_thread(running.wait, 30)
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            gate.set()
+            for _ in range(500):
+                if explainer.admitted == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert explainer.admitted == 0 and explainer.explained == 1
+            gc.collect()
+
+    try:
+        asyncio.run(scenario())
+        gc.collect()
+    finally:
+        gate.set()
+        _close(app)
+    assert "never retrieved" not in caplog.text
