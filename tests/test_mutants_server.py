@@ -236,7 +236,21 @@ def test_serve_settings_take_the_documented_ranges_and_refuse_past_them():
         for value in (kind(low), kind(high)):
             assert getattr(ServeSettings(**{name: value}), name) == value, (name, value)
         step = 1 if whole else (0.001 if low < 1 else 0.5)
-        refused = [kind(low - step), kind(high + step)] + ([] if whole else [math.nan, math.inf])
+        refused = [kind(low - step), kind(high + step)] + ([low + 0.5] if whole else [math.nan, math.inf])
         for value in refused:
             with pytest.raises(ValueError, match=name):
                 ServeSettings(**{name: value})
+
+
+def test_serve_settings_check_the_decode_budget_and_the_formats():
+    """decode_budget_pixels: a whole number from max_pixels to 2^34 (the serving guide); formats: Pillow's names in
+    any case, kept in upper case, an unknown one refused (as --formats)."""
+    from fastvit_detect.server import ServeSettings
+
+    assert ServeSettings(max_pixels=1000, decode_budget_pixels=1000).budget_pixels == 1000
+    for wrong in (999, 1500.0, 1 << 35, math.nan):
+        with pytest.raises(ValueError, match="decode_budget_pixels"):
+            ServeSettings(max_pixels=1000, decode_budget_pixels=wrong)
+    assert ServeSettings(formats=["jpeg", "Png"]).formats == ("JPEG", "PNG")
+    with pytest.raises(InvalidOptionError, match="formats"):
+        ServeSettings(formats=["JPEG", "NOT-A-FORMAT"])
