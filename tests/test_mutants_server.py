@@ -254,3 +254,60 @@ def test_serve_settings_check_the_decode_budget_and_the_formats():
     assert ServeSettings(formats=["jpeg", "Png"]).formats == ("JPEG", "PNG")
     with pytest.raises(InvalidOptionError, match="formats"):
         ServeSettings(formats=["JPEG", "NOT-A-FORMAT"])
+
+
+def test_the_video_settings_defaults_are_the_video_guides():
+    """docs/guides/video.md: 256 MiB of upload, 300 s of content, 4K frames, 300 sampled frames, 300 s of decoding,
+    one clip at work and two waiting, 1 frame a second by default."""
+    settings = VideoServeSettings()
+    assert (settings.max_upload_bytes, settings.max_duration, settings.max_frame_pixels, settings.max_frames,
+            settings.max_decode_seconds, settings.concurrency, settings.queue, settings.fps) == (
+        256 * 1024 * 1024, 300.0, 3840 * 2160, 300, 300.0, 1, 2, 1.0)
+
+
+class HeldVideoDetector:
+    """Stands in for a Detector in a VideoStage: predict_video waits for ``release`` and records the thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.package = None  # read only by has_face_detector, which the test replaces
+        self.release, self.started = threading.Event(), threading.Event()
+        self.threads: list[int] = []
+
+    def predict_video(self, upload, **options):
+        import threading
+
+        self.threads.append(threading.get_ident())
+        self.started.set()
+        self.release.wait(30)
+        return "a result"
+
+
+def test_a_clip_runs_at_lower_priority_and_closing_the_stage_does_not_wait_for_it(monkeypatch):
+    """The video guide: clips run on a thread at a lower CPU priority; and shutting the server down doesn't wait
+    for a clip at work (a clip may take minutes)."""
+    import asyncio
+    import io
+    import threading
+    import time
+
+    import fastvit_detect.server.video as video_module
+
+    lowered: list[int] = []
+    monkeypatch.setattr(video_module, "lower_thread_priority", lambda: lowered.append(threading.get_ident()))
+    monkeypatch.setattr(video_module, "has_face_detector", lambda package: False)
+    detector = HeldVideoDetector()
+    stage = video_module.VideoStage(detector, VideoServeSettings())  # type: ignore[arg-type]
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(asyncio.run(stage.classify(io.BytesIO(b"clip"), 1.0, 3))))
+    worker.start()
+    assert detector.started.wait(10)
+    started = time.monotonic()
+    stage.close()
+    closing = time.monotonic() - started
+    detector.release.set()
+    worker.join(10)
+    assert closing < 5, closing  # it returned while the clip was still held
+    assert lowered == detector.threads and len(lowered) == 1  # lowered on the thread that ran the clip
+    assert outcome == ["a result"]

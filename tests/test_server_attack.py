@@ -650,6 +650,8 @@ def test_slow_clients_are_cut_off_and_others_served(cli_server, honest):
     assert not outcomes["headers trickled"][0] and not outcomes["nothing sent"][0], outcomes
     log = cli_server.log()[mark:]
     assert "Traceback" not in log and all(status != 500 for _, _, status in access_lines(log)), log
+    # the operator learns why those connections ended: two slow headers, one silent, one body nobody read
+    assert log.count(f"closing a connection whose request headers took over {HEADER_TIMEOUT_S:g} s") == 3, log
 
 
 def test_vanishing_clients_leave_no_trace(cli_server, honest):
