@@ -879,3 +879,16 @@ def test_absurd_bodies_get_4xx_at_once(cli_server, honest):
     assert check_verdict(after, honest[0]) is None
     log = cli_server.log()[mark:]
     assert "Traceback" not in log and all(status != 500 for _, _, status in access_lines(log)), log
+
+
+def test_a_client_gone_before_its_headers_ended_is_not_closed_again_later(cli_server):
+    """A connection that ends while its headers are still coming stops its header timer: no "closing a
+    connection" line for it once the header timeout has passed (the log would blame a client already gone)."""
+    mark = len(cli_server.log())
+    for abrupt in (False, True):
+        sock = cli_server.connect()
+        sock.sendall(f"POST /api/v1/predict HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+        time.sleep(0.05)
+        reset(sock) if abrupt else sock.close()
+    time.sleep(HEADER_TIMEOUT_S + CLOSE_SLACK_S)
+    assert "closing a connection whose request headers" not in cli_server.log()[mark:]
