@@ -311,3 +311,20 @@ def test_a_clip_runs_at_lower_priority_and_closing_the_stage_does_not_wait_for_i
     assert closing < 5, closing  # it returned while the clip was still held
     assert lowered == detector.threads and len(lowered) == 1  # lowered on the thread that ran the clip
     assert outcome == ["a result"]
+
+
+def test_every_error_class_gets_the_status_the_serving_guide_gives_it():
+    """The serving guide's mapping (fastvit_detect.httpapi, for any framework): 408 body too slow, 409 faces asked
+    of a package without a detector, 413 too big, 415 not decodable, 422 any other fault of the input or the
+    request, 503 busy, 500 whatever is the server's (the model's) fault."""
+    from fastvit_detect import errors
+    from fastvit_detect.httpapi import http_status
+
+    expected = {errors.RequestTimeoutError: 408, errors.MissingFaceDetectorError: 409,
+                errors.UploadTooLargeError: 413, errors.ImageTooLargeError: 413, errors.VideoTooLargeError: 413,
+                errors.ImageDecodeError: 415, errors.UnsupportedInputError: 415, errors.VideoDecodeError: 415,
+                errors.EmptyImageError: 422, errors.BadRequestError: 422, errors.InvalidOptionError: 422,
+                errors.InputError: 422, errors.ImageNotFoundError: 422, errors.ServerBusyError: 503,
+                errors.ModelOutputError: 500, errors.FastVitDetectError: 500}
+    for kind, status in expected.items():
+        assert http_status(kind.__new__(kind)) == status, kind.__name__
