@@ -1,7 +1,8 @@
 """Survivors of the automatic mutation run in server/limits.py and server/batching.py.
 
 Where the expected values come from:
-- PixelBudget: its docstring (a weighted semaphore of ``capacity`` pixels): an image costing the whole budget fits.
+- PixelBudget: docs/guides/serving.md (an image that costs the whole budget goes ahead once nothing else is
+  decoding; decode_budget_pixels may equal max_pixels).
 - return_large_frees_to_the_os: its docstring (glibc on Linux: True, and every allocation of MMAP_THRESHOLD_BYTES
   or more is handed back to the OS when freed); the file system says where an allocation lives (/proc/self/maps).
 - DecodeWatch: docs/reliability.md ("busy on one image longer than decode_stall_s"; "slow_decodes: decodes that
@@ -169,6 +170,16 @@ def test_a_request_arriving_while_a_given_up_worker_winds_down_is_refused(monkey
         batcher.close(timeout=5)
 
 
+class WaitSignallingCondition(threading.Condition):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout=None):
+        self.waiting.set()  # set while the lock is held: a notify can only come after the wait below releases it
+        return super().wait(timeout)
+
+
 def test_wait_until_idle_returns_once_the_last_job_finishes_and_not_before():
     release = threading.Event()
 
@@ -177,15 +188,18 @@ def test_wait_until_idle_returns_once_the_last_job_finishes_and_not_before():
         return items
 
     batcher = MicroBatcher(run_batch, max_batch=1, max_wait_ms=0, workers=1)
+    batcher._idle = WaitSignallingCondition()  # a stand-in that says when the waiter is asleep on it
     try:
-        futures = batcher.submit(["a", "b"])
-        assert batcher.wait_until_idle(0.05) is False  # both still unfinished
+        futures = batcher.submit(["a"])
+        assert batcher.wait_until_idle(0.05) is False  # still unfinished
+        batcher._idle.waiting.clear()
         answers: list[bool] = []
         waiter = threading.Thread(target=lambda: answers.append(batcher.wait_until_idle(3600)), daemon=True)
         waiter.start()
+        assert batcher._idle.waiting.wait(30)  # asleep before the jobs finish: only a notify wakes it
         release.set()
-        assert [future.result(timeout=30) for future in futures] == ["a", "b"]
-        waiter.join(60)  # a notify lost: the waiter would sleep out its hour
+        assert [future.result(timeout=30) for future in futures] == ["a"]
+        waiter.join(30)  # a notify lost: the waiter would sleep out its hour
         assert answers == [True]
     finally:
         batcher.close(timeout=5)
