@@ -1,0 +1,232 @@
+"""Survivors of the automatic mutation run in server/limits.py and server/batching.py.
+
+Where the expected values come from:
+- PixelBudget: docs/guides/serving.md (an image that costs the whole budget goes ahead once nothing else is
+  decoding; decode_budget_pixels may equal max_pixels).
+- return_large_frees_to_the_os: its docstring (glibc on Linux: True, and every allocation of MMAP_THRESHOLD_BYTES
+  or more is handed back to the OS when freed); the file system says where an allocation lives (/proc/self/maps).
+- DecodeWatch: docs/reliability.md ("busy on one image longer than decode_stall_s"; "slow_decodes: decodes that
+  ended after the threshold, each logged with the image's name"), with a fake clock for the boundary.
+- MicroBatcher: docs/guides/serving.md and docs/reliability.md (a thread killed too often stays stopped and every
+  request gets 503, never a hang), the docstrings of wait_until_idle and close ("finish what is queued, stop the
+  worker"), and threads' own is_alive().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import platform
+import threading
+
+import pytest
+
+from fastvit_detect.errors import ServerBusyError
+from fastvit_detect.server import batching, limits
+from fastvit_detect.server.batching import MicroBatcher
+from fastvit_detect.server.limits import DecodeWatch, PixelBudget, return_large_frees_to_the_os
+
+# --- PixelBudget -------------------------------------------------------------------------------------------------
+
+
+def test_an_image_costing_exactly_the_whole_budget_is_admitted():
+    async def main() -> int:
+        budget = PixelBudget(1000)
+        await asyncio.wait_for(budget.acquire(1000), timeout=10)
+        in_use = budget.in_use
+        await budget.release(1000)
+        return in_use
+
+    assert asyncio.run(main()) == 1000
+
+
+# --- return_large_frees_to_the_os --------------------------------------------------------------------------------
+
+GLIBC_LINUX = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def _mapping_of(address: int) -> str | None:
+    """The /proc/self/maps line whose range holds ``address``, if any."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = (int(bound, 16) for bound in line.split()[0].split("-"))
+            if start <= address < end:
+                return line.strip()
+    return None
+
+
+def test_it_answers_true_on_glibc_linux_and_false_elsewhere():
+    assert return_large_frees_to_the_os() is GLIBC_LINUX
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="glibc's mmap threshold: Linux with glibc only")
+def test_after_it_a_5_mib_allocation_is_its_own_mapping_and_unmapped_when_freed():
+    assert return_large_frees_to_the_os()
+    block = bytearray(5 << 20)  # in the main thread: below the threshold it would come from the brk heap
+    address = ctypes.addressof((ctypes.c_char * len(block)).from_buffer(block))
+    mapping = _mapping_of(address)
+    assert mapping is not None
+    assert "[heap]" not in mapping  # mmap'd, not carved out of the heap
+    assert len(mapping.split()) == 5  # anonymous: no path
+    del block
+    assert _mapping_of(address) is None  # munmap'd on free: handed back to the OS
+
+
+# --- DecodeWatch ---------------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock(100.0)
+    monkeypatch.setattr(limits.time, "monotonic", fake)
+    return fake
+
+
+def _decode_taking(watch: DecodeWatch, clock: FakeClock, seconds: float, name: str) -> list:
+    """Run a fake decode of ``name`` that takes ``seconds`` by the fake clock; what stalled() and report() said at
+    its end, while it was still busy."""
+    seen = []
+
+    def work():
+        clock.now += seconds
+        seen.append((watch.stalled(), watch.report()["decode_threads_stalled"], watch.all_stalled()))
+        return "decoded"
+
+    assert watch.run(name, work) == "decoded"
+    return seen[0]
+
+
+def test_a_decode_of_exactly_stall_s_is_not_stalled_nor_slow(clock, caplog):
+    watch = DecodeWatch(1, 2.0)
+    with caplog.at_level(logging.WARNING, logger="fastvit_detect.server"):
+        stalled, reported, all_stalled = _decode_taking(watch, clock, 2.0, "exact.png")
+    assert (stalled, reported, all_stalled) == (0, 0, False)
+    assert watch.slow_decodes == 0
+    assert "exact.png" not in caplog.text
+
+
+def test_a_decode_longer_than_stall_s_is_stalled_counted_and_logged_by_name(clock, caplog):
+    watch = DecodeWatch(1, 2.0)
+    with caplog.at_level(logging.WARNING, logger="fastvit_detect.server"):
+        stalled, reported, all_stalled = _decode_taking(watch, clock, 2.5, "bomb.webp")
+    assert (stalled, reported, all_stalled) == (1, 1, True)
+    assert watch.slow_decodes == 1
+    assert watch.report()["slow_decodes"] == 1
+    assert [record.levelno for record in caplog.records if "bomb.webp" in record.getMessage()] == [logging.WARNING]
+
+
+# --- MicroBatcher ----------------------------------------------------------------------------------------------------
+
+
+class Killer(BaseException):
+    """Not an Exception: it gets past the batch's retry and kills the worker thread, as SystemExit would."""
+
+
+def test_a_request_arriving_while_a_given_up_worker_winds_down_is_refused(monkeypatch):
+    # The last death's culprit is answered from the dying thread, which is still alive then: a request made in
+    # that moment (here from the culprit's done-callback, on that thread) must get 503, not a place in a queue that
+    # nothing will ever read.
+    monkeypatch.setattr(batching, "RESTART_LIMIT", 2)
+    last = threading.Event()
+
+    def run_batch(items):
+        if items == ["last"]:
+            last.wait(30)
+        raise Killer()
+
+    batcher = MicroBatcher(run_batch, max_batch=1, max_wait_ms=0, workers=1)
+    seen: list = []
+    try:
+        (first,) = batcher.submit(["first"])
+        with pytest.raises(RuntimeError, match="Killer"):  # a BaseException is answered as RuntimeError
+            first.result(timeout=30)
+        assert batcher.worker_restarts == 1
+        (final,) = batcher.submit(["last"])
+
+        def submit_again(_future):
+            try:
+                seen.append(batcher.submit(["late"]))
+            except ServerBusyError as exc:
+                seen.append(exc)
+
+        final.add_done_callback(submit_again)
+        last.set()
+        with pytest.raises(RuntimeError, match="Killer"):  # a BaseException is answered as RuntimeError
+            final.result(timeout=30)
+        assert len(seen) == 1
+        assert isinstance(seen[0], ServerBusyError), "accepted while the worker was giving up"
+        with pytest.raises(ServerBusyError):
+            batcher.submit(["after"])
+    finally:
+        batcher.close(timeout=5)
+
+
+class WaitSignallingCondition(threading.Condition):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout=None):
+        self.waiting.set()  # set while the lock is held: a notify can only come after the wait below releases it
+        return super().wait(timeout)
+
+
+def test_wait_until_idle_returns_once_the_last_job_finishes_and_not_before():
+    release = threading.Event()
+
+    def run_batch(items):
+        release.wait(30)
+        return items
+
+    batcher = MicroBatcher(run_batch, max_batch=1, max_wait_ms=0, workers=1)
+    batcher._idle = WaitSignallingCondition()  # a stand-in that says when the waiter is asleep on it
+    try:
+        futures = batcher.submit(["a"])
+        assert batcher.wait_until_idle(0.05) is False  # still unfinished
+        batcher._idle.waiting.clear()
+        answers: list[bool] = []
+        waiter = threading.Thread(target=lambda: answers.append(batcher.wait_until_idle(3600)), daemon=True)
+        waiter.start()
+        assert batcher._idle.waiting.wait(30)  # asleep before the jobs finish: only a notify wakes it
+        release.set()
+        assert [future.result(timeout=30) for future in futures] == ["a"]
+        waiter.join(30)  # a notify lost: the waiter would sleep out its hour
+        assert answers == [True]
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_close_answers_what_was_queued_and_stops_every_worker(caplog):
+    started, release = threading.Event(), threading.Event()
+
+    def run_batch(items):
+        started.set()
+        release.wait(30)
+        return [item.upper() for item in items]
+
+    batcher = MicroBatcher(run_batch, max_batch=8, max_wait_ms=1000, workers=1)
+    (first,) = batcher.submit(["a"])
+    assert started.wait(30)
+    queued = batcher.submit(["b", "c"])  # waiting behind the running batch when close() queues its stop
+    closer = threading.Thread(target=batcher.close, kwargs={"timeout": 10}, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="fastvit_detect.server"):
+        closer.start()
+        while batcher.queue_depth < 3 and closer.is_alive():  # b, c, then the stop
+            threading.Event().wait(0.01)
+        release.set()
+        closer.join(60)
+    assert not closer.is_alive()
+    assert first.result(timeout=0) == "A"
+    assert [future.done() for future in queued] == [True, True]
+    assert [future.result(timeout=0) for future in queued] == ["B", "C"]
+    assert batcher.workers_alive == 0
+    assert not any(record.levelno >= logging.ERROR for record in caplog.records), caplog.text
