@@ -126,3 +126,48 @@ def test_object_store_keys_are_read_whole_through_one_file_system_per_bucket(vit
 
     (tmp_path / "bucket" / "big.png").write_bytes(b"x" * 5_000)  # read up to the cap + 1: the detector refuses it
     assert len(classifier._source("mem://bucket/big.png", "mem://bucket/big.png")) == 1_001
+
+
+def test_the_line_writers_close_closes_the_results_file(tmp_path):
+    """The Ray job's JSON-lines/CSV writer: what was written is on disk and no descriptor is left open on it."""
+    from test_mutants_scan import open_descriptors_to
+
+    for name in ("results.jsonl", "results.csv"):
+        path = tmp_path / name
+        output = ray_module.open_output(path, ["Fake", "Real"])
+        output.write_record({"image": "a.png", "label": "Real", "score": 0.75, "fake_probability": 0.25,
+                             "probabilities": {"Fake": 0.25, "Real": 0.75}})
+        output.close()
+        assert open_descriptors_to(path) == [], name
+        assert "a.png" in path.read_text()
+
+
+def test_ray_starts_quietly_and_leaves_the_environment_as_it_found_it(monkeypatch):
+    """While Ray starts, its C++ core logs fatal messages only (RAY_BACKEND_LOG_LEVEL=fatal); afterwards the
+    variable is gone again, and a value the user set is neither replaced nor removed."""
+    import os
+
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    with ray_module._core_log_level(verbose=False):
+        assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "fatal"
+    assert "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    with ray_module._core_log_level(verbose=True):
+        assert "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "debug")
+    with ray_module._core_log_level(verbose=False):
+        assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "debug"
+    assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "debug"
+
+
+def test_the_crash_ledger_reserves_no_cpu(monkeypatch):
+    """start_crash_ledger's contract: the ledger only counts, so it takes no CPU from the cluster (one it reserved
+    would leave a 2-CPU cluster one actor short, or stall a job that asks for every CPU)."""
+    asked = {}
+
+    def remote(**options):
+        asked.update(options)
+        return lambda cls: SimpleNamespace(remote=lambda: "handle")
+
+    monkeypatch.setattr(ray_module.ray, "remote", remote)
+    assert ray_module.start_crash_ledger() == "handle"
+    assert asked["num_cpus"] == 0
