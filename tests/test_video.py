@@ -304,8 +304,15 @@ def test_an_image_renamed_mp4_is_an_image_and_a_video_renamed_jpg_is_a_video(det
 # --- the command line -------------------------------------------------------------------------------------------
 
 
-def test_cli_prints_the_verdict_and_the_suspicious_ranges_and_draws_the_timeline(detector, clip, tmp_path, capsys):
+def test_cli_prints_the_verdict_and_the_suspicious_ranges_and_draws_the_timeline(detector, clip, tmp_path, capsys,
+                                                                                  monkeypatch):
     pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    drawn: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: (drawn.append(figure),
+                                                                            save(figure, *args, **kwargs))[1])
     png = tmp_path / "timeline.png"
     code = main(["predict", "--model", str(detector.package.root), "--variant", "fp32", str(clip),
                  "--timeline", str(png)])
@@ -313,6 +320,11 @@ def test_cli_prints_the_verdict_and_the_suspicious_ranges_and_draws_the_timeline
     assert code == 0
     assert f"{clip}  verdict (face track 1): Fake" in out and f"{clip}  suspicious: 3.0-5.0 s" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # what the picture says: p(fake) against time per track, named in the legend, its points marked
+    (axes,) = drawn[0].axes
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("time (s)", "p(fake)")
+    tracks = [line for line in axes.get_lines() if line.get_label() == "face track 1"]
+    assert len(tracks) == 1 and tracks[0].get_marker() == "o" and tracks[0].get_markersize() == 3
 
 
 def test_cli_timeline_needs_a_video_and_matplotlib(detector, tmp_path, capsys):

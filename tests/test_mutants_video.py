@@ -1,0 +1,77 @@
+"""What the video modules' survivors of the automatic mutation run showed untested: the face tracker's rule (the
+timeline module's docstring: a face continues the track whose last box overlaps it most, IoU >= 0.3, one face per
+track, a track surviving up to MAX_GAP = 2 unseen sampled frames), max_frames' smallest value, and the MP4
+sample-table walk's bounds (8 levels of nesting, 100,000 boxes). Expected values come from those rules and from
+boxes laid out by hand, not from the code."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+
+from fastvit_detect.errors import InvalidOptionError, VideoDecodeError
+from fastvit_detect.faces import Face
+from fastvit_detect.timeline import Tracker
+from fastvit_detect.video import _iso_claimed_samples
+
+
+def face(x: float) -> Face:
+    return Face((x, 0.0, x + 10.0, 10.0), 0.99)
+
+
+def test_a_track_survives_two_unseen_frames_and_not_three():
+    tracker = Tracker()
+    first = tracker.link([face(0)])
+    tracker.link([])
+    tracker.link([])  # unseen for 2 sampled frames
+    assert tracker.link([face(0)]) == first
+    for _ in range(3):  # unseen for 3
+        tracker.link([])
+    assert tracker.link([face(0)]) != first
+
+
+def test_two_faces_over_one_track_continue_it_once():
+    """One face per track: the better-overlapping face continues it, the other starts a new track."""
+    tracker = Tracker()
+    (track,) = tracker.link([face(0)])
+    near, further = tracker.link([face(1), face(3)])  # IoU 9/11 and 7/13 with the track's box
+    assert near == track and further not in (track, None)
+
+
+def box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
+def stsz(samples: int) -> bytes:
+    return box(b"stsz", bytes(8) + struct.pack(">I", samples))  # version/flags, sample size 0, sample count
+
+
+def claimed(data: bytes) -> int:
+    return _iso_claimed_samples(io.BytesIO(data), len(data), "clip.mp4")
+
+
+@pytest.mark.parametrize(("levels", "counted"), [(8, True), (9, False)])
+def test_sample_tables_are_read_eight_containers_deep_and_no_deeper(levels, counted):
+    nested = stsz(7)
+    for _ in range(levels):
+        nested = box(b"trak", nested)
+    assert claimed(box(b"moov", nested)) == (7 if counted else 0)
+
+
+def test_a_hundred_thousand_boxes_are_walked_and_one_more_is_refused():
+    empty = box(b"free", b"")
+    assert claimed(box(b"moov", empty * 99_999)) == 0  # the moov and 99,999 boxes in it: 100,000
+    with pytest.raises(VideoDecodeError, match="more than 100,000 MP4 boxes"):
+        claimed(box(b"moov", empty * 100_000))
+
+
+def test_one_sampled_frame_is_the_fewest_a_clip_may_ask_for_and_none_is_refused():
+    """max_frames: a whole number from 1 (the video guide's predict_video options)."""
+    from fastvit_detect.timeline import _Settings
+
+    assert _Settings(max_frames=1).max_frames == 1
+    for wrong in (0, 1.5):
+        with pytest.raises(InvalidOptionError, match="max_frames"):
+            _Settings(max_frames=wrong)
