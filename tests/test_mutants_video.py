@@ -75,3 +75,15 @@ def test_one_sampled_frame_is_the_fewest_a_clip_may_ask_for_and_none_is_refused(
     for wrong in (0, 1.5):
         with pytest.raises(InvalidOptionError, match="max_frames"):
             _Settings(max_frames=wrong)
+
+
+def test_a_box_whose_header_ends_the_data_still_counts():
+    """An 8-byte box ending the file, and a 64-bit-size box (size field 1, 16-byte header) ending a container, are
+    boxes like any other: they count towards the 100,000."""
+    empty = box(b"free", b"")
+    with pytest.raises(VideoDecodeError, match="more than 100,000 MP4 boxes"):
+        claimed(empty * 100_001)  # at the top level, the last ending the file
+    assert claimed(empty * 100_000) == 0
+    large = struct.pack(">I", 1) + b"free" + struct.pack(">Q", 16)
+    with pytest.raises(VideoDecodeError, match="more than 100,000 MP4 boxes"):
+        claimed(box(b"moov", empty * 99_999 + large))  # the moov, 99,999 boxes and the large one ending it
