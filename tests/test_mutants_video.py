@@ -87,3 +87,21 @@ def test_a_box_whose_header_ends_the_data_still_counts():
     large = struct.pack(">I", 1) + b"free" + struct.pack(">Q", 16)
     with pytest.raises(VideoDecodeError, match="more than 100,000 MP4 boxes"):
         claimed(box(b"moov", empty * 99_999 + large))  # the moov, 99,999 boxes and the large one ending it
+
+
+def test_a_readers_counters_start_at_zero_and_count_what_it_did(tmp_path):
+    """VideoReader.seeks and decoded_frames: the keyframe seeks made and the frames decoded so far (none when
+    opened; at most a seek per sampled frame; at the clip's own rate, each frame decoded once)."""
+    pytest.importorskip("av")
+    from video_clips import fake_segment_clip
+
+    from fastvit_detect.video import VideoReader
+
+    clip = fake_segment_clip(tmp_path / "clip.mp4")  # 8 s at 10 fps
+    with VideoReader(clip) as reader:
+        assert (reader.seeks, reader.decoded_frames) == (0, 0)
+        sampled = list(reader.frames(1.0, 100))
+        assert 1 <= reader.seeks <= len(sampled)
+    with VideoReader(clip) as reader:  # at the clip's own rate: every frame decoded once, none twice
+        sampled = list(reader.frames(10.0, 1000))
+        assert reader.decoded_frames == len(sampled) == reader.info.packets == 80
