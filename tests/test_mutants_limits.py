@@ -15,7 +15,6 @@ Where the expected values come from:
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import platform
 import threading
@@ -46,8 +45,12 @@ def test_an_image_costing_exactly_the_whole_budget_is_admitted():
 GLIBC_LINUX = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
-def _mapping_of(address: int) -> str | None:
-    """The /proc/self/maps line whose range holds ``address``, if any."""
+CHILD = """
+import ctypes
+from fastvit_detect.server.limits import return_large_frees_to_the_os
+
+
+def mapping_of(address):
     with open("/proc/self/maps") as maps:
         for line in maps:
             start, end = (int(bound, 16) for bound in line.split()[0].split("-"))
@@ -56,21 +59,36 @@ def _mapping_of(address: int) -> str | None:
     return None
 
 
+assert return_large_frees_to_the_os()
+block = bytearray(5 << 20)  # in the main thread: below the threshold it would come from the brk heap
+address = ctypes.addressof((ctypes.c_char * len(block)).from_buffer(block))
+mapping = mapping_of(address)
+assert mapping is not None and "[heap]" not in mapping, mapping  # mmap'd, not carved out of the heap
+assert len(mapping.split()) == 5, mapping  # anonymous: no path
+del block
+assert mapping_of(address) is None  # munmap'd on free: handed back to the OS
+"""
+
+
 def test_it_answers_true_on_glibc_linux_and_false_elsewhere():
     assert return_large_frees_to_the_os() is GLIBC_LINUX
 
 
 @pytest.mark.skipif(not GLIBC_LINUX, reason="glibc's mmap threshold: Linux with glibc only")
 def test_after_it_a_5_mib_allocation_is_its_own_mapping_and_unmapped_when_freed():
-    assert return_large_frees_to_the_os()
-    block = bytearray(5 << 20)  # in the main thread: below the threshold it would come from the brk heap
-    address = ctypes.addressof((ctypes.c_char * len(block)).from_buffer(block))
-    mapping = _mapping_of(address)
-    assert mapping is not None
-    assert "[heap]" not in mapping  # mmap'd, not carved out of the heap
-    assert len(mapping.split()) == 5  # anonymous: no path
-    del block
-    assert _mapping_of(address) is None  # munmap'd on free: handed back to the OS
+    """In a fresh process: in this one, earlier tests may have left a free heap chunk of 5 MiB, which glibc serves
+    before it considers mmap at all."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fastvit_detect
+
+    src = str(Path(fastvit_detect.__file__).resolve().parent.parent)  # a mutation run's copy when there is one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # --- DecodeWatch ---------------------------------------------------------------------------------------------------
