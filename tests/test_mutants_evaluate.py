@@ -56,3 +56,28 @@ def test_a_faces_result_cannot_be_changed_and_is_an_object_of_its_own():
         result.decisive = 0  # type: ignore[misc]
     other = FacesResult.decide([], "whole-image")
     assert result != other and len({result, other}) == 2
+
+
+def _run(probabilities, seconds: float = 1.0):
+    from fastvit_detect.evaluate import VariantRun
+
+    return VariantRun("fp32", np.asarray(probabilities, dtype=float), seconds, {})
+
+
+def test_auroc_takes_the_other_label_as_positive_when_two_labels_name_real_but_not_fake(tmp_path):
+    """The docs: AUROC with the fake label as positive; for two labels where only "real" is named, the other one."""
+    from fastvit_detect.evaluate import variant_metrics
+
+    images = LabelledImages([tmp_path / "a.png", tmp_path / "b.png"], np.array([0, 1]), ["Real", "Generated"])
+    metrics = variant_metrics(_run([[0.9, 0.1], [0.2, 0.8]]), images)
+    assert metrics["auroc_positive_label"] == "Generated" and metrics["auroc"] == 1.0
+    three = LabelledImages([tmp_path / "a.png"] * 3, np.array([0, 1, 2]), ["Real", "Cartoon", "Render"])
+    assert variant_metrics(_run([[1, 0, 0], [0, 1, 0], [0, 0, 1]]), three)["auroc_positive_label"] is None
+
+
+def test_a_run_timed_at_zero_seconds_has_no_rate_rather_than_a_division_by_zero(tmp_path):
+    from fastvit_detect.evaluate import variant_metrics
+
+    images = LabelledImages([tmp_path / "a.png"], np.array([1]), ["Fake", "Real"])
+    assert variant_metrics(_run([[0.2, 0.8]], seconds=0.0), images)["images_per_second"] is None
+    assert variant_metrics(_run([[0.2, 0.8]], seconds=0.5), images)["images_per_second"] == 2.0
