@@ -26,3 +26,49 @@ def test_each_end_of_an_options_range_is_taken(method, options, passes):
 def test_one_past_each_end_is_refused_naming_the_option(method, options):
     with pytest.raises(InvalidOptionError, match=next(iter(options))):
         resolve_options(method, options)
+
+
+def test_the_colour_scale_runs_from_its_first_stop_to_its_last():
+    """colourise: heat 0 is the colour bar's first stop, heat 1 its last (colour_stops, shown under the map), NaN
+    and values outside [0, 1] clipped."""
+    import numpy as np
+
+    from fastvit_detect.explain import colour_stops, colourise
+
+    def css(rgb) -> str:
+        return "#" + "".join(f"{int(np.rint(channel)):02x}" for channel in rgb)
+
+    stops = colour_stops()
+    low, high, below, above, missing = colourise(np.array([0.0, 1.0, -3.0, 7.0, np.nan]))
+    assert (css(low), css(high), css(below), css(above), css(missing)) == (
+        stops[0], stops[-1], stops[0], stops[-1], stops[0])
+
+
+def test_a_target_cannot_be_changed():
+    import dataclasses
+
+    from fastvit_detect.explain import Target
+
+    target = Target.resolve("Fake", ["Fake", "Real"], predicted="Real")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        target.label = "Real"  # type: ignore[misc]
+
+
+def test_faithfulness_compares_deletion_with_random_deletion_and_insertion_with_random_insertion(vit_package):
+    """Faithfulness.deletion_random is the mean of the random orders' deletion curves, insertion_random of their
+    insertion curves (random_curves: (deletion, insertion), as RemovalTest.random_curves returns them)."""
+    import numpy as np
+    from conftest import sample_photos
+
+    from fastvit_detect import Detector
+    from fastvit_detect.explain import RemovalTest
+
+    detector = Detector.load(vit_package, variant="fp32", threads=1)
+    explanation = detector.explain(sample_photos()[0], grid=2)
+    test = RemovalTest("blur")
+    fractions = len(test.fractions)
+    deletion = np.stack([np.full(fractions, 0.1), np.full(fractions, 0.3)])
+    insertion = np.stack([np.full(fractions, 0.6), np.full(fractions, 1.0)])
+    measured = test.measure(detector, explanation, random_curves=(deletion, insertion))
+    assert measured.deletion_random == pytest.approx((0.2,) * fractions)
+    assert measured.insertion_random == pytest.approx((0.8,) * fractions)
