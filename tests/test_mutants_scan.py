@@ -275,3 +275,19 @@ def test_a_faces_csv_whose_only_record_is_an_unfinished_images_face_is_cut_to_it
     again = ScanOutput(path, LABELS, faces=True)
     again.close()
     assert path.read_text().splitlines() == [header] and again.done == set()
+
+
+def test_a_faces_results_file_ending_in_a_line_that_is_no_record_is_refused_whole_not_cut(tmp_path):
+    """Resuming a faces scan cuts only face records an interrupted run left without their image's record; a whole
+    line that isn't a record at all (a hand edit, another program's output) is named, and the file left alone."""
+    path = tmp_path / "results.jsonl"
+    writer = ScanOutput(path, LABELS, faces=True)
+    writer.write_record({"image": "a.png", "face": 1, "box": [1.0, 2.0, 3.0, 4.0], "face_score": 0.9, **GOOD})
+    writer.write_record({"image": "a.png", **GOOD, "decided_by": "face", "face_count": 1})
+    writer.close()
+    with open(path, "a") as handle:
+        handle.write("this is not JSON\n")
+    before = path.read_bytes()
+    with pytest.raises(FastVitDetectError, match=r"results.jsonl:3: not a scan record"):
+        ScanOutput(path, LABELS, faces=True)
+    assert path.read_bytes() == before
