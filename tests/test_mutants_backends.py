@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sys
 
+import numpy as np
 import onnxruntime
 import pytest
 
@@ -54,3 +55,15 @@ def test_a_calibrated_openvino_choice_falls_back_to_onnxruntime_and_an_onnxrunti
     monkeypatch.setattr(choice_module, "read_choice", lambda path, names: (winner, {names[0]: 10.0, names[1]: 20.0}))
     chosen = choose_variant(ModelPackage.open(packages["vit-openvino"]), "auto")
     assert (chosen.name, chosen.source, chosen.fallback) == (winner, "calibrated", fallback)
+
+
+@pytest.mark.parametrize("variant", [np.array("auto"), np.array(["fp32", "int8"]), 8, None])
+def test_a_variant_that_is_no_string_is_refused_by_name(packages, variant):
+    """A variant is named by a string: anything else (a numpy string, a list, a number) is a VariantNotFoundError,
+    never taken for "auto" nor left to fail inside numpy."""
+    from fastvit_detect.choice import choose_variant
+    from fastvit_detect.errors import VariantNotFoundError
+    from fastvit_detect.package import ModelPackage
+
+    with pytest.raises(VariantNotFoundError, match="a variant is named by a string"):
+        choose_variant(ModelPackage.open(packages["vit"]), variant)

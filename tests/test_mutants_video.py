@@ -105,3 +105,11 @@ def test_a_readers_counters_start_at_zero_and_count_what_it_did(tmp_path):
     with VideoReader(clip) as reader:  # at the clip's own rate: every frame decoded once, none twice
         sampled = list(reader.frames(10.0, 1000))
         assert reader.decoded_frames == len(sampled) == reader.info.packets == 80
+
+
+def test_boxes_too_large_for_floats_do_not_link_into_one_track():
+    """Box IoU for boxes whose areas overflow to infinity is no overlap (NaN isn't a match), so two such faces in
+    successive frames start two tracks."""
+    huge = Face((0.0, 0.0, 1e200, 1e200), 0.9)
+    tracker = Tracker()
+    assert tracker.link([huge]) != tracker.link([huge])
