@@ -572,8 +572,10 @@ def run_mutant(mutant: Mutant, tests: list[str], copy_root: Path, cache: Path, c
 def _pytest(tests: Sequence[str], copy_root: Path, cache: Path, timeout: float) -> tuple[int, str]:
     """Run ``tests`` with the mutated copy first on the path, stopping at the first failure."""
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", "-rf", *tests]
+    # errors="replace": a mutant may make a test print bytes that aren't UTF-8; the run must go on.
     process = subprocess.Popen(command, cwd=ROOT, env=environment(copy_root / "src", cache), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                               encoding="utf-8", errors="replace", stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:

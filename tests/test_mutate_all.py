@@ -257,3 +257,11 @@ def test_run_first_reorders_the_mutants_without_changing_the_draw(capsys):
     plain, reordered = listed(), listed("--run-first", "pool.py")
     assert sorted(plain) == sorted(reordered)
     assert [line.split(":")[0] for line in reordered] == ["pool.py"] * 3 + ["options.py"] * 3
+
+
+def test_a_test_printing_bytes_that_are_not_utf8_is_still_a_verdict(tmp_path):
+    """A mutant may make a test print anything: the run reads it with replacement characters, never crashes."""
+    test = tmp_path / "test_bytes.py"
+    test.write_text("import sys\n\ndef test_prints():\n    sys.stdout.buffer.write(b'\\xff\\xfe')\n    assert False\n")
+    code, output = mutate_all._pytest([str(test)], tmp_path, tmp_path, timeout=120)
+    assert code == 1 and "\ufffd" in output
