@@ -189,8 +189,6 @@ def test_a_refused_connection_is_named_by_the_error_the_socket_raised(tmp_path, 
     assert "can't be reached: refused by the stand-in (ConnectionRefusedError)" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="bug: hub._network_cause strips '<urlopen error no host given>' whole (its "
-                   "<...> filter), so the message names no cause, only the URL and '(ConnectionError)'")
 def test_an_endpoint_without_a_host_says_why(tmp_path):
     pytest.importorskip("huggingface_hub")
     from fastvit_detect.errors import HubOfflineError

@@ -382,7 +382,10 @@ def _network_cause(exc: BaseException | None) -> str:
         return f"{found.strerror or str(found) or 'timed out'} ({type(found).__name__})"
     if exc is None:
         return "no answer"
-    return f"{re.sub(r'<[^>]*>:? ?', '', _first_line(exc))[:200]} ({type(exc).__name__})"
+    # The wrappers' object reprs go ("<urllib3.connection.HTTPConnection object at 0x...>: "); urllib's own
+    # "<urlopen error no host given>" keeps its words.
+    text = re.sub(r"<urlopen error (.*?)>", r"\1", _first_line(exc))
+    return f"{re.sub(r'<[^<>]* at 0x[0-9a-fA-F]+>:? ?', '', text)[:200]} ({type(exc).__name__})"
 
 
 # Every request to the Hub ends within GRACE_READ_TIMEOUTS read timeouts (HF_HUB_ETAG_TIMEOUT for the listing and
