@@ -293,7 +293,6 @@ def test_a_client_that_leaves_mid_detection_leaves_no_unretrieved_exception(dete
     """serving.md: a client that disconnects is logged as 499, without a traceback. Here the client leaves while its
     detection is held by a stand-in, which then fails (as a corrupt image would): nobody awaits that detection any
     more, and asyncio must not log "Task exception was never retrieved" with its traceback when it is collected."""
-    import gc
 
     from fastvit_detect.errors import ImageDecodeError
 
@@ -307,36 +306,13 @@ def test_a_client_that_leaves_mid_detection_leaves_no_unretrieved_exception(dete
         raise ImageDecodeError(f"{opened.source}: a stand-in failure after its client left", opened.source)
 
     faces.find = find
-
-    async def scenario():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                     timeout=60) as client:
-            leaving = asyncio.create_task(client.post("/api/v1/predict?faces=1", content=astronaut))
-            assert await asyncio.to_thread(running.wait, 30)
-            leaving.cancel()  # the client disconnects: its request's handler is cancelled
-            with pytest.raises(asyncio.CancelledError):
-                await leaving
-            gate.set()
-            for _ in range(500):
-                if faces.admitted == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert faces.admitted == 0 and faces.detected == 1
-            gc.collect()
-
-    try:
-        asyncio.run(scenario())
-        gc.collect()
-    finally:
-        gate.set()
-        _close(app)
+    _leave_while_held(app, faces, "detected", "/api/v1/predict?faces=1", astronaut, running, gate)
     assert "never retrieved" not in caplog.text
 
 
 def test_a_client_that_leaves_mid_explanation_leaves_no_unretrieved_exception(detector, astronaut, caplog):
     """As with faces above: the client leaves while its explanation is held by a stand-in, which then fails; no
     "Task exception was never retrieved" is logged when that explanation is collected."""
-    import gc
 
     from fastvit_detect.errors import ImageDecodeError
 
@@ -350,21 +326,30 @@ def test_a_client_that_leaves_mid_explanation_leaves_no_unretrieved_exception(de
         raise ImageDecodeError(f"{prepared.source}: a stand-in failure after its client left", prepared.source)
 
     explainer.compute = compute
+    _leave_while_held(app, explainer, "explained", "/api/v1/explain?grid=2", astronaut, running, gate)
+    assert "never retrieved" not in caplog.text
+
+
+def _leave_while_held(app, stage, done: str, url: str, body: bytes, running: threading.Event,
+                      gate: threading.Event) -> None:
+    """POST ``url``; once the stage's stand-in holds it, the client leaves (its handler is cancelled); then the
+    stand-in fails. The stage ends with nothing admitted and the request counted ``done``; the caller reads the log."""
+    import gc
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
                                      timeout=60) as client:
-            leaving = asyncio.create_task(client.post("/api/v1/explain?grid=2", content=astronaut))
+            leaving = asyncio.create_task(client.post(url, content=body))
             assert await asyncio.to_thread(running.wait, 30)
             leaving.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await leaving
             gate.set()
             for _ in range(500):
-                if explainer.admitted == 0:
+                if stage.admitted == 0:
                     break
                 await asyncio.sleep(0.01)
-            assert explainer.admitted == 0 and explainer.explained == 1
+            assert stage.admitted == 0 and getattr(stage, done) == 1
             gc.collect()
 
     try:
@@ -373,4 +358,3 @@ def test_a_client_that_leaves_mid_explanation_leaves_no_unretrieved_exception(de
     finally:
         gate.set()
         _close(app)
-    assert "never retrieved" not in caplog.text
