@@ -113,3 +113,19 @@ def test_boxes_too_large_for_floats_do_not_link_into_one_track():
     huge = Face((0.0, 0.0, 1e200, 1e200), 0.9)
     tracker = Tracker()
     assert tracker.link([huge]) != tracker.link([huge])
+
+
+def test_a_clips_crops_go_to_the_model_batch_size_at_a_time(packages, tmp_path):
+    """The video guide: crops (or whole frames) go to the model batch_size at a time; progress is reported after
+    each batch and at the end. Whole frames are one crop each, so every report before the last is a multiple of the
+    batch size."""
+    pytest.importorskip("av")
+    from video_clips import fake_segment_clip
+
+    from fastvit_detect import Detector
+
+    detector = Detector.load(packages["vit"], variant="fp32", threads=1)
+    clip = fake_segment_clip(tmp_path / "clip.mp4")  # 8 s: 8 frames sampled at 1 fps
+    reports: list[tuple[int, int]] = []
+    detector.predict_video(clip, faces=False, batch_size=3, progress=lambda done, total: reports.append((done, total)))
+    assert reports == [(3, 8), (6, 8), (8, 8)]
