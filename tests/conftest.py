@@ -150,6 +150,15 @@ def _cached_fixture(kind: str, cache: Path) -> Path:
     return entry
 
 
+def child_environment() -> dict[str, str]:
+    """This environment for a child Python that must run the fastvit_detect this test imported: the checkout's, or
+    a mutation run's copy (scripts/mutate_all.py), whose mutant the child must run too."""
+    import fastvit_detect
+
+    src = str(Path(fastvit_detect.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+
+
 def cached_build(name: str, sources: Sequence[Path], build: Callable[[Path], None], destination: Path,
                  libraries: Sequence[str] = BUILD_LIBRARIES) -> Path:
     """``build(destination)``, or with FASTVIT_TEST_CACHE set a copy of an earlier build of the same content.

@@ -78,16 +78,13 @@ def test_it_answers_true_on_glibc_linux_and_false_elsewhere():
 def test_after_it_a_5_mib_allocation_is_its_own_mapping_and_unmapped_when_freed():
     """In a fresh process: in this one, earlier tests may have left a free heap chunk of 5 MiB, which glibc serves
     before it considers mmap at all."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    import fastvit_detect
+    from conftest import child_environment
 
-    src = str(Path(fastvit_detect.__file__).resolve().parent.parent)  # a mutation run's copy when there is one
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", CHILD], env=child_environment(), capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
 
 

@@ -24,8 +24,8 @@ import pytest
 pytest.importorskip("av")
 
 import video_clips as clips
+from conftest import child_environment
 
-import fastvit_detect
 from fastvit_detect import Detector
 from fastvit_detect.cli import main
 from fastvit_detect.detector import Prediction
@@ -42,14 +42,6 @@ from fastvit_detect.errors import (
 from fastvit_detect.faces import Face
 from fastvit_detect.timeline import Tracker, track_verdict
 from fastvit_detect.video import VideoLimits, VideoReader, is_video, sniff_container
-
-# The src folder fastvit_detect was imported from, for child processes: the checkout's, or a mutation run's copy
-# (scripts/mutate_all.py), which the children must run too for the mutant to be tested there.
-SRC = Path(fastvit_detect.__file__).resolve().parent.parent
-
-
-def child_environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="module")
