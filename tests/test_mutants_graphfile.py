@@ -105,3 +105,33 @@ def test_an_external_data_location_is_found_wherever_a_tensor_may_sit(place, tmp
     path = tmp_path / "model.onnx"
     path.write_bytes(model_with(place).SerializeToString())
     assert external_data_locations(path) == {f"hidden-{place}.bin"}
+
+
+def nested_model(ifs: int, innermost) -> onnx.ModelProto:
+    """A model whose graph holds ``ifs`` If-like nodes nested one inside the other's graph attribute; the
+    innermost graph is ``innermost``. Message levels: model 0, its graph 1, and each nesting adds a node, an
+    attribute and a graph (3 levels), so the innermost graph sits at level 1 + 3 * ifs."""
+    inner = innermost
+    for level in range(ifs):
+        inner = graph(f"level-{level}", nodes=[node_carrying("body", "g", inner)])
+    return helper.make_model(inner)
+
+
+@pytest.mark.parametrize(("deepest", "innermost"), [
+    # the innermost graph at level 61: a sparse initializer (62), its values tensor (63), the location entry (64)
+    (64, lambda: graph("g", sparse=[sparse("deep", "values")])),
+    # a node (62) whose tensor attribute (63) holds a tensor (64) naming its location in an entry at level 65
+    (65, lambda: graph("g", nodes=[node_carrying("a", "t", external("deep"))])),
+])
+def test_messages_nested_64_levels_deep_are_read_and_65_are_refused(deepest, innermost, tmp_path):
+    """The documented cap (python-api guide: a graph nesting its messages over 64 levels is refused), held at both
+    sides of the line: real models nest a handful of If/Loop bodies, so the cap costs them nothing."""
+    from fastvit_detect.graphfile import GraphFormatError
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(nested_model(20, innermost()).SerializeToString())
+    if deepest == 64:
+        assert external_data_locations(path) == {"hidden-deep.bin"}
+    else:
+        with pytest.raises(GraphFormatError, match="deeper than 64 levels"):
+            external_data_locations(path)
