@@ -245,3 +245,39 @@ def test_close_answers_what_was_queued_and_stops_every_worker(caplog):
     assert [future.result(timeout=0) for future in queued] == ["B", "C"]
     assert batcher.workers_alive == 0
     assert not any(record.levelno >= logging.ERROR for record in caplog.records), caplog.text
+
+
+def test_close_waits_at_most_30_seconds_for_a_stuck_model_thread_then_refuses_what_is_queued(monkeypatch):
+    """The serving guide's shutdown promise: queued predictions are finished while a model thread still runs, for
+    at most 30 s by default; what is still queued after that gets 503 (ServerBusyError). The joins are recorded
+    rather than slept: the test reads the wait close() allows, not the clock."""
+    release = threading.Event()
+
+    def run_batch(items):
+        release.wait(30)
+        return items
+
+    batcher = MicroBatcher(run_batch, max_batch=1, max_wait_ms=0, workers=1)
+    waits: list[float] = []
+    real_join = threading.Thread.join
+
+    def recorded_join(thread, timeout=None):
+        if thread in batcher._workers:
+            waits.append(timeout)
+            return None  # as if the wait ran out with the thread still stuck
+        return real_join(thread, timeout)
+
+    try:
+        (running,) = batcher.submit(["running"])
+        while batcher.queue_depth:  # the worker has taken "running" and is stuck in it
+            threading.Event().wait(0.01)
+        (queued,) = batcher.submit(["queued"])
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "join", recorded_join)
+            batcher.close()
+        assert len(waits) == 1 and 29 < waits[0] <= 30
+        with pytest.raises(ServerBusyError, match="shutting down"):
+            queued.result(timeout=0)
+    finally:
+        release.set()
+        assert running.result(timeout=30) == "running"
