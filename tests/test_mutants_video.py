@@ -129,3 +129,53 @@ def test_a_clips_crops_go_to_the_model_batch_size_at_a_time(packages, tmp_path):
     reports: list[tuple[int, int]] = []
     detector.predict_video(clip, faces=False, batch_size=3, progress=lambda done, total: reports.append((done, total)))
     assert reports == [(3, 8), (6, 8), (8, 8)]
+
+
+def test_a_one_byte_packet_is_a_frame_and_only_an_empty_one_ends_the_stream(tmp_path):
+    """VP9's "show existing frame" packets are one byte long; the demuxer's end-of-stream marker is an empty packet
+    (with no timestamp). A clip muxed by hand with one 1-byte packet among 5 timestamped ones has 5 packets."""
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+
+    import numpy as np
+
+    from fastvit_detect.video import VideoReader
+
+    path = tmp_path / "one-byte.mkv"
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuvj420p"
+        stream.time_base = Fraction(1, 10)
+        picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        payload = b"".join(bytes(packet) for packet in stream.encode(picture.reformat(format="yuvj420p")))
+        for packet in stream.encode():
+            payload += bytes(packet)
+        for index in range(5):
+            packet = av.Packet(b"\x00" if index == 2 else payload)
+            packet.pts = packet.dts = index
+            packet.time_base, packet.stream, packet.is_keyframe = stream.time_base, stream, index == 0
+            out.mux(packet)
+    with av.open(str(path)) as container:  # the independent count: what the demuxer hands out
+        sizes = [packet.size for packet in container.demux(container.streams.video[0])]
+    assert sorted(sizes)[:2] == [0, 1]
+    with VideoReader(path) as reader:
+        assert reader.info.packets == 5
+
+
+@pytest.mark.parametrize(("fps", "windows"), [
+    (1.0, 8), (1.25, 10),  # exact divisions
+    (1 + 0.5e-9 / 8, 8),  # 8 s x fps = 8 + 0.5e-9: within the 1e-9 rounding tolerance, no 9th window
+    (1 + 1.5e-9 / 8, 9),  # 8 + 1.5e-9: a remainder over the tolerance gets its window, as exact arithmetic says
+    (10 / 3, 27),  # 26.67 windows: the remainder gets its own
+])
+def test_the_plan_has_a_window_for_every_remainder_over_a_billionth_of_one(fps, windows, tmp_path):
+    """plan(): windows 1/fps long over the clip, one more for a remainder, where a remainder under 1e-9 windows is
+    taken for the float error of duration x fps (0.3 s at 10 fps is 3 windows, not 4)."""
+    pytest.importorskip("av")
+    from video_clips import fake_segment_clip
+
+    from fastvit_detect.video import VideoReader
+
+    with VideoReader(fake_segment_clip(tmp_path / "clip.mp4")) as reader:  # 8 s at 10 fps
+        assert reader.info.duration == 8.0
+        assert len(reader.plan(fps, 1000)) == windows
