@@ -31,3 +31,15 @@ def test_the_default_byte_cap_is_the_documented_256_mib():
     with pytest.raises(ImageTooLargeError) as raised:
         open_image(bytearray(cap + 1))  # one byte over: refused by its size, before any decoding
     assert f"{cap + 1:,} bytes exceeds the cap of {cap:,} bytes" in str(raised.value)
+
+
+def test_a_directory_given_as_an_image_or_a_video_is_named_with_its_article(tmp_path):
+    """The message reads as English: "not an image file", "not a video file"."""
+    pytest.importorskip("av")
+    from fastvit_detect.errors import ImageNotFoundError
+    from fastvit_detect.video import VideoReader
+
+    with pytest.raises(ImageNotFoundError, match=r"is a directory, not an image file$"):
+        open_image(tmp_path)
+    with pytest.raises(ImageNotFoundError, match=r"is a directory, not a video file$"):
+        VideoReader(tmp_path)
