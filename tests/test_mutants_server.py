@@ -137,6 +137,11 @@ def test_the_api_schema_lists_the_documented_endpoints_and_not_the_page(vit_pack
     responses = paths["/api/v1/predict"]["post"]["responses"]
     assert {"408", "409", "413", "415", "422", "500", "503"} <= set(responses)
     assert all("example" in responses[status]["content"]["application/json"] for status in ("408", "409", "503"))
+    # an upload endpoint answers an empty body with an error (the guide's 4xx list), so its body is required
+    uploads = {path: methods["post"]["requestBody"] for path, methods in paths.items()
+               if "requestBody" in methods.get("post", {})}
+    assert set(uploads) == {"/api/v1/predict", "/predict/", "/api/v1/explain"}
+    assert all(body["required"] is True for body in uploads.values()), uploads
 
 
 def test_a_trickling_body_is_cut_at_the_body_timeout_not_a_chunk_later():
