@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import sample_photos
+from conftest import child_environment, sample_photos
 from PIL import Image
 
 from fastvit_detect import Detector
@@ -496,10 +496,36 @@ print("SERVE", main(["serve", "--model", sys.argv[1]]))
 
 def test_serve_without_the_extra_says_what_to_install(vit_package):
     result = subprocess.run([sys.executable, "-c", BLOCK_FASTAPI, str(vit_package)], capture_output=True, text=True,
-                            timeout=60, check=False)
+                            timeout=60, check=False, env=child_environment())
     assert "INFO 0" in result.stdout and "SERVE 2" in result.stdout  # the other commands still work
     assert "pip install 'fastvit-detect[serve]'" in result.stderr and "Traceback" not in result.stderr
     assert "(fastapi, uvicorn missing)" in result.stderr  # every missing module, not only the first one hit
+
+
+REMOVE_FASTAPI = """
+import sys
+class Missing:  # as if FastAPI and uvicorn were never installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"fastapi", "uvicorn"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+try:
+    import fastvit_detect.server
+except ModuleNotFoundError as exc:
+    print("NAME", exc.name)
+    print("MESSAGE", exc)
+"""
+
+
+def test_importing_the_server_without_the_extra_names_every_missing_module():
+    """A program that builds its own app (``from fastvit_detect.server import create_app``) gets one error naming
+    every module of the serve extra that is missing, and what to install."""
+    result = subprocess.run([sys.executable, "-c", REMOVE_FASTAPI], capture_output=True, text=True, timeout=60,
+                            check=False, env=child_environment())
+    assert result.returncode == 0, result.stderr
+    assert "NAME uvicorn" in result.stdout  # the first import that failed, for tools that read exc.name
+    assert ("MESSAGE fastvit_detect.server needs FastAPI, uvicorn and python-multipart (fastapi, uvicorn missing): "
+            "pip install 'fastvit-detect[serve]'") in result.stdout
 
 
 def test_serve_rejects_bad_settings_before_loading(tmp_path, capsys):
