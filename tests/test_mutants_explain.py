@@ -72,3 +72,35 @@ def test_faithfulness_compares_deletion_with_random_deletion_and_insertion_with_
     measured = test.measure(detector, explanation, random_curves=(deletion, insertion))
     assert measured.deletion_random == pytest.approx((0.2,) * fractions)
     assert measured.insertion_random == pytest.approx((0.8,) * fractions)
+
+
+def test_the_colour_bars_caption_runs_up_the_panels_right_edge_beside_the_bar():
+    """with_colour_bar's caption (the explanations guide: read bottom to top along the bar, as an axis title is):
+    in the picture, its ink is a column of its own right of the bar and its labels, as tall as a line of text is
+    long, centred on the bar, inside the canvas. Ink is found in the pixels, not in the layout code."""
+    import numpy as np
+    from PIL import Image
+
+    from fastvit_detect.explain import with_colour_bar
+
+    picture = Image.new("RGB", (200, 280), (128, 128, 128))
+    drawn = with_colour_bar(picture, 0.5, "evidence for Fake")
+    assert drawn.height == 280 and drawn.width > 200
+    panel = np.asarray(drawn)[:, 200:]
+    assert np.array_equal(np.asarray(drawn)[:, :200], np.asarray(picture))  # the picture itself untouched
+    ink = panel.max(axis=2) < 100
+    columns = np.flatnonzero(ink.any(axis=0))
+    groups = np.split(columns, np.flatnonzero(np.diff(columns) > 3) + 1)  # the bar with its labels | the caption
+    assert len(groups) == 2, [(int(group[0]), int(group[-1])) for group in groups]
+    bar, caption = groups[0][:1], groups[1]  # the bar's outline: its first column of ink
+
+    def rows(group):
+        found = np.flatnonzero(ink[:, group].any(axis=1))
+        return int(found[0]), int(found[-1])
+
+    bar_top, bar_bottom = rows(bar)
+    caption_top, caption_bottom = rows(caption)
+    caption_width = int(caption[-1] - caption[0] + 1)
+    assert caption_bottom - caption_top > 4 * caption_width  # a line of text standing on its end
+    assert abs((caption_top + caption_bottom) / 2 - (bar_top + bar_bottom) / 2) <= 5
+    assert caption[-1] < panel.shape[1] - 1  # inside the canvas, with a margin
