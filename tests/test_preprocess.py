@@ -39,6 +39,10 @@ PROCESSOR_CONFIGS = {
     "vit-lanczos": {**VIT_PROCESSOR, "resample": 1},
     "vit-box-no-normalize": {**VIT_PROCESSOR, "resample": 4, "do_normalize": False},
     "vit-hamming-no-rescale": {**VIT_PROCESSOR, "resample": 5, "do_rescale": False},
+    # Configs naming only their class: every option from the class's defaults (DeiT's mean/std are 0.5, not
+    # ImageNet's, which DeiT checkpoints' configs carry explicitly).
+    "vit-class-defaults": {"image_processor_type": "ViTImageProcessor"},
+    "deit-class-defaults": {"image_processor_type": "DeiTImageProcessor"},
 }
 
 

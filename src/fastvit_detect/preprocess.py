@@ -72,10 +72,11 @@ _VIT = ProcessorFamily(
               "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
               "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
     center_crop=False)
+# DeiT checkpoints' configs carry ImageNet's mean/std, but the class's own default is 0.5 (transformers'
+# IMAGENET_STANDARD_MEAN/STD), which is what HF applies to a config that leaves them out.
 _DEIT = ProcessorFamily(
     defaults={**_VIT.defaults, "size": {"height": 256, "width": 256}, "resample": 3, "do_center_crop": True,
-              "crop_size": {"height": 224, "width": 224}, "image_mean": [0.485, 0.456, 0.406],
-              "image_std": [0.229, 0.224, 0.225]},
+              "crop_size": {"height": 224, "width": 224}},
     center_crop=True)
 
 # The processors this module reproduces, by the class name a config stores. Fast variants share the config
