@@ -138,10 +138,14 @@ def test_the_api_schema_lists_the_documented_endpoints_and_not_the_page(vit_pack
     assert {"408", "409", "413", "415", "422", "500", "503"} <= set(responses)
     assert all("example" in responses[status]["content"]["application/json"] for status in ("408", "409", "503"))
     # an upload endpoint answers an empty body with an error (the guide's 4xx list), so its body is required
-    uploads = {path: methods["post"]["requestBody"] for path, methods in paths.items()
-               if "requestBody" in methods.get("post", {})}
-    assert set(uploads) == {"/api/v1/predict", "/predict/", "/api/v1/explain"}
-    assert all(body["required"] is True for body in uploads.values()), uploads
+    uploads = {path: methods["post"].get("requestBody") for path, methods in paths.items() if "post" in methods}
+    assert set(uploads) == {"/api/v1/predict", "/predict/", "/api/v1/explain", "/api/v1/video"}
+    assert all(body and body["required"] is True for body in uploads.values()), uploads
+    # the video endpoint's query parameters, with the defaults and caps of this server (VideoServeSettings())
+    video = {parameter["name"]: parameter["schema"] for parameter in paths["/api/v1/video"]["post"]["parameters"]}
+    assert video == {"fps": {"type": "number", "minimum": 0.0001, "maximum": 120.0, "default": 1.0},
+                     "max_frames": {"type": "integer", "minimum": 1, "maximum": 300, "default": 300}}
+    assert {"multipart/form-data", "video/*"} <= set(uploads["/api/v1/video"]["content"])
 
 
 def test_a_trickling_body_is_cut_at_the_body_timeout_not_a_chunk_later():

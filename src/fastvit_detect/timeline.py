@@ -56,6 +56,7 @@ from .video import (
     DEFAULT_MAX_FRAMES,
     MAX_FPS,
     MAX_MAX_FRAMES,
+    MIN_FPS,
     SampledFrame,
     VideoInfo,
     VideoInput,
@@ -214,7 +215,7 @@ class _Settings:
     max_side: int | None = VIDEO_MAX_SIDE
 
     def __post_init__(self) -> None:
-        check_finite("fps", self.fps, 1e-4, MAX_FPS, InvalidOptionError)
+        check_finite("fps", self.fps, MIN_FPS, MAX_FPS, InvalidOptionError)
         check_whole("max_frames", self.max_frames, 1, MAX_MAX_FRAMES, InvalidOptionError)
         check_whole("batch_size", self.batch_size, 1, MAX_BATCH_SIZE, InvalidOptionError)
         check_whole("read_ahead", self.read_ahead, 1, MAX_READ_AHEAD, InvalidOptionError)

@@ -69,6 +69,7 @@ VideoInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 DEFAULT_FPS = 1.0
 DEFAULT_MAX_FRAMES = 600  # a 10-minute clip at 1 fps; longer clips (up to the caps) get 600 frames spread evenly
+MIN_FPS = 1e-4  # one frame every 10,000 s: the slowest sampling rate the library and the server accept
 MAX_FPS = 120.0
 MAX_MAX_FRAMES = 100_000
 REORDER_SLACK = 64  # frames a decoder may hold back (B-frame reordering, frame threads) beyond a sample's packets
@@ -464,7 +465,7 @@ class VideoReader:
     def plan(self, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES) -> list[tuple[float, float]]:
         """The sampling windows, (start, end) in seconds from the clip's start: ``1 / fps`` long, or ``max_frames``
         equal windows spanning the clip when there would be more."""
-        check_finite("fps", fps, 1e-4, MAX_FPS, InvalidOptionError)
+        check_finite("fps", fps, MIN_FPS, MAX_FPS, InvalidOptionError)
         check_whole("max_frames", max_frames, 1, MAX_MAX_FRAMES, InvalidOptionError)
         duration = self.info.duration
         interval = 1.0 / fps

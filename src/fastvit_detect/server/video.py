@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from ..errors import BadRequestError, InvalidOptionError, ServerBusyError
 from ..options import check_finite, check_whole
 from ..timeline import VideoResult, has_face_detector
-from ..video import MAX_FPS, VideoLimits
+from ..video import MAX_FPS, MIN_FPS, VideoLimits
 from .requests import ERROR_DOCS, read_uploads, refuse_unknown_parameters
 from .settings import ServeSettings
 from .stages import lower_thread_priority
@@ -63,7 +63,7 @@ class VideoServeSettings:
         check_finite("max_duration", self.max_duration, 0.001, 86_400.0, InvalidOptionError)
         check_whole("max_frame_pixels", self.max_frame_pixels, 1, 1 << 34, InvalidOptionError)
         check_whole("max_frames", self.max_frames, 1, 100_000, InvalidOptionError)
-        check_finite("fps", self.fps, 1e-4, MAX_FPS, InvalidOptionError)
+        check_finite("fps", self.fps, MIN_FPS, MAX_FPS, InvalidOptionError)
         check_finite("max_decode_seconds", self.max_decode_seconds, 0.001, 86_400.0, InvalidOptionError)
         check_whole("concurrency", self.concurrency, 1, 64, InvalidOptionError)
         check_whole("queue", self.queue, 0, 10_000, InvalidOptionError)
@@ -95,7 +95,7 @@ class VideoStage:
             max_frames = int(query.get("max_frames", self.settings.max_frames))
         except ValueError as exc:
             raise InvalidOptionError(f"fps and max_frames must be numbers: {exc}") from exc
-        check_finite("fps", fps, 1e-4, MAX_FPS, InvalidOptionError)
+        check_finite("fps", fps, MIN_FPS, MAX_FPS, InvalidOptionError)
         check_whole("max_frames", max_frames, 1, self.settings.max_frames, InvalidOptionError)
         return fps, max_frames
 
@@ -120,11 +120,29 @@ class VideoStage:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def video_request_docs(settings: VideoServeSettings) -> dict[str, Any]:
+    """The endpoint's parameters and body for /openapi.json, with this server's defaults and caps."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"parameters": [
+        {"name": "fps", "in": "query", "schema": {"type": "number", "minimum": MIN_FPS, "maximum": MAX_FPS,
+                                                  "default": settings.fps},
+         "description": "frames sampled a second of the clip"},
+        {"name": "max_frames", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                         "maximum": settings.max_frames,
+                                                         "default": settings.max_frames},
+         "description": "at most this many sampled frames: a longer clip gets this many equal windows"},
+    ], "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "one clip"}}}},
+        "video/*": binary, "application/octet-stream": binary,
+    }}}
+
+
 def add_video_route(app: FastAPI, stage: VideoStage, settings: ServeSettings, model: dict[str, Any]) -> None:
     """Register ``POST /api/v1/video`` on the server's app."""
     uploads_settings = replace(settings, max_upload_bytes=stage.settings.max_upload_bytes)
 
-    @app.post("/api/v1/video", responses=ERROR_DOCS,
+    @app.post("/api/v1/video", responses=ERROR_DOCS, openapi_extra=video_request_docs(stage.settings),
               summary="Classify one video (multipart field 'file', or the raw body): verdict, tracks, timeline")
     async def video(request: Request) -> JSONResponse:
         started = time.perf_counter()
