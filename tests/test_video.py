@@ -802,3 +802,19 @@ def test_a_clip_without_a_decodable_frame_gets_a_record_without_a_verdict(detect
     assert record == {"video": True, "label": None, "score": None, "fake_probability": None, "probabilities": {},
                       "sampled_frames": 0}
     assert (summary.found, summary.classified, summary.failed) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("fps", [10.0, 30.0, 100.0, 120.0])
+def test_sampling_above_a_clips_own_rate_decodes_each_frame_once(fps, tmp_path):
+    """Asking for more frames a second than the clip has gives each of its frames once, at the cost of decoding
+    it once: the windows after the last frame hold nothing and cost nothing. (They used to seek back to the
+    keyframe and decode up to the end again, each: 660 frames decoded for 80 at fps=100, growing with the rate
+    asked for, so a long clip with few keyframes could hit max_decoded_frames.)"""
+    from video_clips import fake_segment_clip
+
+    from fastvit_detect.video import VideoReader
+
+    with VideoReader(fake_segment_clip(tmp_path / "clip.mp4")) as reader:  # 8 s at 10 fps, one keyframe
+        times = [round(frame.time, 6) for frame in reader.frames(fps, 10_000)]
+        assert times == [round(index / 10, 6) for index in range(80)]
+        assert (reader.decoded_frames, reader.seeks) == (80, 1)

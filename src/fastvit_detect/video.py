@@ -515,8 +515,10 @@ class VideoReader:
             for _ in range(budget):
                 candidate = next(decoded, None)
                 if candidate is None:
-                    decoded = None
-                    break
+                    # The end of the stream, reached in time order: every frame after this window's start was
+                    # decoded on the way (or skipped as non-reference), so the windows left hold nothing. Seeking
+                    # back for each of them re-decoded the clip from its last keyframe, once per window.
+                    return
                 self._count_decoded()
                 if candidate.pts is None:
                     continue
