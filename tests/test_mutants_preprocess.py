@@ -84,3 +84,19 @@ def test_a_model_input_side_may_be_1_to_1024_pixels(key):
     for side in (0, 1025):
         with pytest.raises(UnsupportedPreprocessorError, match=f"{key}=.*each from 1 to 1024"):
             PreprocessConfig.from_hf({**deit, key: side})
+
+
+def test_a_preprocessors_config_and_steps_cannot_be_changed_once_built():
+    """A Preprocessor is shared by every thread of a detector, and the processor families by every package: its
+    config, its resize and crop steps and the families are frozen values."""
+    import dataclasses
+
+    from fastvit_detect.preprocess import PROCESSOR_FAMILIES
+
+    config = PreprocessConfig.from_hf({"image_processor_type": "DeiTImageProcessor"})
+    steps = Preprocessor(config).transforms
+    assert [type(step).__name__ for step in steps] == ["Resize", "CenterCrop"]
+    for value, field in [*((step, "height") for step in steps), (config, "resize"),
+                         (PROCESSOR_FAMILIES["DeiTImageProcessor"], "center_crop")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
