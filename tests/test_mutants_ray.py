@@ -285,3 +285,58 @@ def test_inside_a_ray_worker_a_classifier_gets_the_cpus_ray_reserved(monkeypatch
 def test_every_ray_entry_point_decodes_images_in_full_by_default(entry):
     """As a local scan does (Detector.load's jpeg_draft=False): drafting changes pixels, so it is only ever asked."""
     assert inspect.signature(getattr(ray_module, entry)).parameters["jpeg_draft"].default is False
+
+
+class FakeRayData:
+    """The part of Ray that classify_dataset talks to, without a cluster: a cluster of ``cpus`` CPUs (None: a
+    cluster that reports none), a Dataset that records its rows and map_batches' arguments."""
+
+    def __init__(self, cpus: float | None) -> None:
+        self.cpus, self.rows, self.mapped = cpus, None, None
+        self.data = SimpleNamespace(from_items=self.from_items, ActorPoolStrategy=lambda size: ("actors", size))
+
+    def cluster_resources(self) -> dict:
+        return {} if self.cpus is None else {"CPU": self.cpus}
+
+    def from_items(self, rows):
+        self.rows = rows
+        return SimpleNamespace(map_batches=self.map_batches)
+
+    def map_batches(self, classifier, **options):
+        self.mapped = options
+        return "dataset"
+
+
+@pytest.mark.parametrize(("cpus", "threads", "videos", "actors", "num_cpus"), [
+    (8.0, None, False, 8, 1),  # as many one-thread actors as the cluster's CPUs
+    (8.0, 2, False, 4, 2),  # CPUs / threads per actor, each reserving its threads
+    (1.0, 4, False, 1, 4),  # at least one
+    (None, None, False, 1, 1),  # a cluster that reports no CPUs: one
+    (8.0, None, True, 3, 1),  # videos: no more actors than clips (3), each would load the model for nothing
+])
+def test_a_dataset_gets_one_actor_per_cpu_share(monkeypatch, tmp_path, cpus, threads, videos, actors, num_cpus):
+    fake = FakeRayData(cpus)
+    monkeypatch.setattr(ray_module, "ray", fake)
+    names = [str(tmp_path / f"{index}.jpg") for index in range(3)]
+    job = ray_module.classify_dataset(names, "a-package", threads_per_actor=threads, videos=videos)
+    assert (job.actors, job.threads_per_actor) == (actors, threads)
+    assert fake.mapped["compute"] == ("actors", actors) and fake.mapped["num_cpus"] == num_cpus
+    assert fake.mapped["fn_constructor_kwargs"]["videos"] is videos
+    assert [row["path"] for row in fake.rows] == names and job.names == dict(zip(names, names))
+
+
+def test_no_names_is_an_empty_job_without_a_dataset(monkeypatch):
+    monkeypatch.setattr(ray_module, "ray", FakeRayData(8.0))
+    assert ray_module.classify_dataset([], "a-package", threads_per_actor=2) == ray_module.Job(None, {}, 0, 2)
+
+
+def test_two_names_with_one_parquet_spelling_get_two_keys(monkeypatch, tmp_path):
+    """A name that isn't UTF-8 is stored with its bytes escaped (\\xe9); a name spelling that escape literally
+    would share its key, so the second gets a NUL suffix, and each key maps back to its own name."""
+    fake = FakeRayData(2.0)
+    monkeypatch.setattr(ray_module, "ray", fake)
+    raw, literal = str(tmp_path / "caf\udce9.jpg"), str(tmp_path / "caf\\xe9.jpg")
+    job = ray_module.classify_dataset([raw, literal], "a-package")
+    keys = [row["path"] for row in fake.rows]
+    assert keys == [literal, f"{literal}\0" + "1"]
+    assert job.names == {keys[0]: raw, keys[1]: literal}
