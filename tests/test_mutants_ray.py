@@ -340,3 +340,55 @@ def test_two_names_with_one_parquet_spelling_get_two_keys(monkeypatch, tmp_path)
     keys = [row["path"] for row in fake.rows]
     assert keys == [literal, f"{literal}\0" + "1"]
     assert job.names == {keys[0]: raw, keys[1]: literal}
+
+
+def error_record(name: str) -> dict:
+    return {"image": name, "error": {"type": "ImageDecodeError", "message": f"{name}: not an image"}}
+
+
+def test_a_parquet_folder_is_resumed_by_default_its_parts_numbered_on(tmp_path):
+    """ParquetOutput's defaults: an existing folder is resumed (overwrite is asked for), with the plain scan's
+    columns (faces is asked for); a new part takes the number after the largest, however many digits it has."""
+    from fastvit_detect.ray import ParquetOutput, image_identity, record_schema
+
+    folder = tmp_path / "results.parquet"
+    first = ParquetOutput(folder, ["Fake", "Real"])
+    assert first.schema == record_schema(["Fake", "Real"], faces=False)
+    first.write_record(error_record(str(tmp_path / "a.jpg")))
+    first.close()
+    (folder / "part-000000.parquet").rename(folder / "part-000007.parquet")
+    resumed = ParquetOutput(folder, ["Fake", "Real"])
+    assert resumed.done == {image_identity(str(tmp_path / "a.jpg"))}
+    resumed.write_record(error_record(str(tmp_path / "b.jpg")))
+    resumed.close()
+    assert sorted(part.name for part in folder.glob("part-*")) == ["part-000007.parquet", "part-000008.parquet"]
+    (folder / "part-000008.parquet").rename(folder / "part-1234567.parquet")  # past six digits
+    again = ParquetOutput(folder, ["Fake", "Real"])
+    again.write_record(error_record(str(tmp_path / "c.jpg")))
+    again.close()
+    assert (folder / "part-1234568.parquet").is_file()
+
+
+def test_a_resumed_parquet_folder_knows_names_that_are_not_utf8(tmp_path):
+    """Parquet holds a name that isn't UTF-8 with its bytes escaped; resuming must still know it as done (else it
+    would be classified, and written, twice), and know a UTF-8 name as itself."""
+    from fastvit_detect.ray import ParquetOutput, image_identity
+
+    folder = tmp_path / "results.parquet"
+    raw, plain = str(tmp_path / "caf\udce9.jpg"), str(tmp_path / "plain.jpg")
+    output = ParquetOutput(folder, ["Fake", "Real"])
+    for name in (raw, plain):
+        output.write_record(error_record(name))
+    output.close()
+    resumed = ParquetOutput(folder, ["Fake", "Real"])
+    assert resumed.holds(raw, image_identity(raw)) and resumed.holds(plain, image_identity(plain))
+    assert not resumed.holds(str(tmp_path / "other.jpg"), image_identity(str(tmp_path / "other.jpg")))
+
+
+def test_an_actors_error_message_names_the_image_as_it_was_listed():
+    """The actor read ``key`` (escaped, with a NUL suffix when two names share it); the message names the image."""
+    from fastvit_detect.ray import _named_in_message
+
+    assert _named_in_message("/d/caf\\xe9.jpg: broken", "/d/caf\\xe9.jpg\x001", "/d/caf\udce9.jpg") == (
+        "/d/caf\udce9.jpg: broken")
+    assert _named_in_message("/d/a.jpg: broken", "/d/a.jpg", "/d/a.jpg") == "/d/a.jpg: broken"
