@@ -392,3 +392,47 @@ def test_an_actors_error_message_names_the_image_as_it_was_listed():
     assert _named_in_message("/d/caf\\xe9.jpg: broken", "/d/caf\\xe9.jpg\x001", "/d/caf\udce9.jpg") == (
         "/d/caf\udce9.jpg: broken")
     assert _named_in_message("/d/a.jpg: broken", "/d/a.jpg", "/d/a.jpg") == "/d/a.jpg: broken"
+
+
+def test_parquet_parts_hold_whole_images_and_are_synced_before_they_are_renamed(tmp_path, monkeypatch):
+    """rows_per_file at a time, but never between an image's face records and its own record (a file holds whole
+    images, so resuming is exact); parts numbered one after another; each part's bytes all on disk (flushed, then
+    fsynced) before the rename that makes it visible."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from fastvit_detect.ray import ParquetOutput
+
+    events: list = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_size)) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace",
+                        lambda old, new: events.append(("replace", os.path.getsize(old))) or real_replace(old, new))
+    output = ParquetOutput(tmp_path / "results.parquet", ["Fake", "Real"], rows_per_file=2, faces=True)
+    face = {"image": "a.jpg", "face": 1, "box": [0.0, 0.0, 1.0, 1.0], "face_score": 0.9, "label": "Fake",
+            "score": 0.8, "probabilities": {"Fake": 0.8, "Real": 0.2}, "fake_probability": 0.8, "logits": [1.0, -1.0]}
+    image = {key: face[key] for key in ("image", "label", "score", "probabilities", "fake_probability", "logits")}
+    records = [face, {**face, "face": 2}, {**face, "face": 3}, {**image, "decided_by": "faces", "face_count": 3},
+               error_record("b.jpg"), error_record("c.jpg")]
+    for record in records:
+        output.write_record(record)
+    output.close()
+    parts = sorted((tmp_path / "results.parquet").glob("part-*.parquet"))
+    assert [part.name for part in parts] == ["part-000000.parquet", "part-000001.parquet"]
+    assert [pq.read_metadata(part).num_rows for part in parts] == [4, 2]  # the image's 3 faces and itself, then 2
+    assert [kind for kind, _ in events] == ["fsync", "replace"] * 2
+    assert all(synced == renamed for (_, synced), (_, renamed) in zip(events[::2], events[1::2]))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_line_results_are_on_disk_after_each_flush(tmp_path, suffix):
+    """docs/guides/ray.md: JSON lines and CSV are flushed batch by batch, as in the local scan."""
+    from fastvit_detect.ray import open_output
+
+    path = tmp_path / f"results{suffix}"
+    output = open_output(path, ["Fake", "Real"])
+    output.write_record(error_record("a.jpg"))
+    output.flush()
+    assert "a.jpg" in path.read_text()
+    output.close()
