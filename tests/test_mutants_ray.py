@@ -436,3 +436,65 @@ def test_line_results_are_on_disk_after_each_flush(tmp_path, suffix):
     output.flush()
     assert "a.jpg" in path.read_text()
     output.close()
+    if suffix == ".csv":  # by default the plain scan's columns, no face ones
+        assert path.read_text().splitlines()[0].split(",")[:3] == ["image", "label", "score"]
+
+
+def drive(monkeypatch, package, names, output, records, **options):
+    """ray.classify with Ray's part replaced: no cluster is joined, the job's one block holds ``records`` (as the
+    actors would send them, Arrow tables of record_schema), everything else is the engine's own code."""
+    from fastvit_detect.ray import records_table
+
+    asked: list = []
+    monkeypatch.setattr(ray_module.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray_module, "init_local", lambda **_: asked.append("init_local"))
+    monkeypatch.setattr(ray_module, "start_crash_ledger", lambda: None)
+
+    def planned(todo, model, **planned_options):
+        asked.append(list(todo))
+        if not todo:
+            return ray_module.Job(dataset=None, names={}, actors=0, threads_per_actor=1)
+        return ray_module.Job(dataset=object(), names={name: name for name in todo}, actors=1, threads_per_actor=1)
+
+    monkeypatch.setattr(ray_module, "classify_dataset", planned)
+    labels = ["Fake", "Real"]
+    faces = options.get("faces") is True
+    monkeypatch.setattr(ray_module, "_batches", lambda _dataset: iter([records_table(records, labels, faces)]))
+    return ray_module.classify(names, package, output, variant="fp32", **options), asked
+
+
+def test_a_ray_scan_resumes_its_output_by_default(monkeypatch, vit_package, tmp_path):
+    names = [str(tmp_path / f"{index}.png") for index in range(3)]
+    for name in names:
+        Image.new("RGB", (8, 8)).save(name)
+    output = tmp_path / "results.jsonl"
+    records = [error_record(name) for name in names]
+    first, _ = drive(monkeypatch, vit_package, names, output, records)
+    assert (first.found, first.already_done, first.actors) == (3, 0, 1)
+    again, asked = drive(monkeypatch, vit_package, names, output, records)
+    assert (again.found, again.already_done, again.actors) == (3, 3, 0)  # nothing left: no actor asked for
+    assert asked == [[], []] and len(output.read_text().splitlines()) == 3
+
+
+def test_a_ray_scan_with_faces_counts_faces_and_needs_the_face_detector(monkeypatch, packages, tmp_path):
+    """summary.faces counts the face records written (0 when none was found, None without faces); a package
+    without the face detector fails before Ray is started or joined."""
+    from fastvit_detect.errors import MissingFaceDetectorError
+
+    name = str(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(name)
+    face = {"image": name, "face": 1, "box": [0.0, 0.0, 1.0, 1.0], "face_score": 0.9, "label": "Fake",
+            "score": 0.8, "probabilities": {"Fake": 0.8, "Real": 0.2}, "fake_probability": 0.8, "logits": [1.0, -1.0]}
+    image = {**{key: face[key] for key in ("image", "label", "score", "probabilities", "fake_probability",
+                                           "logits")}, "decided_by": "faces", "face_count": 2}
+    summary, _ = drive(monkeypatch, packages["vit-faces"], [name], tmp_path / "faces.jsonl",
+                       [face, {**face, "face": 2}, image], faces=True)
+    assert summary.faces == 2
+    none, _ = drive(monkeypatch, packages["vit-faces"], [name], tmp_path / "none.jsonl",
+                    [{**image, "decided_by": "whole-image", "face_count": 0}], faces=True)
+    assert none.faces == 0
+    plain, _ = drive(monkeypatch, packages["vit"], [name], tmp_path / "plain.jsonl", [error_record(name)])
+    assert plain.faces is None
+    with pytest.raises(MissingFaceDetectorError):
+        drive(monkeypatch, packages["vit"], [name], tmp_path / "refused.jsonl", [], faces=True)
+    assert not (tmp_path / "refused.jsonl").exists()
