@@ -441,8 +441,9 @@ def test_line_results_are_on_disk_after_each_flush(tmp_path, suffix):
 
 
 def drive(monkeypatch, package, names, output, records, **options):
-    """ray.classify with Ray's part replaced: no cluster is joined, the job's one block holds ``records`` (as the
-    actors would send them, Arrow tables of record_schema), everything else is the engine's own code."""
+    """ray.classify with Ray's part replaced: no cluster is joined, each job's one block holds its names' records
+    from ``records`` (as the actors would send them, Arrow tables of record_schema); everything else is the
+    engine's own code."""
     from fastvit_detect.ray import records_table
 
     asked: list = []
@@ -454,12 +455,16 @@ def drive(monkeypatch, package, names, output, records, **options):
         asked.append(list(todo))
         if not todo:
             return ray_module.Job(dataset=None, names={}, actors=0, threads_per_actor=1)
-        return ray_module.Job(dataset=object(), names={name: name for name in todo}, actors=1, threads_per_actor=1)
+        return ray_module.Job(dataset=tuple(todo), names={name: name for name in todo}, actors=1, threads_per_actor=1)
 
     monkeypatch.setattr(ray_module, "classify_dataset", planned)
     labels = ["Fake", "Real"]
     faces = options.get("faces") is True
-    monkeypatch.setattr(ray_module, "_batches", lambda _dataset: iter([records_table(records, labels, faces)]))
+
+    def block(dataset):  # each job's block: the records of its own names
+        return iter([records_table([record for record in records if record["image"] in dataset], labels, faces)])
+
+    monkeypatch.setattr(ray_module, "_batches", block)
     return ray_module.classify(names, package, output, variant="fp32", **options), asked
 
 
@@ -498,3 +503,55 @@ def test_a_ray_scan_with_faces_counts_faces_and_needs_the_face_detector(monkeypa
     with pytest.raises(MissingFaceDetectorError):
         drive(monkeypatch, packages["vit"], [name], tmp_path / "refused.jsonl", [], faces=True)
     assert not (tmp_path / "refused.jsonl").exists()
+
+
+def test_a_ray_scan_reports_progress_for_files_refused_before_the_job_then_per_block(monkeypatch, vit_package,
+                                                                                       tmp_path):
+    """A file that can't be read (gone, here) is an error record at once, counted in progress before any actor
+    runs; then progress after each block. Without a progress callback nothing is called."""
+    present, gone = str(tmp_path / "present.png"), str(tmp_path / "gone.png")
+    Image.new("RGB", (8, 8)).save(present)
+    calls: list = []
+    summary, _ = drive(monkeypatch, vit_package, [present, gone], tmp_path / "results.jsonl",
+                       [error_record(present)], progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)] and summary.failed == 2
+    quiet, _ = drive(monkeypatch, vit_package, [present, gone], tmp_path / "quiet.jsonl", [error_record(present)])
+    assert quiet.failed == 2
+
+
+def test_the_image_byte_cap_refuses_large_images_up_front_but_not_videos(monkeypatch, vit_package, tmp_path):
+    """ray.classify's max_bytes: a larger local image gets its error record without being read (no actor asked);
+    a video is held to the video limits by its actor instead, never to the image cap."""
+    import numpy as np
+    from video_clips import fake_segment_clip
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), "uint8")).save(big)
+    clip = fake_segment_clip(tmp_path / "clip.mp4", seconds=1)
+    cap = 1_000
+    assert big.stat().st_size > cap and clip.stat().st_size > cap
+    summary, asked = drive(monkeypatch, vit_package, [str(big), str(clip)], tmp_path / "results.jsonl",
+                           [error_record(str(clip))], max_bytes=cap)
+    assert asked == [[], [str(clip)]] and summary.failed == 2  # no image for the actors; the clip as a video job
+    first = (tmp_path / "results.jsonl").read_text().splitlines()[0]
+    assert "ImageTooLargeError" in first and str(big) in first
+
+
+@pytest.mark.parametrize(("faces", "with_clip", "shipped_faces"), [(True, False, True), (False, True, True),
+                                                                    (False, False, False)])
+def test_a_shipped_model_carries_the_face_detector_when_images_or_videos_need_it(monkeypatch, packages, tmp_path,
+                                                                                faces, with_clip, shipped_faces):
+    """ship_model=True: the face detector's graphs go along for a scan that decides by faces, and for one with
+    videos (their timeline looks for faces too); not otherwise."""
+    from video_clips import fake_segment_clip
+
+    shipped: list = []
+    monkeypatch.setattr(ray_module.ShippedModel, "put",
+                        classmethod(lambda cls, path, variant, ship_faces: shipped.append(ship_faces) or str(path)))
+    names = [str(tmp_path / "a.png")]
+    Image.new("RGB", (8, 8)).save(names[0])
+    if with_clip:
+        names.append(str(fake_segment_clip(tmp_path / "clip.mp4", seconds=1)))
+    drive(monkeypatch, packages["vit-faces"], names, tmp_path / "results.jsonl",
+          [error_record(name) for name in names], faces=faces, ship_model=True)
+    assert shipped == [shipped_faces]
