@@ -449,10 +449,11 @@ def drive(monkeypatch, package, names, output, records, **options):
     asked: list = []
     monkeypatch.setattr(ray_module.ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray_module, "init_local", lambda **_: asked.append("init_local"))
-    monkeypatch.setattr(ray_module, "start_crash_ledger", lambda: None)
+    monkeypatch.setattr(ray_module, "start_crash_ledger", lambda: asked.append("ledger"))
 
     def planned(todo, model, **planned_options):
-        asked.append(list(todo))
+        # which names, and how: a video is a task of its own (a batch of one)
+        asked.append((list(todo), planned_options["batch_size"], planned_options.get("videos", False)))
         if not todo:
             return ray_module.Job(dataset=None, names={}, actors=0, threads_per_actor=1)
         return ray_module.Job(dataset=tuple(todo), names={name: name for name in todo}, actors=1, threads_per_actor=1)
@@ -478,7 +479,8 @@ def test_a_ray_scan_resumes_its_output_by_default(monkeypatch, vit_package, tmp_
     assert (first.found, first.already_done, first.actors) == (3, 0, 1)
     again, asked = drive(monkeypatch, vit_package, names, output, records)
     assert (again.found, again.already_done, again.actors) == (3, 3, 0)  # nothing left: no actor asked for
-    assert asked == [[], []] and len(output.read_text().splitlines()) == 3
+    assert asked == [([], 16, False), ([], 1, True)]  # nor the crash ledger started
+    assert len(output.read_text().splitlines()) == 3
 
 
 def test_a_ray_scan_with_faces_counts_faces_and_needs_the_face_detector(monkeypatch, packages, tmp_path):
@@ -532,7 +534,8 @@ def test_the_image_byte_cap_refuses_large_images_up_front_but_not_videos(monkeyp
     assert big.stat().st_size > cap and clip.stat().st_size > cap
     summary, asked = drive(monkeypatch, vit_package, [str(big), str(clip)], tmp_path / "results.jsonl",
                            [error_record(str(clip))], max_bytes=cap)
-    assert asked == [[], [str(clip)]] and summary.failed == 2  # no image for the actors; the clip as a video job
+    # no image for the actors; the clip as a video job, a batch of one, with the crash ledger there for it
+    assert asked == ["ledger", ([], 16, False), ([str(clip)], 1, True)] and summary.failed == 2
     first = (tmp_path / "results.jsonl").read_text().splitlines()[0]
     assert "ImageTooLargeError" in first and str(big) in first
 
