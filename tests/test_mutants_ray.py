@@ -514,9 +514,14 @@ def test_a_ray_scan_reports_progress_for_files_refused_before_the_job_then_per_b
     present, gone = str(tmp_path / "present.png"), str(tmp_path / "gone.png")
     Image.new("RGB", (8, 8)).save(present)
     calls: list = []
-    summary, _ = drive(monkeypatch, vit_package, [present, gone], tmp_path / "results.jsonl",
-                       [error_record(present)], progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(1, 2), (2, 2)] and summary.failed == 2
+    results = tmp_path / "results.jsonl"
+
+    def progress(done: int, total: int) -> None:  # what is on disk when progress is reported: flushed records
+        calls.append((done, total, len(results.read_text().splitlines()) if results.exists() else 0))
+
+    summary, _ = drive(monkeypatch, vit_package, [present, gone], results, [error_record(present)], progress=progress)
+    assert [call[:2] for call in calls] == [(1, 2), (2, 2)] and summary.failed == 2
+    assert calls[-1][2] == 2  # after the block: both records on disk
     quiet, _ = drive(monkeypatch, vit_package, [present, gone], tmp_path / "quiet.jsonl", [error_record(present)])
     assert quiet.failed == 2
 
@@ -558,3 +563,58 @@ def test_a_shipped_model_carries_the_face_detector_when_images_or_videos_need_it
     drive(monkeypatch, packages["vit-faces"], names, tmp_path / "results.jsonl",
           [error_record(name) for name in names], faces=faces, ship_model=True)
     assert shipped == [shipped_faces]
+
+
+class FakeRay:
+    """Ray's module as init_local and connected use it, recording the calls; ``node`` is the address the started
+    Ray says it listens on."""
+
+    def __init__(self, initialized: bool = False, node: str = "127.0.0.1") -> None:
+        self.initialized, self.calls = initialized, []
+        self.util = SimpleNamespace(get_node_ip_address=lambda: node)
+        self._private = SimpleNamespace(ray_constants=SimpleNamespace(ENABLE_RAY_CLUSTER=True))
+        self.data = SimpleNamespace(DataContext=SimpleNamespace(
+            get_current=lambda: SimpleNamespace(enable_progress_bars=True)))
+        self.__version__ = "fake"
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, **options) -> None:
+        self.calls.append(("init", options, self._private.ray_constants.ENABLE_RAY_CLUSTER))
+        self.initialized = True
+
+    def shutdown(self) -> None:
+        self.calls.append(("shutdown",))
+        self.initialized = False
+
+
+def test_a_local_ray_binds_loopback_without_a_dashboard_and_clusters_off_while_it_starts(monkeypatch):
+    from fastvit_detect.errors import FastVitDetectError
+
+    fake = FakeRay()
+    monkeypatch.setattr(ray_module, "ray", fake)
+    ray_module.init_local()
+    ((call, options, clusters_on),) = fake.calls
+    assert call == "init"
+    assert options == {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
+    assert clusters_on is False and fake._private.ray_constants.ENABLE_RAY_CLUSTER is True  # off, then back
+    elsewhere = FakeRay(node="10.0.0.7")
+    monkeypatch.setattr(ray_module, "ray", elsewhere)
+    with pytest.raises(FastVitDetectError, match="would listen on 10.0.0.7, not 127.0.0.1"):
+        ray_module.init_local(include_dashboard=True)
+    assert [call[0] for call in elsewhere.calls] == ["init", "shutdown"]
+    assert elsewhere.calls[0][1]["include_dashboard"] is True  # the caller's choice stands
+
+
+def test_a_ray_already_joined_is_reused_at_once_and_left_running(monkeypatch):
+    fake = FakeRay(initialized=True)
+    monkeypatch.setattr(ray_module, "ray", fake)
+    with connected() as seconds:
+        assert seconds == 0.0
+    assert fake.calls == [] and fake.initialized
+
+
+def test_joining_is_quiet_unless_asked():
+    """connected's default: Ray's logging cut to warnings, the workers' output kept in Ray's files."""
+    assert inspect.signature(connected).parameters["verbose"].default is False
