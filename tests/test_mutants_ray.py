@@ -573,8 +573,8 @@ class FakeRay:
         self.initialized, self.calls = initialized, []
         self.util = SimpleNamespace(get_node_ip_address=lambda: node)
         self._private = SimpleNamespace(ray_constants=SimpleNamespace(ENABLE_RAY_CLUSTER=True))
-        self.data = SimpleNamespace(DataContext=SimpleNamespace(
-            get_current=lambda: SimpleNamespace(enable_progress_bars=True)))
+        self.context = SimpleNamespace(enable_progress_bars=True)
+        self.data = SimpleNamespace(DataContext=SimpleNamespace(get_current=lambda: self.context))
         self.__version__ = "fake"
 
     def is_initialized(self) -> bool:
@@ -618,3 +618,37 @@ def test_a_ray_already_joined_is_reused_at_once_and_left_running(monkeypatch):
 def test_joining_is_quiet_unless_asked():
     """connected's default: Ray's logging cut to warnings, the workers' output kept in Ray's files."""
     assert inspect.signature(connected).parameters["verbose"].default is False
+
+
+def test_a_started_ray_shows_no_progress_bars_of_its_own_and_is_shut_down_after(monkeypatch):
+    """Our progress line is on stderr; Ray Data's bars would fight it for the terminal line."""
+    fake = FakeRay()
+    monkeypatch.setattr(ray_module, "ray", fake)
+    with connected("local"):
+        assert fake.initialized and fake.context.enable_progress_bars is False
+    assert [call[0] for call in fake.calls] == ["init", "shutdown"]
+
+
+def test_an_address_where_nothing_listens_is_refused_without_asking_ray(monkeypatch):
+    """_join tries the host and port first (Ray itself retries such an address for minutes): a closed port on
+    loopback is a ClusterUnreachableError naming the address and the cause, and ray.init is never called."""
+    import socket
+
+    from fastvit_detect.errors import ClusterUnreachableError
+
+    fake = FakeRay()
+    monkeypatch.setattr(ray_module, "ray", fake)
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ClusterUnreachableError, match=f"Ray at 127.0.0.1:{port}: can't connect to 127.0.0.1:{port} "
+                                                      r"\(Connection refused\)"):
+        ray_module._join(f"127.0.0.1:{port}", 5, 30, False)
+    assert fake.calls == []
+    with socket.socket() as head:  # something listens: the probe passes and ray.init is asked, on loopback
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        listening = f"127.0.0.1:{head.getsockname()[1]}"
+        ray_module._join(listening, 5, 30, False)
+    ((call, options, clusters_on),) = fake.calls
+    assert call == "init" and options["address"] == listening and clusters_on is False
