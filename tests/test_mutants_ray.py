@@ -652,3 +652,100 @@ def test_an_address_where_nothing_listens_is_refused_without_asking_ray(monkeypa
         ray_module._join(listening, 5, 30, False)
     ((call, options, clusters_on),) = fake.calls
     assert call == "init" and options["address"] == listening and clusters_on is False
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("10.0.0.7:6379", ("10.0.0.7", 6379)), ("ray://head.example:10001", ("head.example", 10001)),
+    ("[::1]:6379", ("::1", 6379)), ("auto", (None, 0)), ("head:", (None, 0)), ("head:port", (None, 0)),
+    (":6379", (None, 0))])
+def test_the_host_and_port_tried_before_joining(address, expected):
+    assert ray_module._host_port(address) == expected
+
+
+def test_joining_gives_up_at_the_timeout_and_names_a_failure_to_join(monkeypatch):
+    """Something answers at the address but ray.init hangs (not a Ray head): ClusterUnreachableError at the
+    timeout, not minutes later; ray.init failing is one too, with its cause. Hosts other than loopback are
+    joined as they are; localhost with Ray clusters off."""
+    import socket
+    import threading
+    import time
+
+    from fastvit_detect.errors import ClusterUnreachableError
+
+    release = threading.Event()
+    fake = FakeRay()
+    monkeypatch.setattr(ray_module, "ray", fake)
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"localhost:{head.getsockname()[1]}"
+        monkeypatch.setattr(fake, "init", lambda **options: release.wait(30))
+        started = time.monotonic()
+        with pytest.raises(ClusterUnreachableError, match=f"Ray at {address}: couldn't join within 0.5 s"):
+            ray_module._join(address, 0.5, 30, False)
+        assert time.monotonic() - started < 5
+        release.set()
+
+        def refuse(**options):
+            fake.calls.append(("init", options, fake._private.ray_constants.ENABLE_RAY_CLUSTER))
+            raise ConnectionError("not a Ray head")
+
+        monkeypatch.setattr(fake, "init", refuse)
+        with pytest.raises(ClusterUnreachableError, match=f"can't join Ray at {address}: not a Ray head"):
+            ray_module._join(address, 5, 30, False)
+    assert fake.calls[-1][2] is False  # localhost: clusters off while joining
+    fake.calls.clear()
+    monkeypatch.setattr(ray_module, "_host_port", lambda address: (None, 0))  # "auto": nothing to probe
+    monkeypatch.setattr(fake, "init", FakeRay.init.__get__(fake))
+    ray_module._join("auto", 5, 30, True)
+    ((_, options, clusters_on),) = fake.calls
+    assert options == {"address": "auto", "logging_level": 30, "log_to_driver": True} and clusters_on is True
+
+
+def test_ray_datas_console_log_is_cut_to_warnings_unless_verbose():
+    import logging
+
+    console = logging.StreamHandler()
+    console.name, console.level = "console", logging.DEBUG
+    logger = logging.getLogger("ray.data")
+    logger.addHandler(console)
+    try:
+        with ray_module._ray_logs(verbose=False) as level:
+            assert (level, console.level) == (logging.WARNING, logging.WARNING)
+        assert console.level == logging.DEBUG
+        with ray_module._ray_logs(verbose=True) as level:
+            assert (level, console.level) == (logging.INFO, logging.DEBUG)
+    finally:
+        logger.removeHandler(console)
+
+
+def test_a_stopped_ray_job_is_an_error_naming_the_last_line_of_the_cause(monkeypatch):
+    from fastvit_detect.errors import FastVitDetectError
+
+    class RayError(Exception):
+        pass
+
+    def batches(**_options):
+        yield "first"
+        raise RayError("ActorDiedError\n  traceback...\nOSError: /models/p: no such file\n")
+
+    monkeypatch.setattr(ray_module, "ray", SimpleNamespace(exceptions=SimpleNamespace(RayError=RayError)))
+    stream = ray_module._batches(SimpleNamespace(iter_batches=batches))
+    assert next(stream) == "first"  # the blocks before the failure are delivered (and written)
+    with pytest.raises(FastVitDetectError, match="run it again to resume\\): OSError: /models/p: no such file$"):
+        next(stream)
+
+    def silent(**_options):
+        raise RayError("")
+        yield  # a generator, as iter_batches is
+
+    with pytest.raises(FastVitDetectError, match="resume\\): RayError$"):  # an empty message: its type
+        next(ray_module._batches(SimpleNamespace(iter_batches=silent)))
+
+
+def test_a_cluster_is_described_by_its_live_nodes_and_cpus(monkeypatch):
+    monkeypatch.setattr(ray_module, "ray", SimpleNamespace(cluster_resources=lambda: {"CPU": 6.0},
+                                                           nodes=lambda: [{"Alive": True}, {"Alive": False}]))
+    assert ray_module.describe_cluster() == "1 node(s), 6 CPU(s)"
+    monkeypatch.setattr(ray_module, "ray", SimpleNamespace(cluster_resources=dict, nodes=list))
+    assert ray_module.describe_cluster() == "0 node(s), 0 CPU(s)"
