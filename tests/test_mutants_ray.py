@@ -680,10 +680,22 @@ def test_joining_gives_up_at_the_timeout_and_names_a_failure_to_join(monkeypatch
         head.listen()
         address = f"localhost:{head.getsockname()[1]}"
         monkeypatch.setattr(fake, "init", lambda **options: release.wait(30))
+        waits: list = []
+        real_join = threading.Thread.join
+
+        def recorded_join(thread, timeout=None):
+            if thread.name == "fastvit-detect-ray-join":
+                waits.append((timeout, thread.daemon))
+            return real_join(thread, timeout)
+
+        monkeypatch.setattr(threading.Thread, "join", recorded_join)
         started = time.monotonic()
         with pytest.raises(ClusterUnreachableError, match=f"Ray at {address}: couldn't join within 0.5 s"):
             ray_module._join(address, 0.5, 30, False)
         assert time.monotonic() - started < 5
+        # what is left of the timeout after the probe, never more; on a daemon thread, abandoned at the timeout
+        ((wait, daemon),) = waits
+        assert 0 <= wait <= 0.5 and daemon
         release.set()
 
         def refuse(**options):
