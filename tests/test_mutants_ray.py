@@ -761,3 +761,108 @@ def test_a_cluster_is_described_by_its_live_nodes_and_cpus(monkeypatch):
     assert ray_module.describe_cluster() == "1 node(s), 6 CPU(s)"
     monkeypatch.setattr(ray_module, "ray", SimpleNamespace(cluster_resources=dict, nodes=list))
     assert ray_module.describe_cluster() == "0 node(s), 0 CPU(s)"
+
+
+def test_an_actor_classifies_a_batch_alone_image_by_image_when_the_batch_breaks(vit_package, tmp_path, monkeypatch):
+    """Whatever broke a batch belongs to one image: each is tried alone, the others get their verdicts (as the
+    local detector gives them) and the culprit's record carries its exception. A batch may come as an Arrow table
+    (Ray Data's pyarrow format) as well as a dict."""
+    import pyarrow as pa
+    from conftest import noise_image
+
+    from fastvit_detect import Detector
+    from fastvit_detect.scan import result_record
+
+    paths = []
+    for index in range(3):
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(noise_image(24, 30, seed=index)).save(paths[-1])
+    classifier = ray_module.BatchClassifier(vit_package, variant="fp32", threads=1)
+    real = classifier.detector.predict_batch
+
+    def fragile(images, **options):
+        if len(images) > 1:
+            raise RuntimeError("the batch broke")
+        if str(getattr(images[0], "name", images[0])).endswith("1.png"):
+            raise ValueError("this image breaks the model")
+        return real(images, **options)
+
+    monkeypatch.setattr(classifier.detector, "predict_batch", fragile)
+    table = classifier(pa.table({"path": paths, "file": paths}))
+    rows = {row["image"]: row for row in table.to_pylist()}
+    assert rows[paths[1]]["error"] == {"type": "ValueError", "message": "this image breaks the model"}
+    expected = Detector.load(vit_package, variant="fp32", threads=1).predict_batch([paths[0], paths[2]])
+    for path, prediction in zip((paths[0], paths[2]), expected):
+        assert rows[path]["error"] is None and rows[path]["label"] == result_record(path, prediction)["label"]
+        assert rows[path]["logits"] == pytest.approx(result_record(path, prediction)["logits"])
+
+
+def test_an_actor_gives_each_clip_the_local_scans_record_and_a_broken_clip_its_error(vit_package, tmp_path):
+    """videos=True: a clip's record is scan.video_record of Detector.predict_video's result, a failed clip's is its
+    error; the task goes on."""
+    import json
+
+    from video_clips import fake_segment_clip
+
+    from fastvit_detect import Detector
+    from fastvit_detect.scan import video_record
+
+    clip = str(fake_segment_clip(tmp_path / "clip.mp4", seconds=3, fake=(1, 2)))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)  # an MP4 header and nothing to decode
+    classifier = ray_module.BatchClassifier(vit_package, variant="fp32", threads=1, videos=True)
+    rows = list(ray_module.table_records(classifier({"path": [clip, str(broken)], "file": [clip, str(broken)]})))
+    local = video_record(clip, Detector.load(vit_package, variant="fp32", threads=1).predict_video(clip, faces=False))
+    assert json.dumps(rows[0]) == json.dumps(json.loads(json.dumps(local)))
+    assert rows[1]["image"] == str(broken) and rows[1]["error"]["type"].startswith("Video")
+
+
+def test_a_clip_with_no_decodable_frame_keeps_its_record_through_parquet():
+    from fastvit_detect.ray import records_table, table_records
+
+    record = {"image": "empty.mp4", "video": True, "label": None, "score": None, "fake_probability": None,
+              "probabilities": {}, "sampled_frames": 0}
+    assert list(table_records(records_table([record], ["Fake", "Real"]))) == [record]
+
+
+def test_overwrite_removes_the_earlier_parquet_parts(tmp_path):
+    from fastvit_detect.ray import ParquetOutput
+
+    folder = tmp_path / "results.parquet"
+    first = ParquetOutput(folder, ["Fake", "Real"])
+    first.write_record(error_record("a.jpg"))
+    first.close()
+    again = ParquetOutput(folder, ["Fake", "Real"], overwrite=True)
+    assert again.done == set() and not list(folder.glob("part-*"))
+
+
+def test_a_ray_scan_starts_a_local_ray_when_none_is_joined(monkeypatch, vit_package, tmp_path):
+    name = str(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(name)
+    monkeypatch.setattr(ray_module.ray, "is_initialized", lambda: False)
+    started: list = []
+    monkeypatch.setattr(ray_module, "init_local", lambda **_: started.append(True))
+    monkeypatch.setattr(ray_module, "classify_dataset",
+                        lambda todo, model, **_: ray_module.Job(None, {}, 0, 1))
+    with pytest.raises(Exception, match="came back from no actor"):  # the stand-in job returns nothing
+        ray_module.classify([name], vit_package, tmp_path / "results.jsonl", variant="fp32")
+    assert started == [True]
+
+
+def test_a_local_path_that_cant_be_read_is_an_error_record_before_the_job(tmp_path):
+    """Not missing but unreadable (a path through a file): ImageNotFoundError naming the cause, no actor asked."""
+    from fastvit_detect.errors import ImageNotFoundError
+
+    (tmp_path / "file.png").write_bytes(b"x")
+    problem = ray_module._unreadable(str(tmp_path / "file.png" / "inside.png"), 1000)
+    assert isinstance(problem, ImageNotFoundError) and "can't read file: Not a directory" in str(problem)
+    assert ray_module._unreadable("s3://bucket/key.png", 1000) is None  # URIs are the actors' to read
+
+
+def test_a_batch_without_the_needed_columns_is_refused_naming_the_ones_it_has(vit_package):
+    import pyarrow as pa
+
+    classifier = ray_module.BatchClassifier(vit_package, variant="fp32", threads=1)
+    for batch in ({"path": ["a.png"], "data": [b""]}, pa.table({"path": ["a.png"], "data": [b""]})):
+        with pytest.raises(ValueError, match=r"has no 'file', only \['path', 'data'\]"):
+            classifier(batch)
