@@ -104,3 +104,15 @@ def test_the_colour_bars_caption_runs_up_the_panels_right_edge_beside_the_bar():
     assert caption_bottom - caption_top > 4 * caption_width  # a line of text standing on its end
     assert abs((caption_top + caption_bottom) / 2 - (bar_top + bar_bottom) / 2) <= 5
     assert caption[-1] < panel.shape[1] - 1  # inside the canvas, with a margin
+
+
+def test_a_removal_tests_grid_side_may_be_2_to_256():
+    """The explanations guide: RemovalTest(cells=14) by default, a grid side from 2 to 256."""
+    from fastvit_detect.explain import RemovalTest
+
+    assert RemovalTest().cells == 14
+    for cells in (2, 256):
+        assert RemovalTest(cells=cells).cells == cells
+    for cells in (1, 257):
+        with pytest.raises(InvalidOptionError, match="cells"):
+            RemovalTest(cells=cells)
