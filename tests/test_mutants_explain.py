@@ -72,6 +72,12 @@ def test_faithfulness_compares_deletion_with_random_deletion_and_insertion_with_
     measured = test.measure(detector, explanation, random_curves=(deletion, insertion))
     assert measured.deletion_random == pytest.approx((0.2,) * fractions)
     assert measured.insertion_random == pytest.approx((0.8,) * fractions)
+    as_json = measured.to_dict()  # what the benchmark writes: every curve and gap, as the attributes say
+    for name in ("deletion", "deletion_random", "insertion", "insertion_random"):
+        assert as_json[name] == list(getattr(measured, name))
+    for name in ("deletion_gap", "insertion_gap", "deletion_gap_log_odds", "insertion_gap_log_odds"):
+        assert as_json[name] == getattr(measured, name)
+    assert as_json["fractions"] == list(test.fractions)
 
 
 def test_the_colour_bars_caption_runs_up_the_panels_right_edge_beside_the_bar():
@@ -116,3 +122,61 @@ def test_a_removal_tests_grid_side_may_be_2_to_256():
     for cells in (1, 257):
         with pytest.raises(InvalidOptionError, match="cells"):
             RemovalTest(cells=cells)
+
+
+def test_the_colour_bar_is_matplotlibs_inferno_from_0_2_to_1_at_12_stops():
+    """explain.COLOURS' own comment: matplotlib's "inferno" sampled at 12 points from 0.2 to 1, its darkest end
+    left out. Read from matplotlib itself (the dev extra has it; the runtime doesn't)."""
+    import numpy as np
+
+    from fastvit_detect.explain import colour_stops
+
+    matplotlib = pytest.importorskip("matplotlib")
+    samples = matplotlib.colormaps["inferno"](np.linspace(0.2, 1, 12))[:, :3]
+    assert colour_stops() == ["#" + "".join(f"{channel:02x}" for channel in np.rint(255 * rgb).astype(int))
+                              for rgb in samples]
+
+
+def test_a_heat_layers_opacity_may_be_up_to_1_and_not_more():
+    import numpy as np
+
+    from fastvit_detect.explain import heat_layer
+
+    heat = np.array([[0.0, 1.0]])
+    assert np.asarray(heat_layer(heat, 1.0, alpha=1))[0, 1, 3] == 255  # full heat at alpha 1: opaque
+    for alpha in (0, 1.01, 2, float("nan")):
+        with pytest.raises(InvalidOptionError, match="alpha"):
+            heat_layer(heat, 1.0, alpha=alpha)
+
+
+def test_a_model_resolution_map_lands_on_a_non_square_original_unchanged_where_the_grids_coincide():
+    """Geometry.map_to_original samples the map at each original pixel's centre: with no resize or crop the
+    original's pixel centres are the model's, so a map comes back unchanged, along both axes of a non-square
+    input (40 wide, 20 high)."""
+    import numpy as np
+
+    from fastvit_detect.explain import Geometry
+
+    geometry = Geometry((40, 20), (40, 20), (0, 0), (40, 20))
+    heat = np.add.outer(np.arange(20, dtype=np.float32) * 100, np.arange(40, dtype=np.float32))  # row * 100 + column
+    np.testing.assert_array_equal(geometry.map_to_original(heat), heat)
+
+
+def test_cells_split_a_side_into_near_equal_whole_pixel_runs():
+    """14 cells over 224 px are the ViT's own 16-px patches; 3 over 10 px round to 3, 4, 3."""
+    import numpy as np
+
+    from fastvit_detect.explain import _cell_edges
+
+    np.testing.assert_array_equal(_cell_edges(224, 14), np.arange(0, 225, 16))
+    np.testing.assert_array_equal(_cell_edges(10, 3), [0, 3, 7, 10])
+
+
+def test_an_explanations_repr_leaves_out_its_pixels(vit_package):
+    from conftest import sample_photos
+
+    from fastvit_detect import Detector
+
+    explanation = Detector.load(vit_package, variant="fp32", threads=1).explain(sample_photos()[0], grid=2)
+    text = repr(explanation)
+    assert "pixels" not in text and len(text) < 5_000
