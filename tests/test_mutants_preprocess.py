@@ -100,3 +100,16 @@ def test_a_preprocessors_config_and_steps_cannot_be_changed_once_built():
                          (PROCESSOR_FAMILIES["DeiTImageProcessor"], "center_crop")]:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, field, None)
+
+
+def test_normalisation_takes_both_mean_and_std_or_neither():
+    """A PreprocessConfig built by hand (it is public) with a mean but no std normalises nothing, as a config with
+    do_normalize off: the table is the rescaled pixels, not an error halfway through a batch."""
+    import numpy as np
+
+    from fastvit_detect.preprocess import normalization_table
+
+    half = PreprocessConfig(resize=(224, 224), resample=2, crop=None, rescale_factor=1 / 255, mean=(0.5,) * 3,
+                            std=None, processor="ViTImageProcessor")
+    rescaled = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    np.testing.assert_array_equal(normalization_table(half), np.stack([rescaled] * 3))

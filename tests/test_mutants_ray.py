@@ -657,7 +657,8 @@ def test_an_address_where_nothing_listens_is_refused_without_asking_ray(monkeypa
 @pytest.mark.parametrize(("address", "expected"), [
     ("10.0.0.7:6379", ("10.0.0.7", 6379)), ("ray://head.example:10001", ("head.example", 10001)),
     ("[::1]:6379", ("::1", 6379)), ("auto", (None, 0)), ("head:", (None, 0)), ("head:port", (None, 0)),
-    (":6379", (None, 0))])
+    (":6379", (None, 0)),
+    ("ray://h:1://x:2", ("h:1://x", 2))])  # only the first "://" ends the scheme
 def test_the_host_and_port_tried_before_joining(address, expected):
     assert ray_module._host_port(address) == expected
 
@@ -866,3 +867,7 @@ def test_a_batch_without_the_needed_columns_is_refused_naming_the_ones_it_has(vi
     for batch in ({"path": ["a.png"], "data": [b""]}, pa.table({"path": ["a.png"], "data": [b""]})):
         with pytest.raises(ValueError, match=r"has no 'file', only \['path', 'data'\]"):
             classifier(batch)
+
+
+def test_a_summary_of_no_job_had_no_actors():
+    assert ray_module.RaySummary().actors == 0 and ray_module.RaySummary().duplicates_dropped == 0

@@ -337,3 +337,11 @@ def test_every_error_class_gets_the_status_the_serving_guide_gives_it():
                 errors.ModelOutputError: 500, errors.FastVitDetectError: 500}
     for kind, status in expected.items():
         assert http_status(kind.__new__(kind)) == status, kind.__name__
+
+
+def test_the_protocol_class_waits_for_headers_as_long_as_the_servers_default():
+    """TimedH11Protocol is exported for programs that run uvicorn themselves (``http=TimedH11Protocol``): its own
+    header deadline is the serving guide's default, 10 s, as serve() sets from ServeSettings."""
+    from fastvit_detect.server import ServeSettings, TimedH11Protocol
+
+    assert TimedH11Protocol.header_timeout_s == ServeSettings().header_timeout_s == 10.0
