@@ -345,3 +345,26 @@ def test_the_protocol_class_waits_for_headers_as_long_as_the_servers_default():
     from fastvit_detect.server import ServeSettings, TimedH11Protocol
 
     assert TimedH11Protocol.header_timeout_s == ServeSettings().header_timeout_s == 10.0
+
+
+def test_a_port_must_be_a_whole_number_from_0_to_65535():
+    import socket
+
+    from fastvit_detect.errors import FastVitDetectError
+    from fastvit_detect.server.protocol import bind_socket
+
+    for port in (-1, 65536, True, "80", 80.0):
+        with pytest.raises(ValueError, match="port must be 0-65535"):
+            bind_socket("127.0.0.1", port)
+    bound = bind_socket("127.0.0.1", 0)  # 0: any free port
+    try:
+        assert bound.getsockname()[1] > 0
+    finally:
+        bound.close()
+    with socket.socket() as taken:  # 65535 is a port like any other: bound, or refused as in use, never a ValueError
+        try:
+            taken.bind(("127.0.0.1", 65535))
+        except OSError:
+            pass
+        with pytest.raises(FastVitDetectError, match="can't listen on 127.0.0.1:65535"):
+            bind_socket("127.0.0.1", 65535)

@@ -892,3 +892,36 @@ def test_a_client_gone_before_its_headers_ended_is_not_closed_again_later(cli_se
         reset(sock) if abrupt else sock.close()
     time.sleep(HEADER_TIMEOUT_S + CLOSE_SLACK_S)
     assert "closing a connection whose request headers" not in cli_server.log()[mark:]
+
+
+def test_each_request_on_a_kept_alive_connection_gets_its_own_header_deadline(cli_server):
+    """The header deadline runs from a request's first byte: a kept-alive client's second request, begun 0.6 of
+    the timeout after its first and finished 0.6 later, is answered (1.2 timeouts after the first request began,
+    but 0.6 after its own began). A deadline left armed from the first request would close it."""
+    def response(sock: socket.socket) -> bytes:  # one whole response: its headers, then Content-Length bytes
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data  # closed by the server
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(body) < length:
+            body += sock.recv(65536)
+        return head
+
+    sock = cli_server.connect()
+    sock.settimeout(30)
+    try:
+        request = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n".encode()
+        sock.sendall(request + b"\r\n")
+        assert response(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6 * HEADER_TIMEOUT_S)
+        sock.sendall(request)  # the second request's headers, all but their end
+        time.sleep(0.6 * HEADER_TIMEOUT_S)
+        sock.sendall(b"\r\n")
+        second = response(sock)
+        assert second.startswith(b"HTTP/1.1 200"), second[:100]
+    finally:
+        sock.close()
