@@ -368,3 +368,21 @@ def test_a_port_must_be_a_whole_number_from_0_to_65535():
             pass
         with pytest.raises(FastVitDetectError, match="can't listen on 127.0.0.1:65535"):
             bind_socket("127.0.0.1", 65535)
+
+
+def test_a_restarted_server_binds_its_port_while_old_connections_linger():
+    """A server restarted at once finds its port's last connections in TIME_WAIT: it binds anyway (SO_REUSEADDR),
+    as an operator expects, rather than failing with 'address already in use' for a minute."""
+    import socket
+
+    from fastvit_detect.server.protocol import bind_socket
+
+    first = bind_socket("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    accepted, _ = first.accept()
+    accepted.close()  # the server's side closes first: its end of the connection lingers in TIME_WAIT
+    client.close()
+    first.close()
+    again = bind_socket("127.0.0.1", port)
+    again.close()
