@@ -281,3 +281,23 @@ def test_close_waits_at_most_30_seconds_for_a_stuck_model_thread_then_refuses_wh
     finally:
         release.set()
         assert running.result(timeout=30) == "running"
+
+
+def test_a_pixel_budget_wakes_its_waiters_in_each_event_loop_it_serves():
+    """An image over what is left waits and goes ahead once pixels are released; the same budget serves a second
+    event loop afterwards (a restarted app, another test client): asyncio's primitives belong to one loop."""
+    budget = PixelBudget(100)
+
+    async def scenario() -> None:
+        await budget.acquire(80)
+        waiter = asyncio.create_task(budget.acquire(50))  # 130 > 100: waits
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await budget.release(80)
+        await asyncio.wait_for(waiter, 10)
+        assert budget.in_use == 50
+        await budget.release(50)
+
+    asyncio.run(scenario())
+    asyncio.run(scenario())
+    assert budget.in_use == 0
