@@ -303,3 +303,15 @@ def test_a_pixel_budget_wakes_its_waiters_in_each_event_loop_it_serves():
     asyncio.run(scenario())
     asyncio.run(scenario())
     assert budget.in_use == 0
+
+
+@pytest.mark.parametrize(("system", "libc"), [("Linux", ("musl", "1.2.4")), ("Darwin", ("", "")),
+                                              ("Windows", ("", ""))])
+def test_only_glibc_on_linux_gets_its_malloc_tuned(monkeypatch, system, libc):
+    """Elsewhere (musl, macOS, Windows) mallopt's parameter numbers mean other things or don't exist: nothing is
+    called, False is answered."""
+    called = []
+    monkeypatch.setattr(limits.platform, "system", lambda: system)
+    monkeypatch.setattr(limits.platform, "libc_ver", lambda: libc)
+    monkeypatch.setattr(limits.ctypes, "CDLL", lambda *_: called.append(True))
+    assert return_large_frees_to_the_os() is False and called == []
