@@ -315,3 +315,42 @@ def test_only_glibc_on_linux_gets_its_malloc_tuned(monkeypatch, system, libc):
     monkeypatch.setattr(limits.platform, "libc_ver", lambda: libc)
     monkeypatch.setattr(limits.ctypes, "CDLL", lambda *_: called.append(True))
     assert return_large_frees_to_the_os() is False and called == []
+
+
+def test_healthz_reports_the_longest_decode_in_milliseconds_and_zero_when_idle(clock):
+    """busy(): each busy thread's time on its image, longest first; report()'s longest_decode_s, rounded to the
+    millisecond, 0.0 with no decode running."""
+    watch = DecodeWatch(2, 30.0)
+    assert watch.report()["longest_decode_s"] == 0.0
+    started, release = [threading.Event(), threading.Event()], threading.Event()
+
+    def work(index: int) -> None:
+        started[index].set()
+        release.wait(30)
+
+    threads = []
+    for index, at in enumerate((100.0, 101.0)):  # the first image at 100.0 s, the second at 101.0 s
+        clock.now = at
+        threads.append(threading.Thread(target=watch.run, args=(f"{index}.png", work, index)))
+        threads[-1].start()
+        assert started[index].wait(30)
+    clock.now = 102.23456
+    try:
+        assert watch.busy() == pytest.approx([2.23456, 1.23456])
+        assert watch.report()["longest_decode_s"] == 2.235
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert watch.report()["longest_decode_s"] == 0.0 and watch.busy() == []
+
+
+def test_without_mallopt_nothing_is_tuned(monkeypatch):
+    """A glibc whose mallopt can't be reached (a static build, a sandbox): False, and the server goes on."""
+    def no_library(*_args):
+        raise OSError("cannot open shared object")
+
+    monkeypatch.setattr(limits.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(limits.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(limits.ctypes, "CDLL", no_library)
+    assert return_large_frees_to_the_os() is False

@@ -410,3 +410,12 @@ def test_a_port_in_use_is_refused_without_leaking_the_socket():
                 bind_socket("127.0.0.1", port)
             kept.append(refused.value)
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_video_serve_settings_cannot_be_changed_once_made():
+    """Checked once when made (every range): a frozen value, so no field can later leave its range."""
+    import dataclasses
+
+    settings = VideoServeSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_frames = 10**9  # type: ignore[misc]
