@@ -358,3 +358,49 @@ def _leave_while_held(app, stage, done: str, url: str, body: bytes, running: thr
     finally:
         gate.set()
         _close(app)
+
+
+def test_lowering_a_threads_priority_is_linux_only_and_never_fatal(monkeypatch):
+    """Elsewhere setpriority would lower the whole process: False, nothing done. Where the kernel refuses (a
+    sandbox, a container without the capability): False, and the explanation thread goes on."""
+    from fastvit_detect.server import stages
+
+    calls = []
+    monkeypatch.setattr(stages.os, "setpriority", lambda *args: calls.append(args))
+    monkeypatch.setattr(stages.platform, "system", lambda: "Darwin")
+    assert stages.lower_thread_priority() is False and calls == []
+
+    def refuse(*_args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(stages.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(stages.os, "setpriority", refuse)
+    assert stages.lower_thread_priority() is False
+
+
+def test_a_worker_dying_after_close_is_not_restarted():
+    from fastvit_detect.server.batching import MicroBatcher
+
+    batcher = MicroBatcher(lambda items: items, max_batch=1, max_wait_ms=0, workers=1)
+    batcher.close(timeout=5)
+    assert batcher._restart_after_death(0, []) is False
+    assert batcher.worker_restarts == 0
+
+
+def test_a_request_validation_error_is_a_422_in_the_servers_error_format(vit_package):
+    """FastAPI's own validation (a typed parameter a route may declare) answers in the same JSON as every other
+    error: {"error": {"type", "message"}}, 422, the message cut to 1,000 characters."""
+    import json
+
+    from fastapi.exceptions import RequestValidationError
+
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+    try:
+        handler = app.exception_handlers[RequestValidationError]
+        errors = [{"loc": ["query", "x"], "msg": "m" * 2000, "type": "value_error"}]
+        response = asyncio.run(handler(None, RequestValidationError(errors)))
+    finally:
+        app.state.batcher.close()
+    body = json.loads(response.body)
+    assert response.status_code == 422 and body["error"]["type"] == "BadRequestError"
+    assert body["error"]["message"] == str(errors)[:1000]
