@@ -404,3 +404,27 @@ def test_a_request_validation_error_is_a_422_in_the_servers_error_format(vit_pac
     body = json.loads(response.body)
     assert response.status_code == 422 and body["error"]["type"] == "BadRequestError"
     assert body["error"]["message"] == str(errors)[:1000]
+
+
+def test_a_conversion_that_cant_be_scheduled_gives_its_pixels_back_to_the_budget(vit_package):
+    """decode_with on a stage pool that is shut down (a server stopping): the error is raised, and the pixels the
+    image had taken from the budget are returned, not leaked for the rest of the server's life."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    photo = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 30, 200)).save(photo, format="PNG")
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+    decoder = app.state.decoder
+    stopped = ThreadPoolExecutor(1)
+    stopped.shutdown()
+
+    async def attempt() -> None:
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await decoder.decode_with(io.BytesIO(photo.getvalue()), lambda opened: None, pool=stopped)
+
+    try:
+        asyncio.run(attempt())
+        assert decoder.budget.in_use == 0
+    finally:
+        app.state.batcher.close()
+        decoder.close()
