@@ -53,3 +53,10 @@ def test_on_a_terminal_a_bar_is_redrawn_in_place_and_ended_with_a_newline(monkey
         "eval           [" + "#" * 22 + "." * 8 + "] 3/4",
         "eval           [" + "#" * 30 + "] 4/4\n",
     ]
+
+
+def test_the_first_call_always_writes_a_line_whatever_the_count(monkeypatch):
+    log = Stream(terminal=False)
+    monkeypatch.setattr(sys, "stderr", log)
+    run(log, stderr_progress("eval"), [(-1, 10), (-1, 10)])  # a caller's odd count still gets its first line
+    assert log.getvalue().splitlines() == ["eval: -1/10 images"]

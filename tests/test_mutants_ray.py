@@ -244,7 +244,6 @@ def test_an_actor_opens_its_face_detector_while_the_package_is_there(packages, t
     assert [row["face"] for row in rows] == [1, None]  # the face's record (numbered from 1), then the image's
 
 
-@pytest.mark.xfail(strict=True, reason="bug: stream.read(-1) raises SystemError in pyarrow 26 (fixed next)")
 def test_without_a_byte_cap_an_object_store_key_is_read_whole(vit_package, tmp_path, monkeypatch):
     monkeypatch.setattr(ray_module, "pafs", FakeObjectStores(tmp_path))
     classifier = ray_module.BatchClassifier(vit_package, variant="fp32", threads=1, max_bytes=None)

@@ -12,7 +12,7 @@ Progress = Callable[[int, int], None]
 def stderr_progress(name: str) -> Progress:
     """A one-line progress bar on a terminal; occasional plain lines otherwise (CI logs, pipes)."""
     interactive = sys.stderr.isatty()
-    last = [-1]
+    last: list[int | None] = [None]  # the decile of the last line written: none yet
 
     def show(done: int, total: int) -> None:
         if interactive:

@@ -318,7 +318,8 @@ class BatchClassifier:
         try:
             filesystem, inside = self._filesystem(location)
             with filesystem.open_input_stream(inside) as stream:
-                return bytes(stream.read(-1 if self.max_bytes is None else self.max_bytes + 1))
+                # read() with no size, not read(-1): pyarrow 26 raises SystemError for a negative size.
+                return bytes(stream.read() if self.max_bytes is None else stream.read(self.max_bytes + 1))
         except (OSError, ValueError, pa.ArrowException) as exc:
             return ImageNotFoundError(f"{path}: can't read it: {exc}", path)
 
