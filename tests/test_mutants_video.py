@@ -179,3 +179,18 @@ def test_the_plan_has_a_window_for_every_remainder_over_a_billionth_of_one(fps, 
     with VideoReader(fake_segment_clip(tmp_path / "clip.mp4")) as reader:  # 8 s at 10 fps
         assert reader.info.duration == 8.0
         assert len(reader.plan(fps, 1000)) == windows
+
+
+@pytest.mark.parametrize(("field", "low", "high"), [
+    ("max_packets", 1, 2**31), ("max_decoded_frames", 1, 2**31), ("max_frame_pixels", 1, 2**34),
+    ("max_duration", 0.001, 10 * 365 * 86400.0), ("max_decode_seconds", 0.001, 86400.0)])
+def test_each_video_limit_may_be_raised_to_its_ceiling_and_not_past_it(field, low, high):
+    """The video guide's ranges for VideoLimits, each end accepted and one step past it refused naming the field."""
+    from fastvit_detect.video import VideoLimits
+
+    for value in (low, high):
+        assert getattr(VideoLimits(**{field: value}), field) == value
+    step = 1 if isinstance(high, int) else high * 1e-9
+    for value in (low - (1 if isinstance(low, int) else low / 2), high + step, float("nan")):
+        with pytest.raises(InvalidOptionError, match=field):
+            VideoLimits(**{field: value})
