@@ -180,3 +180,27 @@ def test_an_explanations_repr_leaves_out_its_pixels(vit_package):
     explanation = Detector.load(vit_package, variant="fp32", threads=1).explain(sample_photos()[0], grid=2)
     text = repr(explanation)
     assert "pixels" not in text and len(text) < 5_000
+
+
+def test_an_explanations_time_counts_from_before_the_image_is_prepared(vit_package, monkeypatch):
+    """Explanation.seconds (elapsed_ms in its JSON) is the whole call's: preparing the image (decoding, resizing)
+    included, not only the model passes. A stand-in clock moves 5 s while the image is prepared."""
+    from types import SimpleNamespace
+
+    from conftest import sample_photos
+
+    from fastvit_detect import Detector
+    from fastvit_detect import explain as explain_module
+
+    now = [100.0]
+    monkeypatch.setattr(explain_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))  # explain's clock only
+    real_prepare = explain_module.prepare_opened
+
+    def slow_prepare(*args, **kwargs):
+        now[0] += 5.0
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(explain_module, "prepare_opened", slow_prepare)
+    detector = Detector.load(vit_package, variant="fp32", threads=1)
+    explanation = explain_module.explain_opened(detector, detector.preprocessor.open(sample_photos()[0]), grid=2)
+    assert explanation.seconds == 5.0
