@@ -313,6 +313,19 @@ def prediction_body(prediction: Prediction, model: dict[str, Any], elapsed_ms: f
     return {**prediction_fields(prediction), "model": model, "elapsed_ms": round(elapsed_ms, 2)}
 
 
+BINARY = {"type": "string", "format": "binary"}
+
+
+def upload_body(file: Mapping[str, Any], raw: str) -> dict[str, Any]:
+    """An upload endpoint's request body for /openapi.json: the multipart field ``file`` (its schema), or the bytes
+    as the body, typed ``raw`` (``image/*``, ``video/*``) or ``application/octet-stream``. Required: every upload
+    endpoint answers an empty body with an error."""
+    return {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": dict(file)}}},
+        raw: {"schema": dict(BINARY)}, "application/octet-stream": {"schema": dict(BINARY)},
+    }}
+
+
 PREDICT_REQUEST_DOCS = {"parameters": [
     {"name": "faces", "in": "query", "schema": {"type": "string", "enum": ["1", "0"]},
      "description": "find the faces first: each face's box and verdict, the image decided by its faces (default: "
@@ -328,13 +341,9 @@ PREDICT_REQUEST_DOCS = {"parameters": [
                     "faces.max_faces)"},
     {"name": "no_face", "in": "query", "schema": {"type": "string", "enum": list(NO_FACE_POLICIES)},
      "description": "faces: with no face found, classify the whole image (default) or give no verdict"},
-], "requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                 "description": "one image, or several: several are answered with a list in the same order"}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-}}}
+], "requestBody": upload_body({"type": "array", "items": dict(BINARY),
+                               "description": "one image, or several: several are answered with a list in the same "
+                                              "order"}, "image/*")}
 
 
 EXPLAIN_REQUEST_DOCS = {
@@ -349,12 +358,7 @@ EXPLAIN_REQUEST_DOCS = {
         {"name": "baseline", "in": "query", "schema": {"type": "string", "enum": list(BASELINES)}},
         {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "rise only"},
     ],
-    "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary"}}}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    }},
+    "requestBody": upload_body(BINARY, "image/*"),
 }
 
 

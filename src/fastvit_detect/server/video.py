@@ -27,7 +27,7 @@ from ..errors import BadRequestError, InvalidOptionError, ServerBusyError
 from ..options import check_finite, check_whole
 from ..timeline import VideoResult, has_face_detector
 from ..video import MAX_FPS, MIN_FPS, VideoLimits
-from .requests import ERROR_DOCS, read_uploads, refuse_unknown_parameters
+from .requests import BINARY, ERROR_DOCS, read_uploads, refuse_unknown_parameters, upload_body
 from .settings import ServeSettings
 from .stages import lower_thread_priority
 
@@ -122,7 +122,6 @@ class VideoStage:
 
 def video_request_docs(settings: VideoServeSettings) -> dict[str, Any]:
     """The endpoint's parameters and body for /openapi.json, with this server's defaults and caps."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
     return {"parameters": [
         {"name": "fps", "in": "query", "schema": {"type": "number", "minimum": MIN_FPS, "maximum": MAX_FPS,
                                                   "default": settings.fps},
@@ -131,11 +130,7 @@ def video_request_docs(settings: VideoServeSettings) -> dict[str, Any]:
                                                          "maximum": settings.max_frames,
                                                          "default": settings.max_frames},
          "description": "at most this many sampled frames: a longer clip gets this many equal windows"},
-    ], "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary", "description": "one clip"}}}},
-        "video/*": binary, "application/octet-stream": binary,
-    }}}
+    ], "requestBody": upload_body({**BINARY, "description": "one clip"}, "video/*")}
 
 
 def add_video_route(app: FastAPI, stage: VideoStage, settings: ServeSettings, model: dict[str, Any]) -> None:
