@@ -62,3 +62,17 @@ def test_a_bad_faces_argument_is_refused_before_the_package_is_opened(tmp_path):
 
     with pytest.raises(InvalidOptionError, match="faces must be True, False or 'auto'"):
         Detector.load(tmp_path / "no-such-package", faces="yes")
+
+
+def test_the_cli_samples_a_video_at_the_rates_the_library_takes(capsys):
+    """--fps accepts what predict_video does (docs/guides/video.md: 0.0001 to 120 frames a second), no narrower: a
+    value past either end is a usage error naming the option."""
+    from fastvit_detect.cli import build_parser
+
+    parser = build_parser()
+    for fps in ("0.0001", "120"):
+        assert parser.parse_args(["predict", "--model", "m", "--fps", fps, "clip.mp4"]).fps == float(fps)
+    for fps in ("0.00009", "120.5"):
+        with pytest.raises(SystemExit) as usage:
+            parser.parse_args(["predict", "--model", "m", "--fps", fps, "clip.mp4"])
+        assert usage.value.code == 2 and "--fps" in capsys.readouterr().err

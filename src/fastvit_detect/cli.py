@@ -65,7 +65,7 @@ from .progress import stderr_progress
 from .scan import check_scan_target, output_format, result_record
 from .session import MAX_THREADS, physical_core_count
 from .timeline import SUSPICIOUS, has_face_detector
-from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_FPS, MAX_MAX_FRAMES, VideoLimits, is_video
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_FPS, MAX_MAX_FRAMES, MIN_FPS, VideoLimits, is_video
 
 __all__ = ["EXIT_IMAGE_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "positive_int"]
 
@@ -568,7 +568,7 @@ def run_predict_faces(args: argparse.Namespace, detector: Detector, out: TextIO,
 
 
 def add_video_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument("--fps", type=finite_number(0.001, MAX_FPS), default=DEFAULT_FPS,
+    parser.add_argument("--fps", type=finite_number(MIN_FPS, MAX_FPS), default=DEFAULT_FPS,
                         help="frames sampled per second of video (default %(default)s)")
     parser.add_argument("--max-frames", type=whole_number(1, MAX_MAX_FRAMES), default=DEFAULT_MAX_FRAMES,
                         metavar="N", help="at most N frames a video, spread evenly over a longer one (default "
