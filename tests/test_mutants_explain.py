@@ -204,3 +204,17 @@ def test_an_explanations_time_counts_from_before_the_image_is_prepared(vit_packa
     detector = Detector.load(vit_package, variant="fp32", threads=1)
     explanation = explain_module.explain_opened(detector, detector.preprocessor.open(sample_photos()[0]), grid=2)
     assert explanation.seconds == 5.0
+
+
+def test_rise_masks_on_a_grid_as_fine_as_the_image_have_no_room_to_shift():
+    """A cell of one pixel leaves a shift of 0 only (RISE shifts by a random fraction of a cell, from 0): the
+    masks are then the cells themselves, complementary pairs of 0s and 1s."""
+    import numpy as np
+
+    from fastvit_detect.explain import rise_masks
+
+    masks = list(rise_masks((6, 6), grid=6, samples=8, seed=3))
+    assert len(masks) == 8 and all(mask.shape == (6, 6) for mask in masks)
+    for shown, hidden in zip(masks[::2], masks[1::2]):
+        assert set(np.unique(shown)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(shown + hidden, np.ones((6, 6)))

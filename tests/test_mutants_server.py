@@ -369,6 +369,30 @@ def test_a_port_must_be_a_whole_number_from_0_to_65535():
             bind_socket("127.0.0.1", 65535)
 
 
+def test_the_listening_socket_queues_as_many_connections_as_uvicorn_would(monkeypatch):
+    """The server binds its own socket (to refuse a bad host plainly) and hands it to uvicorn, so uvicorn's
+    ``backlog`` setting never applies: the socket must carry uvicorn's default itself, or a burst of connections
+    is refused sooner (or later) than under ``uvicorn.run``."""
+    import inspect
+    import socket
+
+    import uvicorn
+
+    from fastvit_detect.server import protocol
+
+    listened = []
+
+    class Recording(socket.socket):
+        def listen(self, *args):
+            listened.append(args)
+            super().listen(*args)
+
+    monkeypatch.setattr(protocol.socket, "socket", Recording)
+    bound = protocol.bind_socket("127.0.0.1", 0)
+    bound.close()
+    assert listened == [(inspect.signature(uvicorn.Config).parameters["backlog"].default,)]
+
+
 def test_a_restarted_server_binds_its_port_while_old_connections_linger():
     """A server restarted at once finds its port's last connections in TIME_WAIT: it binds anyway (SO_REUSEADDR),
     as an operator expects, rather than failing with 'address already in use' for a minute."""

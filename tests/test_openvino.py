@@ -323,6 +323,48 @@ def test_a_hostile_cache_directory_is_never_used(package, private_cache, tmp_pat
     assert usable_cache_directory(blocker / "openvino") is None  # can't be created: no cache, no error
 
 
+class _CacheRefusingCore:
+    """OpenVINO's Core, except that any compile asking for a compiled-model cache raises (a full disk, a cache
+    written by another OpenVINO), and, with ``broken``, every compile does."""
+
+    def __init__(self, core, broken: bool = False):
+        self._core, self._broken, self.configs = core, broken, []
+
+    def __getattr__(self, name):
+        return getattr(self._core, name)
+
+    def compile_model(self, path, device, config):
+        self.configs.append(dict(config))
+        if "CACHE_DIR" in config:
+            raise RuntimeError("Exception from src/inference/src/cache_manager.hpp: No space left on device")
+        if self._broken:
+            raise RuntimeError("the plugin gave up")
+        return self._core.compile_model(path, device, config)
+
+
+def test_a_cache_openvino_cant_use_is_warned_about_and_compiled_without(package, private_cache, monkeypatch):
+    from fastvit_detect import openvino_session
+
+    core = _CacheRefusingCore(openvino_session._core())
+    monkeypatch.setattr(openvino_session, "_core", lambda: core)
+    with pytest.warns(RuntimeWarning, match=r"compiled-model cache .*openvino failed \(RuntimeError: .*No space "
+                                            r"left on device\); compiled without it"):
+        detector = fd.Detector.load(package, variant="openvino-int8")
+    assert detector.predict(colour((250, 0, 0))).label in detector.labels
+    assert ["CACHE_DIR" in config for config in core.configs] == [True, False]  # one try with it, one without
+
+
+def test_a_compile_that_fails_without_the_cache_too_reports_the_first_failure(package, private_cache, monkeypatch):
+    from fastvit_detect import openvino_session
+
+    core = _CacheRefusingCore(openvino_session._core(), broken=True)
+    monkeypatch.setattr(openvino_session, "_core", lambda: core)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "compiled without it" for a compile that never succeeded
+        with pytest.raises(fd.BackendError, match="can't compile this graph for the CPU: RuntimeError: .*No space"):
+            fd.Detector.load(package, variant="openvino-int8")
+
+
 def test_the_cache_can_be_switched_off_with_ov_config(package, private_cache):
     fd.Detector.load(package, variant="openvino-int8", ov_config={"CACHE_DIR": ""}).predict(colour((9, 9, 9)))
     assert not (private_cache / "openvino").exists()
