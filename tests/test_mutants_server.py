@@ -251,6 +251,58 @@ def test_serve_settings_take_the_documented_ranges_and_refuse_past_them():
                 ServeSettings(**{name: value})
 
 
+# serve's flags in the serving guide's synopsis -> (ServeSettings field, the flag's unit in the field's)
+SYNOPSIS_FLAGS = {"--max-upload-mb": ("max_upload_bytes", 1024 * 1024), "--max-pixels": ("max_pixels", 1),
+                  "--max-batch": ("max_batch", 1), "--max-wait-ms": ("max_wait_ms", 1),
+                  "--queue-size": ("queue_size", 1), "--max-connections": ("max_connections", 1),
+                  "--header-timeout": ("header_timeout_s", 1), "--body-timeout": ("body_timeout_s", 1),
+                  "--explain-concurrency": ("explain_concurrency", 1), "--explain-queue": ("explain_queue", 1),
+                  "--explain-max-passes": ("explain_max_passes", 1), "--explain-yield": ("explain_yield_s", 1)}
+# the defaults the guides state in prose: (field, value, guide, the words that state it)
+PROSE_DEFAULTS = [("keep_alive_s", 5.0, "guides/serving.md", "as is one idle for 5 s between requests"),
+                  ("decode_stall_s", 30.0, "reliability.md", "`ServeSettings.decode_stall_s` (default 30 s)"),
+                  ("faces_concurrency", 1, "guides/faces.md", "`faces_concurrency`\n  threads (default 1)"),
+                  ("faces_queue", 4, "guides/faces.md", "the event\n  loop (default 4)"),
+                  ("faces_max_per_image", 32, "guides/faces.md", "`faces_max_per_image` faces (32)"),
+                  ("faces_detect_side", 1600, "guides/faces.md", "at most `faces_detect_side` px (1600)")]
+
+
+def test_serve_settings_defaults_are_the_documented_ones():
+    """An operator reads the defaults in the guides (the synopsis of serve's flags, and the prose); ServeSettings(),
+    which the CLI and serve() start from, must have those, or a server behaves otherwise than documented."""
+    import re
+    from pathlib import Path
+
+    from fastvit_detect.server import ServeSettings
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    synopsis = (docs / "guides" / "serving.md").read_text().split("```", 2)[1]
+    stated = dict(re.findall(r"\[(--[a-z-]+) ([\w.,]+)\]", synopsis))
+    defaults = ServeSettings()
+    assert set(SYNOPSIS_FLAGS) <= set(stated)
+    for flag, (name, unit) in SYNOPSIS_FLAGS.items():
+        assert getattr(defaults, name) == float(stated[flag]) * unit, (flag, stated[flag])
+    assert ",".join(defaults.formats) == stated["--formats"]
+    assert defaults.decode_budget_pixels is None and defaults.budget_pixels == defaults.max_pixels * 3 // 2  # 1.5 x
+    for name, value, guide, words in PROSE_DEFAULTS:
+        assert words in (docs / guide).read_text(), (guide, words)
+        assert getattr(defaults, name) == value, name
+
+
+def test_decode_workers_default_to_the_physical_cores_and_at_least_two(monkeypatch):
+    """serving.md: ``--decode-workers`` defaults to the physical cores, at least 2 (one slow decode never holds
+    every upload back, even on one core)."""
+    from pathlib import Path
+
+    from fastvit_detect.server import ServeSettings, settings
+
+    for cores, expected in ((1, 2), (2, 2), (3, 3), (16, 16)):
+        monkeypatch.setattr(settings, "physical_core_count", lambda cores=cores: cores)
+        assert ServeSettings().decode_workers == expected, cores
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "serving.md").read_text()
+    assert "`--decode-workers` threads (default: the physical cores, at least 2)" in guide
+
+
 def test_serve_settings_check_the_decode_budget_and_the_formats():
     """decode_budget_pixels: a whole number from max_pixels to 2^34 (the serving guide); formats: Pillow's names in
     any case, kept in upper case, an unknown one refused (as --formats)."""
