@@ -495,3 +495,117 @@ def test_video_serve_settings_cannot_be_changed_once_made():
     settings = VideoServeSettings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.max_frames = 10**9  # type: ignore[misc]
+
+
+def held_stage(monkeypatch, **settings):
+    import fastvit_detect.server.video as video_module
+
+    monkeypatch.setattr(video_module, "lower_thread_priority", lambda: True)
+    monkeypatch.setattr(video_module, "has_face_detector", lambda package: False)
+    detector = HeldVideoDetector()
+    return detector, video_module.VideoStage(detector, VideoServeSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_a_clips_parameters_are_checked_against_the_stages_limits(monkeypatch):
+    """The video guide: ?fps= and ?max_frames= are optional (the stage's settings then), and a value that isn't
+    finite and in range is a 422 naming it: fps 0.0001 to 120, max_frames 1 to the server's max_frames."""
+    from starlette.datastructures import QueryParams
+
+    _, stage = held_stage(monkeypatch, fps=2.0, max_frames=50)
+    try:
+        assert stage.parameters(QueryParams("")) == (2.0, 50)
+        assert stage.parameters(QueryParams("fps=0.0001&max_frames=1")) == (0.0001, 1)
+        assert stage.parameters(QueryParams("fps=120&max_frames=50")) == (120.0, 50)
+        for query, name in (("fps=0", "fps"), ("fps=120.5", "fps"), ("fps=nan", "fps"), ("fps=inf", "fps"),
+                            ("max_frames=0", "max_frames"), ("max_frames=51", "max_frames"),
+                            ("max_frames=ten", "max_frames"), ("frames=10", "frames")):
+            with pytest.raises(InvalidOptionError, match=name):
+                stage.parameters(QueryParams(query))
+    finally:
+        stage.close()
+
+
+def test_clips_past_the_one_at_work_and_its_queue_are_refused_until_one_finishes(monkeypatch):
+    """The video guide: ``concurrency`` clips at work and ``queue`` waiting, the next answered 503 at once; a
+    finished clip frees its place, however many came and went before."""
+    import asyncio
+    import io
+
+    from fastvit_detect.errors import ServerBusyError
+
+    detector, stage = held_stage(monkeypatch, concurrency=1, queue=1)
+
+    async def rounds() -> list[object]:
+        answers: list[object] = []
+        for _ in range(3):
+            detector.release.clear()
+            admitted = [asyncio.ensure_future(stage.classify(io.BytesIO(b"clip"), 1.0, 3)) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both admitted: one at work, one waiting
+            with pytest.raises(ServerBusyError, match="2 videos are being classified or waiting"):
+                await stage.classify(io.BytesIO(b"clip"), 1.0, 3)
+            detector.release.set()
+            answers += await asyncio.gather(*admitted)
+        return answers
+
+    try:
+        assert asyncio.run(rounds()) == ["a result"] * 6
+    finally:
+        detector.release.set()
+        stage.close()
+
+
+def test_closing_the_video_stage_drops_the_clips_still_waiting(monkeypatch):
+    """Shutting the server down cancels the clips that haven't started (a clip may take minutes each): the one at
+    work finishes, the waiting one never reaches the detector."""
+    import asyncio
+    import io
+
+    detector, stage = held_stage(monkeypatch, concurrency=1, queue=2)
+
+    async def close_while_one_waits() -> list[object]:
+        clips = [asyncio.ensure_future(stage.classify(io.BytesIO(b"clip"), 1.0, 3)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        stage.close()
+        detector.release.set()
+        return await asyncio.gather(*clips, return_exceptions=True)
+
+    first, waiting = asyncio.run(close_while_one_waits())
+    assert first == "a result" and isinstance(waiting, asyncio.CancelledError)
+    assert len(detector.threads) == 1
+
+
+def test_a_clips_answer_times_the_request_in_milliseconds(vit_package, monkeypatch):
+    """The video guide: the answer carries ``elapsed_ms``, the request's time in milliseconds (here with the
+    route's clock replaced: 0.25 s between its two readings)."""
+    import asyncio
+    import types
+
+    import httpx
+
+    import fastvit_detect.server.video as video_module
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    readings = iter([100.0, 100.25])
+    monkeypatch.setattr(video_module, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+
+    async def classified(upload, fps, max_frames):
+        return types.SimpleNamespace(to_dict=lambda: {"verdict": "Real", "fps": fps, "max_frames": max_frames})
+
+    monkeypatch.setattr(app.state.videos, "classify", classified)
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.post("/api/v1/video?fps=2", content=b"a clip")
+
+    try:
+        response = asyncio.run(post())
+    finally:
+        app.state.batcher.close()
+        app.state.videos.close()
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["verdict"], answer["fps"], answer["max_frames"]) == ("Real", 2.0, 300)
+    assert answer["elapsed_ms"] == 250.0 and answer["model"]
