@@ -609,3 +609,68 @@ def test_a_clips_answer_times_the_request_in_milliseconds(vit_package, monkeypat
     answer = response.json()
     assert (answer["verdict"], answer["fps"], answer["max_frames"]) == ("Real", 2.0, 300)
     assert answer["elapsed_ms"] == 250.0 and answer["model"]
+
+
+def test_a_crash_is_answered_in_the_error_shape_without_its_cause(vit_package, monkeypatch):
+    """serving.md: a 500 means the server failed; the client gets the usual {"error": ...} body, and nothing of
+    the exception (its type, its text: paths, secrets) leaves the server."""
+    import asyncio
+
+    import httpx
+
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    detector = Detector.load(vit_package, variant="fp32", threads=1)
+    app = create_app(detector, ServeSettings())
+    monkeypatch.setattr(type(detector.package), "public_manifest",
+                        lambda _package: {}["/srv/secret/path.key"])
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.get("/api/v1/model")
+
+    try:
+        response = asyncio.run(get())
+    finally:
+        app.state.batcher.close()
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "InternalServerError"
+    assert "KeyError" not in response.text and "secret" not in response.text
+
+
+@pytest.mark.parametrize(("error", "status", "headers"), [
+    ("ServerBusyError", 503, {"retry-after": "1"}),  # retry later
+    ("RequestTimeoutError", 408, {"connection": "close"}),  # the connection's state is unknown: start afresh
+    ("InvalidOptionError", 422, {}),  # the client's mistake: neither
+])
+def test_only_a_busy_server_asks_for_a_retry_and_only_a_timeout_closes_the_connection(vit_package, monkeypatch,
+                                                                                         error, status, headers):
+    import asyncio
+
+    import httpx
+
+    from fastvit_detect import Detector, errors
+    from fastvit_detect.server import ServeSettings, create_app
+
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+
+    async def failing(upload, fps, max_frames):
+        raise getattr(errors, error)("as the test asks")
+
+    monkeypatch.setattr(app.state.videos, "classify", failing)
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.post("/api/v1/video", content=b"a clip")
+
+    try:
+        response = asyncio.run(post())
+    finally:
+        app.state.batcher.close()
+        app.state.videos.close()
+    assert response.status_code == status and response.json()["error"]["message"] == "as the test asks"
+    sent = {name: response.headers[name] for name in ("retry-after", "connection") if name in response.headers}
+    assert sent == headers
