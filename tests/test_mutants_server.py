@@ -674,3 +674,35 @@ def test_only_a_busy_server_asks_for_a_retry_and_only_a_timeout_closes_the_conne
     assert response.status_code == status and response.json()["error"]["message"] == "as the test asks"
     sent = {name: response.headers[name] for name in ("retry-after", "connection") if name in response.headers}
     assert sent == headers
+
+
+def test_the_access_log_names_the_client_and_the_time_in_milliseconds(vit_package, caplog, monkeypatch):
+    """Each request's access line: the client's address and port, the request, its status and its time in ms
+    (here with the app's clock replaced: 0.5 s between its readings)."""
+    import asyncio
+    import itertools
+    import logging
+    import types
+
+    import httpx
+
+    import fastvit_detect.server.app as app_module
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    caplog.set_level(logging.INFO, logger="fastvit_detect.server")
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+    readings = itertools.chain([10.0], itertools.repeat(10.5))
+    monkeypatch.setattr(app_module, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 40123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.get("/api/v1/model")
+
+    try:
+        assert asyncio.run(get()).status_code == 200
+    finally:
+        app.state.batcher.close()
+    access = [record.getMessage() for record in caplog.records if '"GET /api/v1/model"' in record.getMessage()]
+    assert access == ['192.0.2.7:40123 "GET /api/v1/model" 200 500.0 ms']
