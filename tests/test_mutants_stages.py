@@ -428,3 +428,70 @@ def test_a_conversion_that_cant_be_scheduled_gives_its_pixels_back_to_the_budget
     finally:
         app.state.batcher.close()
         decoder.close()
+
+
+def test_lowering_a_threads_priority_adds_10_to_its_nice_value_up_to_19(monkeypatch):
+    """serving.md: explain, face and video threads run at nice +10, capped at 19, the kernel's lowest priority;
+    True says it was done (the thread asked about, not the process: its native id)."""
+    from fastvit_detect.server import stages
+
+    monkeypatch.setattr(stages.platform, "system", lambda: "Linux")
+    for current, lowered in ((0, 10), (5, 15), (9, 19), (15, 19), (-5, 5)):
+        calls: list[tuple] = []
+        monkeypatch.setattr(stages.os, "getpriority", lambda which, who, current=current: current)
+        monkeypatch.setattr(stages.os, "setpriority", lambda *args, calls=calls: calls.append(args))
+        assert stages.lower_thread_priority() is True
+        assert calls == [(os.PRIO_PROCESS, threading.get_native_id(), lowered)], current
+
+
+def test_closing_the_decode_stage_drops_the_uploads_still_waiting(detector, astronaut, monkeypatch):
+    """serving.md: shutting down doesn't wait for decodes. The one at work runs out; an upload still waiting for a
+    decode thread is dropped, never opened, rather than decoded for a server that has stopped."""
+    from fastvit_detect.server import stages
+
+    opened: list[str] = []
+    real_open = stages.open_upload
+
+    def recording_open(upload, settings):
+        opened.append(upload.name)
+        return real_open(upload, settings)
+
+    monkeypatch.setattr(stages, "open_upload", recording_open)
+    decoder = stages.DecodeStage(detector, ServeSettings(decode_workers=1))
+    running, gate = threading.Event(), threading.Event()
+
+    def held(opened_image):
+        running.set()
+        gate.wait(30)
+        return "pixels"
+
+    def upload(name: str) -> io.BytesIO:
+        named = io.BytesIO(astronaut)
+        named.name = name
+        return named
+
+    async def close_while_one_waits():
+        first = asyncio.ensure_future(decoder.decode_with(upload("first.png"), held))
+        assert await asyncio.to_thread(running.wait, 30), "the held decode never started"
+        waiting = asyncio.ensure_future(decoder.decode_with(upload("waiting.png"), held))
+        await asyncio.sleep(0.1)  # queued behind the held decode: one thread
+        decoder.close()
+        gate.set()
+        return await asyncio.gather(first, waiting, return_exceptions=True)
+
+    try:
+        first, waiting = asyncio.run(close_while_one_waits())
+    finally:
+        gate.set()
+    assert first == ("pixels", "first.png") and isinstance(waiting, asyncio.CancelledError)
+    assert opened == ["first.png"]
+
+
+def test_a_decoded_image_cannot_be_changed_once_made():
+    import dataclasses
+
+    from fastvit_detect.server.stages import DecodedImage
+
+    image = DecodedImage(b"pixels", "a.png")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        image.source = "b.png"  # type: ignore[misc]
