@@ -495,3 +495,26 @@ def test_a_decoded_image_cannot_be_changed_once_made():
     image = DecodedImage(b"pixels", "a.png")
     with pytest.raises(dataclasses.FrozenInstanceError):
         image.source = "b.png"  # type: ignore[misc]
+
+
+def test_an_explanations_check_takes_exactly_the_most_passes_and_any_label_count():
+    """serving.md: an explanation over ``explain_max_passes`` model passes is a 422 before its upload is read; one
+    of exactly that many is computed (occlusion: grid**2 + 1 passes). The check resolves the target against the
+    model's labels, which may be one label only (a package's id2label has no minimum)."""
+    import types
+
+    from fastvit_detect.errors import InvalidOptionError
+    from fastvit_detect.server.stages import ExplainStage
+
+    for labels in (("Fake", "Real"), ("Only",)):
+        stage = ExplainStage(types.SimpleNamespace(labels=labels), ServeSettings(explain_max_passes=2 * 2 + 1),
+                             decoder=None, batcher=None)  # type: ignore[arg-type]
+        try:
+            for target in ("predicted", labels[-1]):
+                stage.check("occlusion", target, {"grid": 2})
+            with pytest.raises(InvalidOptionError, match="takes 10 model passes; this server allows at most 5"):
+                stage.check("occlusion", "predicted", {"grid": 3})
+            with pytest.raises(InvalidOptionError, match="isn't one of the model's labels"):
+                stage.check("occlusion", "Neither", {"grid": 2})
+        finally:
+            stage.close()
