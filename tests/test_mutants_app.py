@@ -152,3 +152,21 @@ def test_serve_hands_uvicorn_the_settings_and_announces_the_bound_address(vit_pa
     shown = f"[{host}]" if ":" in host else host
     assert announced == [f"Uvicorn running on http://{shown}:{port} (Press CTRL+C to quit)"]
     config.app.state.batcher.close()
+
+
+def test_the_seed_endpoint_on_a_faces_package_answers_503_while_face_detection_is_busy(faces_app, monkeypatch):
+    """The seed project's /predict/ on a package that expects faces goes through the face stage like predict:
+    while every face thread and waiting place is taken, 503 at once; once free, the verdict."""
+    import base64
+
+    stage = faces_app.state.faces
+    monkeypatch.setattr(stage, "expected", True)  # as for a package whose manifest says its model expects faces
+    body = {"image": base64.b64encode(sample_photos()[0].read_bytes()).decode("ascii")}
+    stage.admitted = stage.capacity
+    try:
+        busy = call(faces_app, "POST", "/predict/", json=body)
+    finally:
+        stage.admitted = 0
+    assert busy.status_code == 503 and "face detection is busy" in busy.json()["error"]["message"]
+    answered = call(faces_app, "POST", "/predict/", json=body)
+    assert answered.status_code == 200 and answered.json()["result"] in ("Fake", "Real")

@@ -706,3 +706,44 @@ def test_the_access_log_names_the_client_and_the_time_in_milliseconds(vit_packag
         app.state.batcher.close()
     access = [record.getMessage() for record in caplog.records if '"GET /api/v1/model"' in record.getMessage()]
     assert access == ['192.0.2.7:40123 "GET /api/v1/model" 200 500.0 ms']
+
+
+def test_healthz_counts_the_clips_at_work_or_waiting_and_those_finished(vit_package, monkeypatch):
+    """The video guide: /healthz has ``videos_in_progress`` (at work or waiting) and ``videos`` (finished,
+    answered or failed), as it counts explanations."""
+    import asyncio
+    import io
+
+    import httpx
+
+    import fastvit_detect.server.video as video_module
+    from fastvit_detect import Detector
+    from fastvit_detect.server import ServeSettings, create_app
+
+    monkeypatch.setattr(video_module, "lower_thread_priority", lambda: True)
+    app = create_app(Detector.load(vit_package, variant="fp32", threads=1), ServeSettings())
+    held = HeldVideoDetector()
+    monkeypatch.setattr(app.state.videos, "detector", held)
+
+    async def health(client: httpx.AsyncClient) -> tuple[int, int]:
+        body = (await client.get("/healthz")).json()
+        return body["videos_in_progress"], body["videos"]
+
+    async def scenario() -> list[tuple[int, int]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            seen = [await health(client)]
+            clips = [asyncio.ensure_future(app.state.videos.classify(io.BytesIO(b"clip"), 1.0, 3)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            seen.append(await health(client))
+            held.release.set()
+            await asyncio.gather(*clips)
+            seen.append(await health(client))
+            return seen
+
+    try:
+        assert asyncio.run(scenario()) == [(0, 0), (2, 0), (0, 2)]
+    finally:
+        held.release.set()
+        app.state.batcher.close()
+        app.state.videos.close()

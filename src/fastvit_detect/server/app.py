@@ -208,8 +208,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None,
         image = seed_request_image(body, settings.max_upload_bytes)
         face_request = faces.request({})  # the seed's client sends no options: the package decides, as predict's
         if face_request is not None:
-            faces.check_room()
-            decided, _found = await faces.predict(image, face_request)
+            decided, _found = await faces.predict(image, face_request)  # it checks for room: 503 when busy
             assert decided.prediction is not None  # no face: the whole image decides, by default
             return JSONResponse({"result": decided.prediction.label})
         (result,) = await classify([image])
@@ -246,7 +245,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None,
                 "largest_batch": batcher.largest_batch, "failed_batches": batcher.failed_batches,
                 "decoding_pixels": decoder.budget.in_use, **decoding,
                 "explanations_in_progress": explainer.admitted, "explanations": explainer.explained,
-                "faces": faces.report()}
+                "videos_in_progress": videos.admitted, "videos": videos.done, "faces": faces.report()}
         if stalled:
             body["reason"] = (f"every decode thread ({decoding['decode_threads']}) has been busy on one image for "
                               f"over {decoding['decode_stall_s']:g} s: new uploads get 503")
