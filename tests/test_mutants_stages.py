@@ -518,3 +518,60 @@ def test_an_explanations_check_takes_exactly_the_most_passes_and_any_label_count
                 stage.check("occlusion", "Neither", {"grid": 2})
         finally:
             stage.close()
+
+
+class _StandInBatcher:
+    """A batcher whose model is busy for as long as ``busy_for`` calls of wait_until_idle; records the timeouts."""
+
+    def __init__(self, busy_for: int) -> None:
+        self.busy_for, self.timeouts = busy_for, []
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        self.timeouts.append(timeout)
+        return len(self.timeouts) > self.busy_for
+
+
+def _explain_stage(batcher, **settings):
+    import types
+
+    from fastvit_detect.server.stages import ExplainStage
+
+    detector = types.SimpleNamespace(labels=("Fake", "Real"), pool=types.SimpleNamespace(run=lambda inputs: inputs))
+    return ExplainStage(detector, ServeSettings(**settings), decoder=None, batcher=batcher)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("busy_for", "timeouts", "waited", "forced"), [
+    (0, [0], 0, 0),  # the model is free: the pass runs at once, without waiting at all
+    (1, [0, 2.5], 1, 0),  # predictions at the model: the pass waits for them, up to explain_yield_s
+    (2, [0, 2.5], 1, 1),  # still there after explain_yield_s: the pass runs anyway, counted as forced
+])
+def test_an_explanations_pass_yields_to_predictions_for_at_most_explain_yield_s(busy_for, timeouts, waited, forced):
+    """serving.md: each slice of an explanation first waits until no prediction is queued or running, at most
+    ``explain_yield_s``, so explanations still advance under a load that never pauses."""
+    batcher = _StandInBatcher(busy_for)
+    stage = _explain_stage(batcher, explain_yield_s=2.5)
+    try:
+        assert stage.model_pass("inputs") == "inputs"
+    finally:
+        stage.close()
+    assert batcher.timeouts == timeouts
+    assert (stage.passes_waited, stage.passes_forced) == (waited, forced)
+
+
+def test_explanations_past_the_running_and_waiting_ones_are_refused_even_after_the_upload_was_read():
+    """serving.md: at most explain_concurrency run and explain_queue wait; the next gets 503, checked before the
+    upload is read and again after (others may have been admitted meanwhile): then nothing is decoded."""
+    from fastvit_detect.errors import ServerBusyError
+
+    stage = _explain_stage(_StandInBatcher(0), explain_concurrency=1, explain_queue=2)
+    try:
+        stage.admitted = 2
+        stage.check_room()  # the third place is free
+        stage.admitted = 3
+        with pytest.raises(ServerBusyError, match=r"explanations are busy \(3 running or waiting\)"):
+            stage.check_room()
+        with pytest.raises(ServerBusyError, match="explanations are busy"):  # the decoder (None) is never reached
+            asyncio.run(stage.explain(io.BytesIO(b"upload"), "occlusion", "fake", {"grid": 2}))
+        assert stage.admitted == 3
+    finally:
+        stage.close()
