@@ -206,6 +206,8 @@ class FailingModel:
 
     async def classify(self, items, return_exceptions=False):
         self.sources += [item.source for item in items]
+        if not return_exceptions:  # as MicroBatcher.classify: the first failure raised, the others lost
+            raise RuntimeError("stand-in")
         return [RuntimeError("stand-in") for _ in items]
 
 
@@ -575,3 +577,117 @@ def test_explanations_past_the_running_and_waiting_ones_are_refused_even_after_t
         assert stage.admitted == 3
     finally:
         stage.close()
+
+
+@pytest.mark.parametrize("stage", ["explainer", "faces"])
+def test_closing_the_explain_or_face_stage_drops_the_work_still_waiting(detector, stage):
+    """Shutting down doesn't wait for explanations or detections (serving.md): the one at work runs out, one
+    still waiting for the stage's thread never starts."""
+    app = create_app(detector, ServeSettings(explain_concurrency=1, faces_concurrency=1))
+    pool = getattr(app.state, stage).pool
+    running, gate, ran = threading.Event(), threading.Event(), []
+    try:
+        held = pool.submit(lambda: (running.set(), gate.wait(30), ran.append("held")))
+        waiting = pool.submit(lambda: ran.append("waiting"))
+        assert running.wait(30)
+        getattr(app.state, stage).close()
+        gate.set()
+        held.result(30)
+    finally:
+        gate.set()
+        _close(app)
+    assert waiting.cancelled() and ran == ["held"]
+
+
+def _held_face_stage(detector, monkeypatch, **settings):
+    """The app's face stage, its detection replaced by a stand-in that waits for ``gate`` (no faces found)."""
+    from fastvit_detect.server.requests import FoundFaces
+
+    app = create_app(detector, ServeSettings(**settings))
+    stage = app.state.faces
+    gate, started = threading.Event(), []
+
+    def find(opened, request):
+        started.append(opened.source)
+        gate.wait(30)
+        return FoundFaces([], [], opened.image.width, opened.image.height)
+
+    monkeypatch.setattr(stage, "find", find)
+    return app, stage, gate, started
+
+
+def _face_request():
+    from fastvit_detect.faces import FaceOptions
+    from fastvit_detect.server.requests import FaceRequest
+
+    return FaceRequest(FaceOptions(), "none")
+
+
+def test_face_detections_run_as_many_at_once_as_faces_concurrency_and_free_their_thread(detector, astronaut,
+                                                                                        monkeypatch):
+    """faces.md: ``faces_concurrency`` images detect at once, each on its own thread; one that ends frees its
+    thread for the next, however many came before."""
+    app, stage, gate, started = _held_face_stage(detector, monkeypatch, faces_concurrency=2, faces_queue=4)
+
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+        for _ in range(2):  # twice: the threads must have come back after the first round
+            gate.clear()
+            started.clear()
+            work = [asyncio.ensure_future(stage.predict(io.BytesIO(astronaut), _face_request())) for _ in range(3)]
+            for _ in range(200):  # until both threads have started (at most 2 s)
+                if len(started) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the third must still be waiting
+            assert len(started) == 2, started
+            gate.set()
+            await asyncio.wait_for(asyncio.gather(*work), 10)  # a thread never freed: the third would wait forever
+            seen.append(len(started))
+        return seen
+
+    try:
+        assert asyncio.run(scenario()) == [3, 3]
+    finally:
+        gate.set()
+        _close(app)
+
+
+def test_the_face_stage_takes_exactly_faces_concurrency_plus_faces_queue(detector):
+    from fastvit_detect.errors import ServerBusyError
+
+    app = create_app(detector, ServeSettings(faces_concurrency=2, faces_queue=3))
+    stage = app.state.faces
+    try:
+        stage.admitted = 4
+        stage.check_room()  # the fifth place is free
+        stage.admitted = 5
+        with pytest.raises(ServerBusyError, match=r"face detection is busy \(5 images detecting or waiting\)"):
+            stage.check_room()
+    finally:
+        stage.admitted = 0
+        _close(app)
+
+
+def test_a_face_requests_decoded_picture_is_closed_once_its_crops_are_cut(detector, astronaut, monkeypatch):
+    """The upright original is decoded on the face thread and held only until its crops are cut (faces.md): its
+    pixels are freed then, not when the garbage collector gets to them."""
+    from fastvit_detect.server import stages
+
+    pictures = []
+    real_decode = stages.decode_opened
+
+    def recording_decode(opened, *args):
+        pictures.append(real_decode(opened, *args))
+        return pictures[-1]
+
+    monkeypatch.setattr(stages, "decode_opened", recording_decode)
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    try:
+        response = call(app, "POST", "/api/v1/predict?faces=1", files={"file": ("photo.png", astronaut)})
+    finally:
+        _close(app)
+    assert response.status_code == 200, response.text
+    assert len(pictures) == 1
+    with pytest.raises(ValueError, match="closed"):
+        pictures[0].getpixel((0, 0))
