@@ -222,6 +222,55 @@ def test_wait_until_idle_returns_once_the_last_job_finishes_and_not_before():
         batcher.close(timeout=5)
 
 
+@pytest.mark.parametrize(("spacing_s", "given_up"), [(6.0, True), (6.7, False)])
+def test_a_worker_is_left_stopped_after_10_deaths_within_a_minute_and_not_otherwise(monkeypatch, spacing_s, given_up):
+    """serving.md: a thread that dies 10 times in a minute is left stopped (every request then 503, /healthz says
+    so); deaths further apart are each restarted. With the batcher's clock replaced: 10 deaths 6 s apart span 54 s,
+    6.7 s apart 60.3 s."""
+    import types
+
+    now = [1000.0]
+    monkeypatch.setattr(batching, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+
+    def run_batch(items):
+        raise Killer()
+
+    batcher = MicroBatcher(run_batch, max_batch=1, max_wait_ms=0)
+    try:
+        for death in range(10):
+            (future,) = batcher.submit([death])
+            assert isinstance(future.exception(timeout=10), RuntimeError)  # the killer's own answer: a 500
+            now[0] += spacing_s
+        assert batcher.worker_restarts == (9 if given_up else 10)
+        assert batcher.healthy is not given_up
+        if not given_up:  # restarted each time, and serving: the next death is the 11th, still not in a minute
+            (future,) = batcher.submit(["again"])
+            assert isinstance(future.exception(timeout=10), RuntimeError) and batcher.worker_restarts == 11
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_a_batchers_counters_start_at_zero_and_count_batches_and_images():
+    """/healthz's batches, images and largest_batch: nothing before the first batch, then what ran."""
+    release = threading.Event()
+
+    def run_batch(items):
+        release.wait(30)
+        return items
+
+    batcher = MicroBatcher(run_batch, max_batch=8, max_wait_ms=200)
+    try:
+        assert (batcher.batches_run, batcher.images_run, batcher.largest_batch, batcher.failed_batches,
+                batcher.worker_restarts) == (0, 0, 0, 0, 0)
+        futures = batcher.submit(["a", "b", "c"])
+        release.set()
+        assert [future.result(timeout=10) for future in futures] == ["a", "b", "c"]
+        assert (batcher.batches_run, batcher.images_run, batcher.largest_batch) == (1, 3, 3)
+    finally:
+        release.set()
+        batcher.close(timeout=5)
+
+
 def test_close_answers_what_was_queued_and_stops_every_worker(caplog):
     started, release = threading.Event(), threading.Event()
 

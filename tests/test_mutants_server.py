@@ -205,9 +205,33 @@ def test_a_batchers_whole_number_options_take_their_range_and_refuse_past_it(opt
     for value in (1, high):
         batcher = MicroBatcher(lambda items: items, **{option: value})
         batcher.close()
-    for value in (0, high + 1):
+    for value in (0, high + 1, 2.5, "2"):
         with pytest.raises(ValueError, match=option):
             MicroBatcher(lambda items: items, **{option: value})
+
+
+def test_a_batchers_wait_takes_0_to_10000_ms_and_refuses_past_it():
+    from fastvit_detect.server import MicroBatcher
+
+    for value in (0, 0.5, 10_000):
+        batcher = MicroBatcher(lambda items: items, max_wait_ms=value)
+        assert batcher.max_wait == value / 1000  # seconds, for the queue's timeouts
+        batcher.close()
+    for value in (-0.5, 10_000.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="max_wait_ms"):
+            MicroBatcher(lambda items: items, max_wait_ms=value)
+
+
+def test_a_batcher_made_without_options_has_the_servers_defaults_and_one_worker():
+    """MicroBatcher is public (fastvit_detect.server): made bare, it batches as the server does by default."""
+    from fastvit_detect.server import MicroBatcher, ServeSettings
+
+    batcher, defaults = MicroBatcher(lambda items: items), ServeSettings()
+    try:
+        assert (batcher.max_batch, batcher.max_wait, batcher.queue_size, batcher.workers) == (
+            defaults.max_batch, defaults.max_wait_ms / 1000, defaults.queue_size, 1)
+    finally:
+        batcher.close()
 
 
 def test_serve_settings_cannot_be_changed_once_made():
