@@ -223,31 +223,81 @@ def test_wait_until_idle_returns_once_the_last_job_finishes_and_not_before():
 
 
 @pytest.mark.parametrize(("spacing_s", "given_up"), [(6.0, True), (6.7, False)])
-def test_a_worker_is_left_stopped_after_10_deaths_within_a_minute_and_not_otherwise(monkeypatch, spacing_s, given_up):
-    """serving.md: a thread that dies 10 times in a minute is left stopped (every request then 503, /healthz says
-    so); deaths further apart are each restarted. With the batcher's clock replaced: 10 deaths 6 s apart span 54 s,
-    6.7 s apart 60.3 s."""
+def test_a_worker_is_left_stopped_after_10_deaths_within_a_minute_and_not_otherwise(monkeypatch, caplog, spacing_s,
+                                                                                   given_up):
+    """serving.md: a thread that dies 10 times in a minute is left stopped: what is queued behind it and every
+    request after get 503, /healthz says so, and the log says why; deaths further apart are each restarted. Each
+    death is logged with its traceback. With the batcher's clock replaced: 10 deaths 6 s apart span 54 s, 6.7 s
+    apart 60.3 s."""
     import types
+
+    from fastvit_detect.errors import ServerBusyError
 
     now = [1000.0]
     monkeypatch.setattr(batching, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    holding, release = threading.Event(), threading.Event()
 
     def run_batch(items):
+        if items == [9]:  # the last death waits until an image is queued behind it
+            holding.set()
+            release.wait(30)
         raise Killer()
 
     batcher = MicroBatcher(run_batch, max_batch=1, max_wait_ms=0)
+    caplog.set_level(logging.CRITICAL, logger="fastvit_detect.server")
     try:
         for death in range(10):
             (future,) = batcher.submit([death])
+            if death == 9:
+                assert holding.wait(30)
+                if given_up:
+                    (queued,) = batcher.submit(["queued"])
+                release.set()
             assert isinstance(future.exception(timeout=10), RuntimeError)  # the killer's own answer: a 500
             now[0] += spacing_s
         assert batcher.worker_restarts == (9 if given_up else 10)
         assert batcher.healthy is not given_up
-        if not given_up:  # restarted each time, and serving: the next death is the 11th, still not in a minute
+        if given_up:
+            assert isinstance(queued.exception(timeout=10), ServerBusyError)
+            with pytest.raises(ServerBusyError, match="an inference worker has stopped"):
+                batcher.submit(["later"])
+        else:  # restarted each time, and serving: the next death is the 11th, still not in a minute
             (future,) = batcher.submit(["again"])
             assert isinstance(future.exception(timeout=10), RuntimeError) and batcher.worker_restarts == 11
     finally:
+        release.set()
         batcher.close(timeout=5)
+    deaths = [record for record in caplog.records if record.getMessage() == "inference worker 0 died"]
+    assert len(deaths) == (10 if given_up else 11) and all(record.exc_info for record in deaths)
+    stopped = [record.getMessage() for record in caplog.records if "left stopped" in record.getMessage()]
+    assert stopped == (["inference worker 0 died 10 times in 54 s: left stopped; /healthz answers 503"]
+                       if given_up else [])
+
+
+def test_a_failed_batch_is_retried_image_by_image_and_counted_once(caplog):
+    """serving.md: a failing batch is retried image by image, so only the image that fails gets the error (500),
+    the others their answers; /healthz counts one failed batch, and the retries that succeeded as batches of one.
+    The log warns of the batch and gives each image's failure its traceback."""
+    def run_batch(items):
+        if "bad" in items:
+            raise ValueError("a bad item")
+        return [item.upper() for item in items]
+
+    batcher = MicroBatcher(run_batch, max_batch=8, max_wait_ms=500)
+    caplog.set_level(logging.WARNING, logger="fastvit_detect.server")
+    try:
+        good, bad = batcher.submit(["good", "bad"])  # one batch of two
+        assert good.result(timeout=10) == "GOOD" and isinstance(bad.exception(timeout=10), ValueError)
+        assert (batcher.failed_batches, batcher.batches_run, batcher.images_run, batcher.largest_batch) == (1, 1, 1, 1)
+        (alone,) = batcher.submit(["bad"])  # a batch of one fails without a retry
+        assert isinstance(alone.exception(timeout=10), ValueError)
+        assert (batcher.failed_batches, batcher.batches_run) == (2, 1)
+    finally:
+        batcher.close(timeout=5)
+    logged = [(record.levelno, record.getMessage(), bool(record.exc_info)) for record in caplog.records]
+    warned = "a batch of 2 failed (ValueError: a bad item); retrying each image alone"
+    assert logged == [(logging.WARNING, warned, False), (logging.ERROR, "inference failed for an image", True),
+                      (logging.ERROR, "inference failed for an image", True)]
 
 
 def test_a_batchers_counters_start_at_zero_and_count_batches_and_images():
