@@ -321,6 +321,53 @@ def test_a_batchers_counters_start_at_zero_and_count_batches_and_images():
         batcher.close(timeout=5)
 
 
+def test_a_batch_never_waits_longer_than_max_wait_for_company():
+    """serving.md: a batch takes what arrives within --max-wait-ms of its first image, no longer: every wait for
+    another image after the first is at most max_wait (the queue's own timeouts, recorded; no clock read)."""
+    waits: list[float | None] = []
+    batcher = MicroBatcher(lambda items: [item.upper() for item in items], max_batch=8, max_wait_ms=50)
+    real_get = batcher._jobs.get
+
+    def recording_get(block=True, timeout=None):
+        waits.append(timeout)
+        return real_get(block, timeout)
+
+    batcher._jobs.get = recording_get  # type: ignore[method-assign]
+    try:
+        assert [future.result(timeout=10) for future in batcher.submit(["a", "b"])] == ["A", "B"]
+    finally:
+        batcher.close(timeout=5)
+    after_first = [wait for wait in waits[1:] if wait is not None]
+    assert after_first and all(0 <= wait <= 0.05 for wait in after_first), waits
+
+
+def test_classify_raises_an_images_failure_unless_asked_to_return_it():
+    import asyncio
+
+    def run_batch(items):
+        raise ValueError("a bad item")
+
+    batcher = MicroBatcher(run_batch, max_batch=1)
+    try:
+        with pytest.raises(ValueError, match="a bad item"):
+            asyncio.run(batcher.classify(["bad"]))
+        (returned,) = asyncio.run(batcher.classify(["bad"], return_exceptions=True))
+        assert isinstance(returned, ValueError)
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_the_model_threads_never_keep_a_process_alive():
+    """A server killed without close() (an unhandled signal, a crashed parent) must still exit: its model threads
+    are daemons, as the decode pool's are."""
+    batcher = MicroBatcher(lambda items: items, workers=3)
+    try:
+        threads = [thread for thread in threading.enumerate() if thread.name.startswith("fastvit-detect-batcher")]
+        assert len(threads) >= 3 and all(thread.daemon for thread in threads)
+    finally:
+        batcher.close(timeout=5)
+
+
 def test_close_answers_what_was_queued_and_stops_every_worker(caplog):
     started, release = threading.Event(), threading.Event()
 
