@@ -274,6 +274,48 @@ def test_a_worker_is_left_stopped_after_10_deaths_within_a_minute_and_not_otherw
                        if given_up else [])
 
 
+def test_ten_deaths_exactly_60_s_apart_are_not_under_a_minute(monkeypatch):
+    """serving.md: the 1st to 10th death *less than* 60 s apart stop the worker; 60.0 s apart is a minute, not
+    under it (the clock replaced: deaths at 0, 1, ..., 8 and 60 s)."""
+    import types
+
+    now = [0.0]
+    monkeypatch.setattr(batching, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+
+    def run_batch(items):
+        raise Killer()
+
+    batcher = MicroBatcher(run_batch, max_batch=1, max_wait_ms=0)
+    try:
+        for moment in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 60.0):
+            now[0] = moment
+            (future,) = batcher.submit([moment])
+            assert isinstance(future.exception(timeout=10), RuntimeError)
+        assert batcher.healthy and batcher.worker_restarts == 10
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_a_worker_given_up_answers_every_image_of_the_batch_it_died_in(monkeypatch):
+    """When the death that stops the worker came in a batch of several, no restarted thread will retry its
+    batch-mates: each is answered (an error), none left waiting forever."""
+    monkeypatch.setattr(batching, "RESTART_LIMIT", 1)  # the first death stops it
+
+    def run_batch(items):
+        if "killer" in items:
+            raise Killer()
+        return items
+
+    batcher = MicroBatcher(run_batch, max_batch=2, max_wait_ms=1000)
+    try:
+        killer, mate = batcher.submit(["killer", "mate"])  # one batch of two
+        assert isinstance(killer.exception(timeout=10), RuntimeError)
+        assert isinstance(mate.exception(timeout=10), RuntimeError)
+        assert not batcher.healthy and batcher.worker_restarts == 0
+    finally:
+        batcher.close(timeout=5)
+
+
 def test_a_failed_batch_is_retried_image_by_image_and_counted_once(caplog):
     """serving.md: a failing batch is retried image by image, so only the image that fails gets the error (500),
     the others their answers; /healthz counts one failed batch, and the retries that succeeded as batches of one.
