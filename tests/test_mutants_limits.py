@@ -316,6 +316,56 @@ def test_a_worker_given_up_answers_every_image_of_the_batch_it_died_in(monkeypat
         batcher.close(timeout=5)
 
 
+def test_a_batch_that_kills_its_worker_is_run_again_image_by_image_on_the_new_one():
+    """serving.md: the images of the batch a thread died in are run again one at a time on the new thread, so only
+    an image that kills a thread on its own gets an error (500); its batch-mate gets its answer."""
+    def run_batch(items):
+        if "killer" in items:
+            raise Killer()
+        return [item.upper() for item in items]
+
+    batcher = MicroBatcher(run_batch, max_batch=2, max_wait_ms=1000)
+    try:
+        killer, mate = batcher.submit(["killer", "mate"])  # one batch of two: which one killed it is unknown
+        assert mate.result(timeout=10) == "MATE"
+        assert isinstance(killer.exception(timeout=10), RuntimeError)
+        assert batcher.worker_restarts == 2 and batcher.healthy  # the batch's death, then the killer's alone
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_close_waits_at_most_its_timeout_in_all_however_many_threads_are_stuck(monkeypatch):
+    """close(timeout) bounds the whole shutdown, not each thread's: with three stuck threads and the clock moving
+    as the joins wait, the first join takes the timeout and the others nothing more."""
+    import types
+
+    now = [100.0]
+    monkeypatch.setattr(batching, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    release = threading.Event()
+    batcher = MicroBatcher(lambda items: (release.wait(30), items)[1], max_batch=1, max_wait_ms=0, workers=3)
+    waits: list[float] = []
+    real_join = threading.Thread.join
+
+    def waiting_join(thread, timeout=None):
+        if thread in batcher._workers:
+            waits.append(timeout)
+            now[0] += timeout  # the wait ran out, the thread still stuck
+            return None
+        return real_join(thread, timeout)
+
+    try:
+        futures = batcher.submit(["a", "b", "c"])
+        while batcher.queue_depth:  # each thread has taken one and is stuck in it
+            threading.Event().wait(0.01)
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "join", waiting_join)
+            batcher.close(timeout=2.0)
+        assert waits == [2.0, 0.0, 0.0]
+    finally:
+        release.set()
+        assert [future.result(timeout=30) for future in futures] == ["a", "b", "c"]
+
+
 def test_a_failed_batch_is_retried_image_by_image_and_counted_once(caplog):
     """serving.md: a failing batch is retried image by image, so only the image that fails gets the error (500),
     the others their answers; /healthz counts one failed batch, and the retries that succeeded as batches of one.
