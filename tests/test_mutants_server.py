@@ -588,7 +588,8 @@ def test_closing_the_video_stage_drops_the_clips_still_waiting(monkeypatch):
 
     async def close_while_one_waits() -> list[object]:
         clips = [asyncio.ensure_future(stage.classify(io.BytesIO(b"clip"), 1.0, 3)) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(detector.started.wait, 30), "the first clip never started"
+        await asyncio.sleep(0.05)  # the second is queued behind it
         stage.close()
         detector.release.set()
         return await asyncio.gather(*clips, return_exceptions=True)
