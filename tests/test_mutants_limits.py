@@ -312,6 +312,7 @@ def test_a_worker_given_up_answers_every_image_of_the_batch_it_died_in(monkeypat
         assert isinstance(killer.exception(timeout=10), RuntimeError)
         assert isinstance(mate.exception(timeout=10), RuntimeError)
         assert not batcher.healthy and batcher.worker_restarts == 0
+        assert batcher._restart_after_death(0, []) is False  # another death now: no restart, said plainly
     finally:
         batcher.close(timeout=5)
 
