@@ -566,7 +566,7 @@ def test_clips_past_the_one_at_work_and_its_queue_are_refused_until_one_finishes
             admitted = [asyncio.ensure_future(stage.classify(io.BytesIO(b"clip"), 1.0, 3)) for _ in range(2)]
             await asyncio.sleep(0.05)  # both admitted: one at work, one waiting
             with pytest.raises(ServerBusyError, match="2 videos are being classified or waiting"):
-                await stage.classify(io.BytesIO(b"clip"), 1.0, 3)
+                await asyncio.wait_for(stage.classify(io.BytesIO(b"clip"), 1.0, 3), 5)  # refused at once, or fail
             detector.release.set()
             answers += await asyncio.gather(*admitted)
         return answers
@@ -599,13 +599,28 @@ def test_closing_the_video_stage_drops_the_clips_still_waiting(monkeypatch):
     assert len(detector.threads) == 1
 
 
+def post_clip_and_close(app, url: str):
+    """POST a clip's bytes to ``url`` through httpx's ASGI transport, then stop the app's model and video threads."""
+    import asyncio
+
+    import httpx
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.post(url, content=b"a clip")
+
+    try:
+        return asyncio.run(post())
+    finally:
+        app.state.batcher.close()
+        app.state.videos.close()
+
+
 def test_a_clips_answer_times_the_request_in_milliseconds(vit_package, monkeypatch):
     """The video guide: the answer carries ``elapsed_ms``, the request's time in milliseconds (here with the
     route's clock replaced: 0.25 s between its two readings)."""
-    import asyncio
     import types
-
-    import httpx
 
     import fastvit_detect.server.video as video_module
     from fastvit_detect import Detector
@@ -619,17 +634,7 @@ def test_a_clips_answer_times_the_request_in_milliseconds(vit_package, monkeypat
         return types.SimpleNamespace(to_dict=lambda: {"verdict": "Real", "fps": fps, "max_frames": max_frames})
 
     monkeypatch.setattr(app.state.videos, "classify", classified)
-
-    async def post() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            return await client.post("/api/v1/video?fps=2", content=b"a clip")
-
-    try:
-        response = asyncio.run(post())
-    finally:
-        app.state.batcher.close()
-        app.state.videos.close()
+    response = post_clip_and_close(app, "/api/v1/video?fps=2")
     assert response.status_code == 200, response.text
     answer = response.json()
     assert (answer["verdict"], answer["fps"], answer["max_frames"]) == ("Real", 2.0, 300)
@@ -672,9 +677,7 @@ def test_a_crash_is_answered_in_the_error_shape_without_its_cause(vit_package, m
 ])
 def test_only_a_busy_server_asks_for_a_retry_and_only_a_timeout_closes_the_connection(vit_package, monkeypatch,
                                                                                          error, status, headers):
-    import asyncio
 
-    import httpx
 
     from fastvit_detect import Detector, errors
     from fastvit_detect.server import ServeSettings, create_app
@@ -685,17 +688,7 @@ def test_only_a_busy_server_asks_for_a_retry_and_only_a_timeout_closes_the_conne
         raise getattr(errors, error)("as the test asks")
 
     monkeypatch.setattr(app.state.videos, "classify", failing)
-
-    async def post() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            return await client.post("/api/v1/video", content=b"a clip")
-
-    try:
-        response = asyncio.run(post())
-    finally:
-        app.state.batcher.close()
-        app.state.videos.close()
+    response = post_clip_and_close(app, "/api/v1/video")
     assert response.status_code == status and response.json()["error"]["message"] == "as the test asks"
     sent = {name: response.headers[name] for name in ("retry-after", "connection") if name in response.headers}
     assert sent == headers
