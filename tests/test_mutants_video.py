@@ -194,3 +194,15 @@ def test_each_video_limit_may_be_raised_to_its_ceiling_and_not_past_it(field, lo
     for value in (low - (1 if isinstance(low, int) else low / 2), high + step, float("nan")):
         with pytest.raises(InvalidOptionError, match=field):
             VideoLimits(**{field: value})
+
+
+def test_boxes_apart_on_one_axis_overlap_by_nothing_however_they_overlap_on_the_other():
+    """IoU is a ratio of areas, 0 to 1: boxes side by side (apart left to right, level top to bottom) or one above
+    the other share no area, so their IoU is 0, never negative (from a negative width times a positive height)."""
+    from fastvit_detect.timeline import _iou
+
+    square = (0.0, 0.0, 10.0, 10.0)
+    for other in ((20.0, 0.0, 30.0, 10.0), (0.0, 20.0, 10.0, 30.0), (20.0, 20.0, 30.0, 30.0), (10.0, 0.0, 20.0, 10.0)):
+        assert _iou(square, other) == 0.0, other
+    assert _iou(square, (5.0, 0.0, 15.0, 10.0)) == pytest.approx(50 / 150)
+    assert _iou(square, square) == 1.0
