@@ -581,9 +581,10 @@ def test_clips_past_the_one_at_work_and_its_queue_are_refused_until_one_finishes
         stage.close()
 
 
-def test_closing_the_video_stage_drops_the_clips_still_waiting(monkeypatch):
+def test_closing_the_video_stage_drops_the_clips_still_waiting(monkeypatch, caplog):
     """Shutting the server down cancels the clips that haven't started (a clip may take minutes each): the one at
-    work finishes, the waiting one never reaches the detector."""
+    work finishes, the waiting one never reaches the detector, every place comes back, and nothing is logged for
+    the cancelled one. A clip sent after that is refused, its place given back too."""
     import asyncio
     import io
 
@@ -599,7 +600,11 @@ def test_closing_the_video_stage_drops_the_clips_still_waiting(monkeypatch):
 
     first, waiting = asyncio.run(close_while_one_waits())
     assert first == "a result" and isinstance(waiting, asyncio.CancelledError)
-    assert len(detector.threads) == 1
+    assert len(detector.threads) == 1 and stage.admitted == 0
+    with pytest.raises(RuntimeError, match="shutdown"):
+        asyncio.run(stage.classify(io.BytesIO(b"late"), 1.0, 3))
+    assert stage.admitted == 0
+    assert "Exception in callback" not in caplog.text, caplog.text
 
 
 def post_clip_and_close(app, url: str):
@@ -739,3 +744,38 @@ def test_healthz_counts_the_clips_at_work_or_waiting_and_those_finished(vit_pack
         held.release.set()
         app.state.batcher.close()
         app.state.videos.close()
+
+
+def test_a_client_that_leaves_mid_clip_keeps_its_place_until_the_clip_ends(monkeypatch):
+    """A vanishing client: its request is cancelled, but its clip goes on decoding on the stage's thread. Its
+    place is held until the clip ends, as explanations and detections hold theirs, or a client posting and leaving
+    over and over would queue clips (and their uploads, up to 256 MiB each) without bound."""
+    import asyncio
+    import io
+
+    from fastvit_detect.errors import ServerBusyError
+
+    detector, stage = held_stage(monkeypatch, concurrency=1, queue=0)
+
+    async def leave_mid_clip() -> None:
+        request = asyncio.ensure_future(stage.classify(io.BytesIO(b"clip"), 1.0, 3))
+        assert await asyncio.to_thread(detector.started.wait, 30), "the clip never started"
+        request.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        with pytest.raises(ServerBusyError):  # the clip still runs: its place is still taken
+            await asyncio.wait_for(stage.classify(io.BytesIO(b"another"), 1.0, 3), 5)
+        assert (stage.admitted, stage.done) == (1, 0)
+        detector.release.set()
+        for _ in range(3000):  # the clip ends on its thread; its place comes back on the loop
+            if stage.admitted == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (stage.admitted, stage.done) == (0, 1)
+        assert await asyncio.wait_for(stage.classify(io.BytesIO(b"again"), 1.0, 3), 30) == "a result"
+
+    try:
+        asyncio.run(leave_mid_clip())
+    finally:
+        detector.release.set()
+        stage.close()

@@ -51,6 +51,7 @@ def _close(app) -> None:
     app.state.decoder.close()
     app.state.explainer.close()
     app.state.faces.close()
+    app.state.videos.close()
 
 
 def _error(response: httpx.Response) -> str:
@@ -691,3 +692,25 @@ def test_a_face_requests_decoded_picture_is_closed_once_its_crops_are_cut(detect
     assert len(pictures) == 1
     with pytest.raises(ValueError, match="closed"):
         pictures[0].getpixel((0, 0))
+
+
+def test_a_client_that_leaves_mid_clip_leaves_no_unretrieved_exception(detector, caplog):
+    """As with faces and explanations: the client leaves while its clip is held by a stand-in, which then fails (a
+    corrupt clip); the clip's place comes back when it ends, and no "exception was never retrieved" is logged."""
+    from fastvit_detect.errors import VideoDecodeError
+
+    app = create_app(detector, ServeSettings(max_wait_ms=0))
+    videos = app.state.videos
+    running, gate = threading.Event(), threading.Event()
+
+    class FailingClips:
+        package = detector.package
+
+        def predict_video(self, upload, **options):
+            running.set()
+            assert gate.wait(30), "the test never opened the gate"
+            raise VideoDecodeError("clip: a stand-in failure after its client left")
+
+    videos.detector = FailingClips()
+    _leave_while_held(app, videos, "done", "/api/v1/video", b"a clip", running, gate)
+    assert "never retrieved" not in caplog.text

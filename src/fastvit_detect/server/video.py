@@ -105,11 +105,21 @@ class VideoStage:
                 raise ServerBusyError(f"{self.admitted} videos are being classified or waiting; retry later")
             self.admitted += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, upload, fps, max_frames)
-        finally:
-            with self._lock:
-                self.admitted -= 1
-                self.done += 1
+            work = asyncio.get_running_loop().run_in_executor(self._pool, self._run, upload, fps, max_frames)
+        except BaseException:  # the pool was shut down: nothing runs, the place goes back
+            self._finished(None)
+            raise
+        # Counted until the clip ends, not its request: a client that leaves mid-clip must not free the place
+        # that its clip still occupies on the thread (as the explain and face stages count theirs).
+        work.add_done_callback(self._finished)
+        return await asyncio.shield(work)
+
+    def _finished(self, work: asyncio.Future[VideoResult] | None) -> None:
+        with self._lock:
+            self.admitted -= 1
+            self.done += 1
+        if work is not None and not work.cancelled():
+            work.exception()  # retrieved: when its client has left, nobody else awaits it
 
     def _run(self, upload: io.BytesIO, fps: float, max_frames: int) -> VideoResult:
         lower_thread_priority()  # the decoding thread it starts inherits the priority
