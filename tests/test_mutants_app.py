@@ -16,19 +16,12 @@ import pytest
 pytest.importorskip("fastapi")
 
 from conftest import sample_photos
+from test_mutants_stages import _close  # every stage's threads stopped
 from test_server import call  # requests through httpx's ASGI transport
 
 import fastvit_detect.server.app as app_module
 from fastvit_detect import Detector, errors
 from fastvit_detect.server import ServeSettings, create_app
-
-
-def _close(app) -> None:
-    app.state.batcher.close()
-    app.state.decoder.close()
-    app.state.explainer.close()
-    app.state.faces.close()
-    app.state.videos.close()
 
 
 @pytest.fixture
